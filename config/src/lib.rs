@@ -1,0 +1,440 @@
+//! Node configuration: the schema of a `ledger-node` TOML file, its defaults (the embedded
+//! edge a newcomer runs with no file), and validation that names the offending key.
+//!
+//! Owns parsing and checking only. It must not open sockets or files other than the config
+//! file itself, and knows nothing of ledger state.
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// The example edge config shipped in this folder; also the test fixture for every key.
+pub const EXAMPLE_EDGE: &str = include_str!("../edge.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    #[serde(default)]
+    pub mqtt: MqttSection,
+    #[serde(default)]
+    pub ledger: LedgerSection,
+    #[serde(default)]
+    pub commit: CommitSection,
+    #[serde(default)]
+    pub assets: Vec<AssetEntry>,
+    #[serde(default)]
+    pub devices: Vec<DeviceEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub id: String,
+    #[serde(default = "default_role")]
+    pub role: Role,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Edge,
+    Region,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// MQTT 3.1.1 listener.
+    #[serde(default = "default_listen_v4")]
+    pub listen_v4: Option<SocketAddr>,
+    /// MQTT 5 listener.
+    #[serde(default)]
+    pub listen_v5: Option<SocketAddr>,
+    /// MQTT over websockets (3.1.1).
+    #[serde(default)]
+    pub listen_ws: Option<SocketAddr>,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Above this the broker drops the connection without a reply; keep it above
+    /// `ledger.max_command_bytes` so that oversized commands still get a `payload_too_large`.
+    #[serde(default = "default_max_packet_bytes")]
+    pub max_packet_bytes: usize,
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: usize,
+    #[serde(default = "default_connection_timeout_ms")]
+    pub connection_timeout_ms: u16,
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: usize,
+    #[serde(default = "default_segment_count")]
+    pub segment_count: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSection {
+    #[serde(default = "default_max_command_bytes")]
+    pub max_command_bytes: usize,
+    #[serde(default = "default_max_batch_ops")]
+    pub max_batch_ops: usize,
+    /// Largest amount of one command, in major units of its asset ("1000000" EUR).
+    #[serde(default = "default_max_amount")]
+    pub max_amount: String,
+    #[serde(default = "default_max_hold_timeout_s")]
+    pub max_hold_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitSection {
+    /// Most commands sharing one redb write transaction.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Longest a command waits for others to share its commit, in microseconds.
+    #[serde(default = "default_max_wait_us")]
+    pub max_wait_us: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssetEntry {
+    pub code: String,
+    pub scale: u32,
+    #[serde(default)]
+    pub max_amount: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceEntry {
+    /// MQTT username and client id; also the `{device_id}` of its topics.
+    pub id: String,
+    /// An argon2 PHC string (`ledger-node hash-password`).
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Name of an environment variable holding the PHC string instead.
+    #[serde(default)]
+    pub password_hash_env: Option<String>,
+    /// Account-name patterns (`*` matches any run of characters) this device may debit.
+    #[serde(default)]
+    pub may_debit: Vec<String>,
+}
+
+fn default_role() -> Role {
+    Role::Edge
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_listen_v4() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 1883)))
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_packet_bytes() -> usize {
+    2 * 1024 * 1024
+}
+fn default_max_inflight() -> usize {
+    256
+}
+fn default_connection_timeout_ms() -> u16 {
+    5_000
+}
+fn default_segment_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_segment_count() -> usize {
+    4
+}
+fn default_max_command_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_batch_ops() -> usize {
+    100
+}
+fn default_max_amount() -> String {
+    "1000000000".to_string()
+}
+fn default_max_hold_timeout_s() -> u64 {
+    30 * 24 * 3600
+}
+fn default_max_batch() -> usize {
+    2_000
+}
+fn default_max_wait_us() -> u64 {
+    200
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        MqttSection {
+            listen_v4: default_listen_v4(),
+            listen_v5: None,
+            listen_ws: None,
+            max_connections: default_max_connections(),
+            max_packet_bytes: default_max_packet_bytes(),
+            max_inflight: default_max_inflight(),
+            connection_timeout_ms: default_connection_timeout_ms(),
+            segment_bytes: default_segment_bytes(),
+            segment_count: default_segment_count(),
+        }
+    }
+}
+
+impl Default for LedgerSection {
+    fn default() -> Self {
+        LedgerSection {
+            max_command_bytes: default_max_command_bytes(),
+            max_batch_ops: default_max_batch_ops(),
+            max_amount: default_max_amount(),
+            max_hold_timeout_s: default_max_hold_timeout_s(),
+        }
+    }
+}
+
+impl Default for CommitSection {
+    fn default() -> Self {
+        CommitSection { max_batch: default_max_batch(), max_wait_us: default_max_wait_us() }
+    }
+}
+
+/// A config problem, always naming the key (`section.key` or `devices[2].may_debit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), message: message.into() }
+}
+
+/// Hard limits on configured values, so that a typo cannot make a queue unbounded.
+pub const MAX_COMMIT_BATCH: usize = 100_000;
+pub const MAX_COMMIT_WAIT_US: u64 = 1_000_000;
+pub const MAX_BATCH_OPS: usize = 1_000;
+pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
+pub const MAX_SCALE: u32 = 8;
+
+impl NodeConfig {
+    /// The embedded default: an edge on 127.0.0.1:1883, data under ./data, any device.
+    pub fn embedded_default() -> NodeConfig {
+        NodeConfig {
+            node: NodeSection {
+                id: "local/edge-1".to_string(),
+                role: Role::Edge,
+                data_dir: default_data_dir(),
+            },
+            mqtt: MqttSection::default(),
+            ledger: LedgerSection::default(),
+            commit: CommitSection::default(),
+            assets: Vec::new(),
+            devices: Vec::new(),
+        }
+    }
+
+    pub fn from_toml(text: &str) -> Result<NodeConfig, ConfigError> {
+        let config: NodeConfig = toml::from_str(text).map_err(|e| {
+            let key = e.message().split('`').nth(1).unwrap_or("").to_string();
+            err(key, e.to_string().trim().replace('\n', " "))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err("", format!("cannot read config file {}: {e}", path.display())))?;
+        NodeConfig::from_toml(&text)
+            .map_err(|e| err(e.key, format!("{} (in {})", e.message, path.display())))
+    }
+
+    /// Semantic checks beyond the TOML shape.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_node_id(&self.node.id, self.node.role).map_err(|m| err("node.id", m))?;
+        if self.mqtt.listen_v4.is_none() && self.mqtt.listen_v5.is_none() && self.mqtt.listen_ws.is_none() {
+            return Err(err("mqtt.listen_v4", "no MQTT listener: set at least one of listen_v4, listen_v5, listen_ws"));
+        }
+        if self.mqtt.max_packet_bytes <= self.ledger.max_command_bytes {
+            return Err(err(
+                "mqtt.max_packet_bytes",
+                format!(
+                    "must be larger than ledger.max_command_bytes ({}) so oversized commands get a reply",
+                    self.ledger.max_command_bytes
+                ),
+            ));
+        }
+        if self.mqtt.segment_count < 2 {
+            return Err(err("mqtt.segment_count", "must be at least 2"));
+        }
+        if self.mqtt.segment_bytes < 1024 * 1024 {
+            return Err(err("mqtt.segment_bytes", "must be at least 1048576"));
+        }
+        if self.mqtt.max_inflight == 0 || self.mqtt.max_inflight > u16::MAX as usize {
+            return Err(err("mqtt.max_inflight", "must be between 1 and 65535"));
+        }
+        if self.ledger.max_command_bytes < 256 || self.ledger.max_command_bytes > MAX_COMMAND_BYTES {
+            return Err(err("ledger.max_command_bytes", format!("must be between 256 and {MAX_COMMAND_BYTES}")));
+        }
+        if self.ledger.max_batch_ops == 0 || self.ledger.max_batch_ops > MAX_BATCH_OPS {
+            return Err(err("ledger.max_batch_ops", format!("must be between 1 and {MAX_BATCH_OPS}")));
+        }
+        parse_major_amount(&self.ledger.max_amount).map_err(|m| err("ledger.max_amount", m))?;
+        if self.ledger.max_hold_timeout_s == 0 {
+            return Err(err("ledger.max_hold_timeout_s", "must be at least 1"));
+        }
+        if self.commit.max_batch == 0 || self.commit.max_batch > MAX_COMMIT_BATCH {
+            return Err(err("commit.max_batch", format!("must be between 1 and {MAX_COMMIT_BATCH}")));
+        }
+        if self.commit.max_wait_us > MAX_COMMIT_WAIT_US {
+            return Err(err("commit.max_wait_us", format!("must be at most {MAX_COMMIT_WAIT_US}")));
+        }
+        for (i, asset) in self.assets.iter().enumerate() {
+            let code_ok = (3..=12).contains(&asset.code.len())
+                && asset.code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+            if !code_ok {
+                return Err(err(format!("assets[{i}].code"), format!("{:?} must be 3 to 12 characters A-Z or 0-9", asset.code)));
+            }
+            if asset.scale > MAX_SCALE {
+                return Err(err(format!("assets[{i}].scale"), format!("must be at most {MAX_SCALE}")));
+            }
+            if let Some(max) = &asset.max_amount {
+                parse_major_amount(max).map_err(|m| err(format!("assets[{i}].max_amount"), m))?;
+            }
+            if self.assets[..i].iter().any(|a| a.code == asset.code) {
+                return Err(err(format!("assets[{i}].code"), format!("{} is listed twice", asset.code)));
+            }
+        }
+        for (i, device) in self.devices.iter().enumerate() {
+            if !valid_device_id(&device.id) {
+                return Err(err(format!("devices[{i}].id"), format!("{:?} must be 1 to 64 characters a-z, A-Z, 0-9, '-', '_', '.'", device.id)));
+            }
+            if self.devices[..i].iter().any(|d| d.id == device.id) {
+                return Err(err(format!("devices[{i}].id"), format!("{} is listed twice", device.id)));
+            }
+            match (&device.password_hash, &device.password_hash_env) {
+                (Some(_), Some(_)) => {
+                    return Err(err(format!("devices[{i}].password_hash_env"), "set password_hash or password_hash_env, not both"))
+                }
+                (None, None) => {
+                    return Err(err(format!("devices[{i}].password_hash"), "missing: every listed device needs a password hash"))
+                }
+                _ => {}
+            }
+            let hash = self.device_password_hash(i)?;
+            if !hash.starts_with("$argon2") {
+                return Err(err(format!("devices[{i}].password_hash"), "must be an argon2 PHC string ($argon2id$...); see `ledger-node hash-password`"));
+            }
+            for (j, pattern) in device.may_debit.iter().enumerate() {
+                if pattern.is_empty() || pattern.len() > 96 {
+                    return Err(err(format!("devices[{i}].may_debit[{j}]"), "must be 1 to 96 characters"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The PHC hash of device `index`, read from the environment when configured so.
+    pub fn device_password_hash(&self, index: usize) -> Result<String, ConfigError> {
+        let device = &self.devices[index];
+        if let Some(hash) = &device.password_hash {
+            return Ok(hash.clone());
+        }
+        let var = device.password_hash_env.as_deref().unwrap_or_default();
+        std::env::var(var).map_err(|_| {
+            err(format!("devices[{index}].password_hash_env"), format!("environment variable {var} is not set"))
+        })
+    }
+
+    /// Largest amount per command, in major units, for `asset` (its own or the ledger-wide one).
+    pub fn max_amount_for(&self, code: &str) -> Decimal {
+        let own = self.assets.iter().find(|a| a.code == code).and_then(|a| a.max_amount.as_deref());
+        parse_major_amount(own.unwrap_or(&self.ledger.max_amount)).expect("validated")
+    }
+}
+
+fn parse_major_amount(text: &str) -> Result<Decimal, String> {
+    match Decimal::from_str(text) {
+        Ok(d) if d > Decimal::ZERO => Ok(d),
+        _ => Err(format!("{text:?} must be a positive decimal string like \"1000000\"")),
+    }
+}
+
+/// `eu` for a region; `eu/berlin-1` for an edge. Lowercase `[a-z0-9-]` segments.
+pub fn validate_node_id(id: &str, role: Role) -> Result<(), String> {
+    let segments: Vec<&str> = id.split('/').collect();
+    let segment_ok = |s: &&str| {
+        !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if !segments.iter().all(segment_ok) || segments.len() > 2 {
+        return Err(format!("{id:?} must be one or two '/'-separated segments of [a-z0-9-], each 1 to 32 long"));
+    }
+    match (role, segments.len()) {
+        (Role::Edge, 2) | (Role::Region, 1) => Ok(()),
+        (Role::Edge, _) => Err(format!("{id:?}: an edge's id is region/edge, like eu/berlin-1")),
+        (Role::Region, _) => Err(format!("{id:?}: a region's id is its region name, like eu")),
+    }
+}
+
+pub fn valid_device_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_edge_config_is_valid() {
+        let config = NodeConfig::from_toml(EXAMPLE_EDGE).unwrap();
+        assert_eq!(config.node.role, Role::Edge);
+        assert!(!config.devices.is_empty());
+        assert!(!config.assets.is_empty());
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        NodeConfig::embedded_default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = NodeConfig::from_toml("[node]\nid = \"eu/a\"\n[mqtt]\nlisten_v9 = \"127.0.0.1:1\"\n").unwrap_err();
+        assert_eq!(e.key, "listen_v9", "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[node]\nid = \"EU/a\"\n", "node.id"),
+            ("[node]\nid = \"eu\"\n", "node.id"),
+            ("[node]\nid = \"eu/a\"\n[commit]\nmax_batch = 0\n", "commit.max_batch"),
+            ("[node]\nid = \"eu/a\"\n[ledger]\nmax_amount = \"-1\"\n", "ledger.max_amount"),
+            ("[node]\nid = \"eu/a\"\n[[assets]]\ncode = \"kwh\"\nscale = 3\n", "assets[0].code"),
+            ("[node]\nid = \"eu/a\"\n[[devices]]\nid = \"t1\"\npassword_hash = \"plain\"\n", "devices[0].password_hash"),
+            ("[node]\nid = \"eu/a\"\n[[devices]]\nid = \"t1\"\npassword_hash_env = \"EDGELEDGER_TEST_UNSET_VAR\"\n", "devices[0].password_hash_env"),
+        ];
+        for (text, key) in cases {
+            let e = NodeConfig::from_toml(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+        }
+    }
+}

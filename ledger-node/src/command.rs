@@ -1,0 +1,398 @@
+//! Commands: the typed form of a device's JSON, and the strict parser that names the field
+//! at fault. Amounts stay decimal strings here; the ledger converts them with the asset.
+
+use crate::reply::{Code, Rejection};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Longest command id, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Longest serialized `metadata` object, in bytes.
+pub const MAX_METADATA_BYTES: usize = 2048;
+/// Longest account address (`name@node`), in bytes.
+pub const MAX_ADDRESS_BYTES: usize = 96 + 1 + 65;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: String,
+    #[serde(flatten)]
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    OpenAccount {
+        account: String,
+        asset: String,
+        flags: Vec<Flag>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        overdraft_limit: Option<String>,
+    },
+    CloseAccount {
+        account: String,
+    },
+    Transfer(Movement),
+    Hold {
+        #[serde(flatten)]
+        movement: Movement,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timeout_s: Option<u64>,
+    },
+    Post {
+        pending_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        amount: Option<String>,
+    },
+    Void {
+        pending_id: String,
+    },
+    Batch {
+        ops: Vec<Command>,
+    },
+    Balance {
+        account: String,
+    },
+    /// Written by the node itself when a hold's timeout passes; never accepted from a device.
+    Expire {
+        pending_id: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Movement {
+    pub debit: String,
+    pub credit: String,
+    pub amount: String,
+    pub asset: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flag {
+    NoOverdraft,
+    Issuance,
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::OpenAccount { .. } => "open_account",
+            Op::CloseAccount { .. } => "close_account",
+            Op::Transfer(_) => "transfer",
+            Op::Hold { .. } => "hold",
+            Op::Post { .. } => "post",
+            Op::Void { .. } => "void",
+            Op::Batch { .. } => "batch",
+            Op::Balance { .. } => "balance",
+            Op::Expire { .. } => "expire",
+        }
+    }
+}
+
+/// Reads the command id from any JSON payload, so that even a rejected command's reply
+/// can name it. Returns None when there is no usable id.
+pub fn peek_id(payload: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: Option<Value>,
+    }
+    let parsed: IdOnly = serde_json::from_slice(payload).ok()?;
+    match parsed.id? {
+        Value::String(s) if valid_id(&s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Parses one device command. `max_batch_ops` bounds a batch's length.
+pub fn parse(payload: &[u8], max_batch_ops: usize) -> Result<Command, Rejection> {
+    let value: Value = serde_json::from_slice(payload)
+        .map_err(|e| Rejection::new(Code::InvalidJson, format!("payload is not valid JSON: {e}")))?;
+    parse_value(value, "", max_batch_ops, true)
+}
+
+fn parse_value(value: Value, at: &str, max_batch_ops: usize, top: bool) -> Result<Command, Rejection> {
+    let Value::Object(mut obj) = value else {
+        return Err(Rejection::new(Code::InvalidJson, format!("{}command must be a JSON object", at)));
+    };
+    let mut fields = Fields { obj: &mut obj, at };
+    let id = fields.string("id")?;
+    if !valid_id(&id) {
+        return Err(fields.invalid("id", format!("must be 1 to {MAX_ID_BYTES} bytes of printable characters")));
+    }
+    let op_name = fields.string("op")?;
+    let op = match op_name.as_str() {
+        "open_account" => {
+            let account = fields.account("account")?;
+            let asset = fields.asset("asset")?;
+            let flags = fields.flags()?;
+            let overdraft_limit = fields.optional_amount("overdraft_limit")?;
+            Op::OpenAccount { account, asset, flags, overdraft_limit }
+        }
+        "close_account" => Op::CloseAccount { account: fields.account("account")? },
+        "transfer" => Op::Transfer(fields.movement()?),
+        "hold" => {
+            let movement = fields.movement()?;
+            let timeout_s = fields.optional_u64("timeout_s")?;
+            Op::Hold { movement, timeout_s }
+        }
+        "post" => {
+            let pending_id = fields.pending_id()?;
+            let amount = fields.optional_amount("amount")?;
+            Op::Post { pending_id, amount }
+        }
+        "void" => Op::Void { pending_id: fields.pending_id()? },
+        "balance" => Op::Balance { account: fields.account("account")? },
+        "batch" if !top => {
+            return Err(fields.invalid("op", "a batch cannot contain another batch".to_string()));
+        }
+        "batch" => {
+            let Some(Value::Array(items)) = fields.obj.remove("ops") else {
+                return Err(fields.missing_or_invalid("ops", "must be an array of commands"));
+            };
+            if items.is_empty() || items.len() > max_batch_ops {
+                return Err(fields.invalid("ops", format!("must hold 1 to {max_batch_ops} commands")));
+            }
+            let mut ops = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                let inner = parse_value(item, &format!("ops[{i}]."), max_batch_ops, false)?;
+                if matches!(inner.op, Op::Balance { .. }) {
+                    return Err(Rejection::new(Code::InvalidField, format!("ops[{i}].op: balance is a read and cannot be batched")));
+                }
+                if inner.id == id || ops.iter().any(|o: &Command| o.id == inner.id) {
+                    return Err(Rejection::new(Code::InvalidField, format!("ops[{i}].id: {:?} is used twice in this batch", inner.id)));
+                }
+                ops.push(inner);
+            }
+            Op::Batch { ops }
+        }
+        other => {
+            return Err(Rejection::new(
+                Code::UnknownOp,
+                format!("{}op: {other:?} is not one of open_account, close_account, transfer, hold, post, void, batch, balance", at),
+            ))
+        }
+    };
+    if let Some(extra) = obj.keys().next() {
+        return Err(Rejection::new(Code::InvalidField, format!("{}{extra}: unknown field for op {op_name}", at)));
+    }
+    Ok(Command { id, op })
+}
+
+
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_BYTES && id.chars().all(|c| !c.is_control())
+}
+
+/// A field reader that removes what it reads, so leftovers are unknown fields.
+struct Fields<'a> {
+    obj: &'a mut Map<String, Value>,
+    at: &'a str,
+}
+
+impl Fields<'_> {
+    fn invalid(&self, field: &str, why: String) -> Rejection {
+        Rejection::new(Code::InvalidField, format!("{}{field}: {why}", self.at))
+    }
+
+    fn missing_or_invalid(&self, field: &str, why: &str) -> Rejection {
+        if self.obj.contains_key(field) {
+            self.invalid(field, why.to_string())
+        } else {
+            Rejection::new(Code::MissingField, format!("{}{field}: missing ({why})", self.at))
+        }
+    }
+
+    fn string(&mut self, field: &str) -> Result<String, Rejection> {
+        match self.obj.remove(field) {
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(self.invalid(field, "must be a string".to_string())),
+            None => Err(Rejection::new(Code::MissingField, format!("{}{field}: missing", self.at))),
+        }
+    }
+
+    fn account(&mut self, field: &str) -> Result<String, Rejection> {
+        let address = self.string(field)?;
+        if !valid_address(&address) {
+            return Err(self.invalid(
+                field,
+                format!("{address:?} is not an account address (name of [a-z0-9_.:-], 1 to 96 long, optionally @node)"),
+            ));
+        }
+        Ok(address)
+    }
+
+    fn asset(&mut self, field: &str) -> Result<String, Rejection> {
+        let code = self.string(field)?;
+        let ok = (3..=12).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if !ok {
+            return Err(self.invalid(field, format!("{code:?} is not an asset code (3 to 12 of A-Z, 0-9)")));
+        }
+        Ok(code)
+    }
+
+    fn amount(&mut self, field: &str) -> Result<String, Rejection> {
+        match self.obj.remove(field) {
+            Some(Value::String(s)) => Ok(s),
+            Some(Value::Number(n)) => Err(Rejection::new(
+                Code::InvalidAmount,
+                format!("{}{field}: {n} must be a decimal string like \"4.50\", not a JSON number", self.at),
+            )),
+            Some(_) => Err(Rejection::new(Code::InvalidAmount, format!("{}{field}: must be a decimal string like \"4.50\"", self.at))),
+            None => Err(Rejection::new(Code::MissingField, format!("{}{field}: missing", self.at))),
+        }
+    }
+
+    fn optional_amount(&mut self, field: &str) -> Result<Option<String>, Rejection> {
+        match self.obj.get(field) {
+            None | Some(Value::Null) => {
+                self.obj.remove(field);
+                Ok(None)
+            }
+            Some(_) => self.amount(field).map(Some),
+        }
+    }
+
+    fn optional_u64(&mut self, field: &str) -> Result<Option<u64>, Rejection> {
+        match self.obj.remove(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > 0) => Ok(n.as_u64()),
+            Some(_) => Err(self.invalid(field, "must be a whole number of seconds greater than zero".to_string())),
+        }
+    }
+
+    fn pending_id(&mut self) -> Result<String, Rejection> {
+        let id = self.string("pending_id")?;
+        if !valid_id(&id) {
+            return Err(self.invalid("pending_id", format!("must be 1 to {MAX_ID_BYTES} bytes of printable characters")));
+        }
+        Ok(id)
+    }
+
+    fn flags(&mut self) -> Result<Vec<Flag>, Rejection> {
+        let Some(value) = self.obj.remove("flags") else {
+            return Ok(Vec::new());
+        };
+        let Value::Array(items) = value else {
+            return Err(self.invalid("flags", "must be an array of strings".to_string()));
+        };
+        let mut flags = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let flag = match item.as_str() {
+                Some("no_overdraft") => Flag::NoOverdraft,
+                Some("issuance") => Flag::Issuance,
+                _ => return Err(self.invalid(&format!("flags[{i}]"), format!("{item} is not one of \"no_overdraft\", \"issuance\""))),
+            };
+            if !flags.contains(&flag) {
+                flags.push(flag);
+            }
+        }
+        Ok(flags)
+    }
+
+    fn movement(&mut self) -> Result<Movement, Rejection> {
+        let debit = self.account("debit")?;
+        let credit = self.account("credit")?;
+        let amount = self.amount("amount")?;
+        let asset = self.asset("asset")?;
+        let metadata = match self.obj.remove("metadata") {
+            None | Some(Value::Null) => None,
+            Some(m @ Value::Object(_)) => {
+                let size = serde_json::to_vec(&m).map(|v| v.len()).unwrap_or(usize::MAX);
+                if size > MAX_METADATA_BYTES {
+                    return Err(self.invalid("metadata", format!("is {size} bytes; the limit is {MAX_METADATA_BYTES}")));
+                }
+                Some(m)
+            }
+            Some(_) => return Err(self.invalid("metadata", "must be a JSON object".to_string())),
+        };
+        Ok(Movement { debit, credit, amount, asset, metadata })
+    }
+}
+
+/// `name` or `name@node`; names are `[a-z0-9_.:-]{1,96}`, system names start with `~`.
+pub fn valid_address(address: &str) -> bool {
+    if address.len() > MAX_ADDRESS_BYTES {
+        return false;
+    }
+    let (name, node) = match address.split_once('@') {
+        Some((n, node)) => (n, Some(node)),
+        None => (address, None),
+    };
+    let body = name.strip_prefix('~').unwrap_or(name);
+    let name_ok = (1..=96).contains(&name.len())
+        && !body.is_empty()
+        && body.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.:-".contains(&b));
+    let node_ok = node.map_or(true, |n| {
+        let segments: Vec<&str> = n.split('/').collect();
+        segments.len() <= 2
+            && segments.iter().all(|s| !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+    });
+    name_ok && node_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(json: &str) -> Code {
+        parse(json.as_bytes(), 10).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_every_op() {
+        let cmds = [
+            r#"{"id":"1","op":"open_account","account":"wallet:alice","asset":"EUR","flags":["no_overdraft"]}"#,
+            r#"{"id":"2","op":"transfer","debit":"wallet:alice","credit":"merchant:cafe@us","amount":"4.50","asset":"EUR","metadata":{"k":1}}"#,
+            r#"{"id":"3","op":"hold","debit":"a","credit":"b","amount":"1","asset":"EUR","timeout_s":30}"#,
+            r#"{"id":"4","op":"post","pending_id":"3","amount":"0.50"}"#,
+            r#"{"id":"5","op":"void","pending_id":"3"}"#,
+            r#"{"id":"6","op":"balance","account":"a"}"#,
+            r#"{"id":"7","op":"batch","ops":[{"id":"7a","op":"transfer","debit":"a","credit":"b","amount":"1","asset":"EUR"}]}"#,
+            r#"{"id":"8","op":"close_account","account":"a"}"#,
+        ];
+        for c in cmds {
+            let parsed = parse(c.as_bytes(), 10).unwrap_or_else(|e| panic!("{c}: {e:?}"));
+            let again: Command = serde_json::from_slice(&serde_json::to_vec(&parsed).unwrap()).unwrap();
+            assert_eq!(parsed, again);
+        }
+    }
+
+    #[test]
+    fn names_the_field_at_fault() {
+        assert_eq!(code_of("{"), Code::InvalidJson);
+        assert_eq!(code_of("[1]"), Code::InvalidJson);
+        assert_eq!(code_of(r#"{"op":"transfer"}"#), Code::MissingField);
+        assert_eq!(code_of(r#"{"id":"1","op":"refund"}"#), Code::UnknownOp);
+        assert_eq!(code_of(r#"{"id":"1","op":"expire","pending_id":"x"}"#), Code::UnknownOp);
+        assert_eq!(code_of(r#"{"id":"1","op":"transfer","debit":"a","credit":"b","amount":4.5,"asset":"EUR"}"#), Code::InvalidAmount);
+        assert_eq!(code_of(r#"{"id":"1","op":"transfer","debit":"A","credit":"b","amount":"1","asset":"EUR"}"#), Code::InvalidField);
+        assert_eq!(code_of(r#"{"id":"1","op":"transfer","debit":"a","credit":"b","amount":"1","asset":"eur"}"#), Code::InvalidField);
+        assert_eq!(code_of(r#"{"id":"1","op":"transfer","debit":"a","credit":"b","amount":"1","asset":"EUR","x":1}"#), Code::InvalidField);
+        assert_eq!(code_of(r#"{"id":"1","op":"batch","ops":[{"id":"1","op":"batch","ops":[]}]}"#), Code::InvalidField);
+        assert_eq!(code_of(r#"{"id":"1","op":"batch","ops":[]}"#), Code::InvalidField);
+        let e = parse(br#"{"id":"1","op":"transfer","debit":"a","credit":"b","asset":"EUR"}"#, 10).unwrap_err();
+        assert!(e.message.starts_with("amount"), "{}", e.message);
+        let e = parse(br#"{"id":"1","op":"batch","ops":[{"id":"x","op":"void"}]}"#, 10).unwrap_err();
+        assert!(e.message.starts_with("ops[0].pending_id"), "{}", e.message);
+    }
+
+    #[test]
+    fn peeks_the_id_of_bad_commands() {
+        assert_eq!(peek_id(br#"{"id":"abc","op":"nope"}"#), Some("abc".to_string()));
+        assert_eq!(peek_id(br#"{"id":5}"#), None);
+        assert_eq!(peek_id(b"not json"), None);
+    }
+
+    #[test]
+    fn addresses() {
+        for ok in ["wallet:alice", "merchant:cafe@us", "a@eu/berlin-1", "~clearing:eu", "x.y_z-1"] {
+            assert!(valid_address(ok), "{ok}");
+        }
+        for bad in ["", "Wallet", "a b", "a@EU", "a@eu/b/c", "~", "a@", &"a".repeat(97)] {
+            assert!(!valid_address(bad), "{bad}");
+        }
+    }
+}

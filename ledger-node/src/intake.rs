@@ -1,0 +1,219 @@
+//! Command intake: reads device commands from the embedded broker's local link, applies
+//! them to the ledger in groups, commits each group durably, and only then publishes the
+//! replies and notices.
+
+use crate::command;
+use crate::ledger::{Effects, Ledger};
+use crate::reply::{Code, Rejection, Reply};
+use crate::store::Store;
+use broker::{device_of, reply_topic};
+use rumqttd::local::{LinkError, LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish, PublishProperties};
+use rumqttd::Notification;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone)]
+pub struct IntakeLimits {
+    /// Largest command payload the ledger reads; larger ones are rejected `payload_too_large`.
+    pub max_command_bytes: usize,
+    pub max_batch_ops: usize,
+    /// Most commands sharing one commit.
+    pub max_group: usize,
+    /// Longest the first command of a group waits for others before the commit starts.
+    pub max_wait: Duration,
+}
+
+/// Where a reply goes: the device's reply topic, or a v5 response topic with its correlation.
+struct Target {
+    topic: String,
+    correlation: Option<bytes::Bytes>,
+    v5: bool,
+}
+
+struct Incoming {
+    device: String,
+    payload: bytes::Bytes,
+    target: Target,
+}
+
+/// Counters since start, logged now and then; exported as metrics later.
+#[derive(Debug, Default)]
+pub struct IntakeStats {
+    pub commands: u64,
+    pub groups: u64,
+    pub rejected: u64,
+    pub dropped_topics: u64,
+    pub lost_by_broker: u64,
+}
+
+pub struct Intake {
+    pub ledger: Ledger,
+    pub store: Store,
+    pub link_tx: LinkTx,
+    pub link_rx: LinkRx,
+    pub limits: IntakeLimits,
+    pub stats: IntakeStats,
+    last_cursor: Option<(u64, u64)>,
+}
+
+/// Longest the loop sleeps without looking at the clock for due expiries.
+const IDLE_TICK: Duration = Duration::from_millis(250);
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
+}
+
+impl Intake {
+    pub fn new(ledger: Ledger, store: Store, link_tx: LinkTx, link_rx: LinkRx, limits: IntakeLimits) -> Intake {
+        Intake { ledger, store, link_tx, link_rx, limits, stats: IntakeStats::default(), last_cursor: None }
+    }
+
+    /// Runs until the broker goes away or storage fails.
+    pub fn run(mut self) -> Result<(), String> {
+        let mut group: Vec<Incoming> = Vec::with_capacity(self.limits.max_group);
+        let mut last_log = Instant::now();
+        loop {
+            let idle_deadline = Instant::now() + self.until_next_expiry();
+            match self.link_rx.recv_deadline(idle_deadline) {
+                Ok(Some(n)) => self.take(n, &mut group)?,
+                Ok(None) => {}
+                Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => {}
+                Err(e) => return Err(format!("broker link closed: {e}")),
+            }
+            let group_deadline = Instant::now() + self.limits.max_wait;
+            while !group.is_empty() && group.len() < self.limits.max_group {
+                match self.link_rx.recv_deadline(group_deadline) {
+                    Ok(Some(n)) => self.take(n, &mut group)?,
+                    Ok(None) => {}
+                    Err(LinkError::RecvTimeout(flume::RecvTimeoutError::Timeout)) => break,
+                    Err(e) => return Err(format!("broker link closed: {e}")),
+                }
+            }
+            self.process(&mut group)?;
+            if last_log.elapsed() > Duration::from_secs(30) {
+                tracing::info!(stats = ?self.stats, head = self.ledger.head().seq, "intake");
+                last_log = Instant::now();
+            }
+        }
+    }
+
+    fn until_next_expiry(&self) -> Duration {
+        match self.ledger.next_expiry() {
+            Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_TICK),
+            None => IDLE_TICK,
+        }
+    }
+
+    fn take(&mut self, notification: Notification, group: &mut Vec<Incoming>) -> Result<(), String> {
+        match notification {
+            Notification::Forward(forward) => {
+                self.watch_cursor(forward.cursor);
+                let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
+                let Some(device) = device_of(&topic) else {
+                    self.stats.dropped_topics += 1;
+                    tracing::warn!(topic, "command on a topic without a valid device id; dropped");
+                    return Ok(());
+                };
+                let (response_topic, correlation) = match forward.properties {
+                    Some(p) => (p.response_topic, p.correlation_data),
+                    None => (None, None),
+                };
+                let v5 = response_topic.is_some() || correlation.is_some();
+                let target = Target { topic: response_topic.unwrap_or_else(|| reply_topic(device)), correlation, v5 };
+                group.push(Incoming { device: device.to_string(), payload: forward.publish.payload, target });
+            }
+            // The router paused us because our buffer filled; we have drained it.
+            Notification::Unschedule => self.link_rx.ready().map_err(|e| format!("broker link closed: {e}"))?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// rumqttd drops the oldest segment when a reader lags; a jump in the cursor is the
+    /// only sign. Those commands got a PUBACK but never reached us: their devices resend.
+    fn watch_cursor(&mut self, cursor: Option<(u64, u64)>) {
+        let Some(cursor) = cursor else { return };
+        if let Some(last) = self.last_cursor {
+            if cursor.0 == last.0 && cursor.1 > last.1 + 1 {
+                let lost = cursor.1 - last.1 - 1;
+                self.stats.lost_by_broker += lost;
+                tracing::warn!(lost, "broker dropped commands before the ledger read them; devices will resend");
+            }
+        }
+        self.last_cursor = Some(cursor);
+    }
+
+    fn process(&mut self, group: &mut Vec<Incoming>) -> Result<(), String> {
+        let now = now_ms();
+        let mut outcomes: Vec<(Option<Target>, Effects)> =
+            self.ledger.expire_due(now).into_iter().map(|e| (None, e)).collect();
+        for incoming in group.drain(..) {
+            self.stats.commands += 1;
+            let effects = self.handle(&incoming, now);
+            if effects.reply.as_ref().is_some_and(|r| r.code != Code::Ok) {
+                self.stats.rejected += 1;
+            }
+            outcomes.push((Some(incoming.target), effects));
+        }
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        if outcomes.iter().any(|(_, e)| e.entry.is_some() || !e.recorded.is_empty()) {
+            // No reply leaves before this returns: a crash here loses only unanswered commands.
+            self.store
+                .commit(outcomes.iter().map(|(_, e)| e))
+                .map_err(|e| format!("commit failed, stopping without replying: {e}"))?;
+            self.stats.groups += 1;
+        }
+        for (target, effects) in outcomes {
+            if let (Some(target), Some(reply)) = (target, &effects.reply) {
+                self.publish(&target, reply.to_json())?;
+            }
+            for notice in &effects.notices {
+                let target = Target { topic: reply_topic(&notice.device), correlation: None, v5: false };
+                self.publish(&target, notice.to_json())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, incoming: &Incoming, now: u64) -> Effects {
+        let payload = &incoming.payload;
+        if payload.len() > self.limits.max_command_bytes {
+            let rejection = Rejection::new(
+                Code::PayloadTooLarge,
+                format!("payload is {} bytes; the limit is {}", payload.len(), self.limits.max_command_bytes),
+            );
+            let id = command::peek_id(payload);
+            return Effects { reply: Some(Reply::rejected(id.as_deref(), rejection)), ..Effects::default() };
+        }
+        match command::parse(payload, self.limits.max_batch_ops) {
+            Ok(cmd) => self.ledger.submit(Some(&incoming.device), cmd, now),
+            Err(rejection) => {
+                let id = command::peek_id(payload);
+                Effects { reply: Some(Reply::rejected(id.as_deref(), rejection)), ..Effects::default() }
+            }
+        }
+    }
+
+    fn publish(&mut self, target: &Target, payload: Vec<u8>) -> Result<(), String> {
+        let closed = |e: LinkError| format!("broker link closed: {e}");
+        if !target.v5 {
+            self.link_tx.publish(target.topic.clone(), payload).map_err(closed)?;
+            return Ok(());
+        }
+        let properties = PublishProperties { correlation_data: target.correlation.clone(), ..Default::default() };
+        let packet = Packet::Publish(Publish::new(bytes::Bytes::from(target.topic.clone()), bytes::Bytes::from(payload), false), Some(properties));
+        // `LinkTx::send` is async only in name: it queues and signals without waiting.
+        poll_once(self.link_tx.send(packet)).map(|_| ()).map_err(closed)
+    }
+}
+
+fn poll_once<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => unreachable!("LinkTx::send has no await point"),
+    }
+}

@@ -1,0 +1,113 @@
+//! The journal: one hash-chained entry per change, numbered without gaps. It is the audit
+//! trail, the source the node rebuilds its state from, and the unit of replication.
+
+use crate::command::Command;
+use crate::ledger::Change;
+use serde::{Deserialize, Serialize};
+
+pub type Hash = [u8; 32];
+
+/// The hash before the first entry.
+pub const GENESIS: Hash = [0; 32];
+
+/// What an entry says, serialized as JSON and hashed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EntryBody {
+    pub seq: u64,
+    pub ts_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub command: Command,
+    pub changes: Vec<Change>,
+}
+
+/// A sealed entry as stored: its chain links and the body bytes they cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: u64,
+    pub prev: Hash,
+    pub hash: Hash,
+    pub body: Vec<u8>,
+}
+
+/// Why a stored entry cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainError {
+    Truncated { seq: u64 },
+    Gap { expected: u64, found: u64 },
+    BrokenLink { seq: u64 },
+    BadHash { seq: u64 },
+    BadBody { seq: u64, reason: String },
+}
+
+impl std::fmt::Display for ChainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChainError::Truncated { seq } => write!(f, "journal entry {seq} is truncated"),
+            ChainError::Gap { expected, found } => write!(f, "journal gap: expected entry {expected}, found {found}"),
+            ChainError::BrokenLink { seq } => write!(f, "journal entry {seq} does not link to the hash of entry {}", seq - 1),
+            ChainError::BadHash { seq } => write!(f, "journal entry {seq} does not match its hash (tampered or corrupt)"),
+            ChainError::BadBody { seq, reason } => write!(f, "journal entry {seq} cannot be read: {reason}"),
+        }
+    }
+}
+
+pub fn hash_of(prev: &Hash, seq: u64, body: &[u8]) -> Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(prev);
+    hasher.update(&seq.to_be_bytes());
+    hasher.update(body);
+    *hasher.finalize().as_bytes()
+}
+
+impl Entry {
+    pub fn seal(prev: Hash, body: &EntryBody) -> Entry {
+        let bytes = serde_json::to_vec(body).expect("entry body serializes");
+        Entry { seq: body.seq, prev, hash: hash_of(&prev, body.seq, &bytes), body: bytes }
+    }
+
+    /// Stored form: prev (32 bytes) ‖ hash (32 bytes) ‖ body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.body.len());
+        out.extend_from_slice(&self.prev);
+        out.extend_from_slice(&self.hash);
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    pub fn decode(seq: u64, bytes: &[u8]) -> Result<Entry, ChainError> {
+        if bytes.len() < 64 {
+            return Err(ChainError::Truncated { seq });
+        }
+        let prev: Hash = bytes[..32].try_into().expect("32 bytes");
+        let hash: Hash = bytes[32..64].try_into().expect("32 bytes");
+        Ok(Entry { seq, prev, hash, body: bytes[64..].to_vec() })
+    }
+
+    /// Checks this entry against its own hash and the hash of the entry before it.
+    pub fn verify(&self, expected_seq: u64, prev: &Hash) -> Result<(), ChainError> {
+        if self.seq != expected_seq {
+            return Err(ChainError::Gap { expected: expected_seq, found: self.seq });
+        }
+        if &self.prev != prev {
+            return Err(ChainError::BrokenLink { seq: self.seq });
+        }
+        if hash_of(&self.prev, self.seq, &self.body) != self.hash {
+            return Err(ChainError::BadHash { seq: self.seq });
+        }
+        Ok(())
+    }
+
+    pub fn parse_body(&self) -> Result<EntryBody, ChainError> {
+        let body: EntryBody = serde_json::from_slice(&self.body)
+            .map_err(|e| ChainError::BadBody { seq: self.seq, reason: e.to_string() })?;
+        if body.seq != self.seq {
+            return Err(ChainError::BadBody { seq: self.seq, reason: format!("body says seq {}", body.seq) });
+        }
+        Ok(body)
+    }
+}
+
+pub fn hex(hash: &Hash) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}

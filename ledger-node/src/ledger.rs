@@ -1,0 +1,798 @@
+//! The ledger state machine of one node: accounts, holds, idempotency and the journal head.
+//! It takes commands with the time and returns effects (a reply, a journal entry, id
+//! records, notices). It never touches disk, network or clock: the shell persists the
+//! effects and only then releases the reply.
+
+use crate::command::{Command, Flag, Movement, Op};
+use crate::journal::{ChainError, Entry, EntryBody, Hash, GENESIS};
+use crate::money::{format_minor, Assets, Minor};
+use crate::reply::{BalanceView, Code, Notice, OpResult, Rejection, Reply, Resolution, Status};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+
+/// How far below zero an account may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Floor {
+    /// Money enters here: no lower bound.
+    Issuance,
+    /// Balance minus pending debits may not go below minus this many minor units.
+    Overdraft(Minor),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub asset: String,
+    pub floor: Floor,
+    pub closed: bool,
+    pub posted: Minor,
+    pub pending_debits: Minor,
+    pub pending_credits: Minor,
+}
+
+impl Account {
+    /// Posted balance minus pending debits: what may still be spent.
+    pub fn available(&self) -> Minor {
+        self.posted - self.pending_debits
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldState {
+    Pending,
+    Resolved(Resolution),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub debit: String,
+    pub credit: String,
+    pub asset: String,
+    pub amount: Minor,
+    pub expires_at_ms: Option<u64>,
+    pub device: Option<String>,
+    pub state: HoldState,
+}
+
+/// One journaled change. Replaying the changes of every entry in order rebuilds the state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    AccountOpened { account: String, asset: String, floor: Floor },
+    AccountClosed { account: String },
+    Transferred { debit: String, credit: String, asset: String, amount: Minor },
+    HoldPlaced {
+        pending_id: String,
+        debit: String,
+        credit: String,
+        asset: String,
+        amount: Minor,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
+    /// The whole hold leaves pending; `posted` of it moves from debit to credit.
+    HoldResolved { pending_id: String, resolution: Resolution, posted: Minor },
+}
+
+/// The recorded result of an id: what a resend with the same content gets back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recorded {
+    pub fingerprint: String,
+    pub reply: Reply,
+}
+
+/// Everything the shell must do for one command: persist `entry` and `recorded` in one
+/// durable commit, then publish `reply` and `notices`.
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    pub reply: Option<Reply>,
+    pub entry: Option<Entry>,
+    pub recorded: Vec<(String, Recorded)>,
+    pub notices: Vec<Notice>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_batch_ops: usize,
+    pub max_hold_timeout_s: u64,
+}
+
+/// Which accounts each device may debit, open, close and read. `None`: any device, any account.
+#[derive(Debug, Clone, Default)]
+pub struct Permissions {
+    devices: Option<HashMap<String, Vec<String>>>,
+}
+
+impl Permissions {
+    pub fn open() -> Permissions {
+        Permissions { devices: None }
+    }
+
+    pub fn restricted(devices: HashMap<String, Vec<String>>) -> Permissions {
+        Permissions { devices: Some(devices) }
+    }
+
+    pub fn allows(&self, device: Option<&str>, account: &str) -> bool {
+        let Some(devices) = &self.devices else { return true };
+        let Some(patterns) = device.and_then(|d| devices.get(d)) else { return false };
+        patterns.iter().any(|p| glob_match(p, account))
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || !text[first.len()..].ends_with(last) || text.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// The journal position the state reflects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: Hash,
+    pub ts_ms: u64,
+}
+
+/// Before-images for rolling back a batch that fails part-way.
+enum Undo {
+    Account(String, Option<Account>),
+    Hold(String, Option<Hold>),
+}
+
+pub struct Ledger {
+    node_id: String,
+    assets: Assets,
+    limits: Limits,
+    permissions: Permissions,
+    accounts: HashMap<String, Account>,
+    holds: HashMap<String, Hold>,
+    /// Pending holds with a timeout, by expiry time.
+    expiries: BTreeSet<(u64, String)>,
+    ids: HashMap<String, Recorded>,
+    head: Head,
+}
+
+impl Ledger {
+    pub fn new(node_id: &str, assets: Assets, limits: Limits, permissions: Permissions) -> Ledger {
+        Ledger {
+            node_id: node_id.to_string(),
+            assets,
+            limits,
+            permissions,
+            accounts: HashMap::new(),
+            holds: HashMap::new(),
+            expiries: BTreeSet::new(),
+            ids: HashMap::new(),
+            head: Head { seq: 0, hash: GENESIS, ts_ms: 0 },
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    pub fn account(&self, name: &str) -> Option<&Account> {
+        self.accounts.get(name)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = (&String, &Account)> {
+        self.accounts.iter()
+    }
+
+    pub fn hold(&self, pending_id: &str) -> Option<&Hold> {
+        self.holds.get(pending_id)
+    }
+
+    pub fn recorded(&self, id: &str) -> Option<&Recorded> {
+        self.ids.get(id)
+    }
+
+    pub fn recorded_count(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Restores an id record read back from storage at start-up.
+    pub fn restore_recorded(&mut self, id: String, recorded: Recorded) {
+        self.ids.insert(id, recorded);
+    }
+
+    /// The earliest expiry time of a pending hold, if any.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.expiries.first().map(|(t, _)| *t)
+    }
+
+    /// Applies one device command at time `now_ms`.
+    pub fn submit(&mut self, device: Option<&str>, command: Command, now_ms: u64) -> Effects {
+        if let Op::Balance { account } = &command.op {
+            let reply = match self.balance(device, account) {
+                Ok(view) => {
+                    let mut reply = Reply::ok(&command.id, Status::Committed, self.head.seq, "balance read");
+                    reply.balance = Some(view);
+                    reply
+                }
+                Err(rejection) => Reply::rejected(Some(&command.id), rejection),
+            };
+            return Effects { reply: Some(reply), ..Effects::default() };
+        }
+        debug_assert!(!matches!(command.op, Op::Expire { .. }), "devices cannot send expire");
+
+        let fingerprint = fingerprint(device, &command);
+        if let Some(recorded) = self.ids.get(&command.id) {
+            let reply = if recorded.fingerprint == fingerprint {
+                Reply { duplicate: true, ..recorded.reply.clone() }
+            } else {
+                Reply::rejected(
+                    Some(&command.id),
+                    Rejection::new(Code::IdConflict, format!("id: {:?} was already used for a different command", command.id)),
+                )
+            };
+            return Effects { reply: Some(reply), ..Effects::default() };
+        }
+
+        let now_ms = now_ms.max(self.head.ts_ms);
+        let mut undo = Vec::new();
+        let mut changes = Vec::new();
+        let outcome = self.execute(device, &command, now_ms, &mut undo, &mut changes);
+        let mut effects = Effects::default();
+        match outcome {
+            Ok(mut reply) => {
+                let seq = self.head.seq + 1;
+                reply.seq = Some(seq);
+                effects.notices = self.notices_for(device, &changes, seq);
+                let entry = self.append(device, command.clone(), changes, now_ms);
+                debug_assert_eq!(entry.seq, seq);
+                if let Op::Batch { ops } = &command.op {
+                    for op in ops {
+                        let status = if matches!(op.op, Op::Hold { .. }) { Status::Pending } else { Status::Committed };
+                        let mut inner = Reply::ok(&op.id, status, seq, format!("{} committed in batch {}", op.op.name(), command.id));
+                        inner.seq = Some(seq);
+                        effects.recorded.push(self.record(&op.id, fingerprint_in_batch(device, &command.id, op), inner));
+                    }
+                }
+                effects.recorded.push(self.record(&command.id, fingerprint, reply.clone()));
+                effects.entry = Some(entry);
+                effects.reply = Some(reply);
+            }
+            Err(rejection) => {
+                self.rollback(undo);
+                let reply = Reply::rejected(Some(&command.id), rejection);
+                effects.recorded.push(self.record(&command.id, fingerprint, reply.clone()));
+                effects.reply = Some(reply);
+            }
+        }
+        self.debug_check_totals();
+        effects
+    }
+
+    /// Expires every pending hold whose timeout has passed by `now_ms`, one entry each.
+    pub fn expire_due(&mut self, now_ms: u64) -> Vec<Effects> {
+        let mut out = Vec::new();
+        while let Some((at, pending_id)) = self.expiries.first().cloned() {
+            if at > now_ms {
+                break;
+            }
+            let change = Change::HoldResolved { pending_id: pending_id.clone(), resolution: Resolution::Expired, posted: 0 };
+            let mut undo = Vec::new();
+            self.apply(&change, &mut undo).expect("releasing a hold cannot overflow");
+            let seq = self.head.seq + 1;
+            let changes = vec![change];
+            let notices = self.notices_for(None, &changes, seq);
+            let command = Command { id: format!("expire:{pending_id}"), op: Op::Expire { pending_id } };
+            let entry = self.append(None, command, changes, now_ms.max(self.head.ts_ms));
+            out.push(Effects { reply: None, entry: Some(entry), recorded: Vec::new(), notices });
+        }
+        self.debug_check_totals();
+        out
+    }
+
+    /// Rebuilds state from a stored entry, checking its place in the chain.
+    pub fn replay(&mut self, entry: &Entry) -> Result<(), ChainError> {
+        entry.verify(self.head.seq + 1, &self.head.hash)?;
+        let body = entry.parse_body()?;
+        let mut undo = Vec::new();
+        for change in &body.changes {
+            self.apply(change, &mut undo)
+                .map_err(|r| ChainError::BadBody { seq: entry.seq, reason: format!("change cannot be applied: {}", r.message) })?;
+        }
+        self.head = Head { seq: entry.seq, hash: entry.hash, ts_ms: body.ts_ms };
+        Ok(())
+    }
+
+    fn record(&mut self, id: &str, fingerprint: String, reply: Reply) -> (String, Recorded) {
+        let recorded = Recorded { fingerprint, reply };
+        self.ids.insert(id.to_string(), recorded.clone());
+        (id.to_string(), recorded)
+    }
+
+    fn append(&mut self, device: Option<&str>, command: Command, changes: Vec<Change>, ts_ms: u64) -> Entry {
+        let body = EntryBody { seq: self.head.seq + 1, ts_ms, device: device.map(str::to_string), command, changes };
+        let entry = Entry::seal(self.head.hash, &body);
+        self.head = Head { seq: entry.seq, hash: entry.hash, ts_ms };
+        entry
+    }
+
+    fn execute(
+        &mut self,
+        device: Option<&str>,
+        command: &Command,
+        now_ms: u64,
+        undo: &mut Vec<Undo>,
+        changes: &mut Vec<Change>,
+    ) -> Result<Reply, Rejection> {
+        let id = command.id.as_str();
+        match &command.op {
+            Op::OpenAccount { account, asset, flags, overdraft_limit } => {
+                let name = self.local(account, "account")?;
+                if name.starts_with('~') {
+                    return Err(Rejection::new(Code::Forbidden, format!("account: {name} is a system account; only the node opens those")));
+                }
+                self.permit(device, &name, "account")?;
+                if self.accounts.contains_key(&name) {
+                    return Err(Rejection::new(Code::AccountExists, format!("account: {name} already exists")));
+                }
+                let spec = self
+                    .assets
+                    .get(asset)
+                    .ok_or_else(|| Rejection::new(Code::UnknownAsset, format!("asset: {asset} is not a known asset")))?;
+                let issuance = flags.contains(&Flag::Issuance);
+                let floor = match (issuance, overdraft_limit) {
+                    (true, Some(_)) => {
+                        return Err(Rejection::new(Code::InvalidField, "overdraft_limit: an issuance account has no limit to set"))
+                    }
+                    (true, None) if flags.contains(&Flag::NoOverdraft) => {
+                        return Err(Rejection::new(Code::InvalidField, "flags: issuance and no_overdraft contradict each other"))
+                    }
+                    (true, None) => Floor::Issuance,
+                    (false, Some(_)) if flags.contains(&Flag::NoOverdraft) => {
+                        return Err(Rejection::new(Code::InvalidField, "overdraft_limit: contradicts the no_overdraft flag"))
+                    }
+                    (false, Some(limit)) => Floor::Overdraft(
+                        self.assets
+                            .parse_amount(spec, limit)
+                            .map_err(|e| Rejection::new(Code::InvalidAmount, format!("overdraft_limit: {limit:?} {e}")))?,
+                    ),
+                    (false, None) => Floor::Overdraft(0),
+                };
+                self.change(Change::AccountOpened { account: name.clone(), asset: asset.clone(), floor }, undo, changes)?;
+                Ok(Reply::ok(id, Status::Committed, 0, format!("account {name} opened")))
+            }
+            Op::CloseAccount { account } => {
+                let name = self.local(account, "account")?;
+                self.permit(device, &name, "account")?;
+                let acct = self.existing(&name, "account")?;
+                if acct.posted != 0 || acct.pending_debits != 0 || acct.pending_credits != 0 {
+                    return Err(Rejection::new(
+                        Code::AccountNotEmpty,
+                        format!("account: {name} has a balance or pending amounts; only an empty account can close"),
+                    ));
+                }
+                self.change(Change::AccountClosed { account: name.clone() }, undo, changes)?;
+                Ok(Reply::ok(id, Status::Committed, 0, format!("account {name} closed")))
+            }
+            Op::Transfer(movement) => {
+                let (debit, credit, amount) = self.check_movement(device, movement)?;
+                let asset = movement.asset.clone();
+                self.change(Change::Transferred { debit, credit, asset, amount }, undo, changes)?;
+                Ok(Reply::ok(id, Status::Committed, 0, "transfer committed"))
+            }
+            Op::Hold { movement, timeout_s } => {
+                let (debit, credit, amount) = self.check_movement(device, movement)?;
+                let expires_at_ms = match timeout_s {
+                    Some(t) if *t > self.limits.max_hold_timeout_s => {
+                        return Err(Rejection::new(
+                            Code::InvalidField,
+                            format!("timeout_s: {t} is above the maximum of {}", self.limits.max_hold_timeout_s),
+                        ))
+                    }
+                    Some(t) => Some(now_ms + t * 1000),
+                    None => None,
+                };
+                let change = Change::HoldPlaced {
+                    pending_id: id.to_string(),
+                    debit,
+                    credit,
+                    asset: movement.asset.clone(),
+                    amount,
+                    expires_at_ms,
+                    device: device.map(str::to_string),
+                };
+                self.change(change, undo, changes)?;
+                let mut reply = Reply::ok(id, Status::Pending, 0, "hold placed; post or void it with this id as pending_id");
+                reply.expires_at_ms = expires_at_ms;
+                Ok(reply)
+            }
+            Op::Post { pending_id, amount } => {
+                let hold = self.pending_hold(device, pending_id, now_ms)?;
+                let spec = self.assets.get(&hold.asset).expect("hold asset is known");
+                let posted = match amount {
+                    None => hold.amount,
+                    Some(text) => {
+                        let value = self
+                            .assets
+                            .parse_amount(spec, text)
+                            .map_err(|e| Rejection::new(Code::InvalidAmount, format!("amount: {text:?} {e}")))?;
+                        if value > hold.amount {
+                            return Err(Rejection::new(
+                                Code::AmountExceedsPending,
+                                format!("amount: {text} is more than the pending {}", format_minor(hold.amount, spec.scale)),
+                            ));
+                        }
+                        value
+                    }
+                };
+                let released = hold.amount - posted;
+                let change = Change::HoldResolved { pending_id: pending_id.clone(), resolution: Resolution::Posted, posted };
+                self.change(change, undo, changes)?;
+                let mut reply = Reply::ok(id, Status::Committed, 0, format!("pending {pending_id} posted"));
+                reply.posted = Some(format_minor(posted, spec.scale));
+                reply.released = Some(format_minor(released, spec.scale));
+                Ok(reply)
+            }
+            Op::Void { pending_id } => {
+                self.pending_hold(device, pending_id, now_ms)?;
+                let change = Change::HoldResolved { pending_id: pending_id.clone(), resolution: Resolution::Voided, posted: 0 };
+                self.change(change, undo, changes)?;
+                Ok(Reply::ok(id, Status::Committed, 0, format!("pending {pending_id} voided")))
+            }
+            Op::Batch { ops } => {
+                if ops.len() > self.limits.max_batch_ops {
+                    return Err(Rejection::new(Code::InvalidField, format!("ops: more than {} commands", self.limits.max_batch_ops)));
+                }
+                let mut results = Vec::with_capacity(ops.len());
+                for (i, op) in ops.iter().enumerate() {
+                    if self.ids.contains_key(&op.id) {
+                        return Err(Rejection::new(Code::IdConflict, format!("ops[{i}].id: {:?} was already used", op.id)));
+                    }
+                    let inner = self
+                        .execute(device, op, now_ms, undo, changes)
+                        .map_err(|r| Rejection::new(r.code, format!("ops[{i}] (id {:?}): {}", op.id, r.message)))?;
+                    results.push(OpResult { id: op.id.clone(), status: inner.status, code: inner.code });
+                }
+                let mut reply = Reply::ok(id, Status::Committed, 0, format!("batch of {} committed", ops.len()));
+                reply.results = results;
+                Ok(reply)
+            }
+            Op::Balance { .. } => Err(Rejection::new(Code::InvalidField, "op: balance is a read and cannot be batched")),
+            Op::Expire { .. } => Err(Rejection::new(Code::UnknownOp, "op: expire is written by the node only")),
+        }
+    }
+
+    /// Validates a transfer or hold and returns (debit, credit, amount in minor units).
+    fn check_movement(&self, device: Option<&str>, m: &Movement) -> Result<(String, String, Minor), Rejection> {
+        let debit = self.local(&m.debit, "debit")?;
+        let credit = self.local(&m.credit, "credit")?;
+        if debit == credit {
+            return Err(Rejection::new(Code::SameAccount, format!("credit: {credit} is also the debit account")));
+        }
+        self.permit(device, &debit, "debit")?;
+        let spec = self
+            .assets
+            .get(&m.asset)
+            .ok_or_else(|| Rejection::new(Code::UnknownAsset, format!("asset: {} is not a known asset", m.asset)))?;
+        let amount = self
+            .assets
+            .parse_amount(spec, &m.amount)
+            .map_err(|e| Rejection::new(Code::InvalidAmount, format!("amount: {:?} {e}", m.amount)))?;
+        let from = self.open_account(&debit, "debit", &m.asset)?;
+        self.open_account(&credit, "credit", &m.asset)?;
+        if let Floor::Overdraft(limit) = from.floor {
+            let after = from.available().checked_sub(amount);
+            if after.map_or(true, |a| a < -limit) {
+                return Err(Rejection::new(
+                    Code::InsufficientFunds,
+                    format!(
+                        "debit: {debit} has {} {} available, the command needs {}",
+                        format_minor(from.available() + limit, spec.scale),
+                        m.asset,
+                        format_minor(amount, spec.scale)
+                    ),
+                ));
+            }
+        }
+        Ok((debit, credit, amount))
+    }
+
+    fn pending_hold(&self, device: Option<&str>, pending_id: &str, now_ms: u64) -> Result<Hold, Rejection> {
+        let hold = self
+            .holds
+            .get(pending_id)
+            .ok_or_else(|| Rejection::new(Code::UnknownPending, format!("pending_id: no hold {pending_id:?} on this node")))?;
+        self.permit(device, &hold.debit, "pending_id")?;
+        match hold.state {
+            HoldState::Resolved(Resolution::Posted) => {
+                Err(Rejection::new(Code::PendingPosted, format!("pending_id: {pending_id} was already posted")))
+            }
+            HoldState::Resolved(Resolution::Voided) => {
+                Err(Rejection::new(Code::PendingVoided, format!("pending_id: {pending_id} was already voided")))
+            }
+            HoldState::Resolved(Resolution::Expired) => {
+                Err(Rejection::new(Code::PendingExpired, format!("pending_id: {pending_id} has expired")))
+            }
+            HoldState::Pending if hold.expires_at_ms.is_some_and(|t| t <= now_ms) => {
+                Err(Rejection::new(Code::PendingExpired, format!("pending_id: {pending_id} has expired")))
+            }
+            HoldState::Pending => Ok(hold.clone()),
+        }
+    }
+
+    fn balance(&self, device: Option<&str>, address: &str) -> Result<BalanceView, Rejection> {
+        let name = self.local(address, "account")?;
+        self.permit(device, &name, "account")?;
+        let acct = self.existing(&name, "account")?;
+        let scale = self.assets.get(&acct.asset).expect("account asset is known").scale;
+        Ok(BalanceView {
+            account: name,
+            asset: acct.asset.clone(),
+            posted: format_minor(acct.posted, scale),
+            pending_debits: format_minor(acct.pending_debits, scale),
+            pending_credits: format_minor(acct.pending_credits, scale),
+            available: format_minor(acct.available(), scale),
+        })
+    }
+
+    /// The local account name of an address, or `remote_account` when it lives elsewhere.
+    fn local(&self, address: &str, field: &str) -> Result<String, Rejection> {
+        match address.split_once('@') {
+            None => Ok(address.to_string()),
+            Some((name, node)) if node == self.node_id => Ok(name.to_string()),
+            Some((_, node)) => Err(Rejection::new(
+                Code::RemoteAccount,
+                format!("{field}: {address} lives on node {node}; this node ({}) has no cross-node link", self.node_id),
+            )),
+        }
+    }
+
+    fn permit(&self, device: Option<&str>, account: &str, field: &str) -> Result<(), Rejection> {
+        if self.permissions.allows(device, account) {
+            Ok(())
+        } else {
+            Err(Rejection::new(
+                Code::Forbidden,
+                format!("{field}: device {} may not use account {account}", device.unwrap_or("(unknown)")),
+            ))
+        }
+    }
+
+    fn existing(&self, name: &str, field: &str) -> Result<&Account, Rejection> {
+        self.accounts
+            .get(name)
+            .ok_or_else(|| Rejection::new(Code::UnknownAccount, format!("{field}: account {name} does not exist on this node")))
+    }
+
+    fn open_account(&self, name: &str, field: &str, asset: &str) -> Result<&Account, Rejection> {
+        let acct = self.existing(name, field)?;
+        if acct.closed {
+            return Err(Rejection::new(Code::AccountClosed, format!("{field}: account {name} is closed")));
+        }
+        if acct.asset != asset {
+            return Err(Rejection::new(
+                Code::AssetMismatch,
+                format!("{field}: account {name} holds {}, the command says {asset}", acct.asset),
+            ));
+        }
+        Ok(acct)
+    }
+
+    fn change(&mut self, change: Change, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) -> Result<(), Rejection> {
+        self.apply(&change, undo)?;
+        changes.push(change);
+        Ok(())
+    }
+
+    /// Applies one change, all of it or (on overflow) none of it.
+    fn apply(&mut self, change: &Change, undo: &mut Vec<Undo>) -> Result<(), Rejection> {
+        let overflow = || Rejection::new(Code::Overflow, "amount: the resulting balance is out of range");
+        match change {
+            Change::AccountOpened { account, asset, floor } => {
+                let acct = Account {
+                    asset: asset.clone(),
+                    floor: *floor,
+                    closed: false,
+                    posted: 0,
+                    pending_debits: 0,
+                    pending_credits: 0,
+                };
+                self.put_account(account, acct, undo);
+            }
+            Change::AccountClosed { account } => {
+                let mut acct = self.accounts[account].clone();
+                acct.closed = true;
+                self.put_account(account, acct, undo);
+            }
+            Change::Transferred { debit, credit, amount, .. } => {
+                let mut from = self.accounts[debit].clone();
+                let mut to = self.accounts[credit].clone();
+                from.posted = from.posted.checked_sub(*amount).ok_or_else(overflow)?;
+                to.posted = to.posted.checked_add(*amount).ok_or_else(overflow)?;
+                // Pending debits are subtracted from posted to get "available"; keep that in range too.
+                from.posted.checked_sub(from.pending_debits).ok_or_else(overflow)?;
+                self.put_account(debit, from, undo);
+                self.put_account(credit, to, undo);
+            }
+            Change::HoldPlaced { pending_id, debit, credit, asset, amount, expires_at_ms, device } => {
+                let mut from = self.accounts[debit].clone();
+                let mut to = self.accounts[credit].clone();
+                from.pending_debits = from.pending_debits.checked_add(*amount).ok_or_else(overflow)?;
+                from.posted.checked_sub(from.pending_debits).ok_or_else(overflow)?;
+                to.pending_credits = to.pending_credits.checked_add(*amount).ok_or_else(overflow)?;
+                to.posted.checked_add(to.pending_credits).ok_or_else(overflow)?;
+                let hold = Hold {
+                    debit: debit.clone(),
+                    credit: credit.clone(),
+                    asset: asset.clone(),
+                    amount: *amount,
+                    expires_at_ms: *expires_at_ms,
+                    device: device.clone(),
+                    state: HoldState::Pending,
+                };
+                self.put_account(debit, from, undo);
+                self.put_account(credit, to, undo);
+                self.put_hold(pending_id, Some(hold), undo);
+            }
+            Change::HoldResolved { pending_id, resolution, posted } => {
+                let mut hold = self.holds[pending_id].clone();
+                assert_eq!(hold.state, HoldState::Pending, "a hold resolves exactly once");
+                assert!(*posted >= 0 && *posted <= hold.amount, "posted part of a hold is within it");
+                let mut from = self.accounts[&hold.debit].clone();
+                let mut to = self.accounts[&hold.credit].clone();
+                from.pending_debits -= hold.amount;
+                to.pending_credits -= hold.amount;
+                from.posted = from.posted.checked_sub(*posted).ok_or_else(overflow)?;
+                to.posted = to.posted.checked_add(*posted).ok_or_else(overflow)?;
+                hold.state = HoldState::Resolved(*resolution);
+                let (debit, credit) = (hold.debit.clone(), hold.credit.clone());
+                self.put_account(&debit, from, undo);
+                self.put_account(&credit, to, undo);
+                self.put_hold(pending_id, Some(hold), undo);
+            }
+        }
+        Ok(())
+    }
+
+    fn put_account(&mut self, name: &str, acct: Account, undo: &mut Vec<Undo>) {
+        let before = self.accounts.insert(name.to_string(), acct);
+        undo.push(Undo::Account(name.to_string(), before));
+    }
+
+    fn put_hold(&mut self, pending_id: &str, hold: Option<Hold>, undo: &mut Vec<Undo>) {
+        let before = self.set_hold(pending_id, hold);
+        undo.push(Undo::Hold(pending_id.to_string(), before));
+    }
+
+    /// Sets a hold and keeps the expiry index in step with it.
+    fn set_hold(&mut self, pending_id: &str, hold: Option<Hold>) -> Option<Hold> {
+        let before = match hold {
+            Some(h) => self.holds.insert(pending_id.to_string(), h),
+            None => self.holds.remove(pending_id),
+        };
+        if let Some(t) = before.as_ref().and_then(|h| h.expires_at_ms) {
+            self.expiries.remove(&(t, pending_id.to_string()));
+        }
+        if let Some(Hold { state: HoldState::Pending, expires_at_ms: Some(t), .. }) = self.holds.get(pending_id) {
+            self.expiries.insert((*t, pending_id.to_string()));
+        }
+        before
+    }
+
+    fn rollback(&mut self, undo: Vec<Undo>) {
+        for step in undo.into_iter().rev() {
+            match step {
+                Undo::Account(name, Some(acct)) => {
+                    self.accounts.insert(name, acct);
+                }
+                Undo::Account(name, None) => {
+                    self.accounts.remove(&name);
+                }
+                Undo::Hold(id, before) => {
+                    self.set_hold(&id, before);
+                }
+            }
+        }
+    }
+
+    fn notices_for(&self, resolver: Option<&str>, changes: &[Change], seq: u64) -> Vec<Notice> {
+        let mut out = Vec::new();
+        for change in changes {
+            let Change::HoldResolved { pending_id, resolution, posted } = change else { continue };
+            let hold = &self.holds[pending_id];
+            let Some(owner) = &hold.device else { continue };
+            // The device that resolves its own hold learns the outcome from its reply.
+            if resolver == Some(owner.as_str()) {
+                continue;
+            }
+            let scale = self.assets.get(&hold.asset).map_or(0, |s| s.scale);
+            out.push(Notice {
+                device: owner.clone(),
+                event: "pending_resolved",
+                pending_id: pending_id.clone(),
+                resolution: *resolution,
+                amount: format_minor(*posted, scale),
+                seq,
+            });
+        }
+        out
+    }
+
+    fn debug_check_totals(&self) {
+        #[cfg(debug_assertions)]
+        if self.accounts.len() <= 10_000 {
+            if let Err(e) = self.check_invariants() {
+                panic!("ledger invariant broken: {e}");
+            }
+        }
+    }
+
+    /// SPEC §8 invariants 1 and 2, plus holds matching the pending amounts. O(accounts + holds).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut posted: HashMap<&str, i128> = HashMap::new();
+        let mut pending_debits: HashMap<&str, i128> = HashMap::new();
+        let mut pending_credits: HashMap<&str, i128> = HashMap::new();
+        for (name, a) in &self.accounts {
+            *posted.entry(&a.asset).or_default() += a.posted as i128;
+            *pending_debits.entry(&a.asset).or_default() += a.pending_debits as i128;
+            *pending_credits.entry(&a.asset).or_default() += a.pending_credits as i128;
+            if let Floor::Overdraft(limit) = a.floor {
+                if a.available() < -limit {
+                    return Err(format!("account {name} is below its floor: available {}", a.available()));
+                }
+            }
+            if a.pending_debits < 0 || a.pending_credits < 0 {
+                return Err(format!("account {name} has negative pending amounts"));
+            }
+        }
+        for (asset, sum) in &posted {
+            if *sum != 0 {
+                return Err(format!("posted balances of {asset} sum to {sum}, not zero"));
+            }
+            if pending_debits.get(asset) != pending_credits.get(asset) {
+                return Err(format!("pending debits and credits of {asset} differ"));
+            }
+        }
+        let mut held: HashMap<&str, (i128, i128)> = HashMap::new();
+        for h in self.holds.values().filter(|h| h.state == HoldState::Pending) {
+            held.entry(&h.debit).or_default().0 += h.amount as i128;
+            held.entry(&h.credit).or_default().1 += h.amount as i128;
+        }
+        for (name, a) in &self.accounts {
+            let (d, c) = held.get(name.as_str()).copied().unwrap_or_default();
+            if (d, c) != (a.pending_debits as i128, a.pending_credits as i128) {
+                return Err(format!("account {name}: pending amounts do not match its open holds"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn fingerprint(device: Option<&str>, command: &Command) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(device.unwrap_or("").as_bytes());
+    hasher.update(&[0]);
+    hasher.update(&serde_json::to_vec(command).expect("command serializes"));
+    hasher.finalize().to_hex()[..32].to_string()
+}
+
+/// An op inside a batch is fingerprinted with its batch, so it cannot be resent alone as a
+/// "duplicate" of something it never was.
+fn fingerprint_in_batch(device: Option<&str>, batch_id: &str, op: &Command) -> String {
+    fingerprint(device, &Command { id: format!("{batch_id}/{}", op.id), op: op.op.clone() })
+}

@@ -1,0 +1,15 @@
+//! The ledger node: the pure ledger core (`money`, `command`, `ledger`, `journal`, `reply`)
+//! and the I/O shell around it (`store` on redb, `intake` from the embedded MQTT broker,
+//! `node` to start it all).
+//!
+//! The core must not touch disk, network or clock; it takes commands and the time and returns
+//! effects. The shell must not reply to a device before the effects are durable.
+
+pub mod command;
+pub mod intake;
+pub mod journal;
+pub mod ledger;
+pub mod money;
+pub mod node;
+pub mod reply;
+pub mod store;

@@ -1,0 +1,72 @@
+//! `ledger-node`: runs an edge node, or helps configure one.
+
+use config::NodeConfig;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const HELP: &str = "\
+ledger-node: an edgeledger node (MQTT in, redb ledger inside)
+
+USAGE:
+    ledger-node                       run an edge node on the embedded default:
+                                      MQTT 3.1.1 on 127.0.0.1:1883, data under ./data,
+                                      any device allowed, node id local/edge-1
+    ledger-node --config FILE         run the node FILE describes (see config/edge.toml)
+    ledger-node check-config FILE     validate FILE; names the offending key
+    ledger-node hash-password [PW]    print an argon2 hash for a device password
+                                      (reads the password from stdin when PW is absent)
+    ledger-node --help                this text
+
+Logging: RUST_LOG (default: info, with the broker at warn).
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        [] => run(NodeConfig::embedded_default()),
+        ["--help"] | ["-h"] | ["help"] => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        ["--config", file] => match NodeConfig::from_file(&PathBuf::from(file)) {
+            Ok(config) => run(config),
+            Err(e) => fail(&format!("config error: {e}")),
+        },
+        ["check-config", file] => match NodeConfig::from_file(&PathBuf::from(file)) {
+            Ok(config) => {
+                println!("{file}: ok (node {}, role {:?}, {} devices)", config.node.id, config.node.role, config.devices.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&format!("config error: {e}")),
+        },
+        ["hash-password", password] => {
+            println!("{}", broker::hash_password(password));
+            ExitCode::SUCCESS
+        }
+        ["hash-password"] => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() || line.trim_end_matches(['\r', '\n']).is_empty() {
+                return fail("hash-password: no password on stdin");
+            }
+            println!("{}", broker::hash_password(line.trim_end_matches(['\r', '\n'])));
+            ExitCode::SUCCESS
+        }
+        _ => fail(&format!("unknown arguments: {}\n\n{HELP}", args.join(" "))),
+    }
+}
+
+fn run(config: NodeConfig) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match ledger::node::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("ledger-node: {message}");
+    ExitCode::FAILURE
+}

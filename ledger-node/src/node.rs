@@ -1,0 +1,74 @@
+//! Starting a node: open and rebuild the store, start the embedded broker, run the intake.
+
+use crate::intake::{Intake, IntakeLimits};
+use crate::ledger::{Ledger, Limits, Permissions};
+use crate::money::Assets;
+use crate::store::Store;
+use config::NodeConfig;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+/// The ledger core as a config describes it, with no state yet.
+pub fn ledger_for(config: &NodeConfig) -> Ledger {
+    let custom: Vec<(String, u32)> = config.assets.iter().map(|a| (a.code.clone(), a.scale)).collect();
+    let assets = Assets::new(&custom, |code| config.max_amount_for(code));
+    let limits = Limits { max_batch_ops: config.ledger.max_batch_ops, max_hold_timeout_s: config.ledger.max_hold_timeout_s };
+    let permissions = if config.devices.is_empty() {
+        Permissions::open()
+    } else {
+        Permissions::restricted(config.devices.iter().map(|d| (d.id.clone(), d.may_debit.clone())).collect::<HashMap<_, _>>())
+    };
+    Ledger::new(&config.node.id, assets, limits, permissions)
+}
+
+/// Runs the node until a fatal error; returns that error's message.
+pub fn run(config: NodeConfig) -> Result<(), String> {
+    check_listeners(&config)?;
+    let store = Store::open(&config.node.data_dir, &config.node.id).map_err(|e| e.to_string())?;
+    let mut ledger = ledger_for(&config);
+    store.load(&mut ledger).map_err(|e| e.to_string())?;
+    tracing::info!(node = %config.node.id, db = %store.path().display(), head = ledger.head().seq, "ledger loaded");
+
+    let broker_config = broker::broker_config(&config).map_err(|e| e.to_string())?;
+    let mut mqtt = broker::Broker::new(broker_config);
+    let (mut link_tx, link_rx) = mqtt.link("edgeledger-node").map_err(|e| format!("broker link: {e}"))?;
+    std::thread::Builder::new()
+        .name("broker".into())
+        .spawn(move || {
+            if let Err(e) = mqtt.start() {
+                tracing::error!("broker stopped: {e}");
+                std::process::exit(1);
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    link_tx.subscribe(broker::COMMAND_FILTER).map_err(|e| format!("broker link: {e}"))?;
+
+    let listeners = [("mqtt 3.1.1", config.mqtt.listen_v4), ("mqtt 5", config.mqtt.listen_v5), ("websocket", config.mqtt.listen_ws)];
+    for (kind, addr) in listeners {
+        if let Some(addr) = addr {
+            println!("ledger-node {}: {kind} on {addr}", config.node.id);
+        }
+    }
+    println!("ledger-node {}: ready, journal head {}, data in {}", config.node.id, ledger.head().seq, store.path().display());
+
+    let limits = IntakeLimits {
+        max_command_bytes: config.ledger.max_command_bytes,
+        max_batch_ops: config.ledger.max_batch_ops,
+        max_group: config.commit.max_batch,
+        max_wait: Duration::from_micros(config.commit.max_wait_us),
+    };
+    Intake::new(ledger, store, link_tx, link_rx, limits).run()
+}
+
+/// rumqttd logs a bind failure and carries on without the listener; find out first.
+fn check_listeners(config: &NodeConfig) -> Result<(), String> {
+    let listeners: [(&str, Option<SocketAddr>); 3] =
+        [("mqtt.listen_v4", config.mqtt.listen_v4), ("mqtt.listen_v5", config.mqtt.listen_v5), ("mqtt.listen_ws", config.mqtt.listen_ws)];
+    for (key, addr) in listeners {
+        if let Some(addr) = addr {
+            TcpListener::bind(addr).map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! The redb file of a node: the journal, the id records and the node's identity. Every
+//! commit is `Durability::Immediate`; a node that cannot commit stops rather than reply.
+
+use crate::journal::{ChainError, Entry};
+use crate::ledger::{Effects, Ledger, Recorded};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::path::{Path, PathBuf};
+
+const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+const IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("ids");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+/// The file name of a node's database inside its data directory.
+pub const DB_FILE: &str = "ledger.redb";
+const FORMAT: &str = "edgeledger-1";
+
+#[derive(Debug)]
+pub enum StoreError {
+    Open { path: PathBuf, reason: String },
+    WrongNode { path: PathBuf, found: String, expected: String },
+    Chain { path: PathBuf, error: ChainError },
+    Io { path: PathBuf, reason: String },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Open { path, reason } => write!(f, "cannot open database {}: {reason}", path.display()),
+            StoreError::WrongNode { path, found, expected } => write!(
+                f,
+                "database {} belongs to node {found}, but this node is {expected}; point node.data_dir elsewhere",
+                path.display()
+            ),
+            StoreError::Chain { path, error } => write!(f, "database {}: {error}", path.display()),
+            StoreError::Io { path, reason } => write!(f, "database {}: {reason}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) `data_dir/ledger.redb` for `node_id`.
+    pub fn open(data_dir: &Path, node_id: &str) -> Result<Store, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Open { path: path.clone(), reason: format!("cannot create {}: {e}", data_dir.display()) })?;
+        let db = Database::create(&path).map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
+        let store = Store { db, path };
+        store.claim(node_id)?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn io(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io { path: self.path.clone(), reason: e.to_string() }
+    }
+
+    /// Records the node id on first use; refuses a file of another node.
+    fn claim(&self, node_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.io(e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| self.io(e))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| self.io(e))?;
+            let found = meta.get("node_id").map_err(|e| self.io(e))?.map(|v| v.value().to_string());
+            match found {
+                Some(found) if found != node_id => {
+                    return Err(StoreError::WrongNode { path: self.path.clone(), found, expected: node_id.to_string() })
+                }
+                Some(_) => {}
+                None => {
+                    meta.insert("node_id", node_id).map_err(|e| self.io(e))?;
+                    meta.insert("format", FORMAT).map_err(|e| self.io(e))?;
+                }
+            }
+            tx.open_table(JOURNAL).map_err(|e| self.io(e))?;
+            tx.open_table(IDS).map_err(|e| self.io(e))?;
+        }
+        tx.commit().map_err(|e| self.io(e))
+    }
+
+    /// Rebuilds `ledger` from the file: id records, then every journal entry in order,
+    /// verifying the hash chain as it goes.
+    pub fn load(&self, ledger: &mut Ledger) -> Result<(), StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let ids = tx.open_table(IDS).map_err(|e| self.io(e))?;
+        for row in ids.iter().map_err(|e| self.io(e))? {
+            let (id, value) = row.map_err(|e| self.io(e))?;
+            let recorded: Recorded = serde_json::from_slice(value.value())
+                .map_err(|e| self.io(format!("id record {:?} cannot be read: {e}", id.value())))?;
+            ledger.restore_recorded(id.value().to_string(), recorded);
+        }
+        let journal = tx.open_table(JOURNAL).map_err(|e| self.io(e))?;
+        for row in journal.iter().map_err(|e| self.io(e))? {
+            let (seq, value) = row.map_err(|e| self.io(e))?;
+            let entry = Entry::decode(seq.value(), value.value()).map_err(|error| StoreError::Chain { path: self.path.clone(), error })?;
+            ledger.replay(&entry).map_err(|error| StoreError::Chain { path: self.path.clone(), error })?;
+        }
+        ledger
+            .check_invariants()
+            .map_err(|e| self.io(format!("the rebuilt books do not balance: {e}")))?;
+        Ok(())
+    }
+
+    /// Writes the entries and id records of a group of commands in one durable commit.
+    pub fn commit<'a>(&self, effects: impl IntoIterator<Item = &'a Effects>) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.io(e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| self.io(e))?;
+        {
+            let mut journal = tx.open_table(JOURNAL).map_err(|e| self.io(e))?;
+            let mut ids = tx.open_table(IDS).map_err(|e| self.io(e))?;
+            let mut bytes = Vec::new();
+            for effect in effects {
+                if let Some(entry) = &effect.entry {
+                    journal.insert(entry.seq, entry.encode().as_slice()).map_err(|e| self.io(e))?;
+                }
+                for (id, recorded) in &effect.recorded {
+                    bytes.clear();
+                    serde_json::to_writer(&mut bytes, recorded).expect("record serializes");
+                    ids.insert(id.as_str(), bytes.as_slice()).map_err(|e| self.io(e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.io(e))
+    }
+
+    /// Reads journal entries `from..=to` (inclusive), at most `limit` of them.
+    pub fn journal_range(&self, from: u64, to: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let journal = tx.open_table(JOURNAL).map_err(|e| self.io(e))?;
+        let mut out = Vec::new();
+        for row in journal.range(from..=to).map_err(|e| self.io(e))?.take(limit) {
+            let (seq, value) = row.map_err(|e| self.io(e))?;
+            out.push(Entry::decode(seq.value(), value.value()).map_err(|error| StoreError::Chain { path: self.path.clone(), error })?);
+        }
+        Ok(out)
+    }
+
+    pub fn journal_len(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let journal = tx.open_table(JOURNAL).map_err(|e| self.io(e))?;
+        journal.len().map_err(|e| self.io(e))
+    }
+}
