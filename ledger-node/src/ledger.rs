@@ -380,6 +380,9 @@ impl Ledger {
                 let name = self.local(account, "account")?;
                 self.permit(device, &name, "account")?;
                 let acct = self.existing(&name, "account")?;
+                if acct.closed {
+                    return Err(Rejection::new(Code::AccountClosed, format!("account: {name} is already closed")));
+                }
                 if acct.posted != 0 || acct.pending_debits != 0 || acct.pending_credits != 0 {
                     return Err(Rejection::new(
                         Code::AccountNotEmpty,

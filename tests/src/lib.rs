@@ -1,1 +1,331 @@
+//! Test and benchmark harness: starts real `ledger-node` processes on free loopback ports
+//! with their own data directories, and drives them with real MQTT clients (rumqttc).
+//!
+//! Owns process and client plumbing only. It must not reach into a running node's state:
+//! everything it learns comes over MQTT or from the node's redb file after the node stopped.
 
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a node may take to start listening.
+pub const START_DEADLINE: Duration = Duration::from_secs(60);
+/// How long a test waits for one reply before it resends or fails.
+pub const REPLY_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again soon).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The `ledger-node` binary next to this test binary, built if missing.
+pub fn node_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("ledger-node");
+    if !bin.exists() {
+        let profile_release = dir.ends_with("release");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "-p", "ledger-node", "--bin", "ledger-node"]);
+        if profile_release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building ledger-node failed");
+    }
+    bin
+}
+
+/// What to put in a node's config besides ports and data dir.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// Extra TOML appended to the generated config (devices, assets, limits).
+    pub extra_toml: String,
+    /// `[ledger]` section lines.
+    pub ledger_toml: String,
+    /// `[commit]` section lines.
+    pub commit_toml: String,
+    pub with_v5: bool,
+    pub with_ws: bool,
+}
+
+/// A `ledger-node` child process with its own data directory. Killed on drop.
+pub struct NodeProcess {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub port_v5: Option<u16>,
+    pub port_ws: Option<u16>,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+impl NodeProcess {
+    pub fn start(options: NodeOptions) -> NodeProcess {
+        let tempdir = tempfile::tempdir().expect("tempdir");
+        let dir = tempdir.path().to_path_buf();
+        let mut node = NodeProcess::configure(&dir, options);
+        node._tempdir = Some(tempdir);
+        node.spawn();
+        node
+    }
+
+    fn configure(dir: &Path, options: NodeOptions) -> NodeProcess {
+        let port = free_port();
+        let port_v5 = options.with_v5.then(free_port);
+        let port_ws = options.with_ws.then(free_port);
+        let mut toml = format!(
+            "[node]\nid = \"test/edge-1\"\ndata_dir = \"{}\"\n\n[mqtt]\nlisten_v4 = \"127.0.0.1:{port}\"\n",
+            dir.join("data").display()
+        );
+        if let Some(p) = port_v5 {
+            toml += &format!("listen_v5 = \"127.0.0.1:{p}\"\n");
+        }
+        if let Some(p) = port_ws {
+            toml += &format!("listen_ws = \"127.0.0.1:{p}\"\n");
+        }
+        toml += &format!("\n[ledger]\n{}\n\n[commit]\n{}\n\n{}\n", options.ledger_toml, options.commit_toml, options.extra_toml);
+        let config_path = dir.join("node.toml");
+        std::fs::write(&config_path, toml).expect("write config");
+        NodeProcess { dir: dir.to_path_buf(), port, port_v5, port_ws, config_path, child: None, _tempdir: None }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join("data").join("ledger.redb")
+    }
+
+    /// Starts the process and waits until its MQTT port accepts connections.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "node already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log")).expect("log file");
+        let child = Command::new(node_binary())
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn ledger-node");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_DEADLINE;
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                panic!("ledger-node exited with {status} before listening; log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "ledger-node did not listen within {START_DEADLINE:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waiters for replies by command id; other messages (notices, id-less replies) queue up.
+type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
+
+/// A device: one MQTT 3.1.1 connection publishing commands and reading its reply topic.
+pub struct Device {
+    pub id: String,
+    client: AsyncClient,
+    waiters: Waiters,
+    /// Replies nobody waited for and notices, in arrival order.
+    pub unsolicited: mpsc::UnboundedReceiver<Value>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Device {
+    pub async fn connect(port: u16, device_id: &str) -> Device {
+        Device::connect_as(port, device_id, None).await.expect("device connects")
+    }
+
+    /// Connects with optional (username, password); client id is the device id.
+    pub async fn connect_as(port: u16, device_id: &str, credentials: Option<(&str, &str)>) -> Result<Device, String> {
+        let mut options = MqttOptions::new(device_id, "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+        options.set_inflight(1000);
+        options.set_request_channel_capacity(4096);
+        if let Some((user, pass)) = credentials {
+            options.set_credentials(user, pass);
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 4096);
+        // Wait for CONNACK before handing the device out.
+        let deadline = Instant::now() + REPLY_DEADLINE;
+        loop {
+            match tokio::time::timeout(REPLY_DEADLINE, eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("connect failed: {e}")),
+                Err(_) => return Err("no CONNACK".to_string()),
+            }
+            if Instant::now() > deadline {
+                return Err("no CONNACK".to_string());
+            }
+        }
+        client
+            .subscribe(format!("ledger/v1/reply/{device_id}"), QoS::AtLeastOnce)
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            match tokio::time::timeout(REPLY_DEADLINE, eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("subscribe failed: {e}")),
+                Err(_) => return Err("no SUBACK".to_string()),
+            }
+        }
+        let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
+        let (tx, unsolicited) = mpsc::unbounded_channel();
+        let task = tokio::spawn(drive(eventloop, waiters.clone(), tx));
+        Ok(Device { id: device_id.to_string(), client, waiters, unsolicited, task })
+    }
+
+    /// Publishes a raw payload on this device's command topic (QoS 1).
+    pub async fn publish(&self, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(format!("ledger/v1/cmd/{}", self.id), QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("publish queued");
+    }
+
+    /// Sends a command and waits for the reply with its id.
+    pub async fn request(&self, command: Value) -> Value {
+        self.try_request(command.clone(), REPLY_DEADLINE)
+            .await
+            .unwrap_or_else(|| panic!("no reply within {REPLY_DEADLINE:?} to {command}"))
+    }
+
+    /// Sends a command and waits up to `wait` for its reply.
+    pub async fn try_request(&self, command: Value, wait: Duration) -> Option<Value> {
+        let id = command["id"].as_str().expect("command has a string id").to_string();
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().unwrap().insert(id.clone(), tx);
+        self.publish(serde_json::to_vec(&command).unwrap()).await;
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(reply)) => Some(reply),
+            _ => {
+                self.waiters.lock().unwrap().remove(&id);
+                None
+            }
+        }
+    }
+
+    /// The next reply or notice no request waited for.
+    pub async fn next_unsolicited(&mut self, wait: Duration) -> Option<Value> {
+        tokio::time::timeout(wait, self.unsolicited.recv()).await.ok().flatten()
+    }
+
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        self.task.abort();
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn drive(mut eventloop: EventLoop, waiters: Waiters, unsolicited: mpsc::UnboundedSender<Value>) {
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let Ok(value) = serde_json::from_slice::<Value>(&p.payload) else { continue };
+                let waiter = value["id"].as_str().and_then(|id| waiters.lock().unwrap().remove(id));
+                match waiter {
+                    Some(w) => {
+                        let _ = w.send(value);
+                    }
+                    None => {
+                        let _ = unsolicited.send(value);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                // The node went away (a crash test) or the test ended: back off and let
+                // rumqttc reconnect; the caller resends what got no reply.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Builds JSON commands tersely.
+pub mod cmd {
+    use serde_json::{json, Value};
+
+    pub fn open(id: &str, account: &str, asset: &str, flags: &[&str]) -> Value {
+        json!({"id": id, "op": "open_account", "account": account, "asset": asset, "flags": flags})
+    }
+    pub fn transfer(id: &str, debit: &str, credit: &str, amount: &str, asset: &str) -> Value {
+        json!({"id": id, "op": "transfer", "debit": debit, "credit": credit, "amount": amount, "asset": asset})
+    }
+    pub fn hold(id: &str, debit: &str, credit: &str, amount: &str, asset: &str, timeout_s: Option<u64>) -> Value {
+        let mut v = json!({"id": id, "op": "hold", "debit": debit, "credit": credit, "amount": amount, "asset": asset});
+        if let Some(t) = timeout_s {
+            v["timeout_s"] = json!(t);
+        }
+        v
+    }
+    pub fn post(id: &str, pending_id: &str, amount: Option<&str>) -> Value {
+        let mut v = json!({"id": id, "op": "post", "pending_id": pending_id});
+        if let Some(a) = amount {
+            v["amount"] = json!(a);
+        }
+        v
+    }
+    pub fn void(id: &str, pending_id: &str) -> Value {
+        json!({"id": id, "op": "void", "pending_id": pending_id})
+    }
+    pub fn balance(id: &str, account: &str) -> Value {
+        json!({"id": id, "op": "balance", "account": account})
+    }
+}
+
+/// Reads a stopped node's redb file back into a ledger, verifying the chain and invariants.
+pub fn load_ledger(db_dir: &Path, node_id: &str) -> Result<ledger::ledger::Ledger, String> {
+    let mut config = config::NodeConfig::embedded_default();
+    config.node.id = node_id.to_string();
+    let store = ledger::store::Store::open(db_dir, node_id).map_err(|e| e.to_string())?;
+    let mut ledger = ledger::node::ledger_for(&config);
+    store.load(&mut ledger).map_err(|e| e.to_string())?;
+    Ok(ledger)
+}
