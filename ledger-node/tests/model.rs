@@ -282,6 +282,11 @@ fn account() -> impl Strategy<Value = String> {
     prop::sample::select(ACCOUNTS).prop_map(str::to_string)
 }
 
+/// Mostly funded accounts, so that holds and transfers often succeed.
+fn debit_account() -> impl Strategy<Value = String> {
+    prop_oneof![3 => prop::sample::select(&["w0", "w1", "issuer"][..]).prop_map(str::to_string), 1 => account()]
+}
+
 fn amount() -> impl Strategy<Value = String> {
     prop::sample::select(AMOUNTS).prop_map(|(s, _)| s.to_string())
 }
@@ -300,9 +305,9 @@ fn op_body() -> impl Strategy<Value = Value> {
                 v
             }),
         1 => account().prop_map(|a| json!({"op": "close_account", "account": a})),
-        6 => (account(), account(), amount(), asset())
+        6 => (debit_account(), account(), amount(), asset())
             .prop_map(|(d, c, a, s)| json!({"op": "transfer", "debit": d, "credit": c, "amount": a, "asset": s})),
-        4 => (account(), account(), amount(), asset(), prop::option::of(prop::sample::select(vec![1u64, 5])))
+        4 => (debit_account(), account(), amount(), asset(), prop::option::of(prop::sample::select(vec![1u64, 5])))
             .prop_map(|(d, c, a, s, t)| {
                 let mut v = json!({"op": "hold", "debit": d, "credit": c, "amount": a, "asset": s});
                 if let Some(t) = t { v["timeout_s"] = json!(t); }
@@ -310,11 +315,11 @@ fn op_body() -> impl Strategy<Value = Value> {
             }),
         3 => (0usize..64, prop::option::of(amount()))
             .prop_map(|(p, a)| {
-                let mut v = json!({"op": "post", "pending_id": format!("c{p}")});
+                let mut v = json!({"op": "post", "pending_id": format!("pick:{p}")});
                 if let Some(a) = a { v["amount"] = json!(a); }
                 v
             }),
-        2 => (0usize..64).prop_map(|p| json!({"op": "void", "pending_id": format!("c{p}")})),
+        2 => (0usize..64).prop_map(|p| json!({"op": "void", "pending_id": format!("pick:{p}")})),
     ]
 }
 
@@ -335,15 +340,29 @@ fn action() -> impl Strategy<Value = Action> {
 }
 
 /// Gives a command and its batch ops ids; fresh ids are c0, c1, ... so holds can be named.
-fn with_ids(mut body: Value, id: String, next: &mut usize) -> Value {
+fn with_ids(mut body: Value, id: String, next: &mut usize, holds: &mut Vec<String>) -> Value {
     body["id"] = json!(id);
+    resolve_pick(&mut body, holds);
     if let Some(ops) = body.get_mut("ops").and_then(Value::as_array_mut) {
         for op in ops {
             op["id"] = json!(format!("c{next}"));
             *next += 1;
+            resolve_pick(op, holds);
         }
     }
     body
+}
+
+/// Post and void name one of the holds sent so far (or a never-used id when there is none),
+/// so that they mostly meet real holds; holds are remembered for later picks.
+fn resolve_pick(op: &mut Value, holds: &mut Vec<String>) {
+    if op["op"] == "hold" {
+        holds.push(op["id"].as_str().unwrap().to_string());
+    }
+    let Some(pick) = op["pending_id"].as_str().and_then(|p| p.strip_prefix("pick:")) else { return };
+    let n: usize = pick.parse().unwrap();
+    let target = if holds.is_empty() || n % 8 == 7 { "c9999".to_string() } else { holds[n % holds.len()].clone() };
+    op["pending_id"] = json!(target);
 }
 
 fn new_ledger() -> Ledger {
@@ -359,6 +378,7 @@ struct Harness {
     replies: HashMap<String, Reply>,
     now: u64,
     next_id: usize,
+    holds: Vec<String>,
 }
 
 impl Harness {
@@ -371,6 +391,7 @@ impl Harness {
             replies: HashMap::new(),
             now: 1_700_000_000_000,
             next_id: 0,
+            holds: Vec::new(),
         }
     }
 
@@ -449,12 +470,13 @@ fn setup(h: &mut Harness) {
     ];
     for (i, body) in prelude.into_iter().enumerate() {
         let mut unused = 0;
-        h.send(with_ids(body, format!("setup-{i}"), &mut unused));
+        let c = with_ids(body, format!("setup-{i}"), &mut unused, &mut h.holds);
+        h.send(c);
     }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, max_shrink_iters: 2_000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 500, max_shrink_iters: 2_000, ..ProptestConfig::default() })]
 
     #[test]
     fn core_matches_model(actions in prop::collection::vec(action(), 1..120)) {
@@ -466,7 +488,7 @@ proptest! {
                     let id = format!("c{}", h.next_id);
                     h.next_id += 1;
                     let mut next = h.next_id;
-                    let c = with_ids(body, id, &mut next);
+                    let c = with_ids(body, id, &mut next, &mut h.holds);
                     h.next_id = next;
                     h.send(c);
                 }
@@ -477,7 +499,7 @@ proptest! {
                 Action::Reuse(i, body) => {
                     let id = h.sent[i % h.sent.len()]["id"].as_str().unwrap().to_string();
                     let mut next = h.next_id;
-                    let c = with_ids(body, id, &mut next);
+                    let c = with_ids(body, id, &mut next, &mut h.holds);
                     h.next_id = next;
                     h.send(c);
                 }
