@@ -212,7 +212,7 @@ impl Device {
         }
         let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
         let (tx, unsolicited) = mpsc::unbounded_channel();
-        let task = tokio::spawn(drive(eventloop, waiters.clone(), tx));
+        let task = tokio::spawn(drive(eventloop, client.clone(), device_id.to_string(), waiters.clone(), tx));
         Ok(Device { id: device_id.to_string(), client, waiters, unsolicited, task })
     }
 
@@ -263,9 +263,19 @@ impl Drop for Device {
     }
 }
 
-async fn drive(mut eventloop: EventLoop, waiters: Waiters, unsolicited: mpsc::UnboundedSender<Value>) {
+async fn drive(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    device_id: String,
+    waiters: Waiters,
+    unsolicited: mpsc::UnboundedSender<Value>,
+) {
     loop {
         match eventloop.poll().await {
+            // A reconnect after the node restarted: its broker forgot our subscription.
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                let _ = client.try_subscribe(format!("ledger/v1/reply/{device_id}"), QoS::AtLeastOnce);
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let Ok(value) = serde_json::from_slice::<Value>(&p.payload) else { continue };
                 let waiter = value["id"].as_str().and_then(|id| waiters.lock().unwrap().remove(id));
