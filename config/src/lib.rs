@@ -122,6 +122,9 @@ pub struct DeviceEntry {
     /// Account-name patterns (`*` matches any run of characters) this device may debit.
     #[serde(default)]
     pub may_debit: Vec<String>,
+    /// May open issuance accounts and grant overdraft limits, i.e. create credit.
+    #[serde(default)]
+    pub may_issue: bool,
 }
 
 fn default_role() -> Role {
@@ -232,6 +235,7 @@ pub const MAX_COMMIT_WAIT_US: u64 = 1_000_000;
 pub const MAX_BATCH_OPS: usize = 1_000;
 pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
 pub const MAX_SCALE: u32 = 8;
+pub const MAX_HOLD_TIMEOUT_S: u64 = 366 * 24 * 3600;
 
 impl NodeConfig {
     /// The embedded default: an edge on 127.0.0.1:1883, data under ./data, any device.
@@ -297,8 +301,8 @@ impl NodeConfig {
             return Err(err("ledger.max_batch_ops", format!("must be between 1 and {MAX_BATCH_OPS}")));
         }
         parse_major_amount(&self.ledger.max_amount).map_err(|m| err("ledger.max_amount", m))?;
-        if self.ledger.max_hold_timeout_s == 0 {
-            return Err(err("ledger.max_hold_timeout_s", "must be at least 1"));
+        if self.ledger.max_hold_timeout_s == 0 || self.ledger.max_hold_timeout_s > MAX_HOLD_TIMEOUT_S {
+            return Err(err("ledger.max_hold_timeout_s", format!("must be between 1 and {MAX_HOLD_TIMEOUT_S}")));
         }
         if self.commit.max_batch == 0 || self.commit.max_batch > MAX_COMMIT_BATCH {
             return Err(err("commit.max_batch", format!("must be between 1 and {MAX_COMMIT_BATCH}")));

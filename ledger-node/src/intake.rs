@@ -118,6 +118,9 @@ impl Intake {
                     Some(p) => (p.response_topic, p.correlation_data),
                     None => (None, None),
                 };
+                // A response topic may not point into command topics (the node would read its
+                // own reply as a command) nor hold wildcards; such a reply goes to the default.
+                let response_topic = response_topic.filter(|t| usable_response_topic(t));
                 let v5 = response_topic.is_some() || correlation.is_some();
                 let target = Target { topic: response_topic.unwrap_or_else(|| reply_topic(device)), correlation, v5 };
                 group.push(Incoming { device: device.to_string(), payload: forward.publish.payload, target });
@@ -207,6 +210,10 @@ impl Intake {
         // `LinkTx::send` is async only in name: it queues and signals without waiting.
         poll_once(self.link_tx.send(packet)).map(|_| ()).map_err(closed)
     }
+}
+
+fn usable_response_topic(topic: &str) -> bool {
+    !topic.is_empty() && !topic.starts_with(broker::COMMAND_PREFIX) && !topic.contains(['+', '#'])
 }
 
 fn poll_once<F: std::future::Future>(future: F) -> F::Output {

@@ -99,10 +99,19 @@ pub struct Limits {
     pub max_hold_timeout_s: u64,
 }
 
-/// Which accounts each device may debit, open, close and read. `None`: any device, any account.
+/// What one device may do.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceRights {
+    /// Account-name patterns it may debit, open, close and read.
+    pub may_debit: Vec<String>,
+    /// May open issuance accounts and grant overdraft limits.
+    pub may_issue: bool,
+}
+
+/// The rights of each device. `None`: the open default, any device may do anything.
 #[derive(Debug, Clone, Default)]
 pub struct Permissions {
-    devices: Option<HashMap<String, Vec<String>>>,
+    devices: Option<HashMap<String, DeviceRights>>,
 }
 
 impl Permissions {
@@ -110,14 +119,19 @@ impl Permissions {
         Permissions { devices: None }
     }
 
-    pub fn restricted(devices: HashMap<String, Vec<String>>) -> Permissions {
+    pub fn restricted(devices: HashMap<String, DeviceRights>) -> Permissions {
         Permissions { devices: Some(devices) }
     }
 
     pub fn allows(&self, device: Option<&str>, account: &str) -> bool {
         let Some(devices) = &self.devices else { return true };
-        let Some(patterns) = device.and_then(|d| devices.get(d)) else { return false };
-        patterns.iter().any(|p| glob_match(p, account))
+        let Some(rights) = device.and_then(|d| devices.get(d)) else { return false };
+        rights.may_debit.iter().any(|p| glob_match(p, account))
+    }
+
+    pub fn may_issue(&self, device: Option<&str>) -> bool {
+        let Some(devices) = &self.devices else { return true };
+        device.and_then(|d| devices.get(d)).is_some_and(|r| r.may_issue)
     }
 }
 
@@ -355,6 +369,12 @@ impl Ledger {
                     .get(asset)
                     .ok_or_else(|| Rejection::new(Code::UnknownAsset, format!("asset: {asset} is not a known asset")))?;
                 let issuance = flags.contains(&Flag::Issuance);
+                if (issuance || overdraft_limit.is_some()) && !self.permissions.may_issue(device) {
+                    return Err(Rejection::new(
+                        Code::Forbidden,
+                        format!("flags: device {} may not create credit (issuance or overdraft_limit need may_issue)", device.unwrap_or("(unknown)")),
+                    ));
+                }
                 let floor = match (issuance, overdraft_limit) {
                     (true, Some(_)) => {
                         return Err(Rejection::new(Code::InvalidField, "overdraft_limit: an issuance account has no limit to set"))
@@ -505,7 +525,7 @@ impl Ledger {
                     Code::InsufficientFunds,
                     format!(
                         "debit: {debit} has {} {} available, the command needs {}",
-                        format_minor(from.available() + limit, spec.scale),
+                        format_minor(from.available().saturating_add(limit), spec.scale),
                         m.asset,
                         format_minor(amount, spec.scale)
                     ),

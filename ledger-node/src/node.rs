@@ -1,7 +1,7 @@
 //! Starting a node: open and rebuild the store, start the embedded broker, run the intake.
 
 use crate::intake::{Intake, IntakeLimits};
-use crate::ledger::{Ledger, Limits, Permissions};
+use crate::ledger::{DeviceRights, Ledger, Limits, Permissions};
 use crate::money::Assets;
 use crate::store::Store;
 use config::NodeConfig;
@@ -17,7 +17,8 @@ pub fn ledger_for(config: &NodeConfig) -> Ledger {
     let permissions = if config.devices.is_empty() {
         Permissions::open()
     } else {
-        Permissions::restricted(config.devices.iter().map(|d| (d.id.clone(), d.may_debit.clone())).collect::<HashMap<_, _>>())
+        let rights = config.devices.iter().map(|d| (d.id.clone(), DeviceRights { may_debit: d.may_debit.clone(), may_issue: d.may_issue }));
+        Permissions::restricted(rights.collect::<HashMap<_, _>>())
     };
     Ledger::new(&config.node.id, assets, limits, permissions)
 }

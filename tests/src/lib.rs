@@ -24,25 +24,27 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The `ledger-node` binary next to this test binary, built if missing.
+/// The `ledger-node` binary next to this test binary. `cargo test -p edgeledger-tests`
+/// alone does not build other packages' binaries, so the first call brings it up to date.
 pub fn node_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let mut dir = exe.parent().expect("exe dir").to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let bin = dir.join("ledger-node");
-    if !bin.exists() {
-        let profile_release = dir.ends_with("release");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "ledger-node", "--bin", "ledger-node"]);
-        if profile_release {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("cargo runs");
-        assert!(status.success(), "building ledger-node failed");
-    }
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            let mut dir = exe.parent().expect("exe dir").to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "--quiet", "-p", "ledger-node", "--bin", "ledger-node"]);
+            if dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("cargo runs");
+            assert!(status.success(), "building ledger-node failed");
+            dir.join("ledger-node")
+        })
+        .clone()
 }
 
 /// What to put in a node's config besides ports and data dir.

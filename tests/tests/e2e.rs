@@ -209,7 +209,7 @@ async fn devices_log_in_with_hashed_passwords_and_debit_only_their_accounts() {
     let admin_hash = broker::hash_password("admin-pw");
     let extra = format!(
         "[[devices]]\nid = \"till-1\"\npassword_hash = \"{hash}\"\nmay_debit = [\"wallet:till-*\"]\n\n\
-         [[devices]]\nid = \"admin\"\npassword_hash = \"{admin_hash}\"\nmay_debit = [\"*\"]\n"
+         [[devices]]\nid = \"admin\"\npassword_hash = \"{admin_hash}\"\nmay_debit = [\"*\"]\nmay_issue = true\n"
     );
     let node = NodeProcess::start(NodeOptions { extra_toml: extra, ..NodeOptions::default() });
 
@@ -233,4 +233,9 @@ async fn devices_log_in_with_hashed_passwords_and_debit_only_their_accounts() {
     let minted = till.request(cmd::transfer("t4", "issuer:eur", "wallet:till-1", "1.00", "EUR")).await;
     assert_eq!(code(&minted), "forbidden");
     assert_eq!(balance(&admin, "wallet:other").await["posted"], "9.00");
+    // Only a device with may_issue creates credit.
+    let mint = till.request(cmd::open("t5", "wallet:till-mint", "EUR", &["issuance"])).await;
+    assert_eq!(code(&mint), "forbidden", "{mint}");
+    let limit = till.request(json!({"id": "t6", "op": "open_account", "account": "wallet:till-od", "asset": "EUR", "overdraft_limit": "100"})).await;
+    assert_eq!(code(&limit), "forbidden", "{limit}");
 }

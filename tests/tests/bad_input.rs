@@ -1,0 +1,160 @@
+//! Bad input over MQTT: every reply code of the closed list is produced by a real command,
+//! malformed and oversized payloads get their rejection, and the node keeps serving.
+
+use harness::{cmd, Device, NodeOptions, NodeProcess};
+use ledger::reply::Code;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+struct Probe {
+    device: Device,
+    seen: BTreeSet<String>,
+    n: usize,
+}
+
+impl Probe {
+    /// Sends a raw payload and checks the reply's code (and that a reply came at all).
+    async fn raw(&mut self, payload: Vec<u8>, expected: &str) -> Value {
+        self.device.publish(payload).await;
+        let reply = self.device.next_unsolicited(harness::REPLY_DEADLINE).await.expect("a reply to bad input");
+        self.check(reply, expected)
+    }
+
+    async fn send(&mut self, command: Value, expected: &str) -> Value {
+        let reply = self.device.request(command.clone()).await;
+        let reply = self.check(reply, expected);
+        assert_eq!(reply["id"], command["id"]);
+        reply
+    }
+
+    fn check(&mut self, reply: Value, expected: &str) -> Value {
+        assert_eq!(reply["code"].as_str(), Some(expected), "{reply}");
+        let status = if expected == "ok" { reply["status"].as_str().unwrap() } else { "rejected" };
+        assert_eq!(reply["status"].as_str(), Some(status), "{reply}");
+        if expected != "ok" {
+            assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()), "a rejection says why: {reply}");
+            assert_eq!(reply["seq"], Value::Null);
+        }
+        self.seen.insert(expected.to_string());
+        reply
+    }
+
+    fn id(&mut self) -> String {
+        self.n += 1;
+        format!("x{}", self.n)
+    }
+
+    /// The node still books and reads after whatever came before.
+    async fn still_serving(&mut self) {
+        let id = self.id();
+        self.send(cmd::balance(&id, "wallet:a"), "ok").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_code_is_reachable_and_the_node_keeps_serving() {
+    let hash = broker::hash_password("pw");
+    let extra = format!(
+        "[[assets]]\ncode = \"BIG\"\nscale = 8\nmax_amount = \"90000000000\"\n\n\
+         [[devices]]\nid = \"ops\"\npassword_hash = \"{hash}\"\nmay_debit = [\"*\"]\nmay_issue = true\n\n\
+         [[devices]]\nid = \"kiosk\"\npassword_hash = \"{hash}\"\nmay_debit = [\"wallet:kiosk\"]\n"
+    );
+    let mut node = NodeProcess::start(NodeOptions { extra_toml: extra, ..NodeOptions::default() });
+    let device = Device::connect_as(node.port, "ops", Some(("ops", "pw"))).await.unwrap();
+    let mut p = Probe { device, seen: BTreeSet::new(), n: 0 };
+
+    // Setup, which also covers `ok`.
+    p.send(cmd::open("s1", "issuer", "EUR", &["issuance"]), "ok").await;
+    p.send(cmd::open("s2", "wallet:a", "EUR", &[]), "ok").await;
+    p.send(cmd::open("s3", "wallet:b", "EUR", &[]), "ok").await;
+    p.send(cmd::open("s4", "wallet:usd", "USD", &[]), "ok").await;
+    p.send(cmd::open("s5", "wallet:closed", "EUR", &[]), "ok").await;
+    p.send(json!({"id": "s6", "op": "close_account", "account": "wallet:closed"}), "ok").await;
+    p.send(cmd::transfer("s7", "issuer", "wallet:a", "10.00", "EUR"), "ok").await;
+    p.send(cmd::open("s8", "big:issuer", "BIG", &["issuance"]), "ok").await;
+    p.send(cmd::open("s9", "big:sink", "BIG", &[]), "ok").await;
+
+    // Malformed payloads: the reply names the id when one can be read.
+    p.raw(b"this is not json".to_vec(), "invalid_json").await;
+    p.raw(b"{\"id\":\"cut\",\"op\":\"tr".to_vec(), "invalid_json").await;
+    p.raw(b"[1,2,3]".to_vec(), "invalid_json").await;
+    let mut huge = br#"{"id":"huge-1","op":"transfer","metadata":{"pad":""#.to_vec();
+    huge.extend(std::iter::repeat_n(b'a', 1024 * 1024));
+    huge.extend(br#""}}"#);
+    let reply = p.raw(huge, "payload_too_large").await;
+    assert_eq!(reply["id"], "huge-1", "the id of an oversized command is still named");
+    p.still_serving().await;
+
+    let id = p.id();
+    p.send(json!({"id": id, "op": "refund", "account": "wallet:a"}), "unknown_op").await;
+    let id = p.id();
+    let r = p.send(json!({"id": id, "op": "transfer", "debit": "wallet:a", "credit": "wallet:b", "asset": "EUR"}), "missing_field").await;
+    assert!(r["message"].as_str().unwrap().starts_with("amount"), "{r}");
+    let id = p.id();
+    let r = p.send(json!({"id": id, "op": "transfer", "debit": "Wallet A", "credit": "wallet:b", "amount": "1", "asset": "EUR"}), "invalid_field").await;
+    assert!(r["message"].as_str().unwrap().starts_with("debit"), "{r}");
+    let id = p.id();
+    p.send(cmd::transfer(&id, "wallet:a", "wallet:b", "1.005", "EUR"), "invalid_amount").await;
+    let id = p.id();
+    p.send(json!({"id": id, "op": "transfer", "debit": "wallet:a", "credit": "wallet:b", "amount": 1.5, "asset": "EUR"}), "invalid_amount").await;
+    let id = p.id();
+    p.send(cmd::transfer(&id, "wallet:a", "wallet:b", "1", "XYZ"), "unknown_asset").await;
+    let id = p.id();
+    p.send(cmd::transfer(&id, "wallet:a", "wallet:usd", "1", "EUR"), "asset_mismatch").await;
+    let id = p.id();
+    p.send(cmd::transfer(&id, "wallet:a", "wallet:nobody", "1", "EUR"), "unknown_account").await;
+    let id = p.id();
+    p.send(cmd::open(&id, "wallet:a", "EUR", &[]), "account_exists").await;
+    let id = p.id();
+    p.send(cmd::transfer(&id, "wallet:a", "wallet:closed", "1", "EUR"), "account_closed").await;
+    let id = p.id();
+    p.send(json!({"id": id, "op": "close_account", "account": "wallet:a"}), "account_not_empty").await;
+    let id = p.id();
+    p.send(cmd::transfer(&id, "wallet:a", "wallet:a", "1", "EUR"), "same_account").await;
+    let id = p.id();
+    p.send(cmd::transfer(&id, "wallet:a", "wallet:b", "10.01", "EUR"), "insufficient_funds").await;
+    let id = p.id();
+    p.send(cmd::transfer(&id, "wallet:a", "merchant:cafe@eu/paris-2", "1", "EUR"), "remote_account").await;
+    let id = p.id();
+    p.send(cmd::post(&id, "no-such-hold", None), "unknown_pending").await;
+    p.send(cmd::hold("h1", "wallet:a", "wallet:b", "2", "EUR", None), "ok").await;
+    let id = p.id();
+    p.send(cmd::post(&id, "h1", Some("2.01")), "amount_exceeds_pending").await;
+    p.send(cmd::post("h1-post", "h1", None), "ok").await;
+    let id = p.id();
+    p.send(cmd::void(&id, "h1"), "pending_posted").await;
+    p.send(cmd::hold("h2", "wallet:a", "wallet:b", "1", "EUR", None), "ok").await;
+    p.send(cmd::void("h2-void", "h2"), "ok").await;
+    let id = p.id();
+    p.send(cmd::post(&id, "h2", None), "pending_voided").await;
+    p.send(cmd::hold("h3", "wallet:a", "wallet:b", "1", "EUR", Some(1)), "ok").await;
+    // Wait for the expiry by polling the hold's debit account; bounded by the deadline.
+    let deadline = std::time::Instant::now() + harness::REPLY_DEADLINE;
+    loop {
+        let id = p.id();
+        let b = p.send(cmd::balance(&id, "wallet:a"), "ok").await;
+        if b["balance"]["pending_debits"] == "0.00" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "hold h3 never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let id = p.id();
+    p.send(cmd::post(&id, "h3", None), "pending_expired").await;
+    p.send(cmd::transfer("dup", "wallet:a", "wallet:b", "1", "EUR"), "ok").await;
+    p.send(cmd::transfer("dup", "wallet:a", "wallet:b", "2", "EUR"), "id_conflict").await;
+    // Two maximal amounts overflow the issuer's signed 64-bit balance.
+    p.send(cmd::transfer("big1", "big:issuer", "big:sink", "90000000000", "BIG"), "ok").await;
+    let id = p.id();
+    p.send(cmd::transfer(&id, "big:issuer", "big:sink", "90000000000", "BIG"), "overflow").await;
+
+    // A device may only debit the accounts its config binds it to.
+    let kiosk = Device::connect_as(node.port, "kiosk", Some(("kiosk", "pw"))).await.unwrap();
+    let stolen = kiosk.request(cmd::transfer("k1", "wallet:a", "wallet:b", "1", "EUR")).await;
+    p.check(stolen, "forbidden");
+
+    p.still_serving().await;
+    let expected: BTreeSet<String> = Code::ALL.iter().map(|c| c.as_str().to_string()).collect();
+    assert_eq!(p.seen, expected, "every code of the closed list was produced");
+    assert!(node.is_running(), "the node survived all of it");
+}
