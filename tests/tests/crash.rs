@@ -1,0 +1,142 @@
+//! Crash safety: clients stream payments while the node is SIGKILLed mid-stream and
+//! restarted on the same data. Every command that got a reply is there exactly once,
+//! resends come back `duplicate`, and the books balance (SPEC §8 invariants 1–5).
+
+use harness::{cmd, Device, NodeOptions, NodeProcess};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CLIENTS: usize = 4;
+const PER_CLIENT: usize = 250;
+const KILLS: usize = 2;
+/// How long a client waits for a reply before it resends the same id.
+const RESEND_AFTER: Duration = Duration::from_millis(1_000);
+/// Bound on the whole stream, crashes included.
+const STREAM_DEADLINE: Duration = Duration::from_secs(180);
+
+#[derive(Debug, Clone)]
+struct Answer {
+    reply: Value,
+    sends: usize,
+}
+
+async fn pay_until_answered(device: &Device, command: Value, deadline: Instant) -> Answer {
+    let mut sends = 0;
+    loop {
+        sends += 1;
+        if let Some(reply) = device.try_request(command.clone(), RESEND_AFTER).await {
+            return Answer { reply, sends };
+        }
+        assert!(Instant::now() < deadline, "no reply to {command} before the deadline");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replied_payment_survives_sigkill_exactly_once() {
+    let node = NodeProcess::start(NodeOptions::default());
+    let port = node.port;
+    let data_dir = node.dir.join("data");
+    let node = Arc::new(Mutex::new(node));
+
+    let setup = Device::connect(port, "setup").await;
+    let mut setup_entries = 0u64;
+    let mut ok = |reply: Value| {
+        assert_eq!(reply["code"], "ok", "{reply}");
+        setup_entries += 1;
+    };
+    ok(setup.request(cmd::open("s-issuer", "issuer", "EUR", &["issuance"])).await);
+    for k in 0..CLIENTS {
+        ok(setup.request(cmd::open(&format!("s-w{k}"), &format!("wallet:{k}"), "EUR", &[])).await);
+        ok(setup.request(cmd::open(&format!("s-m{k}"), &format!("merchant:{k}"), "EUR", &[])).await);
+        ok(setup.request(cmd::transfer(&format!("s-f{k}"), "issuer", &format!("wallet:{k}"), "1000.00", "EUR")).await);
+    }
+    setup.disconnect().await;
+
+    let answered = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + STREAM_DEADLINE;
+    let mut clients = Vec::new();
+    for k in 0..CLIENTS {
+        let answered = answered.clone();
+        clients.push(tokio::spawn(async move {
+            let device = Device::connect(port, &format!("payer-{k}")).await;
+            let mut answers = BTreeMap::new();
+            for i in 0..PER_CLIENT {
+                let id = format!("k{k}-{i}");
+                let command = cmd::transfer(&id, &format!("wallet:{k}"), &format!("merchant:{k}"), "0.01", "EUR");
+                let answer = pay_until_answered(&device, command, deadline).await;
+                answered.fetch_add(1, Ordering::SeqCst);
+                answers.insert(id, answer);
+            }
+            answers
+        }));
+    }
+
+    // SIGKILL the node at evenly spaced points of the stream, restarting it each time.
+    let total = CLIENTS * PER_CLIENT;
+    let mut killed_at = Vec::new();
+    for kill in 1..=KILLS {
+        let mark = total * kill / (KILLS + 1);
+        while answered.load(Ordering::SeqCst) < mark {
+            assert!(Instant::now() < deadline, "stream stalled at {}", answered.load(Ordering::SeqCst));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        killed_at.push(answered.load(Ordering::SeqCst));
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || node.lock().unwrap().restart()).await.unwrap();
+    }
+
+    let mut answers = BTreeMap::new();
+    for c in clients {
+        answers.extend(c.await.expect("client finished"));
+    }
+    assert_eq!(answers.len(), total);
+    assert!(killed_at.iter().all(|&n| n < total), "the kills happened mid-stream: {killed_at:?}");
+
+    // Every payment was answered `committed`, each with its own journal entry.
+    let mut seqs = HashSet::new();
+    let mut resent = 0;
+    let mut duplicates = 0;
+    for (id, answer) in &answers {
+        assert_eq!((answer.reply["status"].as_str(), answer.reply["code"].as_str()), (Some("committed"), Some("ok")), "{id}: {}", answer.reply);
+        assert!(seqs.insert(answer.reply["seq"].as_u64().unwrap()), "{id} shares a journal entry");
+        resent += (answer.sends > 1) as usize;
+        duplicates += (answer.reply["duplicate"] == true) as usize;
+    }
+    eprintln!("kills at {killed_at:?} of {total}; {resent} payments resent, {duplicates} answered as duplicates");
+
+    // The books, read back over MQTT: each payment applied exactly once.
+    let reader = Device::connect(port, "reader").await;
+    for k in 0..CLIENTS {
+        let w = reader.request(cmd::balance(&format!("r-w{k}"), &format!("wallet:{k}"))).await;
+        let m = reader.request(cmd::balance(&format!("r-m{k}"), &format!("merchant:{k}"))).await;
+        assert_eq!(m["balance"]["posted"], "2.50", "{m}");
+        assert_eq!(w["balance"]["posted"], "997.50", "{w}");
+    }
+    // Resending answered ids after the crashes changes nothing and gets the first reply back.
+    for k in 0..CLIENTS {
+        let retry = Device::connect(port, &format!("payer-{k}")).await;
+        for i in (0..PER_CLIENT).step_by(25) {
+            let id = format!("k{k}-{i}");
+            let command = cmd::transfer(&id, &format!("wallet:{k}"), &format!("merchant:{k}"), "0.01", "EUR");
+            let again = retry.request(command).await;
+            assert_eq!(again["duplicate"], true, "{again}");
+            assert_eq!(again["seq"], answers[&id].reply["seq"], "{again}");
+        }
+        retry.disconnect().await;
+    }
+    let m = reader.request(cmd::balance("r-again", "merchant:0")).await;
+    assert_eq!(m["balance"]["posted"], "2.50", "{m}");
+    reader.disconnect().await;
+
+    // And from the redb file of the stopped node: chain, invariants, every reply on disk.
+    node.lock().unwrap().kill9();
+    let ledger = harness::load_ledger(&data_dir, "test/edge-1").expect("database loads, chain verifies, books balance");
+    assert_eq!(ledger.head().seq, setup_entries + total as u64, "one journal entry per payment, no more");
+    for (id, answer) in &answers {
+        let recorded = ledger.recorded(id).unwrap_or_else(|| panic!("{id} was answered but is not on disk"));
+        assert_eq!(recorded.reply.seq, answer.reply["seq"].as_u64(), "{id}");
+    }
+}
