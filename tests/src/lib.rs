@@ -187,6 +187,10 @@ impl Device {
             options.set_credentials(user, pass);
         }
         let (client, mut eventloop) = AsyncClient::new(options, 4096);
+    // Devices should send small MQTT packets without Nagle's delay.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
         // Wait for CONNACK before handing the device out.
         let deadline = Instant::now() + REPLY_DEADLINE;
         loop {

@@ -226,6 +226,10 @@ async fn connect(host: &str, port: u16, client_id: &str, inflight: usize) -> Res
     let capacity = (inflight * 4).max(4096);
     options.set_request_channel_capacity(capacity);
     let (client, mut eventloop) = AsyncClient::new(options, capacity);
+    // Devices should send small MQTT packets without Nagle's delay.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
     wait_for(&mut eventloop, |p| matches!(p, Packet::ConnAck(_)), "CONNACK").await?;
     client
         .subscribe(format!("{}{client_id}", broker::REPLY_PREFIX), QoS::AtLeastOnce)
