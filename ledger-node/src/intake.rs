@@ -1,6 +1,8 @@
-//! Command intake: reads device commands from the embedded broker's local link, applies
-//! them to the ledger in groups, commits each group durably, and only then publishes the
-//! replies and notices.
+//! Command intake: reads device commands from the embedded broker's local link and applies
+//! them to the ledger in groups; the committer writes each group durably and only then
+//! publishes its replies and notices. The two run in their own threads, so that the next
+//! group is applied while the previous one is being fsynced; groups commit and answer in
+//! order, so a reply never depends on a change that is not yet on disk.
 
 use crate::command;
 use crate::ledger::{Effects, Ledger};
@@ -10,6 +12,7 @@ use broker::{device_of, reply_topic};
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish, PublishProperties};
 use rumqttd::Notification;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone)]
@@ -23,8 +26,17 @@ pub struct IntakeLimits {
     pub max_wait: Duration,
 }
 
+/// Groups applied but not yet committed. One is being committed while the next waits: more
+/// would only hold replies back longer.
+pub const GROUPS_IN_FLIGHT: usize = 1;
+
+/// The effects of one group of commands, in arrival order, with where each reply goes.
+pub struct Group {
+    outcomes: Vec<(Option<Target>, Effects)>,
+}
+
 /// Where a reply goes: the device's reply topic, or a v5 response topic with its correlation.
-struct Target {
+pub struct Target {
     topic: String,
     correlation: Option<bytes::Bytes>,
     v5: bool,
@@ -47,14 +59,22 @@ pub struct IntakeStats {
 }
 
 pub struct Intake {
-    pub ledger: Ledger,
-    pub store: Store,
-    pub link_tx: LinkTx,
-    pub link_rx: LinkRx,
-    pub limits: IntakeLimits,
-    pub stats: IntakeStats,
+    ledger: Ledger,
+    link_rx: LinkRx,
+    limits: IntakeLimits,
+    stats: IntakeStats,
+    committer: SyncSender<Group>,
     last_cursor: Option<(u64, u64)>,
 }
+
+/// Owns the store and the publishing side of the broker link.
+pub struct Committer {
+    store: Store,
+    link_tx: LinkTx,
+}
+
+/// A commit slower than this is logged: every reply of its group waited that long.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
 
 /// Longest the loop sleeps without looking at the clock for due expiries.
 const IDLE_TICK: Duration = Duration::from_millis(250);
@@ -64,8 +84,8 @@ pub fn now_ms() -> u64 {
 }
 
 impl Intake {
-    pub fn new(ledger: Ledger, store: Store, link_tx: LinkTx, link_rx: LinkRx, limits: IntakeLimits) -> Intake {
-        Intake { ledger, store, link_tx, link_rx, limits, stats: IntakeStats::default(), last_cursor: None }
+    pub fn new(ledger: Ledger, link_rx: LinkRx, limits: IntakeLimits, committer: SyncSender<Group>) -> Intake {
+        Intake { ledger, link_rx, limits, stats: IntakeStats::default(), committer, last_cursor: None }
     }
 
     /// Runs until the broker goes away or storage fails.
@@ -161,23 +181,8 @@ impl Intake {
         if outcomes.is_empty() {
             return Ok(());
         }
-        if outcomes.iter().any(|(_, e)| e.entry.is_some() || !e.recorded.is_empty()) {
-            // No reply leaves before this returns: a crash here loses only unanswered commands.
-            self.store
-                .commit(outcomes.iter().map(|(_, e)| e))
-                .map_err(|e| format!("commit failed, stopping without replying: {e}"))?;
-            self.stats.groups += 1;
-        }
-        for (target, effects) in outcomes {
-            if let (Some(target), Some(reply)) = (target, &effects.reply) {
-                self.publish(&target, reply.to_json())?;
-            }
-            for notice in &effects.notices {
-                let target = Target { topic: reply_topic(&notice.device), correlation: None, v5: false };
-                self.publish(&target, notice.to_json())?;
-            }
-        }
-        Ok(())
+        self.stats.groups += 1;
+        self.committer.send(Group { outcomes }).map_err(|_| "the committer stopped".to_string())
     }
 
     fn handle(&mut self, incoming: &Incoming, now: u64) -> Effects {
@@ -197,6 +202,39 @@ impl Intake {
                 Effects { reply: Some(Reply::rejected(id.as_deref(), rejection)), ..Effects::default() }
             }
         }
+    }
+}
+
+impl Committer {
+    pub fn new(store: Store, link_tx: LinkTx) -> Committer {
+        Committer { store, link_tx }
+    }
+
+    /// Commits groups in order and answers each only after its commit returned. Returns when
+    /// the intake hangs up, or with the error that makes the node stop without replying.
+    pub fn run(mut self, groups: Receiver<Group>) -> Result<(), String> {
+        for group in groups {
+            if group.outcomes.iter().any(|(_, e)| e.entry.is_some() || !e.recorded.is_empty()) {
+                // No reply leaves before this returns: a crash here loses only unanswered commands.
+                let started = Instant::now();
+                self.store
+                    .commit(group.outcomes.iter().map(|(_, e)| e))
+                    .map_err(|e| format!("commit failed, stopping without replying: {e}"))?;
+                if started.elapsed() > SLOW_COMMIT {
+                    tracing::warn!(ms = started.elapsed().as_millis() as u64, commands = group.outcomes.len(), "slow commit");
+                }
+            }
+            for (target, effects) in group.outcomes {
+                if let (Some(target), Some(reply)) = (target, &effects.reply) {
+                    self.publish(&target, reply.to_json())?;
+                }
+                for notice in &effects.notices {
+                    let target = Target { topic: reply_topic(&notice.device), correlation: None, v5: false };
+                    self.publish(&target, notice.to_json())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn publish(&mut self, target: &Target, payload: Vec<u8>) -> Result<(), String> {

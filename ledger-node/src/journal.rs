@@ -3,6 +3,7 @@
 
 use crate::command::Command;
 use crate::ledger::Change;
+use crate::reply::Reply;
 use serde::{Deserialize, Serialize};
 
 pub type Hash = [u8; 32];
@@ -19,6 +20,9 @@ pub struct EntryBody {
     pub device: Option<String>,
     pub command: Command,
     pub changes: Vec<Change>,
+    /// What the device was told; absent for entries the node writes itself (expiry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Reply>,
 }
 
 /// A sealed entry as stored: its chain links and the body bytes they cover.

@@ -84,7 +84,8 @@ pub struct Recorded {
 }
 
 /// Everything the shell must do for one command: persist `entry` and `recorded` in one
-/// durable commit, then publish `reply` and `notices`.
+/// durable commit, then publish `reply` and `notices`. `recorded` holds the id records that
+/// are not in the journal (rejections); an accepted command's record is its entry.
 #[derive(Debug, Clone, Default)]
 pub struct Effects {
     pub reply: Option<Reply>,
@@ -273,24 +274,26 @@ impl Ledger {
                 let seq = self.head.seq + 1;
                 reply.seq = Some(seq);
                 effects.notices = self.notices_for(device, &changes, seq);
-                let entry = self.append(device, command.clone(), changes, now_ms);
-                debug_assert_eq!(entry.seq, seq);
-                if let Op::Batch { ops } = &command.op {
-                    for op in ops {
-                        let status = if matches!(op.op, Op::Hold { .. }) { Status::Pending } else { Status::Committed };
-                        let mut inner = Reply::ok(&op.id, status, seq, format!("{} committed in batch {}", op.op.name(), command.id));
-                        inner.seq = Some(seq);
-                        effects.recorded.push(self.record(&op.id, fingerprint_in_batch(device, &command.id, op), inner));
-                    }
-                }
-                effects.recorded.push(self.record(&command.id, fingerprint, reply.clone()));
-                effects.entry = Some(entry);
+                // The entry carries the reply: for an accepted command the journal is the id
+                // record, so a commit appends sequentially instead of scattering id writes.
+                let body = EntryBody {
+                    seq,
+                    ts_ms: now_ms,
+                    device: device.map(str::to_string),
+                    command,
+                    changes,
+                    reply: Some(reply.clone()),
+                };
+                effects.entry = Some(self.append(&body));
+                self.remember_accepted(&body, fingerprint);
                 effects.reply = Some(reply);
             }
             Err(rejection) => {
                 self.rollback(undo);
                 let reply = Reply::rejected(Some(&command.id), rejection);
-                effects.recorded.push(self.record(&command.id, fingerprint, reply.clone()));
+                let recorded = Recorded { fingerprint, reply: reply.clone() };
+                self.ids.insert(command.id.clone(), recorded.clone());
+                effects.recorded.push((command.id, recorded));
                 effects.reply = Some(reply);
             }
         }
@@ -312,8 +315,8 @@ impl Ledger {
             let changes = vec![change];
             let notices = self.notices_for(None, &changes, seq);
             let command = Command { id: format!("expire:{pending_id}"), op: Op::Expire { pending_id } };
-            let entry = self.append(None, command, changes, now_ms.max(self.head.ts_ms));
-            out.push(Effects { reply: None, entry: Some(entry), recorded: Vec::new(), notices });
+            let body = EntryBody { seq, ts_ms: now_ms.max(self.head.ts_ms), device: None, command, changes, reply: None };
+            out.push(Effects { reply: None, entry: Some(self.append(&body)), recorded: Vec::new(), notices });
         }
         self.debug_check_totals();
         out
@@ -329,19 +332,32 @@ impl Ledger {
                 .map_err(|r| ChainError::BadBody { seq: entry.seq, reason: format!("change cannot be applied: {}", r.message) })?;
         }
         self.head = Head { seq: entry.seq, hash: entry.hash, ts_ms: body.ts_ms };
+        if body.reply.is_some() {
+            let fingerprint = fingerprint(body.device.as_deref(), &body.command);
+            self.remember_accepted(&body, fingerprint);
+        }
         Ok(())
     }
 
-    fn record(&mut self, id: &str, fingerprint: String, reply: Reply) -> (String, Recorded) {
-        let recorded = Recorded { fingerprint, reply };
-        self.ids.insert(id.to_string(), recorded.clone());
-        (id.to_string(), recorded)
+    /// Records the ids of an accepted command (and of the ops of a batch) from its entry.
+    fn remember_accepted(&mut self, body: &EntryBody, fingerprint: String) {
+        let Some(reply) = &body.reply else { return };
+        let command = &body.command;
+        if let Op::Batch { ops } = &command.op {
+            for op in ops {
+                let status = if matches!(op.op, Op::Hold { .. }) { Status::Pending } else { Status::Committed };
+                let inner = Reply::ok(&op.id, status, body.seq, format!("{} committed in batch {}", op.op.name(), command.id));
+                let inner_fingerprint = fingerprint_in_batch(body.device.as_deref(), &command.id, op);
+                self.ids.insert(op.id.clone(), Recorded { fingerprint: inner_fingerprint, reply: inner });
+            }
+        }
+        self.ids.insert(command.id.clone(), Recorded { fingerprint, reply: reply.clone() });
     }
 
-    fn append(&mut self, device: Option<&str>, command: Command, changes: Vec<Change>, ts_ms: u64) -> Entry {
-        let body = EntryBody { seq: self.head.seq + 1, ts_ms, device: device.map(str::to_string), command, changes };
-        let entry = Entry::seal(self.head.hash, &body);
-        self.head = Head { seq: entry.seq, hash: entry.hash, ts_ms };
+    fn append(&mut self, body: &EntryBody) -> Entry {
+        debug_assert_eq!(body.seq, self.head.seq + 1);
+        let entry = Entry::seal(self.head.hash, body);
+        self.head = Head { seq: entry.seq, hash: entry.hash, ts_ms: body.ts_ms };
         entry
     }
 

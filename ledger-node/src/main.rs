@@ -17,7 +17,8 @@ USAGE:
                                       (reads the password from stdin when PW is absent)
     ledger-node --help                this text
 
-Logging: RUST_LOG (default: info, with the broker at warn).
+Logging: RUST_LOG (default: info,rumqttd=off; the broker's own logs cost a formatted
+span per message, enable them with RUST_LOG=info,rumqttd=warn).
 ";
 
 fn main() -> ExitCode {
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
 
 fn run(config: NodeConfig) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match ledger::node::run(config) {
         Ok(()) => ExitCode::SUCCESS,

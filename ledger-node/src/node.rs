@@ -1,6 +1,6 @@
 //! Starting a node: open and rebuild the store, start the embedded broker, run the intake.
 
-use crate::intake::{Intake, IntakeLimits};
+use crate::intake::{Committer, Intake, IntakeLimits, GROUPS_IN_FLIGHT};
 use crate::ledger::{DeviceRights, Ledger, Limits, Permissions};
 use crate::money::Assets;
 use crate::store::Store;
@@ -59,7 +59,18 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         max_group: config.commit.max_batch,
         max_wait: Duration::from_micros(config.commit.max_wait_us),
     };
-    Intake::new(ledger, store, link_tx, link_rx, limits).run()
+    let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT);
+    let committer = std::thread::Builder::new()
+        .name("committer".into())
+        .spawn(move || Committer::new(store, link_tx).run(groups_rx))
+        .map_err(|e| e.to_string())?;
+    let intake_error = Intake::new(ledger, link_rx, limits, groups_tx).run();
+    // When the committer failed, its error is the one that matters.
+    match committer.join() {
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) => intake_error,
+        Err(_) => Err("the committer panicked".to_string()),
+    }
 }
 
 /// rumqttd logs a bind failure and carries on without the listener; find out first.

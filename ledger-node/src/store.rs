@@ -87,8 +87,9 @@ impl Store {
         tx.commit().map_err(|e| self.io(e))
     }
 
-    /// Rebuilds `ledger` from the file: id records, then every journal entry in order,
-    /// verifying the hash chain as it goes.
+    /// Rebuilds `ledger` from the file: the id records of rejected commands, then every
+    /// journal entry in order (which restores the ids of accepted ones), verifying the hash
+    /// chain as it goes.
     pub fn load(&self, ledger: &mut Ledger) -> Result<(), StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.io(e))?;
         let ids = tx.open_table(IDS).map_err(|e| self.io(e))?;

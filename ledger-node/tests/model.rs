@@ -516,6 +516,13 @@ proptest! {
         for (name, a) in h.ledger.accounts() {
             prop_assert_eq!(rebuilt.account(name), Some(a));
         }
+        // The journal alone restores the id record of every accepted command, batch ops too.
+        for (id, reply) in &h.replies {
+            if reply.code.as_str() == "ok" && !matches!(&reply.balance, Some(_)) {
+                prop_assert_eq!(rebuilt.recorded(id), h.ledger.recorded(id), "{}", id);
+                prop_assert!(rebuilt.recorded(id).is_some());
+            }
+        }
     }
 }
 
