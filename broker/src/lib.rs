@@ -8,7 +8,7 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use config::NodeConfig;
-use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::{Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,11 +53,16 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
         })
     };
     let one = |name: &str, addr: Option<SocketAddr>| addr.map(|a| HashMap::from([listener(name, a)]));
+    // rumqttd keeps a log per subscribed filter. The command log is large, so that a busy
+    // ledger does not lose commands; every other log (a device's replies) is small, so that
+    // memory stays near max_connections * reply_segment_bytes * reply_segment_count.
+    let command_log = SegmentConfig { max_segment_size: node.mqtt.segment_bytes, max_segment_count: node.mqtt.segment_count };
     let router = RouterConfig {
         max_connections: node.mqtt.max_connections,
         max_outgoing_packet_count: 1024,
-        max_segment_size: node.mqtt.segment_bytes,
-        max_segment_count: node.mqtt.segment_count,
+        max_segment_size: node.mqtt.reply_segment_bytes,
+        max_segment_count: node.mqtt.reply_segment_count,
+        custom_segment: Some(HashMap::from([(COMMAND_FILTER.to_string(), command_log)])),
         ..RouterConfig::default()
     };
     Ok(Config {

@@ -68,10 +68,18 @@ pub struct MqttSection {
     pub max_inflight: usize,
     #[serde(default = "default_connection_timeout_ms")]
     pub connection_timeout_ms: u16,
+    /// The broker's in-memory log of device commands: segments of this size, at most
+    /// `segment_count` of them.
     #[serde(default = "default_segment_bytes")]
     pub segment_bytes: usize,
     #[serde(default = "default_segment_count")]
     pub segment_count: usize,
+    /// The same for every other topic a device subscribes to (its replies): each such log
+    /// holds at most `reply_segment_bytes * reply_segment_count`.
+    #[serde(default = "default_reply_segment_bytes")]
+    pub reply_segment_bytes: usize,
+    #[serde(default = "default_reply_segment_count")]
+    pub reply_segment_count: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +162,12 @@ fn default_segment_bytes() -> usize {
 fn default_segment_count() -> usize {
     4
 }
+fn default_reply_segment_bytes() -> usize {
+    128 * 1024
+}
+fn default_reply_segment_count() -> usize {
+    2
+}
 fn default_max_command_bytes() -> usize {
     64 * 1024
 }
@@ -185,6 +199,8 @@ impl Default for MqttSection {
             connection_timeout_ms: default_connection_timeout_ms(),
             segment_bytes: default_segment_bytes(),
             segment_count: default_segment_count(),
+            reply_segment_bytes: default_reply_segment_bytes(),
+            reply_segment_count: default_reply_segment_count(),
         }
     }
 }
@@ -290,6 +306,12 @@ impl NodeConfig {
         }
         if self.mqtt.segment_bytes < 1024 * 1024 {
             return Err(err("mqtt.segment_bytes", "must be at least 1048576"));
+        }
+        if self.mqtt.reply_segment_count < 2 {
+            return Err(err("mqtt.reply_segment_count", "must be at least 2"));
+        }
+        if self.mqtt.reply_segment_bytes < 128 * 1024 {
+            return Err(err("mqtt.reply_segment_bytes", "must be at least 131072 (a batch reply must fit)"));
         }
         if self.mqtt.max_inflight == 0 || self.mqtt.max_inflight > u16::MAX as usize {
             return Err(err("mqtt.max_inflight", "must be between 1 and 65535"));

@@ -179,8 +179,43 @@ pub struct Ledger {
     holds: HashMap<String, Hold>,
     /// Pending holds with a timeout, by expiry time.
     expiries: BTreeSet<(u64, String)>,
-    ids: HashMap<String, Recorded>,
+    ids: IdIndex,
     head: Head,
+}
+
+/// Shards of the id index. One map of a million records stalls the node for most of a
+/// second each time it doubles; a thousand maps each grow a thousandth at a time.
+const ID_SHARDS: usize = 1024;
+
+/// Every id's recorded result, boxed so that growing a shard moves pointers, not replies.
+struct IdIndex {
+    shards: Vec<HashMap<String, Box<Recorded>>>,
+    len: usize,
+}
+
+impl IdIndex {
+    fn new() -> IdIndex {
+        IdIndex { shards: (0..ID_SHARDS).map(|_| HashMap::new()).collect(), len: 0 }
+    }
+
+    fn shard(id: &str) -> usize {
+        (fnv1a(id.as_bytes()) % ID_SHARDS as u64) as usize
+    }
+
+    fn get(&self, id: &str) -> Option<&Recorded> {
+        self.shards[Self::shard(id)].get(id).map(|b| &**b)
+    }
+
+    fn contains_key(&self, id: &str) -> bool {
+        self.shards[Self::shard(id)].contains_key(id)
+    }
+
+    fn insert(&mut self, id: String, recorded: Recorded) {
+        let shard = Self::shard(&id);
+        if self.shards[shard].insert(id, Box::new(recorded)).is_none() {
+            self.len += 1;
+        }
+    }
 }
 
 impl Ledger {
@@ -193,7 +228,7 @@ impl Ledger {
             accounts: HashMap::new(),
             holds: HashMap::new(),
             expiries: BTreeSet::new(),
-            ids: HashMap::new(),
+            ids: IdIndex::new(),
             head: Head { seq: 0, hash: GENESIS, ts_ms: 0 },
         }
     }
@@ -223,7 +258,7 @@ impl Ledger {
     }
 
     pub fn recorded_count(&self) -> usize {
-        self.ids.len()
+        self.ids.len
     }
 
     /// Restores an id record read back from storage at start-up.
@@ -822,12 +857,24 @@ impl Ledger {
     }
 }
 
+/// Tells a resend (same content) from a conflict (same id, other content). Not a security
+/// boundary: a collision could only make a device's own conflicting command look like a
+/// duplicate of its earlier one, which is not applied either way. So a fast, stable,
+/// non-cryptographic hash (FNV-1a, 64 bits) over the canonical JSON will do; the journal's
+/// chain uses BLAKE3.
 fn fingerprint(device: Option<&str>, command: &Command) -> String {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(device.unwrap_or("").as_bytes());
-    hasher.update(&[0]);
-    hasher.update(&serde_json::to_vec(command).expect("command serializes"));
-    hasher.finalize().to_hex()[..32].to_string()
+    let mut bytes = Vec::with_capacity(256);
+    bytes.extend_from_slice(device.unwrap_or("").as_bytes());
+    bytes.push(0);
+    serde_json::to_writer(&mut bytes, command).expect("command serializes");
+    format!("{:016x}", fnv1a(&bytes))
+}
+
+/// FNV-1a, 64 bits: stable across runs and versions, which replay relies on.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
 }
 
 /// An op inside a batch is fingerprinted with its batch, so it cannot be resent alone as a
