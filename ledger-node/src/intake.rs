@@ -5,6 +5,7 @@
 //! order, so a reply never depends on a change that is not yet on disk.
 
 use crate::command;
+use crate::journal::Chain;
 use crate::ledger::{Effects, Ledger};
 use crate::reply::{Code, Rejection, Reply};
 use crate::store::Store;
@@ -67,9 +68,10 @@ pub struct Intake {
     last_cursor: Option<(u64, u64)>,
 }
 
-/// Owns the store and the publishing side of the broker link.
+/// Owns the store, the journal's hash chain and the publishing side of the broker link.
 pub struct Committer {
     store: Store,
+    chain: Chain,
     link_tx: LinkTx,
 }
 
@@ -206,8 +208,8 @@ impl Intake {
 }
 
 impl Committer {
-    pub fn new(store: Store, link_tx: LinkTx) -> Committer {
-        Committer { store, link_tx }
+    pub fn new(store: Store, chain: Chain, link_tx: LinkTx) -> Committer {
+        Committer { store, chain, link_tx }
     }
 
     /// Commits groups in order and answers each only after its commit returned. Returns when
@@ -218,7 +220,7 @@ impl Committer {
                 // No reply leaves before this returns: a crash here loses only unanswered commands.
                 let started = Instant::now();
                 self.store
-                    .commit(group.outcomes.iter().map(|(_, e)| e))
+                    .commit(&mut self.chain, group.outcomes.iter().map(|(_, e)| e))
                     .map_err(|e| format!("commit failed, stopping without replying: {e}"))?;
                 if started.elapsed() > SLOW_COMMIT {
                     tracing::warn!(ms = started.elapsed().as_millis() as u64, commands = group.outcomes.len(), "slow commit");

@@ -112,6 +112,40 @@ impl Entry {
     }
 }
 
+/// The end of a hash chain: the last sealed entry's number and hash. The committer seals
+/// entries as it stores them; loading verifies every stored entry against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chain {
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+impl Default for Chain {
+    fn default() -> Chain {
+        Chain { seq: 0, hash: GENESIS }
+    }
+}
+
+impl Chain {
+    /// Serializes, hashes and links the next entry.
+    pub fn seal(&mut self, body: &EntryBody) -> Entry {
+        assert_eq!(body.seq, self.seq + 1, "journal entries are sealed in order, without gaps");
+        let entry = Entry::seal(self.hash, body);
+        self.seq = entry.seq;
+        self.hash = entry.hash;
+        entry
+    }
+
+    /// Checks that `entry` is the next link and returns what it says.
+    pub fn verify_next(&mut self, entry: &Entry) -> Result<EntryBody, ChainError> {
+        entry.verify(self.seq + 1, &self.hash)?;
+        let body = entry.parse_body()?;
+        self.seq = entry.seq;
+        self.hash = entry.hash;
+        Ok(body)
+    }
+}
+
 pub fn hex(hash: &Hash) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -4,11 +4,12 @@
 //! effects and only then releases the reply.
 
 use crate::command::{Command, Flag, Movement, Op};
-use crate::journal::{ChainError, Entry, EntryBody, Hash, GENESIS};
+use crate::journal::EntryBody;
 use crate::money::{format_minor, Assets, Minor};
 use crate::reply::{BalanceView, Code, Notice, OpResult, Rejection, Reply, Resolution, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// How far below zero an account may go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,7 +90,8 @@ pub struct Recorded {
 #[derive(Debug, Clone, Default)]
 pub struct Effects {
     pub reply: Option<Reply>,
-    pub entry: Option<Entry>,
+    /// Sealed (serialized, hashed, chained) by the committer, off the intake's hot path.
+    pub entry: Option<EntryBody>,
     pub recorded: Vec<(String, Recorded)>,
     pub notices: Vec<Notice>,
 }
@@ -156,11 +158,10 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     true
 }
 
-/// The journal position the state reflects.
+/// The journal position the state reflects. The chain's hashes live with the committer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
     pub seq: u64,
-    pub hash: Hash,
     pub ts_ms: u64,
 }
 
@@ -189,17 +190,34 @@ const ID_SHARDS: usize = 1024;
 
 /// Every id's recorded result, boxed so that growing a shard moves pointers, not replies.
 struct IdIndex {
-    shards: Vec<HashMap<String, Box<Recorded>>>,
+    shards: Vec<HashMap<String, Box<Recorded>, BuildHasherDefault<FnvHasher>>>,
     len: usize,
+}
+
+/// FNV-1a as a `Hasher` for the id shards: ids are short, and SipHash's resistance to
+/// flooding matters little behind a shard that holds a thousandth of them.
+#[derive(Default)]
+struct FnvHasher(u64);
+
+impl Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let start = if self.0 == 0 { FNV_OFFSET } else { self.0 };
+        self.0 = bytes.iter().fold(start, |h, b| (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME));
+    }
 }
 
 impl IdIndex {
     fn new() -> IdIndex {
-        IdIndex { shards: (0..ID_SHARDS).map(|_| HashMap::new()).collect(), len: 0 }
+        IdIndex { shards: (0..ID_SHARDS).map(|_| HashMap::default()).collect(), len: 0 }
     }
 
+    /// The shard from the high bits; the shard's table uses the low ones.
     fn shard(id: &str) -> usize {
-        (fnv1a(id.as_bytes()) % ID_SHARDS as u64) as usize
+        (fnv1a(id.as_bytes()) >> 54) as usize % ID_SHARDS
     }
 
     fn get(&self, id: &str) -> Option<&Recorded> {
@@ -229,7 +247,7 @@ impl Ledger {
             holds: HashMap::new(),
             expiries: BTreeSet::new(),
             ids: IdIndex::new(),
-            head: Head { seq: 0, hash: GENESIS, ts_ms: 0 },
+            head: Head { seq: 0, ts_ms: 0 },
         }
     }
 
@@ -319,8 +337,9 @@ impl Ledger {
                     changes,
                     reply: Some(reply.clone()),
                 };
-                effects.entry = Some(self.append(&body));
                 self.remember_accepted(&body, fingerprint);
+                self.head = Head { seq, ts_ms: now_ms };
+                effects.entry = Some(body);
                 effects.reply = Some(reply);
             }
             Err(rejection) => {
@@ -350,26 +369,29 @@ impl Ledger {
             let changes = vec![change];
             let notices = self.notices_for(None, &changes, seq);
             let command = Command { id: format!("expire:{pending_id}"), op: Op::Expire { pending_id } };
-            let body = EntryBody { seq, ts_ms: now_ms.max(self.head.ts_ms), device: None, command, changes, reply: None };
-            out.push(Effects { reply: None, entry: Some(self.append(&body)), recorded: Vec::new(), notices });
+            let ts_ms = now_ms.max(self.head.ts_ms);
+            self.head = Head { seq, ts_ms };
+            let body = EntryBody { seq, ts_ms, device: None, command, changes, reply: None };
+            out.push(Effects { reply: None, entry: Some(body), recorded: Vec::new(), notices });
         }
         self.debug_check_totals();
         out
     }
 
-    /// Rebuilds state from a stored entry, checking its place in the chain.
-    pub fn replay(&mut self, entry: &Entry) -> Result<(), ChainError> {
-        entry.verify(self.head.seq + 1, &self.head.hash)?;
-        let body = entry.parse_body()?;
+    /// Rebuilds state from the next stored entry (its chain link already verified).
+    pub fn replay(&mut self, body: &EntryBody) -> Result<(), String> {
+        if body.seq != self.head.seq + 1 {
+            return Err(format!("journal gap: expected entry {}, found {}", self.head.seq + 1, body.seq));
+        }
         let mut undo = Vec::new();
         for change in &body.changes {
             self.apply(change, &mut undo)
-                .map_err(|r| ChainError::BadBody { seq: entry.seq, reason: format!("change cannot be applied: {}", r.message) })?;
+                .map_err(|r| format!("journal entry {}: change cannot be applied: {}", body.seq, r.message))?;
         }
-        self.head = Head { seq: entry.seq, hash: entry.hash, ts_ms: body.ts_ms };
+        self.head = Head { seq: body.seq, ts_ms: body.ts_ms };
         if body.reply.is_some() {
             let fingerprint = fingerprint(body.device.as_deref(), &body.command);
-            self.remember_accepted(&body, fingerprint);
+            self.remember_accepted(body, fingerprint);
         }
         Ok(())
     }
@@ -387,13 +409,6 @@ impl Ledger {
             }
         }
         self.ids.insert(command.id.clone(), Recorded { fingerprint, reply: reply.clone() });
-    }
-
-    fn append(&mut self, body: &EntryBody) -> Entry {
-        debug_assert_eq!(body.seq, self.head.seq + 1);
-        let entry = Entry::seal(self.head.hash, body);
-        self.head = Head { seq: entry.seq, hash: entry.hash, ts_ms: body.ts_ms };
-        entry
     }
 
     fn execute(
@@ -872,10 +887,11 @@ fn fingerprint(device: Option<&str>, command: &Command) -> String {
 
 /// FNV-1a, 64 bits: stable across runs and versions, which replay relies on.
 fn fnv1a(bytes: &[u8]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
+    bytes.iter().fold(FNV_OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME))
 }
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// An op inside a batch is fingerprinted with its batch, so it cannot be resent alone as a
 /// "duplicate" of something it never was.

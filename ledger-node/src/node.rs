@@ -28,7 +28,7 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
     check_listeners(&config)?;
     let store = Store::open(&config.node.data_dir, &config.node.id).map_err(|e| e.to_string())?;
     let mut ledger = ledger_for(&config);
-    store.load(&mut ledger).map_err(|e| e.to_string())?;
+    let chain = store.load(&mut ledger).map_err(|e| e.to_string())?;
     tracing::info!(node = %config.node.id, db = %store.path().display(), head = ledger.head().seq, "ledger loaded");
 
     let broker_config = broker::broker_config(&config).map_err(|e| e.to_string())?;
@@ -62,7 +62,7 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
     let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT);
     let committer = std::thread::Builder::new()
         .name("committer".into())
-        .spawn(move || Committer::new(store, link_tx).run(groups_rx))
+        .spawn(move || Committer::new(store, chain, link_tx).run(groups_rx))
         .map_err(|e| e.to_string())?;
     let intake_error = Intake::new(ledger, link_rx, limits, groups_tx).run();
     // When the committer failed, its error is the one that matters.

@@ -1,7 +1,7 @@
 //! The redb file of a node: the journal, the id records and the node's identity. Every
 //! commit is `Durability::Immediate`; a node that cannot commit stops rather than reply.
 
-use crate::journal::{ChainError, Entry};
+use crate::journal::{Chain, ChainError, Entry};
 use crate::ledger::{Effects, Ledger, Recorded};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -89,8 +89,8 @@ impl Store {
 
     /// Rebuilds `ledger` from the file: the id records of rejected commands, then every
     /// journal entry in order (which restores the ids of accepted ones), verifying the hash
-    /// chain as it goes.
-    pub fn load(&self, ledger: &mut Ledger) -> Result<(), StoreError> {
+    /// chain as it goes. Returns the chain's end, where the next entry links.
+    pub fn load(&self, ledger: &mut Ledger) -> Result<Chain, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.io(e))?;
         let ids = tx.open_table(IDS).map_err(|e| self.io(e))?;
         for row in ids.iter().map_err(|e| self.io(e))? {
@@ -100,19 +100,24 @@ impl Store {
             ledger.restore_recorded(id.value().to_string(), recorded);
         }
         let journal = tx.open_table(JOURNAL).map_err(|e| self.io(e))?;
+        let mut chain = Chain::default();
+        let broken = |error| StoreError::Chain { path: self.path.clone(), error };
         for row in journal.iter().map_err(|e| self.io(e))? {
             let (seq, value) = row.map_err(|e| self.io(e))?;
-            let entry = Entry::decode(seq.value(), value.value()).map_err(|error| StoreError::Chain { path: self.path.clone(), error })?;
-            ledger.replay(&entry).map_err(|error| StoreError::Chain { path: self.path.clone(), error })?;
+            let entry = Entry::decode(seq.value(), value.value()).map_err(broken)?;
+            let body = chain.verify_next(&entry).map_err(broken)?;
+            ledger.replay(&body).map_err(|e| self.io(e))?;
         }
         ledger
             .check_invariants()
             .map_err(|e| self.io(format!("the rebuilt books do not balance: {e}")))?;
-        Ok(())
+        Ok(chain)
     }
 
-    /// Writes the entries and id records of a group of commands in one durable commit.
-    pub fn commit<'a>(&self, effects: impl IntoIterator<Item = &'a Effects>) -> Result<(), StoreError> {
+    /// Seals the entries of a group of commands onto `chain` and writes them, with the id
+    /// records, in one durable commit. On error the chain may have advanced past what is
+    /// stored: the caller must stop.
+    pub fn commit<'a>(&self, chain: &mut Chain, effects: impl IntoIterator<Item = &'a Effects>) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write().map_err(|e| self.io(e))?;
         tx.set_durability(Durability::Immediate).map_err(|e| self.io(e))?;
         {
@@ -120,7 +125,8 @@ impl Store {
             let mut ids = tx.open_table(IDS).map_err(|e| self.io(e))?;
             let mut bytes = Vec::new();
             for effect in effects {
-                if let Some(entry) = &effect.entry {
+                if let Some(body) = &effect.entry {
+                    let entry = chain.seal(body);
                     journal.insert(entry.seq, entry.encode().as_slice()).map_err(|e| self.io(e))?;
                 }
                 for (id, recorded) in &effect.recorded {

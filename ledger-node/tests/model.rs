@@ -4,7 +4,7 @@
 //! the core's balances equal the model's.
 
 use ledger::command;
-use ledger::journal::{Entry, GENESIS};
+use ledger::journal::{Chain, Entry, GENESIS};
 use ledger::ledger::{Effects, Ledger, Limits, Permissions};
 use ledger::money::Assets;
 use ledger::reply::Reply;
@@ -373,7 +373,9 @@ fn new_ledger() -> Ledger {
 struct Harness {
     ledger: Ledger,
     model: Model,
+    /// Entries sealed as the committer seals them.
     journal: Vec<Entry>,
+    chain: Chain,
     sent: Vec<Value>,
     replies: HashMap<String, Reply>,
     now: u64,
@@ -387,6 +389,7 @@ impl Harness {
             ledger: new_ledger(),
             model: Model::default(),
             journal: Vec::new(),
+            chain: Chain::default(),
             sent: Vec::new(),
             replies: HashMap::new(),
             now: 1_700_000_000_000,
@@ -397,7 +400,8 @@ impl Harness {
 
     fn collect(&mut self, effects: &Effects) {
         if let Some(entry) = &effects.entry {
-            self.journal.push(entry.clone());
+            let sealed = self.chain.seal(entry);
+            self.journal.push(sealed);
         }
     }
 
@@ -509,8 +513,9 @@ proptest! {
 
         // Rebuilding from the journal alone gives the same books.
         let mut rebuilt = new_ledger();
+        let mut chain = Chain::default();
         for e in &h.journal {
-            rebuilt.replay(e).unwrap();
+            rebuilt.replay(&chain.verify_next(e).unwrap()).unwrap();
         }
         prop_assert_eq!(rebuilt.head(), h.ledger.head());
         for (name, a) in h.ledger.accounts() {
@@ -533,14 +538,17 @@ fn a_tampered_entry_is_refused_on_replay() {
     let mut entries = h.journal.clone();
     let body = String::from_utf8(entries[6].body.clone()).unwrap().replace("25000", "99999");
     entries[6].body = body.into_bytes();
-    let mut rebuilt = new_ledger();
+    let mut chain = Chain::default();
     for e in &entries[..6] {
-        rebuilt.replay(e).unwrap();
+        chain.verify_next(e).unwrap();
     }
-    let err = rebuilt.replay(&entries[6]).unwrap_err();
+    let err = chain.verify_next(&entries[6]).unwrap_err();
     assert!(err.to_string().contains("tampered"), "{err}");
-    // A missing entry is a gap.
+    // A missing entry is a gap, in the chain and in the ledger.
+    let mut chain = Chain::default();
+    chain.verify_next(&entries[0]).unwrap();
+    assert!(chain.verify_next(&entries[2]).unwrap_err().to_string().contains("gap"));
     let mut rebuilt = new_ledger();
-    rebuilt.replay(&entries[0]).unwrap();
-    assert!(rebuilt.replay(&entries[2]).unwrap_err().to_string().contains("gap"));
+    rebuilt.replay(&entries[0].parse_body().unwrap()).unwrap();
+    assert!(rebuilt.replay(&entries[2].parse_body().unwrap()).unwrap_err().contains("gap"));
 }

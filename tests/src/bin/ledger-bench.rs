@@ -785,6 +785,8 @@ fn submit_ok(ledger: &mut Ledger, command: Command, now: u64) -> Result<Effects,
 fn core_once(batch: usize, transfers: usize) -> Result<CoreResult, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let store = Store::open(dir.path(), CORE_NODE).map_err(|e| e.to_string())?;
+    // The committer thread of a node does this sealing; here it is part of the measured commit.
+    let mut chain = ledger::journal::Chain::default();
     let mut node_config = config::NodeConfig::embedded_default();
     node_config.node.id = CORE_NODE.to_string();
     let mut ledger = ledger::node::ledger_for(&node_config);
@@ -803,7 +805,7 @@ fn core_once(batch: usize, transfers: usize) -> Result<CoreResult, String> {
     for (i, w) in wallets.iter().enumerate() {
         setup.push(submit_ok(&mut ledger, transfer_cmd(format!("setup-fund{i}"), "issuer:eur", w, "1000000.00"), now)?);
     }
-    store.commit(&setup).map_err(|e| e.to_string())?;
+    store.commit(&mut chain, &setup).map_err(|e| e.to_string())?;
     drop(setup);
 
     // Timed: like the node's intake, submit a group, then one durable commit for the group.
@@ -824,7 +826,7 @@ fn core_once(batch: usize, transfers: usize) -> Result<CoreResult, String> {
         group.push(effects);
         if group.len() == batch || i + 1 == transfers {
             let t = Instant::now();
-            store.commit(&group).map_err(|e| e.to_string())?;
+            store.commit(&mut chain, &group).map_err(|e| e.to_string())?;
             commit += t.elapsed();
             commits += 1;
             group.clear();
