@@ -119,14 +119,17 @@ impl NodeProcess {
             .spawn()
             .expect("spawn ledger-node");
         self.child = Some(child);
+        // Every listener runs in its own broker thread: wait for all of them.
         let deadline = Instant::now() + START_DEADLINE;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
-                panic!("ledger-node exited with {status} before listening; log:\n{}", self.log());
+        for port in [Some(self.port), self.port_v5, self.port_ws].into_iter().flatten() {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+                if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
+                    panic!("ledger-node exited with {status} before listening; log:\n{}", self.log());
+                }
+                assert!(Instant::now() < deadline, "ledger-node did not listen within {START_DEADLINE:?}; log:\n{}", self.log());
+                std::thread::sleep(Duration::from_millis(20));
             }
-            assert!(Instant::now() < deadline, "ledger-node did not listen within {START_DEADLINE:?}; log:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -239,3 +239,35 @@ async fn devices_log_in_with_hashed_passwords_and_debit_only_their_accounts() {
     let limit = till.request(json!({"id": "t6", "op": "open_account", "account": "wallet:till-od", "asset": "EUR", "overdraft_limit": "100"})).await;
     assert_eq!(code(&limit), "forbidden", "{limit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_websocket_listener_speaks_mqtt() {
+    use std::io::{Read, Write};
+    let node = NodeProcess::start(NodeOptions { with_ws: true, ..NodeOptions::default() });
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", node.port_ws.unwrap())).unwrap();
+    tcp.set_read_timeout(Some(REPLY_DEADLINE)).unwrap();
+    let handshake = "GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
+    tcp.write_all(handshake.as_bytes()).unwrap();
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).unwrap();
+        response.push(byte[0]);
+    }
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+
+    // MQTT 3.1.1 CONNECT (client id "ws-1", clean session) in one masked binary frame.
+    let connect: &[u8] = &[0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 4, b'w', b's', b'-', b'1'];
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x82, 0x80 | connect.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(connect.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tcp.write_all(&frame).unwrap();
+
+    // The broker answers with CONNACK, accepted, in an unmasked binary frame.
+    let mut reply = [0u8; 6];
+    tcp.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, [0x82, 4, 0x20, 2, 0, 0]);
+}
