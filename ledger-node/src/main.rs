@@ -1,11 +1,6 @@
 //! `ledger-node`: runs an edge node, or helps configure one.
 
 use config::NodeConfig;
-
-/// The node allocates a little for every command on two busy threads; glibc's allocator
-/// showed up as a fifth of the intake thread's time under load (BENCHMARKS.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
