@@ -11,7 +11,7 @@ use config::NodeConfig;
 use rumqttd::{Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub use rumqttd::Broker;
 
@@ -27,7 +27,7 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
     for (i, device) in node.devices.iter().enumerate() {
         credentials.insert(device.id.clone(), node.device_password_hash(i)?);
     }
-    let credentials = Arc::new(credentials);
+    let credentials = Arc::new(Credentials { hashes: credentials, verified: Mutex::new(HashMap::new()) });
     let listener = |name: &str, addr: SocketAddr| {
         let mut connections = ConnectionSettings {
             connection_timeout_ms: node.mqtt.connection_timeout_ms,
@@ -37,11 +37,17 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
             external_auth: None,
             dynamic_filters: true,
         };
-        if !credentials.is_empty() {
+        if !credentials.hashes.is_empty() {
             let credentials = credentials.clone();
             connections.set_auth_handler(move |client_id: String, username: String, password: String| {
                 let credentials = credentials.clone();
-                async move { authenticate(&credentials, &client_id, &username, &password) }
+                // Argon2 takes tens of milliseconds by design; on the listener's own
+                // single-threaded runtime it would stall every connection of that listener.
+                async move {
+                    tokio::task::spawn_blocking(move || credentials.authenticate(&client_id, &username, &password))
+                        .await
+                        .unwrap_or(false)
+                }
             });
         }
         (name.to_string(), ServerSettings {
@@ -75,22 +81,37 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
     })
 }
 
-/// A device is let in when its client id is its username and the password matches the
-/// configured hash. Binding the client id to the username keeps one device one identity.
-fn authenticate(credentials: &HashMap<String, String>, client_id: &str, username: &str, password: &str) -> bool {
-    if client_id != username {
-        tracing::warn!(client_id, username, "login refused: client id must equal the username");
-        return false;
+/// Device password hashes, and the passwords already verified (as BLAKE3 digests), so that
+/// a reconnecting device does not pay for argon2 again.
+struct Credentials {
+    hashes: HashMap<String, String>,
+    verified: Mutex<HashMap<String, [u8; 32]>>,
+}
+
+impl Credentials {
+    /// A device is let in when its client id is its username and the password matches the
+    /// configured hash. Binding the client id to the username keeps one device one identity.
+    fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool {
+        if client_id != username {
+            tracing::warn!(client_id, username, "login refused: client id must equal the username");
+            return false;
+        }
+        let Some(phc) = self.hashes.get(username) else {
+            tracing::warn!(username, "login refused: unknown device");
+            return false;
+        };
+        let digest = *blake3::hash(password.as_bytes()).as_bytes();
+        if self.verified.lock().expect("lock").get(username) == Some(&digest) {
+            return true;
+        }
+        let ok = verify_password(phc, password);
+        if ok {
+            self.verified.lock().expect("lock").insert(username.to_string(), digest);
+        } else {
+            tracing::warn!(username, "login refused: wrong password");
+        }
+        ok
     }
-    let Some(phc) = credentials.get(username) else {
-        tracing::warn!(username, "login refused: unknown device");
-        return false;
-    };
-    let ok = verify_password(phc, password);
-    if !ok {
-        tracing::warn!(username, "login refused: wrong password");
-    }
-    ok
 }
 
 pub fn verify_password(phc: &str, password: &str) -> bool {
@@ -106,6 +127,13 @@ pub fn hash_password(password: &str) -> String {
     getrandom(&mut salt_bytes);
     let salt = SaltString::encode_b64(&salt_bytes).expect("16 bytes make a salt");
     Argon2::default().hash_password(password.as_bytes(), &salt).expect("argon2 hashes").to_string()
+}
+
+/// `bytes` random bytes from the OS, as lowercase hex.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn getrandom(buf: &mut [u8]) {
@@ -134,10 +162,12 @@ mod tests {
         assert!(phc.starts_with("$argon2id$"));
         assert!(verify_password(&phc, "s3cret"));
         assert!(!verify_password(&phc, "s3cret!"));
-        let creds = HashMap::from([("t1".to_string(), phc)]);
-        assert!(authenticate(&creds, "t1", "t1", "s3cret"));
-        assert!(!authenticate(&creds, "t2", "t1", "s3cret"), "client id must be the username");
-        assert!(!authenticate(&creds, "t9", "t9", "s3cret"));
+        let creds = Credentials { hashes: HashMap::from([("t1".to_string(), phc)]), verified: Mutex::new(HashMap::new()) };
+        assert!(creds.authenticate("t1", "t1", "s3cret"));
+        assert!(creds.authenticate("t1", "t1", "s3cret"), "again, from the cache");
+        assert!(!creds.authenticate("t1", "t1", "s3cret!"), "the cache holds only the right password");
+        assert!(!creds.authenticate("t2", "t1", "s3cret"), "client id must be the username");
+        assert!(!creds.authenticate("t9", "t9", "s3cret"));
     }
 
     #[test]

@@ -8,7 +8,6 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 /// The example edge config shipped in this folder; also the test fixture for every key.
 pub const EXAMPLE_EDGE: &str = include_str!("../edge.toml");
@@ -252,6 +251,8 @@ pub const MAX_BATCH_OPS: usize = 1_000;
 pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
 pub const MAX_SCALE: u32 = 8;
 pub const MAX_HOLD_TIMEOUT_S: u64 = 366 * 24 * 3600;
+/// Room in an MQTT packet for the topic and properties around a command.
+pub const PACKET_HEADROOM: usize = 64 * 1024;
 
 impl NodeConfig {
     /// The embedded default: an edge on 127.0.0.1:1883, data under ./data, any device.
@@ -292,12 +293,22 @@ impl NodeConfig {
         if self.mqtt.listen_v4.is_none() && self.mqtt.listen_v5.is_none() && self.mqtt.listen_ws.is_none() {
             return Err(err("mqtt.listen_v4", "no MQTT listener: set at least one of listen_v4, listen_v5, listen_ws"));
         }
-        if self.mqtt.max_packet_bytes <= self.ledger.max_command_bytes {
+        let listeners = [self.mqtt.listen_v4, self.mqtt.listen_v5, self.mqtt.listen_ws];
+        let keys = ["mqtt.listen_v4", "mqtt.listen_v5", "mqtt.listen_ws"];
+        for i in 0..listeners.len() {
+            for j in 0..i {
+                if listeners[i].is_some() && listeners[i] == listeners[j] {
+                    return Err(err(keys[i], format!("same address as {}", keys[j])));
+                }
+            }
+        }
+        // The packet limit covers topic and properties too; leave room for them.
+        if self.mqtt.max_packet_bytes < self.ledger.max_command_bytes + PACKET_HEADROOM {
             return Err(err(
                 "mqtt.max_packet_bytes",
                 format!(
-                    "must be larger than ledger.max_command_bytes ({}) so oversized commands get a reply",
-                    self.ledger.max_command_bytes
+                    "must be at least ledger.max_command_bytes + {PACKET_HEADROOM} ({}) so that oversized commands still get a reply",
+                    self.ledger.max_command_bytes + PACKET_HEADROOM
                 ),
             ));
         }
@@ -322,7 +333,11 @@ impl NodeConfig {
         if self.ledger.max_batch_ops == 0 || self.ledger.max_batch_ops > MAX_BATCH_OPS {
             return Err(err("ledger.max_batch_ops", format!("must be between 1 and {MAX_BATCH_OPS}")));
         }
-        parse_major_amount(&self.ledger.max_amount).map_err(|m| err("ledger.max_amount", m))?;
+        // It applies to every asset, JPY (scale 0) too: a fraction would truncate to nothing there.
+        let max = parse_major_amount(&self.ledger.max_amount).map_err(|m| err("ledger.max_amount", m))?;
+        if !max.fract().is_zero() {
+            return Err(err("ledger.max_amount", "must be a whole number of major units (it applies to every asset)"));
+        }
         if self.ledger.max_hold_timeout_s == 0 || self.ledger.max_hold_timeout_s > MAX_HOLD_TIMEOUT_S {
             return Err(err("ledger.max_hold_timeout_s", format!("must be between 1 and {MAX_HOLD_TIMEOUT_S}")));
         }
@@ -342,7 +357,10 @@ impl NodeConfig {
                 return Err(err(format!("assets[{i}].scale"), format!("must be at most {MAX_SCALE}")));
             }
             if let Some(max) = &asset.max_amount {
-                parse_major_amount(max).map_err(|m| err(format!("assets[{i}].max_amount"), m))?;
+                let value = parse_major_amount(max).map_err(|m| err(format!("assets[{i}].max_amount"), m))?;
+                if value.normalize().scale() > asset.scale {
+                    return Err(err(format!("assets[{i}].max_amount"), format!("has more decimal places than the scale {}", asset.scale)));
+                }
             }
             if self.assets[..i].iter().any(|a| a.code == asset.code) {
                 return Err(err(format!("assets[{i}].code"), format!("{} is listed twice", asset.code)));
@@ -365,7 +383,8 @@ impl NodeConfig {
                 _ => {}
             }
             let hash = self.device_password_hash(i)?;
-            if !hash.starts_with("$argon2") {
+            let complete = argon2::password_hash::PasswordHash::new(&hash).is_ok_and(|h| h.salt.is_some() && h.hash.is_some());
+            if !hash.starts_with("$argon2") || !complete {
                 return Err(err(format!("devices[{i}].password_hash"), "must be an argon2 PHC string ($argon2id$...); see `ledger-node hash-password`"));
             }
             for (j, pattern) in device.may_debit.iter().enumerate() {
@@ -397,9 +416,15 @@ impl NodeConfig {
 }
 
 fn parse_major_amount(text: &str) -> Result<Decimal, String> {
-    match Decimal::from_str(text) {
+    let bad = || format!("{text:?} must be a positive decimal string like \"1000000\"");
+    let (int, frac) = text.split_once('.').unwrap_or((text, "0"));
+    let digits = |s: &str| !s.is_empty() && s.len() <= 18 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(int) || !digits(frac) {
+        return Err(bad());
+    }
+    match Decimal::from_str_exact(text) {
         Ok(d) if d > Decimal::ZERO => Ok(d),
-        _ => Err(format!("{text:?} must be a positive decimal string like \"1000000\"")),
+        _ => Err(bad()),
     }
 }
 
@@ -454,6 +479,12 @@ mod tests {
             ("[node]\nid = \"eu\"\n", "node.id"),
             ("[node]\nid = \"eu/a\"\n[commit]\nmax_batch = 0\n", "commit.max_batch"),
             ("[node]\nid = \"eu/a\"\n[ledger]\nmax_amount = \"-1\"\n", "ledger.max_amount"),
+            ("[node]\nid = \"eu/a\"\n[ledger]\nmax_amount = \"1e3\"\n", "ledger.max_amount"),
+            ("[node]\nid = \"eu/a\"\n[ledger]\nmax_amount = \"0.5\"\n", "ledger.max_amount"),
+            ("[node]\nid = \"eu/a\"\n[[assets]]\ncode = \"KWH\"\nscale = 3\nmax_amount = \"0.0001\"\n", "assets[0].max_amount"),
+            ("[node]\nid = \"eu/a\"\n[mqtt]\nlisten_v5 = \"127.0.0.1:1883\"\n", "mqtt.listen_v5"),
+            ("[node]\nid = \"eu/a\"\n[mqtt]\nmax_packet_bytes = 70000\n", "mqtt.max_packet_bytes"),
+            ("[node]\nid = \"eu/a\"\n[[devices]]\nid = \"t1\"\npassword_hash = \"$argon2id$broken\"\n", "devices[0].password_hash"),
             ("[node]\nid = \"eu/a\"\n[[assets]]\ncode = \"kwh\"\nscale = 3\n", "assets[0].code"),
             ("[node]\nid = \"eu/a\"\n[[devices]]\nid = \"t1\"\npassword_hash = \"plain\"\n", "devices[0].password_hash"),
             ("[node]\nid = \"eu/a\"\n[[devices]]\nid = \"t1\"\npassword_hash_env = \"EDGELEDGER_TEST_UNSET_VAR\"\n", "devices[0].password_hash_env"),

@@ -156,10 +156,11 @@ impl Intake {
 
     /// rumqttd drops the oldest segment when a reader lags; a jump in the cursor is the
     /// only sign. Those commands got a PUBACK but never reached us: their devices resend.
+    /// The cursor's second part is an absolute offset, continuous across segments.
     fn watch_cursor(&mut self, cursor: Option<(u64, u64)>) {
         let Some(cursor) = cursor else { return };
         if let Some(last) = self.last_cursor {
-            if cursor.0 == last.0 && cursor.1 > last.1 + 1 {
+            if cursor.1 > last.1 + 1 {
                 let lost = cursor.1 - last.1 - 1;
                 self.stats.lost_by_broker += lost;
                 tracing::warn!(lost, "broker dropped commands before the ledger read them; devices will resend");

@@ -9,7 +9,6 @@ use crate::money::{format_minor, Assets, Minor};
 use crate::reply::{BalanceView, Code, Notice, OpResult, Rejection, Reply, Resolution, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// How far below zero an account may go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +58,8 @@ pub struct Hold {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum Change {
-    AccountOpened { account: String, asset: String, floor: Floor },
+    /// The scale is recorded so that a node never reads minor units at another scale.
+    AccountOpened { account: String, asset: String, scale: u32, floor: Floor },
     AccountClosed { account: String },
     Transferred { debit: String, credit: String, asset: String, amount: Minor },
     HoldPlaced {
@@ -165,6 +165,19 @@ pub struct Head {
     pub ts_ms: u64,
 }
 
+/// Why a change could not be applied.
+#[derive(Debug)]
+enum ApplyError {
+    /// A balance would leave the i64 range: the command is rejected `overflow`.
+    Overflow,
+    /// The change contradicts the state (only a damaged or foreign journal can say this).
+    Corrupt(String),
+}
+
+fn checked(value: Option<Minor>) -> Result<Minor, ()> {
+    value.ok_or(())
+}
+
 /// Before-images for rolling back a batch that fails part-way.
 enum Undo {
     Account(String, Option<Account>),
@@ -184,30 +197,20 @@ pub struct Ledger {
     head: Head,
 }
 
+/// Most holds expired in one group, so that a node back from a long stop does not put
+/// every expiry into one transaction.
+pub const MAX_EXPIRIES_PER_CALL: usize = 1_000;
+
 /// Shards of the id index. One map of a million records stalls the node for most of a
 /// second each time it doubles; a thousand maps each grow a thousandth at a time.
 const ID_SHARDS: usize = 1024;
 
 /// Every id's recorded result, boxed so that growing a shard moves pointers, not replies.
+/// Ids are chosen by devices, so each shard's table keeps std's keyed (SipHash) hashing:
+/// crafted ids cannot pile into one bucket chain.
 struct IdIndex {
-    shards: Vec<HashMap<String, Box<Recorded>, BuildHasherDefault<FnvHasher>>>,
+    shards: Vec<HashMap<String, Box<Recorded>>>,
     len: usize,
-}
-
-/// FNV-1a as a `Hasher` for the id shards: ids are short, and SipHash's resistance to
-/// flooding matters little behind a shard that holds a thousandth of them.
-#[derive(Default)]
-struct FnvHasher(u64);
-
-impl Hasher for FnvHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let start = if self.0 == 0 { FNV_OFFSET } else { self.0 };
-        self.0 = bytes.iter().fold(start, |h, b| (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME));
-    }
 }
 
 impl IdIndex {
@@ -355,16 +358,21 @@ impl Ledger {
         effects
     }
 
-    /// Expires every pending hold whose timeout has passed by `now_ms`, one entry each.
+    /// Expires pending holds whose timeout has passed by `now_ms`, one entry each, at most
+    /// `MAX_EXPIRIES_PER_CALL` of them (after a long stop, the rest follow in later groups).
     pub fn expire_due(&mut self, now_ms: u64) -> Vec<Effects> {
+        // The journal's clock never runs backwards, and expiry uses the same clock as `post`.
+        let now_ms = now_ms.max(self.head.ts_ms);
         let mut out = Vec::new();
         while let Some((at, pending_id)) = self.expiries.first().cloned() {
-            if at > now_ms {
+            if at > now_ms || out.len() >= MAX_EXPIRIES_PER_CALL {
                 break;
             }
             let change = Change::HoldResolved { pending_id: pending_id.clone(), resolution: Resolution::Expired, posted: 0 };
             let mut undo = Vec::new();
-            self.apply(&change, &mut undo).expect("releasing a hold cannot overflow");
+            if let Err(e) = self.apply(&change, &mut undo) {
+                panic!("expiring hold {pending_id} failed: {e:?}");
+            }
             let seq = self.head.seq + 1;
             let changes = vec![change];
             let notices = self.notices_for(None, &changes, seq);
@@ -385,8 +393,10 @@ impl Ledger {
         }
         let mut undo = Vec::new();
         for change in &body.changes {
-            self.apply(change, &mut undo)
-                .map_err(|r| format!("journal entry {}: change cannot be applied: {}", body.seq, r.message))?;
+            self.apply(change, &mut undo).map_err(|e| match e {
+                ApplyError::Overflow => format!("journal entry {}: a balance overflows", body.seq),
+                ApplyError::Corrupt(why) => format!("journal entry {}: {why}", body.seq),
+            })?;
         }
         self.head = Head { seq: body.seq, ts_ms: body.ts_ms };
         if body.reply.is_some() {
@@ -459,7 +469,7 @@ impl Ledger {
                     ),
                     (false, None) => Floor::Overdraft(0),
                 };
-                self.change(Change::AccountOpened { account: name.clone(), asset: asset.clone(), floor }, undo, changes)?;
+                self.change(Change::AccountOpened { account: name.clone(), asset: asset.clone(), scale: spec.scale, floor }, undo, changes)?;
                 Ok(Reply::ok(id, Status::Committed, 0, format!("account {name} opened")))
             }
             Op::CloseAccount { account } => {
@@ -683,48 +693,67 @@ impl Ledger {
     }
 
     fn change(&mut self, change: Change, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) -> Result<(), Rejection> {
-        self.apply(&change, undo)?;
-        changes.push(change);
-        Ok(())
+        match self.apply(&change, undo) {
+            Ok(()) => {
+                changes.push(change);
+                Ok(())
+            }
+            Err(ApplyError::Overflow) => Err(Rejection::new(Code::Overflow, "amount: the resulting balance is out of range")),
+            Err(ApplyError::Corrupt(why)) => panic!("ledger state contradicts a validated command: {why}"),
+        }
     }
 
-    /// Applies one change, all of it or (on overflow) none of it.
-    fn apply(&mut self, change: &Change, undo: &mut Vec<Undo>) -> Result<(), Rejection> {
-        let overflow = || Rejection::new(Code::Overflow, "amount: the resulting balance is out of range");
+    /// Applies one change, all of it or none of it. Live commands are validated first, so
+    /// only `Overflow` can happen to them; a journal being replayed may hold anything.
+    fn apply(&mut self, change: &Change, undo: &mut Vec<Undo>) -> Result<(), ApplyError> {
+        let overflow = |_| ApplyError::Overflow;
         match change {
-            Change::AccountOpened { account, asset, floor } => {
-                let acct = Account {
-                    asset: asset.clone(),
-                    floor: *floor,
-                    closed: false,
-                    posted: 0,
-                    pending_debits: 0,
-                    pending_credits: 0,
-                };
+            Change::AccountOpened { account, asset, scale, floor } => {
+                if self.accounts.contains_key(account) {
+                    return Err(ApplyError::Corrupt(format!("account {account} is opened twice")));
+                }
+                match self.assets.get(asset) {
+                    Some(spec) if spec.scale == *scale => {}
+                    Some(spec) => {
+                        return Err(ApplyError::Corrupt(format!(
+                            "account {account} holds {asset} at scale {scale}, but this node's config gives {asset} scale {}",
+                            spec.scale
+                        )))
+                    }
+                    None => {
+                        return Err(ApplyError::Corrupt(format!(
+                            "account {account} holds {asset}, which this node's config does not define ([[assets]])"
+                        )))
+                    }
+                }
+                let acct = Account { asset: asset.clone(), floor: *floor, closed: false, posted: 0, pending_debits: 0, pending_credits: 0 };
                 self.put_account(account, acct, undo);
             }
             Change::AccountClosed { account } => {
-                let mut acct = self.accounts[account].clone();
+                let mut acct = self.account_for_change(account)?;
                 acct.closed = true;
                 self.put_account(account, acct, undo);
             }
             Change::Transferred { debit, credit, amount, .. } => {
-                let mut from = self.accounts[debit].clone();
-                let mut to = self.accounts[credit].clone();
-                from.posted = from.posted.checked_sub(*amount).ok_or_else(overflow)?;
-                to.posted = to.posted.checked_add(*amount).ok_or_else(overflow)?;
+                let mut from = self.account_for_change(debit)?;
+                let mut to = self.account_for_change(credit)?;
+                from.posted = checked(from.posted.checked_sub(*amount)).map_err(overflow)?;
+                to.posted = checked(to.posted.checked_add(*amount)).map_err(overflow)?;
                 // Pending debits are subtracted from posted to get "available"; keep that in range too.
-                from.posted.checked_sub(from.pending_debits).ok_or_else(overflow)?;
+                checked(from.posted.checked_sub(from.pending_debits)).map_err(overflow)?;
                 self.put_account(debit, from, undo);
                 self.put_account(credit, to, undo);
             }
             Change::HoldPlaced { pending_id, debit, credit, asset, amount, expires_at_ms, device } => {
-                let mut from = self.accounts[debit].clone();
-                let mut to = self.accounts[credit].clone();
-                from.pending_debits = from.pending_debits.checked_add(*amount).ok_or_else(overflow)?;
-                from.posted.checked_sub(from.pending_debits).ok_or_else(overflow)?;
-                to.pending_credits = to.pending_credits.checked_add(*amount).ok_or_else(overflow)?;
-                to.posted.checked_add(to.pending_credits).ok_or_else(overflow)?;
+                if self.holds.contains_key(pending_id) {
+                    return Err(ApplyError::Corrupt(format!("hold {pending_id} is placed twice")));
+                }
+                let mut from = self.account_for_change(debit)?;
+                let mut to = self.account_for_change(credit)?;
+                from.pending_debits = checked(from.pending_debits.checked_add(*amount)).map_err(overflow)?;
+                checked(from.posted.checked_sub(from.pending_debits)).map_err(overflow)?;
+                to.pending_credits = checked(to.pending_credits.checked_add(*amount)).map_err(overflow)?;
+                checked(to.posted.checked_add(to.pending_credits)).map_err(overflow)?;
                 let hold = Hold {
                     debit: debit.clone(),
                     credit: credit.clone(),
@@ -739,15 +768,19 @@ impl Ledger {
                 self.put_hold(pending_id, Some(hold), undo);
             }
             Change::HoldResolved { pending_id, resolution, posted } => {
-                let mut hold = self.holds[pending_id].clone();
-                assert_eq!(hold.state, HoldState::Pending, "a hold resolves exactly once");
-                assert!(*posted >= 0 && *posted <= hold.amount, "posted part of a hold is within it");
-                let mut from = self.accounts[&hold.debit].clone();
-                let mut to = self.accounts[&hold.credit].clone();
+                let mut hold = self.holds.get(pending_id).cloned().ok_or_else(|| ApplyError::Corrupt(format!("hold {pending_id} does not exist")))?;
+                if hold.state != HoldState::Pending {
+                    return Err(ApplyError::Corrupt(format!("hold {pending_id} resolves twice")));
+                }
+                if *posted < 0 || *posted > hold.amount {
+                    return Err(ApplyError::Corrupt(format!("hold {pending_id} posts {posted} of {}", hold.amount)));
+                }
+                let mut from = self.account_for_change(&hold.debit)?;
+                let mut to = self.account_for_change(&hold.credit)?;
                 from.pending_debits -= hold.amount;
                 to.pending_credits -= hold.amount;
-                from.posted = from.posted.checked_sub(*posted).ok_or_else(overflow)?;
-                to.posted = to.posted.checked_add(*posted).ok_or_else(overflow)?;
+                from.posted = checked(from.posted.checked_sub(*posted)).map_err(overflow)?;
+                to.posted = checked(to.posted.checked_add(*posted)).map_err(overflow)?;
                 hold.state = HoldState::Resolved(*resolution);
                 let (debit, credit) = (hold.debit.clone(), hold.credit.clone());
                 self.put_account(&debit, from, undo);
@@ -756,6 +789,10 @@ impl Ledger {
             }
         }
         Ok(())
+    }
+
+    fn account_for_change(&self, name: &str) -> Result<Account, ApplyError> {
+        self.accounts.get(name).cloned().ok_or_else(|| ApplyError::Corrupt(format!("account {name} does not exist")))
     }
 
     fn put_account(&mut self, name: &str, acct: Account, undo: &mut Vec<Undo>) {
@@ -872,20 +909,18 @@ impl Ledger {
     }
 }
 
-/// Tells a resend (same content) from a conflict (same id, other content). Not a security
-/// boundary: a collision could only make a device's own conflicting command look like a
-/// duplicate of its earlier one, which is not applied either way. So a fast, stable,
-/// non-cryptographic hash (FNV-1a, 64 bits) over the canonical JSON will do; the journal's
-/// chain uses BLAKE3.
+/// Tells a resend (same content) from a conflict (same id, other content): BLAKE3 over the
+/// device and the canonical JSON of the command, so that no device can craft a command that
+/// passes for another's. Stable across runs and versions, which replay relies on.
 fn fingerprint(device: Option<&str>, command: &Command) -> String {
     let mut bytes = Vec::with_capacity(256);
     bytes.extend_from_slice(device.unwrap_or("").as_bytes());
     bytes.push(0);
     serde_json::to_writer(&mut bytes, command).expect("command serializes");
-    format!("{:016x}", fnv1a(&bytes))
+    blake3::hash(&bytes).to_hex()[..32].to_string()
 }
 
-/// FNV-1a, 64 bits: stable across runs and versions, which replay relies on.
+/// FNV-1a, 64 bits: spreads ids over the id shards.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(FNV_OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME))
 }

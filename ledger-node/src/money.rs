@@ -3,7 +3,6 @@
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 use std::collections::HashMap;
-use std::str::FromStr;
 
 /// Minor units of an asset. Signed so that issuance accounts can go negative.
 pub type Minor = i64;
@@ -116,7 +115,8 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, AmountError> {
     if !digits(int) || !frac.map_or(true, digits) {
         return Err(AmountError::NotDecimal);
     }
-    Decimal::from_str(text).map_err(|_| AmountError::NotDecimal)
+    // `from_str` would round digits beyond the 96-bit mantissa; `from_str_exact` refuses them.
+    Decimal::from_str_exact(text).map_err(|_| AmountError::NotDecimal)
 }
 
 fn decimal_to_minor(value: Decimal, scale: u32) -> Option<Minor> {
@@ -173,6 +173,9 @@ mod tests {
             assert!(a.parse_amount(eur, bad).is_err(), "{bad:?} accepted");
         }
         assert!(matches!(a.parse_amount(eur, "1000000.01"), Err(AmountError::TooLarge { .. })));
+        // More digits than the mantissa holds: refused, not rounded to 100.00 or 12.50.
+        assert!(a.parse_amount(eur, "99.9999999999999999999999999999").is_err());
+        assert!(a.parse_amount(eur, "12.5000000000000000000000000001").is_err());
     }
 
     #[test]

@@ -33,7 +33,10 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
 
     let broker_config = broker::broker_config(&config).map_err(|e| e.to_string())?;
     let mut mqtt = broker::Broker::new(broker_config);
-    let (mut link_tx, link_rx) = mqtt.link("edgeledger-node").map_err(|e| format!("broker link: {e}"))?;
+    // A device connecting with the link's client id would take over the link (rumqttd
+    // replaces a connection on a duplicate id) and stop the node: make the id unguessable.
+    let link_id = format!("edgeledger-node-{}", broker::random_hex(16));
+    let (mut link_tx, link_rx) = mqtt.link(&link_id).map_err(|e| format!("broker link: {e}"))?;
     std::thread::Builder::new()
         .name("broker".into())
         .spawn(move || {
@@ -60,17 +63,18 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         max_wait: Duration::from_micros(config.commit.max_wait_us),
     };
     let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT);
-    let committer = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("committer".into())
-        .spawn(move || Committer::new(store, chain, link_tx).run(groups_rx))
+        .spawn(move || {
+            // A node that cannot commit must stop at once: it would only keep taking
+            // commands (PUBACK) that it can never answer.
+            if let Err(e) = Committer::new(store, chain, link_tx).run(groups_rx) {
+                eprintln!("ledger-node: {e}");
+                std::process::exit(1);
+            }
+        })
         .map_err(|e| e.to_string())?;
-    let intake_error = Intake::new(ledger, link_rx, limits, groups_tx).run();
-    // When the committer failed, its error is the one that matters.
-    match committer.join() {
-        Ok(Err(e)) => Err(e),
-        Ok(Ok(())) => intake_error,
-        Err(_) => Err("the committer panicked".to_string()),
-    }
+    Intake::new(ledger, link_rx, limits, groups_tx).run()
 }
 
 /// rumqttd logs a bind failure and carries on without the listener; find out first.

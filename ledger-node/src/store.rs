@@ -1,7 +1,7 @@
 //! The redb file of a node: the journal, the id records and the node's identity. Every
 //! commit is `Durability::Immediate`; a node that cannot commit stops rather than reply.
 
-use crate::journal::{Chain, ChainError, Entry};
+use crate::journal::{hex, Chain, ChainError, Entry};
 use crate::ledger::{Effects, Ledger, Recorded};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -75,7 +75,12 @@ impl Store {
                 Some(found) if found != node_id => {
                     return Err(StoreError::WrongNode { path: self.path.clone(), found, expected: node_id.to_string() })
                 }
-                Some(_) => {}
+                Some(_) => {
+                    let format = meta.get("format").map_err(|e| self.io(e))?.map(|v| v.value().to_string());
+                    if format.as_deref() != Some(FORMAT) {
+                        return Err(self.io(format!("unknown file format {format:?}; this node reads {FORMAT}")));
+                    }
+                }
                 None => {
                     meta.insert("node_id", node_id).map_err(|e| self.io(e))?;
                     meta.insert("format", FORMAT).map_err(|e| self.io(e))?;
@@ -108,6 +113,17 @@ impl Store {
             let body = chain.verify_next(&entry).map_err(broken)?;
             ledger.replay(&body).map_err(|e| self.io(e))?;
         }
+        // The head written with the last commit: a journal cut short at its end still
+        // verifies link by link, but no longer reaches it.
+        let meta = tx.open_table(META).map_err(|e| self.io(e))?;
+        let head = meta.get("head").map_err(|e| self.io(e))?.map(|v| v.value().to_string());
+        let found = format!("{}:{}", chain.seq, hex(&chain.hash));
+        if head.as_deref().is_some_and(|h| h != found) || (head.is_none() && chain.seq > 0) {
+            return Err(self.io(format!(
+                "the journal ends at {found}, but the last commit recorded {}: entries are missing",
+                head.as_deref().unwrap_or("no head")
+            )));
+        }
         ledger
             .check_invariants()
             .map_err(|e| self.io(format!("the rebuilt books do not balance: {e}")))?;
@@ -135,6 +151,8 @@ impl Store {
                     ids.insert(id.as_str(), bytes.as_slice()).map_err(|e| self.io(e))?;
                 }
             }
+            let mut meta = tx.open_table(META).map_err(|e| self.io(e))?;
+            meta.insert("head", format!("{}:{}", chain.seq, hex(&chain.hash)).as_str()).map_err(|e| self.io(e))?;
         }
         tx.commit().map_err(|e| self.io(e))
     }

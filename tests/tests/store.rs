@@ -1,0 +1,133 @@
+//! The redb file: a node refuses to start on a damaged or foreign database and says why
+//! and where (a tampered entry, a journal cut short, another node's file, assets whose
+//! scale changed under recorded balances).
+
+use ledger::command::{Command, Flag, Movement, Op};
+use ledger::ledger::{Effects, Ledger};
+use ledger::store::Store;
+use redb::{Database, ReadableTable, TableDefinition};
+use std::path::Path;
+
+const NODE: &str = "test/edge-1";
+const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+
+fn config(assets: &str) -> config::NodeConfig {
+    config::NodeConfig::from_toml(&format!("[node]\nid = \"{NODE}\"\n{assets}")).unwrap()
+}
+
+fn open(id: &str, account: &str, asset: &str, flags: Vec<Flag>) -> Command {
+    Command { id: id.into(), op: Op::OpenAccount { account: account.into(), asset: asset.into(), flags, overdraft_limit: None } }
+}
+
+fn transfer(id: &str, debit: &str, credit: &str, amount: &str, asset: &str) -> Command {
+    let movement = Movement { debit: debit.into(), credit: credit.into(), amount: amount.into(), asset: asset.into(), metadata: None };
+    Command { id: id.into(), op: Op::Transfer(movement) }
+}
+
+/// Books a few commands into a fresh file the way a node does, and returns its directory.
+fn booked(dir: &Path, assets: &str) {
+    let config = config(assets);
+    let store = Store::open(dir, NODE).unwrap();
+    let mut ledger = ledger::node::ledger_for(&config);
+    let mut chain = store.load(&mut ledger).unwrap();
+    let commands = [
+        open("o1", "issuer", "KWH", vec![Flag::Issuance]),
+        open("o2", "meter", "KWH", vec![]),
+        transfer("t1", "issuer", "meter", "1.250", "KWH"),
+        transfer("t2", "issuer", "meter", "2.000", "KWH"),
+    ];
+    let effects: Vec<Effects> = commands.into_iter().map(|c| ledger.submit(Some("dev"), c, 1_000)).collect();
+    assert!(effects.iter().all(|e| e.reply.as_ref().unwrap().code.as_str() == "ok"));
+    store.commit(&mut chain, &effects).unwrap();
+}
+
+fn load(dir: &Path, assets: &str) -> Result<Ledger, String> {
+    load_inner(dir, assets)
+}
+
+fn load_err(dir: &Path, assets: &str) -> String {
+    match load_inner(dir, assets) {
+        Ok(_) => panic!("the file loaded"),
+        Err(e) => e,
+    }
+}
+
+fn load_inner(dir: &Path, assets: &str) -> Result<Ledger, String> {
+    let store = Store::open(dir, NODE).map_err(|e| e.to_string())?;
+    let mut ledger = ledger::node::ledger_for(&config(assets));
+    store.load(&mut ledger).map_err(|e| e.to_string())?;
+    Ok(ledger)
+}
+
+const KWH3: &str = "[[assets]]\ncode = \"KWH\"\nscale = 3\n";
+
+#[test]
+fn a_clean_file_loads_and_balances() {
+    let dir = tempfile::tempdir().unwrap();
+    booked(dir.path(), KWH3);
+    let ledger = load(dir.path(), KWH3).unwrap();
+    assert_eq!(ledger.head().seq, 4);
+    assert_eq!(ledger.account("meter").unwrap().posted, 3250);
+    assert!(ledger.recorded("t2").is_some(), "the journal restores the ids of accepted commands");
+}
+
+#[test]
+fn a_tampered_entry_is_refused_with_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    booked(dir.path(), KWH3);
+    let db = Database::create(dir.path().join("ledger.redb")).unwrap();
+    let tx = db.begin_write().unwrap();
+    {
+        let mut journal = tx.open_table(JOURNAL).unwrap();
+        let stored = journal.get(3).unwrap().unwrap().value().to_vec();
+        // Stored as prev hash (32) ‖ hash (32) ‖ JSON body: change the amount in the body only.
+        let body = String::from_utf8(stored[64..].to_vec()).unwrap().replace("1250", "9250");
+        let forged = [&stored[..64], body.as_bytes()].concat();
+        assert_ne!(stored, forged);
+        journal.insert(3, forged.as_slice()).unwrap();
+    }
+    tx.commit().unwrap();
+    drop(db);
+    let err = load_err(dir.path(), KWH3);
+    assert!(err.contains("entry 3") && err.contains("tampered") && err.contains("ledger.redb"), "{err}");
+}
+
+#[test]
+fn a_journal_cut_short_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    booked(dir.path(), KWH3);
+    let db = Database::create(dir.path().join("ledger.redb")).unwrap();
+    let tx = db.begin_write().unwrap();
+    tx.open_table(JOURNAL).unwrap().remove(4).unwrap();
+    tx.commit().unwrap();
+    drop(db);
+    let err = load_err(dir.path(), KWH3);
+    assert!(err.contains("entries are missing"), "{err}");
+}
+
+#[test]
+fn another_nodes_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    booked(dir.path(), KWH3);
+    let err = Store::open(dir.path(), "test/edge-2").err().unwrap().to_string();
+    assert!(err.contains("belongs to node test/edge-1") && err.contains("ledger.redb"), "{err}");
+}
+
+#[test]
+fn a_changed_asset_scale_is_refused_rather_than_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    booked(dir.path(), KWH3);
+    let err = load_err(dir.path(), "[[assets]]\ncode = \"KWH\"\nscale = 2\n");
+    assert!(err.contains("KWH at scale 3") && err.contains("scale 2"), "{err}");
+    let err = load_err(dir.path(), "");
+    assert!(err.contains("does not define"), "{err}");
+}
+
+#[test]
+fn an_unreadable_path_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let err = Store::open(&file, NODE).err().unwrap().to_string();
+    assert!(err.contains("not-a-dir"), "{err}");
+}
