@@ -153,13 +153,13 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn ok(id: &str, status: Status, seq: u64, message: impl Into<String>) -> Reply {
+    fn new(id: Option<&str>, status: Status, code: Code, message: String, seq: Option<u64>) -> Reply {
         Reply {
-            id: Some(id.to_string()),
+            id: id.map(str::to_string),
             status,
-            code: Code::Ok,
-            message: message.into(),
-            seq: Some(seq),
+            code,
+            message,
+            seq,
             duplicate: false,
             balance: None,
             posted: None,
@@ -169,20 +169,12 @@ impl Reply {
         }
     }
 
+    pub fn ok(id: &str, status: Status, seq: u64, message: impl Into<String>) -> Reply {
+        Reply::new(Some(id), status, Code::Ok, message.into(), Some(seq))
+    }
+
     pub fn rejected(id: Option<&str>, rejection: Rejection) -> Reply {
-        Reply {
-            id: id.map(str::to_string),
-            status: Status::Rejected,
-            code: rejection.code,
-            message: rejection.message,
-            seq: None,
-            duplicate: false,
-            balance: None,
-            posted: None,
-            released: None,
-            expires_at_ms: None,
-            results: Vec::new(),
-        }
+        Reply::new(id, Status::Rejected, rejection.code, rejection.message, None)
     }
 
     pub fn to_json(&self) -> Vec<u8> {
