@@ -26,6 +26,41 @@ pub struct NodeConfig {
     pub assets: Vec<AssetEntry>,
     #[serde(default)]
     pub devices: Vec<DeviceEntry>,
+    /// The link to other nodes; absent: this node keeps its journal to itself.
+    #[serde(default)]
+    pub zenoh: Option<ZenohSection>,
+    #[serde(default)]
+    pub replication: ReplicationSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZenohSection {
+    /// "peer" (default for edges), "router" (default for regions) or "client".
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Endpoints to listen on, like "tcp/127.0.0.1:7447".
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// Endpoints to connect to (an edge: its region's router).
+    #[serde(default)]
+    pub connect: Vec<String>,
+    /// TLS: the CA that signs peers' certificates, and this node's own certificate and key
+    /// (PEM files), for `tls/...` endpoints.
+    #[serde(default)]
+    pub tls_root_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_private_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationSection {
+    /// A region: the ids of the edges whose journals it keeps ("eu/berlin-1").
+    #[serde(default)]
+    pub edges: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -268,6 +303,8 @@ impl NodeConfig {
             commit: CommitSection::default(),
             assets: Vec::new(),
             devices: Vec::new(),
+            zenoh: None,
+            replication: ReplicationSection::default(),
         }
     }
 
@@ -290,8 +327,39 @@ impl NodeConfig {
     /// Semantic checks beyond the TOML shape.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_node_id(&self.node.id, self.node.role).map_err(|m| err("node.id", m))?;
-        if self.mqtt.listen_v4.is_none() && self.mqtt.listen_v5.is_none() && self.mqtt.listen_ws.is_none() {
+        let no_mqtt = self.mqtt.listen_v4.is_none() && self.mqtt.listen_v5.is_none() && self.mqtt.listen_ws.is_none();
+        if no_mqtt && self.node.role == Role::Edge {
             return Err(err("mqtt.listen_v4", "no MQTT listener: set at least one of listen_v4, listen_v5, listen_ws"));
+        }
+        if let Some(z) = &self.zenoh {
+            if let Some(mode) = &z.mode {
+                if !["peer", "router", "client"].contains(&mode.as_str()) {
+                    return Err(err("zenoh.mode", format!("{mode:?} is not one of \"peer\", \"router\", \"client\"")));
+                }
+            }
+            for (key, list) in [("zenoh.listen", &z.listen), ("zenoh.connect", &z.connect)] {
+                for (i, endpoint) in list.iter().enumerate() {
+                    let ok = endpoint.split_once('/').is_some_and(|(proto, addr)| ["tcp", "tls"].contains(&proto) && !addr.is_empty());
+                    if !ok {
+                        return Err(err(format!("{key}[{i}]"), format!("{endpoint:?} is not an endpoint like \"tcp/127.0.0.1:7447\"")));
+                    }
+                }
+            }
+            if z.listen.is_empty() && z.connect.is_empty() {
+                return Err(err("zenoh.connect", "a zenoh link needs at least one listen or connect endpoint"));
+            }
+        }
+        if !self.replication.edges.is_empty() && self.node.role != Role::Region {
+            return Err(err("replication.edges", "only a region keeps replicas of edges"));
+        }
+        for (i, edge) in self.replication.edges.iter().enumerate() {
+            let in_region = edge.split_once('/').is_some_and(|(region, _)| region == self.node.id);
+            if validate_node_id(edge, Role::Edge).is_err() || !in_region {
+                return Err(err(format!("replication.edges[{i}]"), format!("{edge:?} is not an edge of region {}", self.node.id)));
+            }
+        }
+        if self.node.role == Role::Region && self.zenoh.is_none() {
+            return Err(err("zenoh", "a region needs a [zenoh] section to reach its edges"));
         }
         let listeners = [self.mqtt.listen_v4, self.mqtt.listen_v5, self.mqtt.listen_ws];
         let keys = ["mqtt.listen_v4", "mqtt.listen_v5", "mqtt.listen_ws"];

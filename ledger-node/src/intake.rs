@@ -6,6 +6,8 @@
 
 use crate::command;
 use crate::journal::Chain;
+use crate::replication::EdgeLink;
+use std::sync::Arc;
 use crate::ledger::{Effects, Ledger};
 use crate::reply::{Code, Rejection, Reply};
 use crate::store::Store;
@@ -70,9 +72,11 @@ pub struct Intake {
 
 /// Owns the store, the journal's hash chain and the publishing side of the broker link.
 pub struct Committer {
-    store: Store,
+    store: Arc<Store>,
     chain: Chain,
     link_tx: LinkTx,
+    /// Where committed entries go next: the region, when this edge has a zenoh link.
+    edge_link: Option<EdgeLink>,
 }
 
 /// A commit slower than this is logged: every reply of its group waited that long.
@@ -209,8 +213,8 @@ impl Intake {
 }
 
 impl Committer {
-    pub fn new(store: Store, chain: Chain, link_tx: LinkTx) -> Committer {
-        Committer { store, chain, link_tx }
+    pub fn new(store: Arc<Store>, chain: Chain, link_tx: LinkTx, edge_link: Option<EdgeLink>) -> Committer {
+        Committer { store, chain, link_tx, edge_link }
     }
 
     /// Commits groups in order and answers each only after its commit returned. Returns when
@@ -220,9 +224,13 @@ impl Committer {
             if group.outcomes.iter().any(|(_, e)| e.entry.is_some() || !e.recorded.is_empty()) {
                 // No reply leaves before this returns: a crash here loses only unanswered commands.
                 let started = Instant::now();
-                self.store
+                let sealed = self
+                    .store
                     .commit(&mut self.chain, group.outcomes.iter().map(|(_, e)| e))
                     .map_err(|e| format!("commit failed, stopping without replying: {e}"))?;
+                if let Some(link) = &self.edge_link {
+                    link.committed(sealed, self.chain);
+                }
                 if started.elapsed() > SLOW_COMMIT {
                     tracing::warn!(ms = started.elapsed().as_millis() as u64, commands = group.outcomes.len(), "slow commit");
                 }

@@ -634,6 +634,20 @@ impl Ledger {
         }
     }
 
+    /// An operator's read of a local account, without device permissions.
+    pub fn balance_view(&self, name: &str) -> Option<BalanceView> {
+        let acct = self.accounts.get(name)?;
+        let scale = self.assets.get(&acct.asset).map_or(0, |s| s.scale);
+        Some(BalanceView {
+            account: name.to_string(),
+            asset: acct.asset.clone(),
+            posted: format_minor(acct.posted, scale),
+            pending_debits: format_minor(acct.pending_debits, scale),
+            pending_credits: format_minor(acct.pending_credits, scale),
+            available: format_minor(acct.available(), scale),
+        })
+    }
+
     fn balance(&self, device: Option<&str>, address: &str) -> Result<BalanceView, Rejection> {
         let name = self.local(address, "account")?;
         self.permit(device, &name, "account")?;

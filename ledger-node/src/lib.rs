@@ -1,6 +1,6 @@
 //! The ledger node: the pure ledger core (`money`, `command`, `ledger`, `journal`, `reply`)
 //! and the I/O shell around it (`store` on redb, `intake` from the embedded MQTT broker,
-//! `node` to start it all).
+//! `replication` of journals over zenoh, `node` to start it all).
 //!
 //! The core must not touch disk, network or clock; it takes commands and the time and returns
 //! effects. The shell must not reply to a device before the effects are durable.
@@ -11,5 +11,6 @@ pub mod journal;
 pub mod ledger;
 pub mod money;
 pub mod node;
+pub mod replication;
 pub mod reply;
 pub mod store;

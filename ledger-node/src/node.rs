@@ -4,7 +4,7 @@ use crate::intake::{Committer, Intake, IntakeLimits, GROUPS_IN_FLIGHT};
 use crate::ledger::{DeviceRights, Ledger, Limits, Permissions};
 use crate::money::Assets;
 use crate::store::Store;
-use config::NodeConfig;
+use config::{NodeConfig, Role};
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
@@ -25,10 +25,18 @@ pub fn ledger_for(config: &NodeConfig) -> Ledger {
 
 /// Runs the node until a fatal error; returns that error's message.
 pub fn run(config: NodeConfig) -> Result<(), String> {
-    check_listeners(&config)?;
     let store = Store::open(&config.node.data_dir, &config.node.id).map_err(|e| e.to_string())?;
+    if config.node.role == Role::Region {
+        return crate::replication::run_region(config, store);
+    }
+    check_listeners(&config)?;
     let mut ledger = ledger_for(&config);
     let chain = store.load(&mut ledger).map_err(|e| e.to_string())?;
+    let store = std::sync::Arc::new(store);
+    let edge_link = match &config.zenoh {
+        Some(_) => Some(crate::replication::start_edge(&config, store.clone(), chain)?),
+        None => None,
+    };
     tracing::info!(node = %config.node.id, db = %store.path().display(), head = ledger.head().seq, "ledger loaded");
 
     let broker_config = broker::broker_config(&config).map_err(|e| e.to_string())?;
@@ -68,7 +76,7 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         .spawn(move || {
             // A node that cannot commit must stop at once: it would only keep taking
             // commands (PUBACK) that it can never answer.
-            if let Err(e) = Committer::new(store, chain, link_tx).run(groups_rx) {
+            if let Err(e) = Committer::new(store, chain, link_tx, edge_link).run(groups_rx) {
                 eprintln!("ledger-node: {e}");
                 std::process::exit(1);
             }

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("ids");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// A region's copies of its edges' journals, by (edge id, seq).
+const REPLICA: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("replica");
 
 /// The file name of a node's database inside its data directory.
 pub const DB_FILE: &str = "ledger.redb";
@@ -88,6 +90,7 @@ impl Store {
             }
             tx.open_table(JOURNAL).map_err(|e| self.io(e))?;
             tx.open_table(IDS).map_err(|e| self.io(e))?;
+            tx.open_table(REPLICA).map_err(|e| self.io(e))?;
         }
         tx.commit().map_err(|e| self.io(e))
     }
@@ -133,7 +136,9 @@ impl Store {
     /// Seals the entries of a group of commands onto `chain` and writes them, with the id
     /// records, in one durable commit. On error the chain may have advanced past what is
     /// stored: the caller must stop.
-    pub fn commit<'a>(&self, chain: &mut Chain, effects: impl IntoIterator<Item = &'a Effects>) -> Result<(), StoreError> {
+    /// Returns the sealed entries, for shipping to the region.
+    pub fn commit<'a>(&self, chain: &mut Chain, effects: impl IntoIterator<Item = &'a Effects>) -> Result<Vec<Entry>, StoreError> {
+        let mut sealed = Vec::new();
         let mut tx = self.db.begin_write().map_err(|e| self.io(e))?;
         tx.set_durability(Durability::Immediate).map_err(|e| self.io(e))?;
         {
@@ -144,6 +149,7 @@ impl Store {
                 if let Some(body) = &effect.entry {
                     let entry = chain.seal(body);
                     journal.insert(entry.seq, entry.encode().as_slice()).map_err(|e| self.io(e))?;
+                    sealed.push(entry);
                 }
                 for (id, recorded) in &effect.recorded {
                     bytes.clear();
@@ -153,6 +159,35 @@ impl Store {
             }
             let mut meta = tx.open_table(META).map_err(|e| self.io(e))?;
             meta.insert("head", format!("{}:{}", chain.seq, hex(&chain.hash)).as_str()).map_err(|e| self.io(e))?;
+        }
+        tx.commit().map_err(|e| self.io(e))?;
+        Ok(sealed)
+    }
+
+    /// Rebuilds a region's replica of `edge` into `ledger`, verifying the chain; returns its end.
+    pub fn load_replica(&self, edge: &str, ledger: &mut Ledger) -> Result<Chain, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let replica = tx.open_table(REPLICA).map_err(|e| self.io(e))?;
+        let mut chain = Chain::default();
+        let broken = |error| StoreError::Chain { path: self.path.clone(), error };
+        for row in replica.range((edge, 0)..=(edge, u64::MAX)).map_err(|e| self.io(e))? {
+            let (key, value) = row.map_err(|e| self.io(e))?;
+            let entry = Entry::decode(key.value().1, value.value()).map_err(broken)?;
+            let body = chain.verify_next(&entry).map_err(broken)?;
+            ledger.replay(&body).map_err(|e| self.io(format!("replica of {edge}: {e}")))?;
+        }
+        Ok(chain)
+    }
+
+    /// Appends verified entries to the replica of `edge` in one durable commit.
+    pub fn append_replica(&self, edge: &str, entries: &[Entry]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.io(e))?;
+        tx.set_durability(Durability::Immediate).map_err(|e| self.io(e))?;
+        {
+            let mut replica = tx.open_table(REPLICA).map_err(|e| self.io(e))?;
+            for entry in entries {
+                replica.insert((edge, entry.seq), entry.encode().as_slice()).map_err(|e| self.io(e))?;
+            }
         }
         tx.commit().map_err(|e| self.io(e))
     }

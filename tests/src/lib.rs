@@ -58,6 +58,10 @@ pub struct NodeOptions {
     pub commit_toml: String,
     pub with_v5: bool,
     pub with_ws: bool,
+    /// The node id; default `test/edge-1`.
+    pub node_id: Option<String>,
+    /// A region node: no MQTT; readiness is its zenoh port accepting connections.
+    pub region_zenoh_port: Option<u16>,
 }
 
 /// A `ledger-node` child process with its own data directory. Killed on drop.
@@ -66,6 +70,8 @@ pub struct NodeProcess {
     pub port: u16,
     pub port_v5: Option<u16>,
     pub port_ws: Option<u16>,
+    /// The port whose accepting means the node is up (MQTT for an edge, zenoh for a region).
+    ready_port: u16,
     pub config_path: PathBuf,
     child: Option<Child>,
     _tempdir: Option<tempfile::TempDir>,
@@ -85,8 +91,10 @@ impl NodeProcess {
         let port = free_port();
         let port_v5 = options.with_v5.then(free_port);
         let port_ws = options.with_ws.then(free_port);
+        let id = options.node_id.clone().unwrap_or_else(|| "test/edge-1".to_string());
+        let role = if options.region_zenoh_port.is_some() { "region" } else { "edge" };
         let mut toml = format!(
-            "[node]\nid = \"test/edge-1\"\ndata_dir = \"{}\"\n\n[mqtt]\nlisten_v4 = \"127.0.0.1:{port}\"\n",
+            "[node]\nid = \"{id}\"\nrole = \"{role}\"\ndata_dir = \"{}\"\n\n[mqtt]\nlisten_v4 = \"127.0.0.1:{port}\"\n",
             dir.join("data").display()
         );
         if let Some(p) = port_v5 {
@@ -98,7 +106,8 @@ impl NodeProcess {
         toml += &format!("\n[ledger]\n{}\n\n[commit]\n{}\n\n{}\n", options.ledger_toml, options.commit_toml, options.extra_toml);
         let config_path = dir.join("node.toml");
         std::fs::write(&config_path, toml).expect("write config");
-        NodeProcess { dir: dir.to_path_buf(), port, port_v5, port_ws, config_path, child: None, _tempdir: None }
+        let ready_port = options.region_zenoh_port.unwrap_or(port);
+        NodeProcess { dir: dir.to_path_buf(), port, port_v5, port_ws, ready_port, config_path, child: None, _tempdir: None }
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -121,7 +130,7 @@ impl NodeProcess {
         self.child = Some(child);
         // Every listener runs in its own broker thread: wait for all of them.
         let deadline = Instant::now() + START_DEADLINE;
-        for port in [Some(self.port), self.port_v5, self.port_ws].into_iter().flatten() {
+        for port in [Some(self.ready_port), self.port_v5, self.port_ws].into_iter().flatten() {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
                 if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
@@ -159,6 +168,111 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A TCP proxy between two nodes' zenoh endpoints that a test can cut and heal: a
+/// partition without touching the nodes. Loopback only; its threads end when it is dropped.
+pub struct TcpProxy {
+    pub port: u16,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl TcpProxy {
+    pub fn start(target_port: u16) -> TcpProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let live: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+        let (open2, stop2, live2) = (open.clone(), stop.clone(), live.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let (client, _) = match listener.accept() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                if !open2.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused in effect
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) else { continue };
+                client.set_nonblocking(false).ok();
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                {
+                    let mut live = live2.lock().unwrap();
+                    live.push(client.try_clone().unwrap());
+                    live.push(server.try_clone().unwrap());
+                }
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        TcpProxy { port, open, stop, live }
+    }
+
+    /// Cuts every connection through the proxy and refuses new ones until `heal`.
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.live.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Waits until `check` returns Some, polling every 50 ms, up to `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An operator's zenoh session, connected straight to a node's endpoint.
+pub async fn operator_session(zenoh_port: u16) -> bridge::zenoh::Session {
+    let mut config = bridge::zenoh::Config::default();
+    let set = |config: &mut bridge::zenoh::Config, k: &str, v: &str| config.insert_json5(k, v).unwrap();
+    set(&mut config, "mode", "\"client\"");
+    set(&mut config, "connect/endpoints", &format!("[\"tcp/127.0.0.1:{zenoh_port}\"]"));
+    set(&mut config, "scouting/multicast/enabled", "false");
+    bridge::zenoh::open(config).await.expect("operator session")
+}
+
+/// One JSON answer from a queryable (None if nobody answered in time).
+pub async fn ask(session: &bridge::zenoh::Session, selector: &str) -> Option<Value> {
+    let replies = session.get(selector).timeout(Duration::from_secs(2)).await.ok()?;
+    let reply = replies.recv_async().await.ok()?;
+    let sample = reply.result().ok()?;
+    serde_json::from_slice(&sample.payload().to_bytes()).ok()
 }
 
 /// Waiters for replies by command id; other messages (notices, id-less replies) queue up.

@@ -1,0 +1,143 @@
+//! The link between nodes: zenoh sessions opened from the node config, the `ledger/v1/`
+//! key-expression scheme, and the framing of journal entries on the wire.
+//!
+//! Owns transport only. It must not interpret ledger entries (verifying and applying them
+//! is the ledger node's job) and must not rely on zenoh's in-memory caches for ledger data:
+//! everything it carries can be asked for again from the sender's redb.
+
+use config::{NodeConfig, Role};
+use std::time::Duration;
+
+pub use zenoh;
+
+/// Most journal entries in one frame (a live push or one range reply).
+pub const MAX_FRAME_ENTRIES: usize = 1_000;
+/// Largest encoded entry accepted from the wire.
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+/// How long a range query may take before it is asked again.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Key expressions, all under `ledger/v1/`. A node id (`eu` or `eu/berlin-1`) is one or two
+/// chunks of the key.
+pub mod keys {
+    /// An edge publishes each committed group of journal entries here (live push).
+    pub fn journal_entries(edge: &str) -> String {
+        format!("ledger/v1/journal/{edge}/entries")
+    }
+
+    /// An edge's queryable serving any range of its journal from redb:
+    /// `?from=SEQ;limit=N` (N at most `MAX_FRAME_ENTRIES`).
+    pub fn journal_range(edge: &str) -> String {
+        format!("ledger/v1/journal/{edge}/range")
+    }
+
+    /// A region publishes how far it has durably replicated an edge: `{"seq":N,"hash":"…"}`.
+    pub fn journal_ack(edge: &str) -> String {
+        format!("ledger/v1/journal/{edge}/ack")
+    }
+
+    /// Every node answers its status (role, journal head, replication state) here.
+    pub fn status(node: &str) -> String {
+        format!("ledger/v1/status/{node}")
+    }
+
+    /// A region answers balances of its edges' accounts from its replicas:
+    /// `?account=name@edge`.
+    pub fn balance(node: &str) -> String {
+        format!("ledger/v1/query/{node}/balance")
+    }
+}
+
+/// Opens the zenoh session a node config describes. Multicast and gossip scouting are off:
+/// a node talks to the endpoints it is given and no others.
+pub async fn open(node: &NodeConfig) -> Result<zenoh::Session, String> {
+    let section = node.zenoh.as_ref().ok_or("zenoh: no [zenoh] section in the config")?;
+    let mode = section.mode.clone().unwrap_or_else(|| match node.node.role {
+        Role::Edge => "peer".to_string(),
+        Role::Region => "router".to_string(),
+    });
+    let mut config = zenoh::Config::default();
+    let set = |config: &mut zenoh::Config, key: &str, value: String| {
+        config.insert_json5(key, &value).map_err(|e| format!("zenoh.{key}: {e}"))
+    };
+    set(&mut config, "mode", json(&mode))?;
+    // An edge with no listen endpoint still needs one for zenoh; keep it on loopback.
+    let listen = if section.listen.is_empty() { vec!["tcp/127.0.0.1:0".to_string()] } else { section.listen.clone() };
+    set(&mut config, "listen/endpoints", serde_json::to_string(&listen).expect("strings"))?;
+    set(&mut config, "connect/endpoints", serde_json::to_string(&section.connect).expect("strings"))?;
+    // Keep trying the region after a partition instead of giving up, and soon.
+    set(&mut config, "connect/exit_on_failure", "false".to_string())?;
+    set(&mut config, "connect/timeout_ms", "-1".to_string())?;
+    set(&mut config, "connect/retry", "{period_init_ms: 250, period_max_ms: 2000, period_increase_factor: 2}".to_string())?;
+    set(&mut config, "scouting/multicast/enabled", "false".to_string())?;
+    set(&mut config, "scouting/gossip/enabled", "false".to_string())?;
+    if let Some(ca) = &section.tls_root_ca {
+        set(&mut config, "transport/link/tls/root_ca_certificate", json(&ca.display().to_string()))?;
+    }
+    if let Some(cert) = &section.tls_certificate {
+        set(&mut config, "transport/link/tls/listen_certificate", json(&cert.display().to_string()))?;
+        set(&mut config, "transport/link/tls/connect_certificate", json(&cert.display().to_string()))?;
+    }
+    if let Some(key) = &section.tls_private_key {
+        set(&mut config, "transport/link/tls/listen_private_key", json(&key.display().to_string()))?;
+        set(&mut config, "transport/link/tls/connect_private_key", json(&key.display().to_string()))?;
+    }
+    zenoh::open(config).await.map_err(|e| format!("zenoh: cannot open a session: {e}"))
+}
+
+fn json(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serializes")
+}
+
+/// Frames journal entries as `(seq u64, length u32, bytes)` records, big-endian.
+pub fn encode_frame<'a>(entries: impl IntoIterator<Item = (u64, &'a [u8])>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (seq, bytes) in entries {
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+/// Reads a frame back; refuses anything malformed or over the limits.
+pub fn decode_frame(mut frame: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    while !frame.is_empty() {
+        if frame.len() < 12 {
+            return Err("frame: truncated record header".to_string());
+        }
+        let seq = u64::from_be_bytes(frame[..8].try_into().expect("8 bytes"));
+        let len = u32::from_be_bytes(frame[8..12].try_into().expect("4 bytes")) as usize;
+        if len > MAX_ENTRY_BYTES || frame.len() < 12 + len {
+            return Err(format!("frame: entry {seq} has a bad length {len}"));
+        }
+        out.push((seq, frame[12..12 + len].to_vec()));
+        if out.len() > MAX_FRAME_ENTRIES {
+            return Err(format!("frame: more than {MAX_FRAME_ENTRIES} entries"));
+        }
+        frame = &frame[12 + len..];
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_refuse_garbage() {
+        let frame = encode_frame([(1, &b"one"[..]), (2, &b""[..]), (3, &b"three"[..])]);
+        let back = decode_frame(&frame).unwrap();
+        assert_eq!(back, vec![(1, b"one".to_vec()), (2, Vec::new()), (3, b"three".to_vec())]);
+        assert!(decode_frame(&frame[..frame.len() - 1]).is_err());
+        assert!(decode_frame(&[0; 5]).is_err());
+        assert_eq!(decode_frame(&[]).unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn keys_nest_node_ids() {
+        assert_eq!(keys::journal_entries("eu/berlin-1"), "ledger/v1/journal/eu/berlin-1/entries");
+        assert_eq!(keys::status("eu"), "ledger/v1/status/eu");
+    }
+}

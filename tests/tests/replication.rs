@@ -1,0 +1,159 @@
+//! Journal replication, real processes on loopback: a region follows its edge over zenoh,
+//! through a partition, and refuses a tampered journal.
+
+use harness::{ask, cmd, eventually, free_port, operator_session, Device, NodeOptions, NodeProcess, TcpProxy};
+use ledger::command::{Command, Flag, Movement, Op};
+use ledger::journal::Chain;
+use serde_json::Value;
+use std::time::Duration;
+
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+fn region(zenoh_port: u16, edges: &[&str]) -> NodeProcess {
+    let edges: Vec<String> = edges.iter().map(|e| format!("\"{e}\"")).collect();
+    NodeProcess::start(NodeOptions {
+        node_id: Some("eu".into()),
+        region_zenoh_port: Some(zenoh_port),
+        extra_toml: format!("[zenoh]\nlisten = [\"tcp/127.0.0.1:{zenoh_port}\"]\n\n[replication]\nedges = [{}]\n", edges.join(", ")),
+        ..NodeOptions::default()
+    })
+}
+
+fn edge(id: &str, region_port: u16) -> NodeProcess {
+    NodeProcess::start(NodeOptions {
+        node_id: Some(id.into()),
+        extra_toml: format!("[zenoh]\nconnect = [\"tcp/127.0.0.1:{region_port}\"]\n"),
+        ..NodeOptions::default()
+    })
+}
+
+async fn replica(ops: &bridge::zenoh::Session, edge: &str) -> Option<Value> {
+    let status = ask(ops, "ledger/v1/status/eu").await?;
+    status["edges"].as_array()?.iter().find(|e| e["edge"] == edge).cloned()
+}
+
+async fn pay(device: &Device, from: usize, to: usize) -> u64 {
+    let mut seq = 0;
+    for i in from..to {
+        let reply = device.request(cmd::transfer(&format!("p{i}"), "wallet:a", "merchant:m", "0.01", "EUR")).await;
+        assert_eq!(reply["code"], "ok", "{reply}");
+        seq = reply["seq"].as_u64().unwrap();
+    }
+    seq
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_region_follows_its_edge_through_a_partition() {
+    let zenoh_port = free_port();
+    let _region = region(zenoh_port, &["eu/berlin-1"]);
+    let proxy = TcpProxy::start(zenoh_port);
+    let mut berlin = edge("eu/berlin-1", proxy.port);
+    let ops = operator_session(zenoh_port).await;
+
+    let device = Device::connect(berlin.port, "till-1").await;
+    for (id, account, flags) in [("o1", "issuer", vec!["issuance"]), ("o2", "wallet:a", vec![]), ("o3", "merchant:m", vec![])] {
+        assert_eq!(device.request(cmd::open(id, account, "EUR", &flags)).await["code"], "ok");
+    }
+    assert_eq!(device.request(cmd::transfer("fund", "issuer", "wallet:a", "100.00", "EUR")).await["code"], "ok");
+    let head = pay(&device, 0, 50).await;
+    eventually("the replica to reach the edge's head", CATCH_UP, || async {
+        replica(&ops, "eu/berlin-1").await.filter(|r| r["seq"] == head)
+    })
+    .await;
+
+    // Partition: the edge keeps taking payments on its own.
+    proxy.cut();
+    let head = pay(&device, 50, 250).await;
+    let stale = replica(&ops, "eu/berlin-1").await.expect("the region answers while cut off");
+    assert!(stale["seq"].as_u64().unwrap() < head, "nothing crossed the partition: {stale}");
+
+    // Heal: the backlog drains from the edge's redb and the chains meet.
+    proxy.heal();
+    let caught_up = eventually("the replica to catch up after the partition", CATCH_UP, || async {
+        replica(&ops, "eu/berlin-1").await.filter(|r| r["seq"] == head)
+    })
+    .await;
+    assert_eq!(caught_up["refused"], Value::Null);
+    let edge_status = eventually("the edge's status through the region", CATCH_UP, || async {
+        ask(&ops, "ledger/v1/status/eu/berlin-1").await.filter(|s| s["replicated_seq"] == head)
+    })
+    .await;
+    assert_eq!(edge_status["head"]["hash"], caught_up["hash"], "same head hash on both sides");
+
+    // The region answers balances from its replica, saying how fresh.
+    let answer = ask(&ops, "ledger/v1/query/eu/balance?account=merchant:m@eu/berlin-1").await.expect("balance");
+    assert_eq!(answer["balance"]["posted"], "2.50", "{answer}");
+    assert_eq!(answer["replica_seq"], head);
+
+    // And the edge's redb, read after a SIGKILL, ends on the same hash.
+    berlin.kill9();
+    let ledger = harness::load_ledger(&berlin.dir.join("data"), "eu/berlin-1").unwrap();
+    assert_eq!(ledger.head().seq, head);
+    drop(device);
+}
+
+fn body_of(id: &str, op: Op) -> Command {
+    Command { id: id.to_string(), op }
+}
+
+/// A journal built by a real ledger core, as an edge would write it.
+fn journal() -> Vec<ledger::journal::Entry> {
+    let config = config::NodeConfig::from_toml("[node]\nid = \"eu/fake-1\"\n").unwrap();
+    let mut ledger = ledger::node::ledger_for(&config);
+    let mut chain = Chain::default();
+    let transfer = |id: &str| {
+        let m = Movement { debit: "issuer".into(), credit: "wallet:a".into(), amount: "1.00".into(), asset: "EUR".into(), metadata: None };
+        body_of(id, Op::Transfer(m))
+    };
+    let commands = vec![
+        body_of("o1", Op::OpenAccount { account: "issuer".into(), asset: "EUR".into(), flags: vec![Flag::Issuance], overdraft_limit: None }),
+        body_of("o2", Op::OpenAccount { account: "wallet:a".into(), asset: "EUR".into(), flags: vec![], overdraft_limit: None }),
+        transfer("t1"),
+        transfer("t2"),
+    ];
+    commands
+        .into_iter()
+        .map(|c| {
+            let effects = ledger.submit(Some("dev"), c, 1_000);
+            chain.seal(effects.entry.as_ref().expect("accepted"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_entry_is_refused_reported_and_never_applied() {
+    let zenoh_port = free_port();
+    let _region = region(zenoh_port, &["eu/fake-1"]);
+    let ops = operator_session(zenoh_port).await;
+
+    // Entry 3 pays 9.00 instead of 1.00 but keeps its old hash.
+    let mut entries = journal();
+    let body = String::from_utf8(entries[2].body.clone()).unwrap().replace("100", "900");
+    assert_ne!(body.as_bytes(), &entries[2].body[..]);
+    entries[2].body = body.into_bytes();
+    let encoded: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.seq, e.encode())).collect();
+    let frame = bridge::encode_frame(encoded.iter().map(|(s, b)| (*s, &b[..])));
+
+    // The test plays the edge: it serves that journal on the edge's range key.
+    let queryable = ops.declare_queryable("ledger/v1/journal/eu/fake-1/range").await.unwrap();
+    let serve = tokio::spawn(async move {
+        while let Ok(query) = queryable.recv_async().await {
+            let from: u64 = query.parameters().get("from").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let wanted: Vec<(u64, Vec<u8>)> = bridge::decode_frame(&frame).unwrap().into_iter().filter(|(s, _)| *s >= from).collect();
+            let reply = bridge::encode_frame(wanted.iter().map(|(s, b)| (*s, &b[..])));
+            let _ = query.reply(query.key_expr().clone(), reply).await;
+        }
+    });
+
+    let refused = eventually("the region to refuse entry 3", CATCH_UP, || async {
+        replica(&ops, "eu/fake-1").await.filter(|r| !r["refused"].is_null())
+    })
+    .await;
+    assert_eq!(refused["seq"], 2, "entries 1 and 2 applied, nothing after: {refused}");
+    let why = refused["refused"].as_str().unwrap();
+    assert!(why.contains("entry 3") && why.contains("tampered"), "{why}");
+    // Nothing of the forged entry reached the replica's books.
+    let answer = ask(&ops, "ledger/v1/query/eu/balance?account=wallet:a@eu/fake-1").await.unwrap();
+    assert_eq!(answer["balance"]["posted"], "0.00", "{answer}");
+    serve.abort();
+}
