@@ -24,8 +24,11 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The `ledger-node` binary next to this test binary. `cargo test -p edgeledger-tests`
-/// alone does not build other packages' binaries, so the first call brings it up to date.
+/// The `ledger-node` binary next to this test binary. `cargo test --workspace` (README's
+/// test command) builds it with the tests. When it is missing (`cargo test -p
+/// edgeledger-tests` alone), the first call builds it; it is not rebuilt otherwise,
+/// because building the one package resolves dependency features differently from the
+/// workspace and would rebuild half the tree on every run.
 pub fn node_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
@@ -35,14 +38,17 @@ pub fn node_binary() -> PathBuf {
             if dir.ends_with("deps") {
                 dir.pop();
             }
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "--quiet", "-p", "ledger-node", "--bin", "ledger-node"]);
-            if dir.ends_with("release") {
-                cmd.arg("--release");
+            let bin = dir.join("ledger-node");
+            if !bin.exists() {
+                let mut cmd = Command::new(env!("CARGO"));
+                cmd.args(["build", "--quiet", "-p", "ledger-node", "--bin", "ledger-node"]);
+                if dir.ends_with("release") {
+                    cmd.arg("--release");
+                }
+                let status = cmd.status().expect("cargo runs");
+                assert!(status.success(), "building ledger-node failed");
             }
-            let status = cmd.status().expect("cargo runs");
-            assert!(status.success(), "building ledger-node failed");
-            dir.join("ledger-node")
+            bin
         })
         .clone()
 }
