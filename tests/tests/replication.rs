@@ -157,3 +157,46 @@ async fn a_tampered_entry_is_refused_reported_and_never_applied() {
     assert_eq!(answer["balance"]["posted"], "0.00", "{answer}");
     serve.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_survive_sigkill_of_region_and_edge() {
+    let zenoh_port = free_port();
+    let mut region_node = region(zenoh_port, &["eu/berlin-1"]);
+    let mut berlin = edge("eu/berlin-1", zenoh_port);
+    let device = Device::connect(berlin.port, "till-1").await;
+    for (id, account, flags) in [("o1", "issuer", vec!["issuance"]), ("o2", "wallet:a", vec![]), ("o3", "merchant:m", vec![])] {
+        assert_eq!(device.request(cmd::open(id, account, "EUR", &flags)).await["code"], "ok");
+    }
+    assert_eq!(device.request(cmd::transfer("fund", "issuer", "wallet:a", "100.00", "EUR")).await["code"], "ok");
+
+    // Payments keep coming (each resent until answered) while first the region, then the
+    // edge is killed and restarted.
+    let mut head = 0;
+    for i in 0..300 {
+        if i == 100 {
+            region_node.restart();
+        }
+        if i == 200 {
+            berlin.restart();
+        }
+        let command = cmd::transfer(&format!("p{i}"), "wallet:a", "merchant:m", "0.01", "EUR");
+        let reply = eventually("a reply to a payment", CATCH_UP, || {
+            let command = command.clone();
+            let device = &device;
+            async move { device.try_request(command, Duration::from_secs(1)).await }
+        })
+        .await;
+        assert_eq!(reply["code"], "ok", "{reply}");
+        head = head.max(reply["seq"].as_u64().unwrap());
+    }
+
+    let ops = operator_session(zenoh_port).await;
+    let replica_head = eventually("the replica to reach the edge's head after both crashes", CATCH_UP, || async {
+        replica(&ops, "eu/berlin-1").await.filter(|r| r["seq"] == head)
+    })
+    .await;
+    let edge_status = eventually("the edge's status", CATCH_UP, || async { ask(&ops, "ledger/v1/status/eu/berlin-1").await }).await;
+    assert_eq!(edge_status["head"]["hash"], replica_head["hash"]);
+    let answer = ask(&ops, "ledger/v1/query/eu/balance?account=merchant:m@eu/berlin-1").await.unwrap();
+    assert_eq!(answer["balance"]["posted"], "3.00", "each payment once in the replica: {answer}");
+}
