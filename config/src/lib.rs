@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 /// The example edge config shipped in this folder; also the test fixture for every key.
 pub const EXAMPLE_EDGE: &str = include_str!("../edge.toml");
+/// The example region config shipped in this folder.
+pub const EXAMPLE_REGION: &str = include_str!("../region.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -530,6 +532,13 @@ mod tests {
     }
 
     #[test]
+    fn example_region_config_is_valid() {
+        let config = NodeConfig::from_toml(EXAMPLE_REGION).unwrap();
+        assert_eq!(config.node.role, Role::Region);
+        assert_eq!(config.replication.edges.len(), 2);
+    }
+
+    #[test]
     fn embedded_default_is_valid() {
         NodeConfig::embedded_default().validate().unwrap();
     }
@@ -553,6 +562,10 @@ mod tests {
             ("[node]\nid = \"eu/a\"\n[mqtt]\nlisten_v5 = \"127.0.0.1:1883\"\n", "mqtt.listen_v5"),
             ("[node]\nid = \"eu/a\"\n[mqtt]\nmax_packet_bytes = 70000\n", "mqtt.max_packet_bytes"),
             ("[node]\nid = \"eu/a\"\n[[devices]]\nid = \"t1\"\npassword_hash = \"$argon2id$broken\"\n", "devices[0].password_hash"),
+            ("[node]\nid = \"eu\"\nrole = \"region\"\n", "zenoh"),
+            ("[node]\nid = \"eu\"\nrole = \"region\"\n[zenoh]\nlisten = [\"udp/1.2.3.4:1\"]\n", "zenoh.listen[0]"),
+            ("[node]\nid = \"eu\"\nrole = \"region\"\n[zenoh]\nlisten = [\"tcp/127.0.0.1:1\"]\n[replication]\nedges = [\"us/nyc-1\"]\n", "replication.edges[0]"),
+            ("[node]\nid = \"eu/a\"\n[replication]\nedges = [\"eu/b\"]\n", "replication.edges"),
             ("[node]\nid = \"eu/a\"\n[[assets]]\ncode = \"kwh\"\nscale = 3\n", "assets[0].code"),
             ("[node]\nid = \"eu/a\"\n[[devices]]\nid = \"t1\"\npassword_hash = \"plain\"\n", "devices[0].password_hash"),
             ("[node]\nid = \"eu/a\"\n[[devices]]\nid = \"t1\"\npassword_hash_env = \"EDGELEDGER_TEST_UNSET_VAR\"\n", "devices[0].password_hash_env"),
