@@ -21,6 +21,8 @@ use std::time::Duration;
 /// Committed groups waiting to be pushed to the region; beyond this the push is dropped
 /// (the region will fetch those entries through the range queryable).
 pub const PUSH_QUEUE: usize = 256;
+/// Pushes a region keeps while busy fetching ranges; older ones are dropped.
+pub const PUSHES_BUFFERED: usize = 64;
 /// How often a region asks an edge for entries when no push arrived.
 pub const PULL_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -185,7 +187,14 @@ pub fn run_region(config: NodeConfig, store: Store) -> Result<(), String> {
 
 /// Pulls `edge`'s journal from where the replica ends, applying pushes as they come.
 async fn follow_edge(session: bridge::zenoh::Session, edge: String, store: Arc<Store>, replicas: Replicas) {
-    let subscriber = match session.declare_subscriber(keys::journal_entries(&edge)).await {
+    // Pushes are only a fast path. A bounded FIFO would block zenoh's receive path when
+    // full, and with it the range replies this task is waiting for; a ring drops the
+    // oldest pushes instead, which the range fetch makes up for.
+    let subscriber = match session
+        .declare_subscriber(keys::journal_entries(&edge))
+        .with(bridge::zenoh::handlers::RingChannel::new(PUSHES_BUFFERED))
+        .await
+    {
         Ok(s) => s,
         Err(e) => return tracing::error!("zenoh subscriber: {e}"),
     };

@@ -19,6 +19,8 @@
 //!
 //! Money is only ever decimal strings here; f64 appears in statistics only.
 
+mod geo;
+
 use hdrhistogram::Histogram;
 use ledger::command::{Command, Flag, Movement, Op};
 use ledger::intake::now_ms;
@@ -49,6 +51,10 @@ USAGE:
       Ledger core + redb store without MQTT: N transfers (default 200000; at most 5000 per
       unit of batch size below 100, since every commit is an fsync), one durable commit
       every B transfers, for each B.
+  ledger-bench geo [--rate R] [--seconds S] [--partition P]
+      A region following an edge over zenoh: replication lag at R payments/s (default
+      5000) for S seconds (default 10), then a P-second partition (default 60) and the rate
+      at which the backlog drains after it.
   ledger-bench --help
 ";
 
@@ -82,6 +88,7 @@ fn main() {
             run_mqtt(&runtime, &opts)
         }),
         "core" => parse_core(&args[1..]).and_then(|opts| run_core(&opts)),
+        "geo" => geo::parse(&args[1..]).and_then(|opts| geo::run(&opts)),
         other => Err(format!("unknown subcommand {other:?}\n\n{USAGE}")),
     };
     if let Err(e) = result {
