@@ -119,19 +119,30 @@ async fn serve_range(session: bridge::zenoh::Session, edge: String, store: Arc<S
 }
 
 async fn serve_edge_status(session: bridge::zenoh::Session, edge: String, link: EdgeLink) {
-    let queryable = match session.declare_queryable(keys::status(&edge)).await {
-        Ok(q) => q,
-        Err(e) => return tracing::error!("zenoh queryable: {e}"),
-    };
-    while let Ok(query) = queryable.recv_async().await {
+    let key = keys::status(&edge);
+    answer_json(session, key, move |_| {
         let head = *link.head.lock().expect("head lock");
         let acked = link.acked.load(Ordering::SeqCst);
-        let status = json!({
+        json!({
             "node": edge, "role": "edge",
             "head": {"seq": head.seq, "hash": hex(&head.hash)},
             "replicated_seq": acked, "lag_entries": head.seq.saturating_sub(acked),
-        });
-        let _ = query.reply(query.key_expr().clone(), status.to_string()).await;
+        })
+    })
+    .await
+}
+
+/// Answers every query on `key` with the JSON that `answer` gives for it.
+async fn answer_json(session: bridge::zenoh::Session, key: String, answer: impl Fn(&bridge::zenoh::query::Query) -> serde_json::Value) {
+    let queryable = match session.declare_queryable(&key).await {
+        Ok(q) => q,
+        Err(e) => return tracing::error!("zenoh queryable {key}: {e}"),
+    };
+    while let Ok(query) = queryable.recv_async().await {
+        let reply = answer(&query).to_string();
+        if let Err(e) = query.reply(query.key_expr().clone(), reply).await {
+            tracing::debug!("reply on {key}: {e}");
+        }
     }
 }
 
@@ -246,115 +257,94 @@ async fn fetch(session: &bridge::zenoh::Session, selector: &str) -> Option<Vec<(
     }
 }
 
-/// Verifies, stores and replays the entries of `frame` that continue the replica. Returns
+/// Verifies, replays and stores the entries of `frame` that continue the replica. Returns
 /// whether it made progress. Entries the replica already has are skipped (a push and a
-/// range may overlap); a gap leaves the rest for the next range fetch.
+/// range may overlap); a gap leaves the rest for the next range fetch. An entry that breaks
+/// the chain or does not apply to the replica's books is refused: neither stored nor kept.
 async fn apply(session: &bridge::zenoh::Session, edge: &str, frame: Vec<(u64, Vec<u8>)>, store: &Arc<Store>, replicas: &Replicas) -> bool {
-    let (mut chain, refused) = match replicas.lock().expect("replicas").get(edge) {
-        Some(r) => (r.chain, r.refused.is_some()),
-        None => return false,
+    let (accepted, chain) = {
+        let mut all = replicas.lock().expect("replicas");
+        let Some(replica) = all.get_mut(edge) else { return false };
+        if replica.refused.is_some() {
+            return false;
+        }
+        let mut accepted = Vec::new();
+        for (seq, bytes) in frame {
+            if seq <= replica.chain.seq {
+                continue;
+            }
+            if seq != replica.chain.seq + 1 {
+                break;
+            }
+            let mut next = replica.chain;
+            let checked = Entry::decode(seq, &bytes)
+                .and_then(|entry| next.verify_next(&entry).map(|body| (entry, body)))
+                .map_err(|e| e.to_string())
+                .and_then(|(entry, body)| replica.ledger.replay(&body).map(|()| entry));
+            match checked {
+                Ok(entry) => {
+                    replica.chain = next;
+                    accepted.push(entry);
+                }
+                Err(why) => {
+                    let why = format!("entry {seq} refused: {why}");
+                    tracing::error!(edge, "replication stopped: {why}");
+                    replica.refused = Some(why);
+                    break;
+                }
+            }
+        }
+        replica.updated_ms = now_ms();
+        (accepted, replica.chain)
     };
-    if refused {
+    if accepted.is_empty() {
         return false;
     }
-    let mut accepted = Vec::new();
-    let mut bodies = Vec::new();
-    let mut refusal = None;
-    for (seq, bytes) in frame {
-        if seq <= chain.seq {
-            continue;
-        }
-        if seq != chain.seq + 1 {
-            break;
-        }
-        match Entry::decode(seq, &bytes).and_then(|entry| chain.verify_next(&entry).map(|body| (entry, body))) {
-            Ok((entry, body)) => {
-                accepted.push(entry);
-                bodies.push(body);
-            }
-            Err(e) => {
-                refusal = Some(format!("entry {seq} refused: {e}"));
-                break;
-            }
-        }
+    let (store, edge_id) = (store.clone(), edge.to_string());
+    let stored = match tokio::task::spawn_blocking(move || store.append_replica(&edge_id, &accepted)).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = stored {
+        // The replica in memory is ahead of the disk now: stop, and rebuild from disk on restart.
+        eprintln!("ledger-node: replica of {edge} cannot be stored: {e}");
+        std::process::exit(1);
     }
-    if !accepted.is_empty() {
-        let store = store.clone();
-        let edge_id = edge.to_string();
-        let to_store = accepted.clone();
-        match tokio::task::spawn_blocking(move || store.append_replica(&edge_id, &to_store)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!("replica of {edge}: {e}");
-                return false;
-            }
-            Err(_) => return false,
-        }
+    let ack = json!({"seq": chain.seq, "hash": hex(&chain.hash)}).to_string();
+    if let Err(e) = session.put(keys::journal_ack(edge), ack).congestion_control(CongestionControl::Block).await {
+        tracing::debug!("ack for {edge}: {e}");
     }
-    let progressed = !accepted.is_empty();
-    {
-        let mut all = replicas.lock().expect("replicas");
-        let replica = all.get_mut(edge).expect("configured edge");
-        for body in &bodies {
-            if let Err(e) = replica.ledger.replay(body) {
-                refusal = Some(format!("entry {} refused: {e}", body.seq));
-                break;
-            }
-        }
-        replica.chain = chain;
-        replica.updated_ms = now_ms();
-        if let Some(why) = &refusal {
-            tracing::error!(edge, "replication stopped: {why}");
-            replica.refused = Some(why.clone());
-        }
-    }
-    if progressed {
-        let ack = json!({"seq": chain.seq, "hash": hex(&chain.hash)}).to_string();
-        let _ = session.put(keys::journal_ack(edge), ack).congestion_control(CongestionControl::Block).await;
-    }
-    progressed
+    true
 }
 
 async fn serve_region_status(session: bridge::zenoh::Session, region: String, replicas: Replicas) {
-    let queryable = match session.declare_queryable(keys::status(&region)).await {
-        Ok(q) => q,
-        Err(e) => return tracing::error!("zenoh queryable: {e}"),
-    };
-    while let Ok(query) = queryable.recv_async().await {
-        let edges: Vec<serde_json::Value> = replicas
-            .lock()
-            .expect("replicas")
+    let key = keys::status(&region);
+    answer_json(session, key, move |_| {
+        let all = replicas.lock().expect("replicas");
+        let edges: Vec<serde_json::Value> = all
             .iter()
-            .map(|(edge, r)| {
-                json!({
-                    "edge": edge, "seq": r.chain.seq, "hash": hex(&r.chain.hash),
-                    "refused": r.refused, "updated_ms": r.updated_ms,
-                })
-            })
+            .map(|(edge, r)| json!({"edge": edge, "seq": r.chain.seq, "hash": hex(&r.chain.hash), "refused": r.refused, "updated_ms": r.updated_ms}))
             .collect();
-        let status = json!({"node": region, "role": "region", "edges": edges});
-        let _ = query.reply(query.key_expr().clone(), status.to_string()).await;
-    }
+        json!({"node": region, "role": "region", "edges": edges})
+    })
+    .await
 }
 
 /// `?account=name@edge`: the balance from the replica, with how fresh it is.
 async fn serve_balance(session: bridge::zenoh::Session, region: String, replicas: Replicas) {
-    let queryable = match session.declare_queryable(keys::balance(&region)).await {
-        Ok(q) => q,
-        Err(e) => return tracing::error!("zenoh queryable: {e}"),
-    };
-    while let Ok(query) = queryable.recv_async().await {
+    let key = keys::balance(&region);
+    answer_json(session, key, move |query| {
         let account = query.parameters().get("account").unwrap_or_default().to_string();
-        let answer = match account.split_once('@') {
-            None => json!({"error": format!("account: {account:?} must name its edge, like wallet:alice@eu/berlin-1")}),
-            Some((name, edge)) => match replicas.lock().expect("replicas").get(edge) {
-                None => json!({"error": format!("account: {edge} is not an edge of region {region}")}),
-                Some(r) => match r.ledger.balance_view(name) {
-                    None => json!({"error": format!("account: {name} does not exist on {edge}"), "replica_seq": r.chain.seq}),
-                    Some(view) => json!({"balance": view, "replica_seq": r.chain.seq, "updated_ms": r.updated_ms}),
-                },
-            },
+        let Some((name, edge)) = account.split_once('@') else {
+            return json!({"error": format!("account: {account:?} must name its edge, like wallet:alice@eu/berlin-1")});
         };
-        let _ = query.reply(query.key_expr().clone(), answer.to_string()).await;
-    }
+        match replicas.lock().expect("replicas").get(edge) {
+            None => json!({"error": format!("account: {edge} is not an edge of region {region}")}),
+            Some(r) => match r.ledger.balance_view(name) {
+                None => json!({"error": format!("account: {name} does not exist on {edge}"), "replica_seq": r.chain.seq}),
+                Some(view) => json!({"balance": view, "replica_seq": r.chain.seq, "updated_ms": r.updated_ms}),
+            },
+        }
+    })
+    .await
 }
