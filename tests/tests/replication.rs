@@ -200,3 +200,48 @@ async fn replicas_survive_sigkill_of_region_and_edge() {
     let answer = ask(&ops, "ledger/v1/query/eu/balance?account=merchant:m@eu/berlin-1").await.unwrap();
     assert_eq!(answer["balance"]["posted"], "3.00", "each payment once in the replica: {answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_hashed_entry_that_does_not_apply_is_refused() {
+    let zenoh_port = free_port();
+    let mut region_node = region(zenoh_port, &["eu/fake-2"]);
+    let ops = operator_session(zenoh_port).await;
+
+    // A correctly chained journal whose third entry resolves a hold that never existed:
+    // what a buggy or forged edge that re-hashes its entries would send.
+    let honest = journal();
+    let mut chain = Chain::default();
+    let mut entries: Vec<ledger::journal::Entry> = honest[..2].iter().map(|e| {
+        chain.verify_next(e).unwrap();
+        e.clone()
+    }).collect();
+    let mut forged = honest[2].parse_body().unwrap();
+    forged.changes = vec![ledger::ledger::Change::HoldResolved {
+        pending_id: "ghost".into(),
+        resolution: ledger::reply::Resolution::Posted,
+        posted: 100,
+    }];
+    entries.push(chain.seal(&forged));
+    let encoded: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.seq, e.encode())).collect();
+    let frame = bridge::encode_frame(encoded.iter().map(|(s, b)| (*s, &b[..])));
+
+    let queryable = ops.declare_queryable("ledger/v1/journal/eu/fake-2/range").await.unwrap();
+    let serve = tokio::spawn(async move {
+        while let Ok(query) = queryable.recv_async().await {
+            let _ = query.reply(query.key_expr().clone(), frame.clone()).await;
+        }
+    });
+    let refused = eventually("the region to refuse entry 3", CATCH_UP, || async {
+        replica(&ops, "eu/fake-2").await.filter(|r| !r["refused"].is_null())
+    })
+    .await;
+    assert_eq!(refused["seq"], 2, "{refused}");
+    assert!(refused["refused"].as_str().unwrap().contains("hold ghost does not exist"), "{refused}");
+    serve.abort();
+    // Nothing of entry 3 was stored: the region restarts on a replica that verifies.
+    drop(ops);
+    region_node.restart();
+    let ops = operator_session(zenoh_port).await;
+    let reloaded = eventually("the restarted region's status", CATCH_UP, || async { replica(&ops, "eu/fake-2").await }).await;
+    assert_eq!(reloaded["seq"], 2, "{reloaded}");
+}
