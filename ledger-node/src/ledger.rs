@@ -210,12 +210,11 @@ const ID_SHARDS: usize = 1024;
 /// crafted ids cannot pile into one bucket chain.
 struct IdIndex {
     shards: Vec<HashMap<String, Box<Recorded>>>,
-    len: usize,
 }
 
 impl IdIndex {
     fn new() -> IdIndex {
-        IdIndex { shards: (0..ID_SHARDS).map(|_| HashMap::default()).collect(), len: 0 }
+        IdIndex { shards: (0..ID_SHARDS).map(|_| HashMap::default()).collect() }
     }
 
     /// The shard from the high bits; the shard's table uses the low ones.
@@ -233,9 +232,7 @@ impl IdIndex {
 
     fn insert(&mut self, id: String, recorded: Recorded) {
         let shard = Self::shard(&id);
-        if self.shards[shard].insert(id, Box::new(recorded)).is_none() {
-            self.len += 1;
-        }
+        self.shards[shard].insert(id, Box::new(recorded));
     }
 }
 
@@ -254,10 +251,6 @@ impl Ledger {
         }
     }
 
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
     pub fn head(&self) -> Head {
         self.head
     }
@@ -270,16 +263,8 @@ impl Ledger {
         self.accounts.iter()
     }
 
-    pub fn hold(&self, pending_id: &str) -> Option<&Hold> {
-        self.holds.get(pending_id)
-    }
-
     pub fn recorded(&self, id: &str) -> Option<&Recorded> {
         self.ids.get(id)
-    }
-
-    pub fn recorded_count(&self) -> usize {
-        self.ids.len
     }
 
     /// Restores an id record read back from storage at start-up.

@@ -3,7 +3,7 @@
 
 use crate::journal::{hex, Chain, ChainError, Entry};
 use crate::ledger::{Effects, Ledger, Recorded};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
@@ -202,11 +202,5 @@ impl Store {
             out.push(Entry::decode(seq.value(), value.value()).map_err(|error| StoreError::Chain { path: self.path.clone(), error })?);
         }
         Ok(out)
-    }
-
-    pub fn journal_len(&self) -> Result<u64, StoreError> {
-        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
-        let journal = tx.open_table(JOURNAL).map_err(|e| self.io(e))?;
-        journal.len().map_err(|e| self.io(e))
     }
 }
