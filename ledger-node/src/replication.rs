@@ -210,6 +210,10 @@ async fn follow_edge(session: bridge::zenoh::Session, edge: String, store: Arc<S
         Err(e) => return tracing::error!("zenoh subscriber: {e}"),
     };
     loop {
+        // A refused edge stays where it stopped until an operator acts: stop asking it.
+        if replicas.lock().expect("replicas").get(&edge).is_none_or(|r| r.refused.is_some()) {
+            return;
+        }
         // Drain the edge's journal by ranges until it has nothing new.
         loop {
             let cursor = replicas.lock().expect("replicas").get(&edge).map_or(0, |r| r.chain.seq);
