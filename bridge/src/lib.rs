@@ -41,10 +41,41 @@ pub mod keys {
         format!("ledger/v1/status/{node}")
     }
 
-    /// A region answers balances of its edges' accounts from its replicas:
-    /// `?account=name@edge`.
+    /// Balances: an edge of its own accounts (`?account=name`), a region of its edges'
+    /// from its replicas (`?account=name@edge`).
     pub fn balance(node: &str) -> String {
         format!("ledger/v1/query/{node}/balance")
+    }
+
+    /// Pending holds (`?account=…;limit=N`; a region also takes `?edge=…`).
+    pub fn pending(node: &str) -> String {
+        format!("ledger/v1/query/{node}/pending")
+    }
+
+    /// The journal entries that changed an account, newest first
+    /// (`?account=…;limit=N;before=SEQ`).
+    pub fn history(node: &str) -> String {
+        format!("ledger/v1/query/{node}/history")
+    }
+
+    /// A region's cross-node transfers in flight: what each waits for and why.
+    pub fn in_flight(node: &str) -> String {
+        format!("ledger/v1/query/{node}/in_flight")
+    }
+
+    /// A destination edge takes a cross-node transfer here and answers its recorded decision.
+    pub fn transfer_deliver(edge: &str) -> String {
+        format!("ledger/v1/transfer/{edge}/deliver")
+    }
+
+    /// A region passes a delivery on to one of its edges (for a source in another region).
+    pub fn transfer_relay(region: &str) -> String {
+        format!("ledger/v1/transfer/{region}/relay")
+    }
+
+    /// A source edge takes the destination's decision here and posts or voids its hold.
+    pub fn transfer_settle(edge: &str) -> String {
+        format!("ledger/v1/transfer/{edge}/settle")
     }
 }
 
@@ -87,6 +118,41 @@ pub async fn open(node: &NodeConfig) -> Result<zenoh::Session, String> {
 
 fn json(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")
+}
+
+/// Answers every query on `key` with the JSON `answer` resolves to, each query in its own
+/// task so that a slow answer holds up no other. Runs until the session closes.
+pub async fn serve_json<F, Fut>(session: zenoh::Session, key: String, answer: F)
+where
+    F: Fn(zenoh::query::Query) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = (zenoh::query::Query, serde_json::Value)> + Send + 'static,
+{
+    let queryable = match session.declare_queryable(&key).await {
+        Ok(q) => q,
+        Err(e) => return tracing::error!("zenoh queryable {key}: {e}"),
+    };
+    while let Ok(query) = queryable.recv_async().await {
+        let pending = answer(query);
+        tokio::spawn(async move {
+            let (query, value) = pending.await;
+            if let Err(e) = query.reply(query.key_expr().clone(), value.to_string()).await {
+                tracing::debug!("reply on {}: {e}", query.key_expr());
+            }
+        });
+    }
+}
+
+/// Asks `selector` with a JSON payload (`Block` congestion control) and returns the first
+/// answer as JSON. No answer within `timeout`, or an error reply, is an error.
+pub async fn ask_json(session: &zenoh::Session, selector: &str, payload: Option<String>, timeout: Duration) -> Result<serde_json::Value, String> {
+    let mut get = session.get(selector).congestion_control(zenoh::qos::CongestionControl::Block).timeout(timeout);
+    if let Some(payload) = payload {
+        get = get.payload(payload);
+    }
+    let replies = get.await.map_err(|e| format!("{selector}: {e}"))?;
+    let reply = replies.recv_async().await.map_err(|_| format!("{selector}: no answer"))?;
+    let sample = reply.result().map_err(|e| format!("{selector}: error reply: {}", String::from_utf8_lossy(&e.payload().to_bytes())))?;
+    serde_json::from_slice(&sample.payload().to_bytes()).map_err(|e| format!("{selector}: answer is not JSON: {e}"))
 }
 
 /// Frames journal entries as `(seq u64, length u32, bytes)` records, big-endian.

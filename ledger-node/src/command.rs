@@ -1,7 +1,7 @@
 //! Commands: the typed form of a device's JSON, and the strict parser that names the field
 //! at fault. Amounts stay decimal strings here; the ledger converts them with the asset.
 
-use crate::reply::{Code, Rejection};
+use crate::reply::{Code, Rejection, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -57,6 +57,21 @@ pub enum Op {
     Expire {
         pending_id: String,
     },
+    /// A cross-node transfer arriving at its destination (the command id is the source's
+    /// id); delivered by the source's region, never accepted from a device.
+    Receive {
+        source: String,
+        #[serde(flatten)]
+        movement: Movement,
+    },
+    /// The destination's decision on a cross-node transfer, applied at its source: the hold
+    /// is posted (`status` committed) or voided (rejected). Never accepted from a device.
+    Settle {
+        pending_id: String,
+        status: Status,
+        code: Code,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +103,8 @@ impl Op {
             Op::Batch { .. } => "batch",
             Op::Balance { .. } => "balance",
             Op::Expire { .. } => "expire",
+            Op::Receive { .. } => "receive",
+            Op::Settle { .. } => "settle",
         }
     }
 }

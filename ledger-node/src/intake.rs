@@ -35,7 +35,59 @@ pub const GROUPS_IN_FLIGHT: usize = 1;
 
 /// The effects of one group of commands, in arrival order, with where each reply goes.
 pub struct Group {
-    outcomes: Vec<(Option<Target>, Effects)>,
+    outcomes: Vec<(Option<ReplyTo>, Effects)>,
+}
+
+/// Where the answer to one input goes once its group is durable.
+pub enum ReplyTo {
+    Device(Target),
+    /// Another node's request: the reply as JSON, or `read`, an answer computed at intake.
+    Peer { answer: tokio::sync::oneshot::Sender<serde_json::Value>, read: Option<serde_json::Value> },
+}
+
+/// A request from another node or an operator, over zenoh. It goes through the intake like
+/// a device command, so it sees and changes the books in order with them, and it is
+/// answered only after its group is durable.
+pub struct PeerCall {
+    pub request: PeerRequest,
+    pub answer: tokio::sync::oneshot::Sender<serde_json::Value>,
+}
+
+pub enum PeerRequest {
+    /// A cross-node transfer arriving here (`Op::Receive`).
+    Receive(crate::command::Command),
+    /// The destination's decision on a transfer sent from here.
+    Settle { pending_id: String, decision: Reply },
+    /// Operator reads of this node's books.
+    Balance { account: String },
+    Pending { account: Option<String>, limit: usize },
+}
+
+/// Requests from other nodes waiting for the intake; beyond this they are answered `busy`
+/// and the sender retries.
+pub const PEER_QUEUE: usize = 1024;
+
+/// Topic on which the node's own waker publishes to get the intake out of its wait when a
+/// peer request arrives. Carries no data; a device publishing here only wakes the intake.
+pub const WAKE_TOPIC: &str = "ledger/v1/wake";
+
+/// Wakes the intake after a peer request was queued.
+pub struct Waker {
+    link_tx: std::sync::Mutex<LinkTx>,
+    /// Kept so that the broker sees the link open; nothing is read from it.
+    _link_rx: LinkRx,
+}
+
+impl Waker {
+    pub fn new((link_tx, link_rx): (LinkTx, LinkRx)) -> Waker {
+        Waker { link_tx: std::sync::Mutex::new(link_tx), _link_rx: link_rx }
+    }
+
+    pub fn wake(&self) {
+        if let Err(e) = self.link_tx.lock().expect("waker lock").try_publish(WAKE_TOPIC, Vec::new()) {
+            tracing::debug!("wake: {e}");
+        }
+    }
 }
 
 /// Where a reply goes: the device's reply topic, or a v5 response topic with its correlation.
@@ -45,10 +97,9 @@ pub struct Target {
     v5: bool,
 }
 
-struct Incoming {
-    device: String,
-    payload: bytes::Bytes,
-    target: Target,
+enum Incoming {
+    Device { device: String, payload: bytes::Bytes, target: Target },
+    Peer(PeerCall),
 }
 
 /// Counters since start, logged now and then; exported as metrics later.
@@ -59,6 +110,7 @@ pub struct IntakeStats {
     pub rejected: u64,
     pub dropped_topics: u64,
     pub lost_by_broker: u64,
+    pub peer_requests: u64,
 }
 
 pub struct Intake {
@@ -68,6 +120,7 @@ pub struct Intake {
     stats: IntakeStats,
     committer: SyncSender<Group>,
     last_cursor: Option<(u64, u64)>,
+    peers: Option<Receiver<PeerCall>>,
 }
 
 /// Owns the store, the journal's hash chain and the publishing side of the broker link.
@@ -91,7 +144,13 @@ pub fn now_ms() -> u64 {
 
 impl Intake {
     pub fn new(ledger: Ledger, link_rx: LinkRx, limits: IntakeLimits, committer: SyncSender<Group>) -> Intake {
-        Intake { ledger, link_rx, limits, stats: IntakeStats::default(), committer, last_cursor: None }
+        Intake { ledger, link_rx, limits, stats: IntakeStats::default(), committer, last_cursor: None, peers: None }
+    }
+
+    /// Also takes requests from other nodes (the zenoh side queues them and wakes us).
+    pub fn with_peers(mut self, peers: Receiver<PeerCall>) -> Intake {
+        self.peers = Some(peers);
+        self
     }
 
     /// Runs until the broker goes away or storage fails.
@@ -115,6 +174,14 @@ impl Intake {
                     Err(e) => return Err(format!("broker link closed: {e}")),
                 }
             }
+            if let Some(peers) = &self.peers {
+                while group.len() < self.limits.max_group {
+                    match peers.try_recv() {
+                        Ok(call) => group.push(Incoming::Peer(call)),
+                        Err(_) => break,
+                    }
+                }
+            }
             self.process(&mut group)?;
             if last_log.elapsed() > Duration::from_secs(30) {
                 tracing::info!(stats = ?self.stats, head = self.ledger.head().seq, "intake");
@@ -135,6 +202,9 @@ impl Intake {
             Notification::Forward(forward) => {
                 self.watch_cursor(forward.cursor);
                 let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
+                if topic == WAKE_TOPIC {
+                    return Ok(());
+                }
                 let Some(device) = device_of(&topic) else {
                     self.stats.dropped_topics += 1;
                     tracing::warn!(topic, "command on a topic without a valid device id; dropped");
@@ -149,7 +219,7 @@ impl Intake {
                 let response_topic = response_topic.filter(|t| usable_response_topic(t));
                 let v5 = response_topic.is_some() || correlation.is_some();
                 let target = Target { topic: response_topic.unwrap_or_else(|| reply_topic(device)), correlation, v5 };
-                group.push(Incoming { device: device.to_string(), payload: forward.publish.payload, target });
+                group.push(Incoming::Device { device: device.to_string(), payload: forward.publish.payload, target });
             }
             // The router paused us because our buffer filled; we have drained it.
             Notification::Unschedule => self.link_rx.ready().map_err(|e| format!("broker link closed: {e}"))?,
@@ -175,15 +245,24 @@ impl Intake {
 
     fn process(&mut self, group: &mut Vec<Incoming>) -> Result<(), String> {
         let now = now_ms();
-        let mut outcomes: Vec<(Option<Target>, Effects)> =
+        let mut outcomes: Vec<(Option<ReplyTo>, Effects)> =
             self.ledger.expire_due(now).into_iter().map(|e| (None, e)).collect();
         for incoming in group.drain(..) {
-            self.stats.commands += 1;
-            let effects = self.handle(&incoming, now);
-            if effects.reply.as_ref().is_some_and(|r| r.code != Code::Ok) {
-                self.stats.rejected += 1;
+            match incoming {
+                Incoming::Device { device, payload, target } => {
+                    self.stats.commands += 1;
+                    let effects = self.handle(&device, &payload, now);
+                    if effects.reply.as_ref().is_some_and(|r| r.code != Code::Ok) {
+                        self.stats.rejected += 1;
+                    }
+                    outcomes.push((Some(ReplyTo::Device(target)), effects));
+                }
+                Incoming::Peer(call) => {
+                    self.stats.peer_requests += 1;
+                    let (effects, read) = self.handle_peer(call.request, now);
+                    outcomes.push((Some(ReplyTo::Peer { answer: call.answer, read }), effects));
+                }
             }
-            outcomes.push((Some(incoming.target), effects));
         }
         if outcomes.is_empty() {
             return Ok(());
@@ -192,8 +271,26 @@ impl Intake {
         self.committer.send(Group { outcomes }).map_err(|_| "the committer stopped".to_string())
     }
 
-    fn handle(&mut self, incoming: &Incoming, now: u64) -> Effects {
-        let payload = &incoming.payload;
+    fn handle_peer(&mut self, request: PeerRequest, now: u64) -> (Effects, Option<serde_json::Value>) {
+        match request {
+            PeerRequest::Receive(command) => (self.ledger.receive(command, now), None),
+            PeerRequest::Settle { pending_id, decision } => (self.ledger.settle(&pending_id, &decision, now), None),
+            PeerRequest::Balance { account } => {
+                let name = account.split_once('@').map_or(account.as_str(), |(n, _)| n);
+                let answer = match self.ledger.balance_view(name) {
+                    Some(view) => serde_json::json!({"balance": view, "seq": self.ledger.head().seq}),
+                    None => serde_json::json!({"error": format!("account: {name} does not exist on {}", self.ledger.node_id())}),
+                };
+                (Effects::default(), Some(answer))
+            }
+            PeerRequest::Pending { account, limit } => {
+                let holds = crate::queries::holds_json(&self.ledger, account.as_deref(), limit);
+                (Effects::default(), Some(serde_json::json!({"pending": holds, "seq": self.ledger.head().seq})))
+            }
+        }
+    }
+
+    fn handle(&mut self, device: &str, payload: &bytes::Bytes, now: u64) -> Effects {
         if payload.len() > self.limits.max_command_bytes {
             let rejection = Rejection::new(
                 Code::PayloadTooLarge,
@@ -203,7 +300,7 @@ impl Intake {
             return Effects { reply: Some(Reply::rejected(id.as_deref(), rejection)), ..Effects::default() };
         }
         match command::parse(payload, self.limits.max_batch_ops) {
-            Ok(cmd) => self.ledger.submit(Some(&incoming.device), cmd, now),
+            Ok(cmd) => self.ledger.submit(Some(device), cmd, now),
             Err(rejection) => {
                 let id = command::peek_id(payload);
                 Effects { reply: Some(Reply::rejected(id.as_deref(), rejection)), ..Effects::default() }
@@ -236,8 +333,14 @@ impl Committer {
                 }
             }
             for (target, effects) in group.outcomes {
-                if let (Some(target), Some(reply)) = (target, &effects.reply) {
-                    self.publish(&target, reply.to_json())?;
+                match (target, &effects.reply) {
+                    (Some(ReplyTo::Device(target)), Some(reply)) => self.publish(&target, reply.to_json())?,
+                    (Some(ReplyTo::Peer { answer, read }), reply) => {
+                        let value = read.unwrap_or_else(|| serde_json::to_value(reply).expect("reply serializes"));
+                        // The asker may have given up (timeout); it asks again.
+                        let _ = answer.send(value);
+                    }
+                    _ => {}
                 }
                 for notice in &effects.notices {
                     let target = Target { topic: reply_topic(&notice.device), correlation: None, v5: false };

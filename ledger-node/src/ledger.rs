@@ -52,6 +52,10 @@ pub struct Hold {
     pub expires_at_ms: Option<u64>,
     pub device: Option<String>,
     pub state: HoldState,
+    /// For a cross-node transfer: the credit account's address at its destination. The
+    /// hold's own credit is the clearing account of that node; the destination's decision
+    /// posts or voids it.
+    pub remote: Option<String>,
 }
 
 /// One journaled change. Replaying the changes of every entry in order rebuilds the state.
@@ -72,9 +76,12 @@ pub enum Change {
         expires_at_ms: Option<u64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remote: Option<String>,
     },
     /// The whole hold leaves pending; `posted` of it moves from debit to credit.
-    HoldResolved { pending_id: String, resolution: Resolution, posted: Minor },
+    /// The accounts are the hold's own, named so that each entry reads on its own.
+    HoldResolved { pending_id: String, debit: String, credit: String, resolution: Resolution, posted: Minor },
 }
 
 /// The recorded result of an id: what a resend with the same content gets back.
@@ -194,6 +201,12 @@ pub struct Ledger {
     /// Pending holds with a timeout, by expiry time.
     expiries: BTreeSet<(u64, String)>,
     ids: IdIndex,
+    /// Decisions on cross-node transfers received, by `source|id`.
+    received: HashMap<String, Box<Recorded>>,
+    /// Pending cross-node holds (ids): the transfers still waiting for their destination.
+    outgoing: BTreeSet<String>,
+    /// Whether this node has a zenoh link to send transfers across nodes.
+    cross_node: bool,
     head: Head,
 }
 
@@ -247,8 +260,58 @@ impl Ledger {
             holds: HashMap::new(),
             expiries: BTreeSet::new(),
             ids: IdIndex::new(),
+            received: HashMap::new(),
+            outgoing: BTreeSet::new(),
+            cross_node: false,
             head: Head { seq: 0, ts_ms: 0 },
         }
+    }
+
+    /// Lets this node send transfers to accounts of other nodes (it has a zenoh link).
+    pub fn enable_cross_node(&mut self) {
+        self.cross_node = true;
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn hold(&self, pending_id: &str) -> Option<&Hold> {
+        self.holds.get(pending_id)
+    }
+
+    /// Pending holds, by id; with `account`, those that debit or credit it. At most `limit`.
+    pub fn pending_holds(&self, account: Option<&str>, limit: usize) -> Vec<(&String, &Hold)> {
+        self.holds
+            .iter()
+            .filter(|(_, h)| h.state == HoldState::Pending)
+            .filter(|(_, h)| account.is_none_or(|a| h.debit == a || h.credit == a))
+            .take(limit)
+            .collect()
+    }
+
+    /// Cross-node transfers sent from this node whose destination has not decided yet.
+    pub fn outgoing(&self) -> impl Iterator<Item = (&String, &Hold)> {
+        self.outgoing.iter().map(|id| (id, &self.holds[id]))
+    }
+
+    /// Every cross-node transfer sent from this node, resolved or not.
+    pub fn cross_node_holds(&self) -> impl Iterator<Item = (&String, &Hold)> {
+        self.holds.iter().filter(|(_, h)| h.remote.is_some())
+    }
+
+    pub fn outgoing_count(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    /// The recorded decision on a cross-node transfer received from `source`.
+    pub fn received(&self, source: &str, id: &str) -> Option<&Recorded> {
+        self.received.get(&received_key(source, id)).map(|b| &**b)
+    }
+
+    /// The display scale of an asset, if this node knows it.
+    pub fn scale_of(&self, asset: &str) -> Option<u32> {
+        self.assets.get(asset).map(|s| s.scale)
     }
 
     pub fn head(&self) -> Head {
@@ -295,7 +358,12 @@ impl Ledger {
         let fingerprint = fingerprint(device, &command);
         if let Some(recorded) = self.ids.get(&command.id) {
             let reply = if recorded.fingerprint == fingerprint {
-                Reply { duplicate: true, ..recorded.reply.clone() }
+                // A device that missed the notice learns the outcome from its resend.
+                let resolution = match self.holds.get(&command.id).map(|h| h.state) {
+                    Some(HoldState::Resolved(r)) if recorded.reply.status == Status::Pending => Some(r),
+                    _ => None,
+                };
+                Reply { duplicate: true, resolution, ..recorded.reply.clone() }
             } else {
                 Reply::rejected(
                     Some(&command.id),
@@ -314,7 +382,7 @@ impl Ledger {
             Ok(mut reply) => {
                 let seq = self.head.seq + 1;
                 reply.seq = Some(seq);
-                effects.notices = self.notices_for(device, &changes, seq);
+                effects.notices = self.notices_for(device, &changes, seq, None);
                 // The entry carries the reply: for an accepted command the journal is the id
                 // record, so a commit appends sequentially instead of scattering id writes.
                 let body = EntryBody {
@@ -353,14 +421,14 @@ impl Ledger {
             if at > now_ms || out.len() >= MAX_EXPIRIES_PER_CALL {
                 break;
             }
-            let change = Change::HoldResolved { pending_id: pending_id.clone(), resolution: Resolution::Expired, posted: 0 };
+            let change = self.resolution_of(&pending_id, Resolution::Expired, 0);
             let mut undo = Vec::new();
             if let Err(e) = self.apply(&change, &mut undo) {
                 panic!("expiring hold {pending_id} failed: {e:?}");
             }
             let seq = self.head.seq + 1;
             let changes = vec![change];
-            let notices = self.notices_for(None, &changes, seq);
+            let notices = self.notices_for(None, &changes, seq, None);
             let command = Command { id: format!("expire:{pending_id}"), op: Op::Expire { pending_id } };
             let ts_ms = now_ms.max(self.head.ts_ms);
             self.head = Head { seq, ts_ms };
@@ -395,6 +463,11 @@ impl Ledger {
     fn remember_accepted(&mut self, body: &EntryBody, fingerprint: String) {
         let Some(reply) = &body.reply else { return };
         let command = &body.command;
+        if let Op::Receive { source, .. } = &command.op {
+            let recorded = Recorded { fingerprint, reply: reply.clone() };
+            self.received.insert(received_key(source, &command.id), Box::new(recorded));
+            return;
+        }
         if let Op::Batch { ops } = &command.op {
             for op in ops {
                 let status = if matches!(op.op, Op::Hold { .. }) { Status::Pending } else { Status::Committed };
@@ -459,6 +532,7 @@ impl Ledger {
             }
             Op::CloseAccount { account } => {
                 let name = self.local(account, "account")?;
+                not_system(&name, "account")?;
                 self.permit(device, &name, "account")?;
                 let acct = self.existing(&name, "account")?;
                 if acct.closed {
@@ -473,6 +547,7 @@ impl Ledger {
                 self.change(Change::AccountClosed { account: name.clone() }, undo, changes)?;
                 Ok(Reply::ok(id, Status::Committed, 0, format!("account {name} closed")))
             }
+            Op::Transfer(movement) if self.remote_node(&movement.credit).is_some() => self.send_across(device, id, movement, undo, changes),
             Op::Transfer(movement) => {
                 let (debit, credit, amount) = self.check_movement(device, movement)?;
                 let asset = movement.asset.clone();
@@ -499,6 +574,7 @@ impl Ledger {
                     amount,
                     expires_at_ms,
                     device: device.map(str::to_string),
+                    remote: None,
                 };
                 self.change(change, undo, changes)?;
                 let mut reply = Reply::ok(id, Status::Pending, 0, "hold placed; post or void it with this id as pending_id");
@@ -525,7 +601,7 @@ impl Ledger {
                     }
                 };
                 let released = hold.amount - posted;
-                let change = Change::HoldResolved { pending_id: pending_id.clone(), resolution: Resolution::Posted, posted };
+                let change = self.resolution_of(pending_id, Resolution::Posted, posted);
                 self.change(change, undo, changes)?;
                 let mut reply = Reply::ok(id, Status::Committed, 0, format!("pending {pending_id} posted"));
                 reply.posted = Some(format_minor(posted, spec.scale));
@@ -534,7 +610,7 @@ impl Ledger {
             }
             Op::Void { pending_id } => {
                 self.pending_hold(device, pending_id, now_ms)?;
-                let change = Change::HoldResolved { pending_id: pending_id.clone(), resolution: Resolution::Voided, posted: 0 };
+                let change = self.resolution_of(pending_id, Resolution::Voided, 0);
                 self.change(change, undo, changes)?;
                 Ok(Reply::ok(id, Status::Committed, 0, format!("pending {pending_id} voided")))
             }
@@ -547,6 +623,14 @@ impl Ledger {
                     if self.ids.contains_key(&op.id) {
                         return Err(Rejection::new(Code::IdConflict, format!("ops[{i}].id: {:?} was already used", op.id)));
                     }
+                    if let Op::Transfer(m) = &op.op {
+                        if self.remote_node(&m.credit).is_some() {
+                            return Err(Rejection::new(
+                                Code::RemoteAccount,
+                                format!("ops[{i}].credit: {} is on another node; cross-node transfers cannot be batched", m.credit),
+                            ));
+                        }
+                    }
                     let inner = self
                         .execute(device, op, now_ms, undo, changes)
                         .map_err(|r| Rejection::new(r.code, format!("ops[{i}] (id {:?}): {}", op.id, r.message)))?;
@@ -557,7 +641,9 @@ impl Ledger {
                 Ok(reply)
             }
             Op::Balance { .. } => Err(Rejection::new(Code::InvalidField, "op: balance is a read and cannot be batched")),
-            Op::Expire { .. } => Err(Rejection::new(Code::UnknownOp, "op: expire is written by the node only")),
+            Op::Expire { .. } | Op::Receive { .. } | Op::Settle { .. } => {
+                Err(Rejection::new(Code::UnknownOp, format!("op: {} is written by the node only", command.op.name())))
+            }
         }
     }
 
@@ -568,6 +654,16 @@ impl Ledger {
         if debit == credit {
             return Err(Rejection::new(Code::SameAccount, format!("credit: {credit} is also the debit account")));
         }
+        not_system(&credit, "credit")?;
+        let (debit, amount) = self.check_debit(device, m, Some(&credit))?;
+        Ok((debit, credit, amount))
+    }
+
+    /// Validates the debit side of a movement (and the local credit account, if any) and
+    /// returns (debit, amount in minor units).
+    fn check_debit(&self, device: Option<&str>, m: &Movement, credit: Option<&str>) -> Result<(String, Minor), Rejection> {
+        let debit = self.local(&m.debit, "debit")?;
+        not_system(&debit, "debit")?;
         self.permit(device, &debit, "debit")?;
         let spec = self
             .assets
@@ -578,7 +674,9 @@ impl Ledger {
             .parse_amount(spec, &m.amount)
             .map_err(|e| Rejection::new(Code::InvalidAmount, format!("amount: {:?} {e}", m.amount)))?;
         let from = self.open_account(&debit, "debit", &m.asset)?;
-        self.open_account(&credit, "credit", &m.asset)?;
+        if let Some(credit) = credit {
+            self.open_account(credit, "credit", &m.asset)?;
+        }
         if let Floor::Overdraft(limit) = from.floor {
             let after = from.available().checked_sub(amount);
             if after.map_or(true, |a| a < -limit) {
@@ -593,7 +691,166 @@ impl Ledger {
                 ));
             }
         }
-        Ok((debit, credit, amount))
+        Ok((debit, amount))
+    }
+
+    /// The node of an address when it is not this one.
+    fn remote_node<'a>(&self, address: &'a str) -> Option<&'a str> {
+        address.split_once('@').map(|(_, node)| node).filter(|node| *node != self.node_id)
+    }
+
+    /// A transfer whose credit account lives on another node: a hold from the debit account
+    /// to the clearing account of that node, posted or voided by the destination's decision.
+    fn send_across(&mut self, device: Option<&str>, id: &str, m: &Movement, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) -> Result<Reply, Rejection> {
+        let (name, node) = m.credit.split_once('@').expect("a remote address has a node");
+        if !self.cross_node {
+            return Err(Rejection::new(
+                Code::RemoteAccount,
+                format!("credit: {} lives on node {node}; this node has no zenoh link ([zenoh] in its config)", m.credit),
+            ));
+        }
+        if !node.contains('/') {
+            return Err(Rejection::new(
+                Code::RemoteAccount,
+                format!("credit: {node} is a region node; accounts live on edge nodes (region/edge)"),
+            ));
+        }
+        not_system(name, "credit")?;
+        let (debit, amount) = self.check_debit(device, m, None)?;
+        let scale = self.assets.get(&m.asset).expect("asset checked").scale;
+        let clearing = clearing_account(&m.asset, node);
+        self.ensure_clearing(&clearing, &m.asset, scale, undo, changes)?;
+        let change = Change::HoldPlaced {
+            pending_id: id.to_string(),
+            debit,
+            credit: clearing,
+            asset: m.asset.clone(),
+            amount,
+            expires_at_ms: None,
+            device: device.map(str::to_string),
+            remote: Some(m.credit.clone()),
+        };
+        self.change(change, undo, changes)?;
+        Ok(Reply::ok(id, Status::Pending, 0, format!("transfer to {} is in flight; its outcome follows on this reply topic", m.credit)))
+    }
+
+    /// Opens a clearing account the first time a peer node is dealt with in an asset.
+    fn ensure_clearing(&mut self, clearing: &str, asset: &str, scale: u32, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) -> Result<(), Rejection> {
+        if self.accounts.contains_key(clearing) {
+            return Ok(());
+        }
+        let change = Change::AccountOpened { account: clearing.to_string(), asset: asset.to_string(), scale, floor: Floor::Issuance };
+        self.change(change, undo, changes)
+    }
+
+    /// Applies a cross-node transfer arriving from `source` (delivered by a region): credits
+    /// the account from this node's clearing account of `source`, or records why not. Both
+    /// outcomes are journaled: the decision is durable, replicated, and answered again to
+    /// every redelivery of the same transfer.
+    pub fn receive(&mut self, command: Command, now_ms: u64) -> Effects {
+        let Op::Receive { source, .. } = &command.op else {
+            let rejection = Rejection::new(Code::UnknownOp, format!("op: {} is not a delivery", command.op.name()));
+            return Effects { reply: Some(Reply::rejected(Some(&command.id), rejection)), ..Effects::default() };
+        };
+        let fingerprint = fingerprint(None, &command);
+        if let Some(recorded) = self.received.get(&received_key(source, &command.id)) {
+            let reply = if recorded.fingerprint == fingerprint {
+                Reply { duplicate: true, ..recorded.reply.clone() }
+            } else {
+                Reply::rejected(
+                    Some(&command.id),
+                    Rejection::new(Code::IdConflict, format!("id: transfer {:?} from {source} was received with other content", command.id)),
+                )
+            };
+            return Effects { reply: Some(reply), ..Effects::default() };
+        }
+        let now_ms = now_ms.max(self.head.ts_ms);
+        let mut undo = Vec::new();
+        let mut changes = Vec::new();
+        let mut reply = match self.credit_incoming(&command, &mut undo, &mut changes) {
+            Ok(message) => Reply::ok(&command.id, Status::Committed, 0, message),
+            Err(rejection) => {
+                self.rollback(undo);
+                changes.clear();
+                Reply::rejected(Some(&command.id), rejection)
+            }
+        };
+        let seq = self.head.seq + 1;
+        reply.seq = Some(seq);
+        let body = EntryBody { seq, ts_ms: now_ms, device: None, command, changes, reply: Some(reply.clone()) };
+        self.remember_accepted(&body, fingerprint);
+        self.head = Head { seq, ts_ms: now_ms };
+        self.debug_check_totals();
+        Effects { reply: Some(reply), entry: Some(body), ..Effects::default() }
+    }
+
+    fn credit_incoming(&mut self, command: &Command, undo: &mut Vec<Undo>, changes: &mut Vec<Change>) -> Result<String, Rejection> {
+        let Op::Receive { source, movement: m } = &command.op else { unreachable!("checked by receive") };
+        let credit = self.local(&m.credit, "credit")?;
+        not_system(&credit, "credit")?;
+        let spec = self
+            .assets
+            .get(&m.asset)
+            .ok_or_else(|| Rejection::new(Code::UnknownAsset, format!("asset: {} is not a known asset on {}", m.asset, self.node_id)))?;
+        let amount = self
+            .assets
+            .parse_amount(spec, &m.amount)
+            .map_err(|e| Rejection::new(Code::InvalidAmount, format!("amount: {:?} {e}", m.amount)))?;
+        let scale = spec.scale;
+        self.open_account(&credit, "credit", &m.asset)?;
+        let clearing = clearing_account(&m.asset, source);
+        self.ensure_clearing(&clearing, &m.asset, scale, undo, changes)?;
+        self.change(Change::Transferred { debit: clearing, credit: credit.clone(), asset: m.asset.clone(), amount }, undo, changes)?;
+        Ok(format!("{} {} from {} credited to {credit}", m.amount, m.asset, m.debit))
+    }
+
+    /// Applies the destination's decision to a cross-node hold placed here: posts it when
+    /// the destination credited, voids it when it recorded a rejection, and tells the
+    /// device. Settling twice the same way is answered as a duplicate and changes nothing.
+    pub fn settle(&mut self, pending_id: &str, decision: &Reply, now_ms: u64) -> Effects {
+        let refuse = |code, message: String| Effects { reply: Some(Reply::rejected(Some(pending_id), Rejection::new(code, message))), ..Effects::default() };
+        let Some(hold) = self.holds.get(pending_id) else {
+            return refuse(Code::UnknownPending, format!("pending_id: no hold {pending_id:?} on {}", self.node_id));
+        };
+        if hold.remote.is_none() {
+            return refuse(Code::UnknownPending, format!("pending_id: {pending_id} is not a cross-node transfer"));
+        }
+        let resolution = match decision.status {
+            Status::Committed => Resolution::Posted,
+            Status::Rejected => Resolution::Voided,
+            Status::Pending => return refuse(Code::InvalidField, "decision.status: pending is not a decision".to_string()),
+        };
+        match hold.state {
+            HoldState::Resolved(done) if done == resolution => {
+                let mut reply = Reply::ok(pending_id, Status::Committed, self.head.seq, format!("{pending_id} was already settled"));
+                reply.duplicate = true;
+                return Effects { reply: Some(reply), ..Effects::default() };
+            }
+            HoldState::Resolved(done) => {
+                let code = if done == Resolution::Posted { Code::PendingPosted } else { Code::PendingVoided };
+                return refuse(code, format!("pending_id: {pending_id} is already {done:?}; the decision says {resolution:?}"));
+            }
+            HoldState::Pending => {}
+        }
+        let posted = if resolution == Resolution::Posted { hold.amount } else { 0 };
+        let change = self.resolution_of(pending_id, resolution, posted);
+        let mut undo = Vec::new();
+        match self.apply(&change, &mut undo) {
+            Ok(()) => {}
+            Err(ApplyError::Overflow) => return refuse(Code::Overflow, "amount: the clearing balance is out of range".to_string()),
+            Err(ApplyError::Corrupt(why)) => panic!("settling a pending hold failed: {why}"),
+        }
+        let now_ms = now_ms.max(self.head.ts_ms);
+        let seq = self.head.seq + 1;
+        let changes = vec![change];
+        let notices = self.notices_for(None, &changes, seq, Some((decision.code, decision.message.clone())));
+        let op = Op::Settle { pending_id: pending_id.to_string(), status: decision.status, code: decision.code, message: decision.message.clone() };
+        let command = Command { id: format!("settle:{pending_id}"), op };
+        self.head = Head { seq, ts_ms: now_ms };
+        let body = EntryBody { seq, ts_ms: now_ms, device: None, command, changes, reply: None };
+        self.debug_check_totals();
+        let reply = Reply::ok(pending_id, Status::Committed, seq, format!("{pending_id} {resolution:?}"));
+        Effects { reply: Some(reply), entry: Some(body), recorded: Vec::new(), notices }
     }
 
     fn pending_hold(&self, device: Option<&str>, pending_id: &str, now_ms: u64) -> Result<Hold, Rejection> {
@@ -602,6 +859,12 @@ impl Ledger {
             .get(pending_id)
             .ok_or_else(|| Rejection::new(Code::UnknownPending, format!("pending_id: no hold {pending_id:?} on this node")))?;
         self.permit(device, &hold.debit, "pending_id")?;
+        if let Some(remote) = &hold.remote {
+            return Err(Rejection::new(
+                Code::Forbidden,
+                format!("pending_id: {pending_id} is a transfer to {remote}; its destination's decision posts or voids it"),
+            ));
+        }
         match hold.state {
             HoldState::Resolved(Resolution::Posted) => {
                 Err(Rejection::new(Code::PendingPosted, format!("pending_id: {pending_id} was already posted")))
@@ -655,7 +918,7 @@ impl Ledger {
             Some((name, node)) if node == self.node_id => Ok(name.to_string()),
             Some((_, node)) => Err(Rejection::new(
                 Code::RemoteAccount,
-                format!("{field}: {address} lives on node {node}; this node ({}) has no cross-node link", self.node_id),
+                format!("{field}: {address} lives on node {node}, not {}; only a transfer's credit may be on another node", self.node_id),
             )),
         }
     }
@@ -743,7 +1006,7 @@ impl Ledger {
                 self.put_account(debit, from, undo);
                 self.put_account(credit, to, undo);
             }
-            Change::HoldPlaced { pending_id, debit, credit, asset, amount, expires_at_ms, device } => {
+            Change::HoldPlaced { pending_id, debit, credit, asset, amount, expires_at_ms, device, remote } => {
                 if self.holds.contains_key(pending_id) {
                     return Err(ApplyError::Corrupt(format!("hold {pending_id} is placed twice")));
                 }
@@ -761,13 +1024,17 @@ impl Ledger {
                     expires_at_ms: *expires_at_ms,
                     device: device.clone(),
                     state: HoldState::Pending,
+                    remote: remote.clone(),
                 };
                 self.put_account(debit, from, undo);
                 self.put_account(credit, to, undo);
                 self.put_hold(pending_id, Some(hold), undo);
             }
-            Change::HoldResolved { pending_id, resolution, posted } => {
+            Change::HoldResolved { pending_id, debit, credit, resolution, posted } => {
                 let mut hold = self.holds.get(pending_id).cloned().ok_or_else(|| ApplyError::Corrupt(format!("hold {pending_id} does not exist")))?;
+                if (&hold.debit, &hold.credit) != (debit, credit) {
+                    return Err(ApplyError::Corrupt(format!("hold {pending_id} is from {} to {}, not {debit} to {credit}", hold.debit, hold.credit)));
+                }
                 if hold.state != HoldState::Pending {
                     return Err(ApplyError::Corrupt(format!("hold {pending_id} resolves twice")));
                 }
@@ -788,6 +1055,12 @@ impl Ledger {
             }
         }
         Ok(())
+    }
+
+    /// The change resolving an existing hold.
+    fn resolution_of(&self, pending_id: &str, resolution: Resolution, posted: Minor) -> Change {
+        let hold = &self.holds[pending_id];
+        Change::HoldResolved { pending_id: pending_id.to_string(), debit: hold.debit.clone(), credit: hold.credit.clone(), resolution, posted }
     }
 
     fn account_for_change(&self, name: &str) -> Result<Account, ApplyError> {
@@ -816,6 +1089,10 @@ impl Ledger {
         if let Some(Hold { state: HoldState::Pending, expires_at_ms: Some(t), .. }) = self.holds.get(pending_id) {
             self.expiries.insert((*t, pending_id.to_string()));
         }
+        match self.holds.get(pending_id) {
+            Some(Hold { state: HoldState::Pending, remote: Some(_), .. }) => self.outgoing.insert(pending_id.to_string()),
+            _ => self.outgoing.remove(pending_id),
+        };
         before
     }
 
@@ -835,10 +1112,10 @@ impl Ledger {
         }
     }
 
-    fn notices_for(&self, resolver: Option<&str>, changes: &[Change], seq: u64) -> Vec<Notice> {
+    fn notices_for(&self, resolver: Option<&str>, changes: &[Change], seq: u64, decision: Option<(Code, String)>) -> Vec<Notice> {
         let mut out = Vec::new();
         for change in changes {
-            let Change::HoldResolved { pending_id, resolution, posted } = change else { continue };
+            let Change::HoldResolved { pending_id, resolution, posted, .. } = change else { continue };
             let hold = &self.holds[pending_id];
             let Some(owner) = &hold.device else { continue };
             // The device that resolves its own hold learns the outcome from its reply.
@@ -853,6 +1130,7 @@ impl Ledger {
                 resolution: *resolution,
                 amount: format_minor(*posted, scale),
                 seq,
+                decision: decision.clone(),
             });
         }
         out
@@ -917,6 +1195,24 @@ fn fingerprint(device: Option<&str>, command: &Command) -> String {
     bytes.push(0);
     serde_json::to_writer(&mut bytes, command).expect("command serializes");
     blake3::hash(&bytes).to_hex()[..32].to_string()
+}
+
+/// The account that holds this node's position with `peer` in `asset`: credited when money
+/// leaves for `peer`, debited when money arrives from it.
+pub fn clearing_account(asset: &str, peer: &str) -> String {
+    format!("~clearing:{}:{}", asset.to_ascii_lowercase(), peer.replace('/', "."))
+}
+
+fn received_key(source: &str, id: &str) -> String {
+    format!("{source}|{id}")
+}
+
+/// System accounts (`~…`) move only by the node's own entries.
+fn not_system(name: &str, field: &str) -> Result<(), Rejection> {
+    if name.starts_with('~') {
+        return Err(Rejection::new(Code::Forbidden, format!("{field}: {name} is a system account; only the node moves it")));
+    }
+    Ok(())
 }
 
 /// FNV-1a, 64 bits: spreads ids over the id shards.

@@ -1,16 +1,19 @@
 //! The ledger node: the pure ledger core (`money`, `command`, `ledger`, `journal`, `reply`)
 //! and the I/O shell around it (`store` on redb, `intake` from the embedded MQTT broker,
-//! `replication` of journals over zenoh, `node` to start it all).
+//! `replication` of journals over zenoh, `clearing` of transfers across nodes, `queries`
+//! for operators, `node` to start it all).
 //!
 //! The core must not touch disk, network or clock; it takes commands and the time and returns
 //! effects. The shell must not reply to a device before the effects are durable.
 
+pub mod clearing;
 pub mod command;
 pub mod intake;
 pub mod journal;
 pub mod ledger;
 pub mod money;
 pub mod node;
+pub mod queries;
 pub mod replication;
 pub mod reply;
 pub mod store;

@@ -1,6 +1,7 @@
 //! Starting a node: open and rebuild the store, start the embedded broker, run the intake.
 
-use crate::intake::{Committer, Intake, IntakeLimits, GROUPS_IN_FLIGHT};
+use crate::clearing::Desk;
+use crate::intake::{Committer, Intake, IntakeLimits, Waker, GROUPS_IN_FLIGHT, PEER_QUEUE, WAKE_TOPIC};
 use crate::ledger::{DeviceRights, Ledger, Limits, Permissions};
 use crate::money::Assets;
 use crate::store::Store;
@@ -33,14 +34,22 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
     let mut ledger = ledger_for(&config);
     let chain = store.load(&mut ledger).map_err(|e| e.to_string())?;
     let store = std::sync::Arc::new(store);
-    let edge_link = match &config.zenoh {
-        Some(_) => Some(crate::replication::start_edge(&config, store.clone(), chain)?),
-        None => None,
-    };
     tracing::info!(node = %config.node.id, db = %store.path().display(), head = ledger.head().seq, "ledger loaded");
 
     let broker_config = broker::broker_config(&config).map_err(|e| e.to_string())?;
     let mut mqtt = broker::Broker::new(broker_config);
+    // With a zenoh link, other nodes' requests (deliveries, settlements, reads) reach the
+    // intake through a bounded queue; a second broker link wakes the intake for them.
+    let (edge_link, peers) = match &config.zenoh {
+        Some(_) => {
+            ledger.enable_cross_node();
+            let (peers_tx, peers_rx) = std::sync::mpsc::sync_channel(PEER_QUEUE);
+            let waker_link = mqtt.link(&format!("edgeledger-waker-{}", broker::random_hex(16))).map_err(|e| format!("broker link: {e}"))?;
+            let desk = Desk::new(peers_tx, Waker::new(waker_link));
+            (Some(crate::replication::start_edge(&config, store.clone(), chain, desk)?), Some(peers_rx))
+        }
+        None => (None, None),
+    };
     // A device connecting with the link's client id would take over the link (rumqttd
     // replaces a connection on a duplicate id) and stop the node: make the id unguessable.
     let link_id = format!("edgeledger-node-{}", broker::random_hex(16));
@@ -55,6 +64,7 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     link_tx.subscribe(broker::COMMAND_FILTER).map_err(|e| format!("broker link: {e}"))?;
+    link_tx.subscribe(WAKE_TOPIC).map_err(|e| format!("broker link: {e}"))?;
 
     let listeners = [("mqtt 3.1.1", config.mqtt.listen_v4), ("mqtt 5", config.mqtt.listen_v5), ("websocket", config.mqtt.listen_ws)];
     for (kind, addr) in listeners {
@@ -82,7 +92,11 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
             }
         })
         .map_err(|e| e.to_string())?;
-    Intake::new(ledger, link_rx, limits, groups_tx).run()
+    let intake = Intake::new(ledger, link_rx, limits, groups_tx);
+    match peers {
+        Some(peers) => intake.with_peers(peers).run(),
+        None => intake.run(),
+    }
 }
 
 /// rumqttd logs a bind failure and carries on without the listener; find out first.

@@ -48,8 +48,9 @@ impl EdgeLink {
     }
 }
 
-/// Starts the edge's zenoh tasks on their own runtime thread.
-pub fn start_edge(config: &NodeConfig, store: Arc<Store>, head: Chain) -> Result<EdgeLink, String> {
+/// Starts the edge's zenoh tasks on their own runtime thread: journal shipping, and the
+/// queryables through which its region and operators reach it (`desk`).
+pub fn start_edge(config: &NodeConfig, store: Arc<Store>, head: Chain, desk: crate::clearing::Desk) -> Result<EdgeLink, String> {
     let (push, mut pushed) = tokio::sync::mpsc::channel::<Vec<Entry>>(PUSH_QUEUE);
     let link = EdgeLink { push, head: Arc::new(Mutex::new(head)), acked: Arc::new(AtomicU64::new(0)) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -73,6 +74,7 @@ pub fn start_edge(config: &NodeConfig, store: Arc<Store>, head: Chain) -> Result
                     Ok(p) => p,
                     Err(e) => return tracing::error!("zenoh publisher: {e}"),
                 };
+                crate::clearing::serve_edge(&session, &edge, desk, store.clone());
                 tokio::spawn(serve_range(session.clone(), edge.clone(), store));
                 tokio::spawn(serve_edge_status(session.clone(), edge.clone(), task_link.clone()));
                 tokio::spawn(follow_acks(session.clone(), edge.clone(), task_link.acked.clone()));
@@ -168,7 +170,7 @@ pub struct Replica {
     pub updated_ms: u64,
 }
 
-type Replicas = Arc<Mutex<BTreeMap<String, Replica>>>;
+pub type Replicas = Arc<Mutex<BTreeMap<String, Replica>>>;
 
 /// Runs a region: loads its replicas, then follows each configured edge for ever.
 pub fn run_region(config: NodeConfig, store: Store) -> Result<(), String> {
@@ -187,9 +189,13 @@ pub fn run_region(config: NodeConfig, store: Store) -> Result<(), String> {
     runtime.block_on(async move {
         let session = bridge::open(&config).await?;
         println!("ledger-node {}: ready, region of {} edges", config.node.id, config.replication.edges.len());
+        let grown = Arc::new(tokio::sync::Notify::new());
         for edge in config.replication.edges.clone() {
-            tokio::spawn(follow_edge(session.clone(), edge, store.clone(), replicas.clone()));
+            tokio::spawn(follow_edge(session.clone(), edge, store.clone(), replicas.clone(), grown.clone()));
         }
+        let coordinator = crate::clearing::Coordinator::new(&config.node.id, session.clone(), replicas.clone(), grown);
+        tokio::spawn(coordinator.run());
+        crate::clearing::serve_region_queries(&session, &config.node.id, replicas.clone(), store.clone());
         tokio::spawn(serve_balance(session.clone(), config.node.id.clone(), replicas.clone()));
         serve_region_status(session, config.node.id.clone(), replicas).await;
         Ok(())
@@ -197,7 +203,8 @@ pub fn run_region(config: NodeConfig, store: Store) -> Result<(), String> {
 }
 
 /// Pulls `edge`'s journal from where the replica ends, applying pushes as they come.
-async fn follow_edge(session: bridge::zenoh::Session, edge: String, store: Arc<Store>, replicas: Replicas) {
+/// `grown` is told each time the replica grows (the coordinator looks for new transfers).
+async fn follow_edge(session: bridge::zenoh::Session, edge: String, store: Arc<Store>, replicas: Replicas, grown: Arc<tokio::sync::Notify>) {
     // Pushes are only a fast path. A bounded FIFO would block zenoh's receive path when
     // full, and with it the range replies this task is waiting for; a ring drops the
     // oldest pushes instead, which the range fetch makes up for.
@@ -226,6 +233,7 @@ async fn follow_edge(session: bridge::zenoh::Session, edge: String, store: Arc<S
             if got == 0 || !apply(&session, &edge, frame, &store, &replicas).await {
                 break;
             }
+            grown.notify_one();
             if got < MAX_FRAME_ENTRIES {
                 break;
             }
@@ -234,7 +242,9 @@ async fn follow_edge(session: bridge::zenoh::Session, edge: String, store: Arc<S
         match tokio::time::timeout(PULL_INTERVAL, subscriber.recv_async()).await {
             Ok(Ok(sample)) => {
                 if let Ok(frame) = decode_frame(&sample.payload().to_bytes()) {
-                    apply(&session, &edge, frame, &store, &replicas).await;
+                    if apply(&session, &edge, frame, &store, &replicas).await {
+                        grown.notify_one();
+                    }
                 }
             }
             Ok(Err(_)) => return,

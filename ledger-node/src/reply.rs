@@ -150,6 +150,9 @@ pub struct Reply {
     pub expires_at_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub results: Vec<OpResult>,
+    /// On a resent hold or cross-node transfer that has since been resolved: how it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<Resolution>,
 }
 
 impl Reply {
@@ -166,6 +169,7 @@ impl Reply {
             released: None,
             expires_at_ms: None,
             results: Vec::new(),
+            resolution: None,
         }
     }
 
@@ -201,18 +205,24 @@ pub struct Notice {
     pub resolution: Resolution,
     pub amount: String,
     pub seq: u64,
+    /// For a cross-node transfer: the destination's code and message (why it was voided).
+    pub decision: Option<(Code, String)>,
 }
 
 impl Notice {
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({
+        let mut notice = serde_json::json!({
             "event": self.event,
             "pending_id": self.pending_id,
             "resolution": self.resolution,
             "amount": self.amount,
             "seq": self.seq,
-        }))
-        .expect("notice serializes")
+        });
+        if let Some((code, message)) = &self.decision {
+            notice["code"] = serde_json::json!(code);
+            notice["message"] = serde_json::json!(message);
+        }
+        serde_json::to_vec(&notice).expect("notice serializes")
     }
 }
 

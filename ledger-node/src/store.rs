@@ -192,6 +192,35 @@ impl Store {
         tx.commit().map_err(|e| self.io(e))
     }
 
+    /// Reads up to `limit` entries before `before`, newest first: from this node's journal,
+    /// or with `replica_of`, from the replica of that edge.
+    pub fn entries_before(&self, replica_of: Option<&str>, before: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let decode = |seq: u64, bytes: &[u8]| Entry::decode(seq, bytes).map_err(|error| StoreError::Chain { path: self.path.clone(), error });
+        let mut out = Vec::new();
+        if before <= 1 || limit == 0 {
+            return Ok(out);
+        }
+        let end = before - 1;
+        match replica_of {
+            None => {
+                let journal = tx.open_table(JOURNAL).map_err(|e| self.io(e))?;
+                for row in journal.range(1..=end).map_err(|e| self.io(e))?.rev().take(limit) {
+                    let (seq, value) = row.map_err(|e| self.io(e))?;
+                    out.push(decode(seq.value(), value.value())?);
+                }
+            }
+            Some(edge) => {
+                let replica = tx.open_table(REPLICA).map_err(|e| self.io(e))?;
+                for row in replica.range((edge, 1)..=(edge, end)).map_err(|e| self.io(e))?.rev().take(limit) {
+                    let (key, value) = row.map_err(|e| self.io(e))?;
+                    out.push(decode(key.value().1, value.value())?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Reads journal entries `from..=to` (inclusive), at most `limit` of them.
     pub fn journal_range(&self, from: u64, to: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let tx = self.db.begin_read().map_err(|e| self.io(e))?;

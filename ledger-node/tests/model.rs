@@ -428,7 +428,15 @@ impl Harness {
         let id = c["id"].as_str().unwrap().to_string();
         if duplicate {
             let first = &self.replies[&id];
-            assert_eq!(Reply { duplicate: true, ..first.clone() }, reply);
+            // A resent hold also says how it ended, once it has.
+            let resolution = match self.model.holds.get(&id).map(|h| &h.state) {
+                _ if first.status != ledger::reply::Status::Pending => None,
+                Some(MState::Posted) => Some(ledger::reply::Resolution::Posted),
+                Some(MState::Voided) => Some(ledger::reply::Resolution::Voided),
+                Some(MState::Expired) => Some(ledger::reply::Resolution::Expired),
+                Some(MState::Pending) | None => None,
+            };
+            assert_eq!(Reply { duplicate: true, resolution, ..first.clone() }, reply, "{c}");
             assert!(effects.entry.is_none() && effects.recorded.is_empty());
         } else if reply.code.as_str() != "id_conflict" {
             self.replies.insert(id, reply);

@@ -2,11 +2,11 @@
 //! with their own data directories, and drives them with real MQTT clients (rumqttc).
 //!
 //! Owns process and client plumbing only. It must not reach into a running node's state:
-//! everything it learns comes over MQTT or from the node's redb file after the node stopped.
+//! everything it learns comes over MQTT or zenoh, or from the node's redb file after the node stopped.
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -467,4 +467,128 @@ pub fn load_ledger(db_dir: &Path, node_id: &str) -> Result<ledger::ledger::Ledge
     let mut ledger = ledger::node::ledger_for(&config);
     store.load(&mut ledger).map_err(|e| e.to_string())?;
     Ok(ledger)
+}
+
+/// Two regions (`eu`, `us`; `us` connects to `eu`) with two edges each
+/// (`eu/berlin-1`, `eu/paris-1`, `us/nyc-1`, `us/sf-1`). Every edge reaches its region
+/// through its own `TcpProxy`, so a test can cut any edge off.
+pub struct Topology {
+    pub regions: BTreeMap<String, (NodeProcess, u16)>,
+    pub edges: BTreeMap<String, (NodeProcess, TcpProxy)>,
+}
+
+pub const EDGES: [&str; 4] = ["eu/berlin-1", "eu/paris-1", "us/nyc-1", "us/sf-1"];
+
+impl Topology {
+    pub fn start() -> Topology {
+        let mut regions = BTreeMap::new();
+        let mut first_port = None;
+        for region in ["eu", "us"] {
+            let port = free_port();
+            let connect = first_port.map(|p: u16| format!("connect = [\"tcp/127.0.0.1:{p}\"]\n")).unwrap_or_default();
+            let edges: Vec<String> = EDGES.iter().filter(|e| e.starts_with(&format!("{region}/"))).map(|e| format!("\"{e}\"")).collect();
+            let node = NodeProcess::start(NodeOptions {
+                node_id: Some(region.into()),
+                region_zenoh_port: Some(port),
+                extra_toml: format!(
+                    "[zenoh]\nlisten = [\"tcp/127.0.0.1:{port}\"]\n{connect}\n[replication]\nedges = [{}]\n",
+                    edges.join(", ")
+                ),
+                ..NodeOptions::default()
+            });
+            first_port.get_or_insert(port);
+            regions.insert(region.to_string(), (node, port));
+        }
+        let mut edges = BTreeMap::new();
+        for edge in EDGES {
+            let region_port = regions[edge.split('/').next().unwrap()].1;
+            let proxy = TcpProxy::start(region_port);
+            let node = NodeProcess::start(NodeOptions {
+                node_id: Some(edge.into()),
+                extra_toml: format!("[zenoh]\nconnect = [\"tcp/127.0.0.1:{}\"]\n", proxy.port),
+                ..NodeOptions::default()
+            });
+            edges.insert(edge.to_string(), (node, proxy));
+        }
+        Topology { regions, edges }
+    }
+
+    pub fn edge(&mut self, id: &str) -> &mut NodeProcess {
+        &mut self.edges.get_mut(id).expect("an edge of the topology").0
+    }
+
+    pub fn proxy(&self, id: &str) -> &TcpProxy {
+        &self.edges[id].1
+    }
+
+    pub fn region(&mut self, id: &str) -> &mut NodeProcess {
+        &mut self.regions.get_mut(id).expect("a region of the topology").0
+    }
+
+    pub fn region_port(&self, id: &str) -> u16 {
+        self.regions[id].1
+    }
+
+    /// SPEC §8 invariant 6, asked over zenoh: each region's replica has its edges' head,
+    /// no region has a transfer in flight, no edge a cross-node hold pending. Returns what
+    /// is still off, or None when everything agrees.
+    pub async fn differences(&self, ops: &bridge::zenoh::Session) -> Option<String> {
+        for edge in EDGES {
+            let region = edge.split('/').next().unwrap();
+            let head = ask(ops, &format!("ledger/v1/status/{edge}")).await.map(|s| s["head"].clone());
+            let status = ask(ops, &format!("ledger/v1/status/{region}")).await;
+            let replica = status.as_ref().and_then(|s| s["edges"].as_array()?.iter().find(|e| e["edge"] == edge).cloned());
+            let (Some(head), Some(replica)) = (head, replica) else { return Some(format!("{edge} or {region} did not answer")) };
+            if head["seq"] != replica["seq"] || head["hash"] != replica["hash"] {
+                return Some(format!("{region}'s replica of {edge} is at {} {}, the edge at {} {}", replica["seq"], replica["hash"], head["seq"], head["hash"]));
+            }
+            let pending = ask(ops, &format!("ledger/v1/query/{edge}/pending")).await?;
+            let across: Vec<&Value> = pending["pending"].as_array()?.iter().filter(|h| h.get("to").is_some()).collect();
+            if !across.is_empty() {
+                return Some(format!("{edge} has {} cross-node transfers pending", across.len()));
+            }
+        }
+        for region in ["eu", "us"] {
+            let flights = ask(ops, &format!("ledger/v1/query/{region}/in_flight")).await?;
+            if flights["active"] != 0 || flights["pending_in_replicas"] != 0 {
+                return Some(format!("{region} has transfers in flight: {flights}"));
+            }
+        }
+        None
+    }
+}
+
+/// Checks, from the stopped nodes' redb files, that every cross-node transfer is resolved
+/// the same way on both sides and that each pair of clearing accounts mirrors the other.
+/// Returns the number of transfers checked.
+pub fn check_cross_node_books(dirs: &BTreeMap<String, PathBuf>) -> usize {
+    let ledgers: BTreeMap<&str, ledger::ledger::Ledger> = dirs
+        .iter()
+        .map(|(id, dir)| (id.as_str(), load_ledger(dir, id).unwrap_or_else(|e| panic!("{id}: {e}"))))
+        .collect();
+    let mut checked = 0;
+    for (source, ledger) in &ledgers {
+        ledger.check_invariants().unwrap_or_else(|e| panic!("{source}: {e}"));
+        assert_eq!(ledger.outgoing_count(), 0, "{source} has cross-node transfers unresolved");
+        for (id, hold) in ledger.cross_node_holds() {
+            let remote = hold.remote.as_deref().unwrap();
+            let destination = remote.split_once('@').unwrap().1;
+            let decision = ledgers[destination]
+                .received(source, id)
+                .unwrap_or_else(|| panic!("{destination} has no decision on transfer {id} from {source}"));
+            let posted = decision.reply.status == ledger::reply::Status::Committed;
+            let expected = if posted { ledger::reply::Resolution::Posted } else { ledger::reply::Resolution::Voided };
+            assert_eq!(hold.state, ledger::ledger::HoldState::Resolved(expected), "transfer {id} from {source}: {decision:?}");
+            checked += 1;
+        }
+        for (peer, other) in &ledgers {
+            if peer == source {
+                continue;
+            }
+            let mine = ledger.account(&ledger::ledger::clearing_account("EUR", peer)).map_or(0, |a| a.posted);
+            let theirs = other.account(&ledger::ledger::clearing_account("EUR", source)).map_or(0, |a| a.posted);
+            assert_eq!(mine, -theirs, "clearing of {source} with {peer} does not mirror");
+        }
+    }
+    checked
 }

@@ -218,6 +218,8 @@ async fn a_well_hashed_entry_that_does_not_apply_is_refused() {
     let mut forged = honest[2].parse_body().unwrap();
     forged.changes = vec![ledger::ledger::Change::HoldResolved {
         pending_id: "ghost".into(),
+        debit: "wallet:a".into(),
+        credit: "shop".into(),
         resolution: ledger::reply::Resolution::Posted,
         posted: 100,
     }];
