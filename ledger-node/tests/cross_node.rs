@@ -1,0 +1,225 @@
+//! Cross-node transfers in the pure core, over random interleavings: a source and a
+//! destination ledger, transfers sent, delivered and settled in any order and any number of
+//! times (what retries and crashes produce). After every step both books balance on their
+//! own, nothing is credited or posted twice, a hold is posted only on a recorded credit and
+//! voided only on a recorded rejection, and replaying each journal rebuilds the same state.
+
+use ledger::command::{self, Command, Movement, Op};
+use ledger::journal::EntryBody;
+use ledger::ledger::{clearing_account, HoldState, Ledger, Limits, Permissions};
+use ledger::money::Assets;
+use ledger::reply::{Code, Reply, Resolution, Status};
+use proptest::prelude::*;
+use rust_decimal::Decimal;
+use serde_json::json;
+
+const SOURCE: &str = "eu/berlin-1";
+const DESTINATION: &str = "us/nyc-1";
+
+fn ledger(node: &str) -> Ledger {
+    let assets = Assets::new(&[], |_| Decimal::from(1000));
+    let mut ledger = Ledger::new(node, assets, Limits { max_batch_ops: 10, max_hold_timeout_s: 3600 }, Permissions::open());
+    ledger.enable_cross_node();
+    ledger
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Send a transfer of `cents` to `merchant` (which exists) or `ghost` (which does not).
+    Send { cents: u32, to_ghost: bool },
+    /// Deliver transfer `k` (mod sent) to the destination, again if it was already.
+    Deliver(usize),
+    /// Bring the destination's decision on `k` back to the source, again if it was already.
+    Settle(usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (1u32..=40_000, prop::bool::weighted(0.2)).prop_map(|(cents, to_ghost)| Step::Send { cents, to_ghost }),
+        (0usize..64).prop_map(Step::Deliver),
+        (0usize..64).prop_map(Step::Settle),
+    ]
+}
+
+struct Pair {
+    source: Ledger,
+    destination: Ledger,
+    source_journal: Vec<EntryBody>,
+    destination_journal: Vec<EntryBody>,
+    sent: Vec<String>,
+    tried: usize,
+    now: u64,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let mut pair = Pair { source: ledger(SOURCE), destination: ledger(DESTINATION), source_journal: Vec::new(), destination_journal: Vec::new(), sent: Vec::new(), tried: 0, now: 1_000 };
+        for (id, account, flags) in [("o1", "issuer", json!(["issuance"])), ("o2", "wallet", json!([]))] {
+            pair.device(json!({"id": id, "op": "open_account", "account": account, "asset": "EUR", "flags": flags}));
+        }
+        for id in ["fund1", "fund2"] {
+            let funded = pair.device(json!({"id": id, "op": "transfer", "debit": "issuer", "credit": "wallet", "amount": "1000.00", "asset": "EUR"}));
+            assert_eq!(funded.code, Code::Ok);
+        }
+        let open = command::parse(json!({"id": "o", "op": "open_account", "account": "merchant", "asset": "EUR"}).to_string().as_bytes(), 10).unwrap();
+        let effects = pair.destination.submit(Some("pos"), open, pair.now);
+        pair.destination_journal.extend(effects.entry);
+        pair
+    }
+
+    fn device(&mut self, command: serde_json::Value) -> Reply {
+        let parsed = command::parse(command.to_string().as_bytes(), 10).unwrap();
+        let effects = self.source.submit(Some("till"), parsed, self.now);
+        self.source_journal.extend(effects.entry);
+        effects.reply.unwrap()
+    }
+
+    fn delivery(&self, id: &str) -> Command {
+        let hold = self.source.hold(id).unwrap();
+        let amount = ledger::money::format_minor(hold.amount, 2);
+        let movement = Movement { debit: format!("wallet@{SOURCE}"), credit: hold.remote.clone().unwrap(), amount, asset: "EUR".into(), metadata: None };
+        Command { id: id.to_string(), op: Op::Receive { source: SOURCE.into(), movement } }
+    }
+
+    fn run(&mut self, step: Step) {
+        self.now += 10;
+        match step {
+            Step::Send { cents, to_ghost } => {
+                let id = format!("t{}", self.tried);
+                self.tried += 1;
+                let credit = if to_ghost { format!("ghost@{DESTINATION}") } else { format!("merchant@{DESTINATION}") };
+                let amount = format!("{}.{:02}", cents / 100, cents % 100);
+                let reply = self.device(json!({"id": id, "op": "transfer", "debit": "wallet", "credit": credit, "amount": amount, "asset": "EUR"}));
+                match reply.status {
+                    Status::Pending => self.sent.push(id),
+                    _ => assert_eq!(reply.code, Code::InsufficientFunds, "{reply:?}"),
+                }
+            }
+            Step::Deliver(k) if !self.sent.is_empty() => {
+                let id = self.sent[k % self.sent.len()].clone();
+                let before = self.destination.received(SOURCE, &id).cloned();
+                let effects = self.destination.receive(self.delivery(&id), self.now);
+                let reply = effects.reply.unwrap();
+                assert!(reply.seq.is_some(), "{reply:?}");
+                match before {
+                    Some(recorded) => {
+                        assert!(reply.duplicate && effects.entry.is_none(), "a redelivery changes nothing");
+                        assert_eq!(reply.status, recorded.reply.status);
+                    }
+                    None => self.destination_journal.push(effects.entry.expect("a decision is journaled")),
+                }
+            }
+            Step::Settle(k) if !self.sent.is_empty() => {
+                let id = self.sent[k % self.sent.len()].clone();
+                let Some(decision) = self.destination.received(SOURCE, &id).map(|r| r.reply.clone()) else { return };
+                let effects = self.source.settle(&id, &decision, self.now);
+                assert_eq!(effects.reply.unwrap().code, Code::Ok);
+                self.source_journal.extend(effects.entry);
+                let notice = effects.notices.first();
+                if let Some(n) = notice {
+                    assert_eq!(n.device, "till");
+                    assert_eq!(n.decision.as_ref().map(|d| d.0), Some(decision.code));
+                }
+            }
+            _ => {}
+        }
+        self.check();
+    }
+
+    fn check(&self) {
+        self.source.check_invariants().unwrap();
+        self.destination.check_invariants().unwrap();
+        let mut posted_at_source = 0;
+        for id in &self.sent {
+            let hold = self.source.hold(id).unwrap();
+            let decision = self.destination.received(SOURCE, id);
+            match hold.state {
+                HoldState::Pending => {}
+                HoldState::Resolved(Resolution::Posted) => {
+                    assert_eq!(decision.unwrap().reply.status, Status::Committed, "{id} posted without a credit");
+                    posted_at_source += hold.amount;
+                }
+                HoldState::Resolved(Resolution::Voided) => {
+                    assert_eq!(decision.unwrap().reply.status, Status::Rejected, "{id} voided without a recorded rejection");
+                }
+                HoldState::Resolved(r) => panic!("{id} resolved {r:?}"),
+            }
+        }
+        let credited: i64 = self
+            .sent
+            .iter()
+            .filter_map(|id| self.destination.received(SOURCE, id))
+            .filter(|r| r.reply.status == Status::Committed)
+            .map(|r| self.source.hold(r.reply.id.as_deref().unwrap()).unwrap().amount)
+            .sum();
+        let source_clearing = self.source.account(&clearing_account("EUR", DESTINATION)).map_or(0, |a| a.posted);
+        let destination_clearing = self.destination.account(&clearing_account("EUR", SOURCE)).map_or(0, |a| a.posted);
+        assert_eq!(source_clearing, posted_at_source);
+        assert_eq!(destination_clearing, -credited);
+        assert_eq!(self.destination.account("merchant").unwrap().posted, credited);
+    }
+
+    /// Delivers and settles everything, as the region does once the network heals.
+    fn finish(&mut self) {
+        for k in 0..self.sent.len() {
+            self.run(Step::Deliver(k));
+            self.run(Step::Settle(k));
+        }
+        assert_eq!(self.source.outgoing_count(), 0);
+        let source_clearing = self.source.account(&clearing_account("EUR", DESTINATION)).map_or(0, |a| a.posted);
+        let destination_clearing = self.destination.account(&clearing_account("EUR", SOURCE)).map_or(0, |a| a.posted);
+        assert_eq!(source_clearing, -destination_clearing, "the clearing accounts mirror each other");
+    }
+}
+
+fn replayed(node: &str, journal: &[EntryBody]) -> Ledger {
+    let mut ledger = ledger(node);
+    for body in journal {
+        ledger.replay(body).unwrap();
+    }
+    ledger
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn transfers_settle_once_on_both_sides(steps in prop::collection::vec(step(), 1..80)) {
+        let mut pair = Pair::new();
+        for step in steps {
+            pair.run(step);
+        }
+        pair.finish();
+        // Replaying the journals rebuilds the same books and decisions (a restart).
+        let source = replayed(SOURCE, &pair.source_journal);
+        let destination = replayed(DESTINATION, &pair.destination_journal);
+        for (name, account) in pair.source.accounts() {
+            prop_assert_eq!(Some(account), source.account(name));
+        }
+        for (name, account) in pair.destination.accounts() {
+            prop_assert_eq!(Some(account), destination.account(name));
+        }
+        for id in &pair.sent {
+            prop_assert_eq!(pair.destination.received(SOURCE, id), destination.received(SOURCE, id));
+            prop_assert_eq!(pair.source.hold(id), source.hold(id));
+        }
+    }
+}
+
+#[test]
+fn a_settlement_that_contradicts_the_first_is_refused() {
+    let mut pair = Pair::new();
+    pair.run(Step::Send { cents: 500, to_ghost: false });
+    pair.run(Step::Deliver(0));
+    pair.run(Step::Settle(0));
+    let mut forged = pair.destination.received(SOURCE, "t0").unwrap().reply.clone();
+    forged.status = Status::Rejected;
+    let effects = pair.source.settle("t0", &forged, pair.now);
+    assert_eq!(effects.reply.unwrap().code, Code::PendingPosted);
+    assert!(effects.entry.is_none());
+    // A device cannot resolve a cross-node hold, nor reach a system account.
+    let void = pair.device(json!({"id": "v", "op": "void", "pending_id": "t0"}));
+    assert_eq!(void.code, Code::Forbidden);
+    let raid = pair.device(json!({"id": "r", "op": "transfer", "debit": clearing_account("EUR", DESTINATION), "credit": "wallet", "amount": "1.00", "asset": "EUR"}));
+    assert_eq!(raid.code, Code::Forbidden);
+}
