@@ -200,3 +200,98 @@ fn lag_histogram(commits: &[(u64, Instant)], polls: &[(Instant, u64)]) -> Histog
     }
     hist
 }
+
+pub struct CrossOpts {
+    pub devices: usize,
+    pub count: usize,
+}
+
+pub fn parse_cross(args: &[String]) -> Result<CrossOpts, String> {
+    let mut opts = CrossOpts { devices: 1, count: 200 };
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).ok_or_else(|| format!("{} needs a value", args[i]))?;
+        let number: usize = value.parse().map_err(|_| format!("{}: {value:?} is not a whole number", args[i]))?;
+        match args[i].as_str() {
+            "--devices" => opts.devices = number.clamp(1, 256),
+            "--count" => opts.count = number.max(1),
+            other => return Err(format!("cross: unknown option {other}")),
+        }
+        i += 2;
+    }
+    Ok(opts)
+}
+
+pub fn run_cross(opts: &CrossOpts) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(run_cross_async(opts))
+}
+
+/// Each device sends, waits for `pending`, then for the `pending_resolved` notice, and only
+/// then sends its next transfer: the latency of one payment through both regions.
+async fn run_cross_async(opts: &CrossOpts) -> Result<(), String> {
+    let mut topology = harness::Topology::start();
+    let nyc = Device::connect(topology.edge("us/nyc-1").port, "nyc-setup").await;
+    nyc.request(cmd::open("o-m", "merchant:cafe", "EUR", &[])).await;
+    let berlin_port = topology.edge("eu/berlin-1").port;
+    let setup = Device::connect(berlin_port, "setup").await;
+    setup.request(cmd::open("o-issuer", "issuer", "EUR", &["issuance"])).await;
+    let mut tasks = Vec::new();
+    for k in 0..opts.devices {
+        setup.request(cmd::open(&format!("o-w{k}"), &format!("wallet:{k}"), "EUR", &[])).await;
+        setup.request(cmd::transfer(&format!("f{k}"), "issuer", &format!("wallet:{k}"), "1000000.00", "EUR")).await;
+        let mut device = Device::connect(berlin_port, &format!("pay-{k}")).await;
+        let count = opts.count;
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::with_capacity(count);
+            for i in 0..count {
+                let id = format!("x{k}-{i}");
+                let started = Instant::now();
+                let reply = device.request(cmd::transfer(&id, &format!("wallet:{k}"), "merchant:cafe@us/nyc-1", "0.01", "EUR")).await;
+                if reply["status"] != "pending" {
+                    return Err(format!("{id}: {reply}"));
+                }
+                let pending = started.elapsed();
+                let notice = device.next_unsolicited(Duration::from_secs(60)).await.ok_or(format!("{id}: no notice within 60 s"))?;
+                if notice["pending_id"] != id.as_str() || notice["resolution"] != "posted" {
+                    return Err(format!("{id}: unexpected notice {notice}"));
+                }
+                samples.push((pending, started.elapsed()));
+            }
+            Ok::<_, String>(samples)
+        }));
+    }
+    eprintln!("cross: {} devices funded; paying", opts.devices);
+    let started = Instant::now();
+    let mut pending = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())?;
+    let mut complete = pending.clone();
+    for task in tasks {
+        for (p, c) in task.await.map_err(|e| e.to_string())?? {
+            pending.record(p.as_micros() as u64).map_err(|e| e.to_string())?;
+            complete.record(c.as_micros() as u64).map_err(|e| e.to_string())?;
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "cross: {} devices x {} transfers eu/berlin-1 -> us/nyc-1 in {took:.1} s ({:.0} completed/s): pending reply p50 {:.2} ms p99 {:.2} ms; final notice p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+        opts.devices,
+        opts.count,
+        complete.len() as f64 / took,
+        ms(&pending, 0.5),
+        ms(&pending, 0.99),
+        ms(&complete, 0.5),
+        ms(&complete, 0.99),
+        complete.max() as f64 / 1000.0
+    );
+    println!(
+        "RESULT cross devices={} count={} completed_per_s={:.0} pending_p50_ms={:.2} final_p50_ms={:.2} final_p99_ms={:.2}",
+        opts.devices,
+        opts.count,
+        complete.len() as f64 / took,
+        ms(&pending, 0.5),
+        ms(&complete, 0.5),
+        ms(&complete, 0.99)
+    );
+    Ok(())
+}

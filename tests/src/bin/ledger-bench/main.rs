@@ -55,6 +55,10 @@ USAGE:
       A region following an edge over zenoh: replication lag at R payments/s (default
       5000) for S seconds (default 10), then a P-second partition (default 60) and the rate
       at which the backlog drains after it.
+  ledger-bench cross [--devices D] [--count N]
+      Cross-region payments on the 2 regions x 2 edges topology: D devices (default 1) on
+      eu/berlin-1 each send N transfers (default 200) one after another to an account on
+      us/nyc-1; the latency from command to the pending reply and to the final notice.
   ledger-bench --help
 ";
 
@@ -89,6 +93,7 @@ fn main() {
         }),
         "core" => parse_core(&args[1..]).and_then(|opts| run_core(&opts)),
         "geo" => geo::parse(&args[1..]).and_then(|opts| geo::run(&opts)),
+        "cross" => geo::parse_cross(&args[1..]).and_then(|opts| geo::run_cross(&opts)),
         other => Err(format!("unknown subcommand {other:?}\n\n{USAGE}")),
     };
     if let Err(e) = result {
