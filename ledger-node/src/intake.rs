@@ -200,11 +200,12 @@ impl Intake {
     fn take(&mut self, notification: Notification, group: &mut Vec<Incoming>) -> Result<(), String> {
         match notification {
             Notification::Forward(forward) => {
-                self.watch_cursor(forward.cursor);
                 let topic = String::from_utf8_lossy(&forward.publish.topic).into_owned();
+                // Wake-ups come from their own log, with cursors of their own.
                 if topic == WAKE_TOPIC {
                     return Ok(());
                 }
+                self.watch_cursor(forward.cursor);
                 let Some(device) = device_of(&topic) else {
                     self.stats.dropped_topics += 1;
                     tracing::warn!(topic, "command on a topic without a valid device id; dropped");

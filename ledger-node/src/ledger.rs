@@ -772,7 +772,8 @@ impl Ledger {
             Err(rejection) => {
                 self.rollback(undo);
                 changes.clear();
-                Reply::rejected(Some(&command.id), rejection)
+                let message = format!("{} rejected the transfer: {}", self.node_id, rejection.message);
+                Reply::rejected(Some(&command.id), Rejection::new(rejection.code, message))
             }
         };
         let seq = self.head.seq + 1;
