@@ -440,20 +440,28 @@ fn decision_of(answer: Value) -> Result<Reply, String> {
 /// A region's operator reads of its edges, from the replicas: pending holds and history.
 pub fn serve_region_queries(session: &Session, region: &str, replicas: Replicas, store: Arc<Store>) {
     let me = region.to_string();
+    let held = replicas.clone();
     tokio::spawn(serve_json(session.clone(), keys::pending(region), move |query| {
-        let answer = pending_in_replicas(&me, &replicas, &query);
+        let answer = pending_in_replicas(&me, &held, &query);
         async move { (query, answer) }
     }));
     let me = region.to_string();
     tokio::spawn(serve_json(session.clone(), keys::history(region), move |query| {
-        let (store, me) = (store.clone(), me.clone());
+        let (store, me, replicas) = (store.clone(), me.clone(), replicas.clone());
         async move {
             let answer = match HistoryParams::from_query(&query) {
                 Ok(mut params) => match params.account.split_once('@').map(|(n, e)| (n.to_string(), e.to_string())) {
                     Some((name, edge)) if edge.starts_with(&format!("{me}/")) => {
                         params.account = name;
+                        // Freshness first: the replica may only have grown while we read.
+                        let fresh = replicas.lock().expect("replicas").get(&edge).map(|r| (r.chain.seq, r.updated_ms));
                         let answer = tokio::task::spawn_blocking(move || queries::history(&store, Some(&edge), &params)).await;
-                        answer.unwrap_or_else(|e| error(e.to_string()))
+                        let mut answer = answer.unwrap_or_else(|e| error(e.to_string()));
+                        if let Some((seq, updated_ms)) = fresh {
+                            answer["replica_seq"] = json!(seq);
+                            answer["updated_ms"] = json!(updated_ms);
+                        }
+                        answer
                     }
                     _ => error(format!("account: {:?} must name an edge of {me}, like wallet:alice@{me}/edge-1", params.account)),
                 },

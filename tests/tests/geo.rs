@@ -125,6 +125,7 @@ async fn payments_cross_edges_and_regions_end_to_end() {
     })
     .await;
     assert!(history["entries"].as_array().unwrap().iter().any(|e| e["id"] == "x2" && e["op"] == "transfer"), "{history}");
+    assert!(history["replica_seq"].as_u64().is_some(), "{history}");
     let own = ask(&ops, "ledger/v1/query/us/nyc-1/history?account=merchant:nyc;limit=1").await.unwrap();
     assert_eq!(own["entries"][0]["op"], "receive", "{own}");
     let clearing = ask(&ops, "ledger/v1/query/eu/berlin-1/balance?account=~clearing:eur:us.nyc-1").await.unwrap();
