@@ -142,6 +142,18 @@ where
     }
 }
 
+/// `serve_json` for answers computed at once from the query (no waiting).
+pub async fn serve_json_now<F>(session: zenoh::Session, key: String, answer: F)
+where
+    F: Fn(&zenoh::query::Query) -> serde_json::Value + Send + Sync + 'static,
+{
+    serve_json(session, key, move |query| {
+        let value = answer(&query);
+        async move { (query, value) }
+    })
+    .await
+}
+
 /// Asks `selector` with a JSON payload (`Block` congestion control) and returns the first
 /// answer as JSON. No answer within `timeout`, or an error reply, is an error.
 pub async fn ask_json(session: &zenoh::Session, selector: &str, payload: Option<String>, timeout: Duration) -> Result<serde_json::Value, String> {

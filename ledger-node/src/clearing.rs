@@ -22,7 +22,7 @@ use crate::reply::{Code, Reply, Status};
 use crate::store::Store;
 use bridge::zenoh::query::Query;
 use bridge::zenoh::Session;
-use bridge::{ask_json, keys, serve_json, QUERY_TIMEOUT};
+use bridge::{ask_json, keys, serve_json, serve_json_now, QUERY_TIMEOUT};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -176,32 +176,37 @@ pub fn serve_edge(session: &Session, edge: &str, desk: Desk, store: Arc<Store>) 
             (query, answer)
         }
     }));
-    let d = desk.clone();
+    let (me, d) = (edge.to_string(), desk.clone());
     tokio::spawn(serve_json(session.clone(), keys::balance(edge), move |query| {
-        let desk = d.clone();
+        let (me, desk) = (me.clone(), d.clone());
         async move {
-            let answer = match query.parameters().get("account") {
-                Some(account) => desk.ask(PeerRequest::Balance { account: account.to_string() }).await,
-                None => error("account: missing (?account=NAME)"),
+            let account = query.parameters().get("account").ok_or("account: missing (?account=NAME)".to_string());
+            let answer = match account.and_then(|a| own_name(a, &me)) {
+                Ok(account) => desk.ask(PeerRequest::Balance { account }).await,
+                Err(e) => error(e),
             };
             (query, answer)
         }
     }));
+    let me = edge.to_string();
     tokio::spawn(serve_json(session.clone(), keys::pending(edge), move |query| {
-        let desk = desk.clone();
+        let (me, desk) = (me.clone(), desk.clone());
         async move {
-            let account = query.parameters().get("account").map(|a| a.split_once('@').map_or(a, |(n, _)| n).to_string());
             let limit = query.parameters().get("limit").and_then(|l| l.parse().ok()).unwrap_or(queries::MAX_ANSWER_ROWS);
-            let answer = desk.ask(PeerRequest::Pending { account, limit }).await;
+            let answer = match query.parameters().get("account").map(|a| own_name(a, &me)).transpose() {
+                Ok(account) => desk.ask(PeerRequest::Pending { account, limit }).await,
+                Err(e) => error(e),
+            };
             (query, answer)
         }
     }));
+    let me = edge.to_string();
     tokio::spawn(serve_json(session.clone(), keys::history(edge), move |query| {
-        let store = store.clone();
+        let (me, store) = (me.clone(), store.clone());
         async move {
-            let answer = match HistoryParams::from_query(&query) {
-                Ok(mut params) => {
-                    params.account = params.account.split_once('@').map_or(params.account.as_str(), |(n, _)| n).to_string();
+            let params = HistoryParams::from_query(&query).and_then(|p| own_name(&p.account, &me).map(|name| HistoryParams { account: name, ..p }));
+            let answer = match params {
+                Ok(params) => {
                     tokio::task::spawn_blocking(move || queries::history(&store, None, &params)).await.unwrap_or_else(|e| error(e.to_string()))
                 }
                 Err(e) => error(e),
@@ -209,6 +214,16 @@ pub fn serve_edge(session: &Session, edge: &str, desk: Desk, store: Arc<Store>) 
             (query, answer)
         }
     }));
+}
+
+/// The local name of `name` or `name@node` when `node` is this one; an edge answers for
+/// its own accounts only.
+fn own_name(account: &str, node: &str) -> Result<String, String> {
+    match account.split_once('@') {
+        None => Ok(account.to_string()),
+        Some((name, at)) if at == node => Ok(name.to_string()),
+        Some((_, at)) => Err(format!("account: {account} lives on {at}, not {node}; ask {at} or its region")),
+    }
 }
 
 fn truncate(text: &mut String, max: usize) {
@@ -272,10 +287,7 @@ impl Coordinator {
             }
         }));
         let this = self.clone();
-        tokio::spawn(serve_json(self.session.clone(), keys::in_flight(&me), move |query| {
-            let answer = this.in_flight();
-            async move { (query, answer) }
-        }));
+        tokio::spawn(serve_json_now(self.session.clone(), keys::in_flight(&me), move |_| this.in_flight()));
         loop {
             let _ = tokio::time::timeout(SCAN_INTERVAL, self.wake.notified()).await;
             for delivery in self.scan() {
@@ -441,10 +453,7 @@ fn decision_of(answer: Value) -> Result<Reply, String> {
 pub fn serve_region_queries(session: &Session, region: &str, replicas: Replicas, store: Arc<Store>) {
     let me = region.to_string();
     let held = replicas.clone();
-    tokio::spawn(serve_json(session.clone(), keys::pending(region), move |query| {
-        let answer = pending_in_replicas(&me, &held, &query);
-        async move { (query, answer) }
-    }));
+    tokio::spawn(serve_json_now(session.clone(), keys::pending(region), move |query| pending_in_replicas(&me, &held, query)));
     let me = region.to_string();
     tokio::spawn(serve_json(session.clone(), keys::history(region), move |query| {
         let (store, me, replicas) = (store.clone(), me.clone(), replicas.clone());

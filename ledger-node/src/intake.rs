@@ -58,7 +58,7 @@ pub enum PeerRequest {
     Receive(crate::command::Command),
     /// The destination's decision on a transfer sent from here.
     Settle { pending_id: String, decision: Reply },
-    /// Operator reads of this node's books.
+    /// Operator reads of this node's books, by local account name.
     Balance { account: String },
     Pending { account: Option<String>, limit: usize },
 }
@@ -276,9 +276,8 @@ impl Intake {
         match request {
             PeerRequest::Receive(command) => (self.ledger.receive(command, now), None),
             PeerRequest::Settle { pending_id, decision } => (self.ledger.settle(&pending_id, &decision, now), None),
-            PeerRequest::Balance { account } => {
-                let name = account.split_once('@').map_or(account.as_str(), |(n, _)| n);
-                let answer = match self.ledger.balance_view(name) {
+            PeerRequest::Balance { account: name } => {
+                let answer = match self.ledger.balance_view(&name) {
                     Some(view) => serde_json::json!({"balance": view, "seq": self.ledger.head().seq}),
                     None => serde_json::json!({"error": format!("account: {name} does not exist on {}", self.ledger.node_id())}),
                 };

@@ -357,18 +357,18 @@ impl Ledger {
 
         let fingerprint = fingerprint(device, &command);
         if let Some(recorded) = self.ids.get(&command.id) {
-            let reply = if recorded.fingerprint == fingerprint {
-                // A device that missed the notice learns the outcome from its resend.
-                let resolution = match self.holds.get(&command.id).map(|h| h.state) {
-                    Some(HoldState::Resolved(r)) if recorded.reply.status == Status::Pending => Some(r),
-                    _ => None,
-                };
-                Reply { duplicate: true, resolution, ..recorded.reply.clone() }
-            } else {
-                Reply::rejected(
+            let reply = match resend(recorded, &fingerprint) {
+                Ok(mut reply) => {
+                    // A device that missed the notice learns the outcome from its resend.
+                    if let Some(HoldState::Resolved(r)) = self.holds.get(&command.id).map(|h| h.state) {
+                        reply.resolution = (reply.status == Status::Pending).then_some(r);
+                    }
+                    reply
+                }
+                Err(()) => Reply::rejected(
                     Some(&command.id),
                     Rejection::new(Code::IdConflict, format!("id: {:?} was already used for a different command", command.id)),
-                )
+                ),
             };
             return Effects { reply: Some(reply), ..Effects::default() };
         }
@@ -754,14 +754,12 @@ impl Ledger {
         };
         let fingerprint = fingerprint(None, &command);
         if let Some(recorded) = self.received.get(&received_key(source, &command.id)) {
-            let reply = if recorded.fingerprint == fingerprint {
-                Reply { duplicate: true, ..recorded.reply.clone() }
-            } else {
+            let reply = resend(recorded, &fingerprint).unwrap_or_else(|()| {
                 Reply::rejected(
                     Some(&command.id),
                     Rejection::new(Code::IdConflict, format!("id: transfer {:?} from {source} was received with other content", command.id)),
                 )
-            };
+            });
             return Effects { reply: Some(reply), ..Effects::default() };
         }
         let now_ms = now_ms.max(self.head.ts_ms);
@@ -900,16 +898,8 @@ impl Ledger {
     fn balance(&self, device: Option<&str>, address: &str) -> Result<BalanceView, Rejection> {
         let name = self.local(address, "account")?;
         self.permit(device, &name, "account")?;
-        let acct = self.existing(&name, "account")?;
-        let scale = self.assets.get(&acct.asset).expect("account asset is known").scale;
-        Ok(BalanceView {
-            account: name,
-            asset: acct.asset.clone(),
-            posted: format_minor(acct.posted, scale),
-            pending_debits: format_minor(acct.pending_debits, scale),
-            pending_credits: format_minor(acct.pending_credits, scale),
-            available: format_minor(acct.available(), scale),
-        })
+        self.existing(&name, "account")?;
+        Ok(self.balance_view(&name).expect("the account exists"))
     }
 
     /// The local account name of an address, or `remote_account` when it lives elsewhere.
@@ -1196,6 +1186,16 @@ fn fingerprint(device: Option<&str>, command: &Command) -> String {
     bytes.push(0);
     serde_json::to_writer(&mut bytes, command).expect("command serializes");
     blake3::hash(&bytes).to_hex()[..32].to_string()
+}
+
+/// The recorded reply again, marked `duplicate`, when the resend has the recorded content;
+/// `Err` when the id was used for something else.
+fn resend(recorded: &Recorded, fingerprint: &str) -> Result<Reply, ()> {
+    if recorded.fingerprint == fingerprint {
+        Ok(Reply { duplicate: true, ..recorded.reply.clone() })
+    } else {
+        Err(())
+    }
 }
 
 /// The account that holds this node's position with `peer` in `asset`: credited when money

@@ -122,7 +122,7 @@ async fn serve_range(session: bridge::zenoh::Session, edge: String, store: Arc<S
 
 async fn serve_edge_status(session: bridge::zenoh::Session, edge: String, link: EdgeLink) {
     let key = keys::status(&edge);
-    answer_json(session, key, move |_| {
+    bridge::serve_json_now(session, key, move |_| {
         let head = *link.head.lock().expect("head lock");
         let acked = link.acked.load(Ordering::SeqCst);
         json!({
@@ -132,20 +132,6 @@ async fn serve_edge_status(session: bridge::zenoh::Session, edge: String, link: 
         })
     })
     .await
-}
-
-/// Answers every query on `key` with the JSON that `answer` gives for it.
-async fn answer_json(session: bridge::zenoh::Session, key: String, answer: impl Fn(&bridge::zenoh::query::Query) -> serde_json::Value) {
-    let queryable = match session.declare_queryable(&key).await {
-        Ok(q) => q,
-        Err(e) => return tracing::error!("zenoh queryable {key}: {e}"),
-    };
-    while let Ok(query) = queryable.recv_async().await {
-        let reply = answer(&query).to_string();
-        if let Err(e) = query.reply(query.key_expr().clone(), reply).await {
-            tracing::debug!("reply on {key}: {e}");
-        }
-    }
 }
 
 async fn follow_acks(session: bridge::zenoh::Session, edge: String, acked: Arc<AtomicU64>) {
@@ -333,7 +319,7 @@ async fn apply(session: &bridge::zenoh::Session, edge: &str, frame: Vec<(u64, Ve
 
 async fn serve_region_status(session: bridge::zenoh::Session, region: String, replicas: Replicas) {
     let key = keys::status(&region);
-    answer_json(session, key, move |_| {
+    bridge::serve_json_now(session, key, move |_| {
         let all = replicas.lock().expect("replicas");
         let edges: Vec<serde_json::Value> = all
             .iter()
@@ -347,7 +333,7 @@ async fn serve_region_status(session: bridge::zenoh::Session, region: String, re
 /// `?account=name@edge`: the balance from the replica, with how fresh it is.
 async fn serve_balance(session: bridge::zenoh::Session, region: String, replicas: Replicas) {
     let key = keys::balance(&region);
-    answer_json(session, key, move |query| {
+    bridge::serve_json_now(session, key, move |query| {
         let account = query.parameters().get("account").unwrap_or_default().to_string();
         let Some((name, edge)) = account.split_once('@') else {
             return json!({"error": format!("account: {account:?} must name its edge, like wallet:alice@eu/berlin-1")});

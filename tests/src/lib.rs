@@ -275,10 +275,7 @@ pub async fn operator_session(zenoh_port: u16) -> bridge::zenoh::Session {
 
 /// One JSON answer from a queryable (None if nobody answered in time).
 pub async fn ask(session: &bridge::zenoh::Session, selector: &str) -> Option<Value> {
-    let replies = session.get(selector).timeout(Duration::from_secs(2)).await.ok()?;
-    let reply = replies.recv_async().await.ok()?;
-    let sample = reply.result().ok()?;
-    serde_json::from_slice(&sample.payload().to_bytes()).ok()
+    bridge::ask_json(session, selector, None, Duration::from_secs(2)).await.ok()
 }
 
 /// Waiters for replies by command id; other messages (notices, id-less replies) queue up.
@@ -542,14 +539,20 @@ impl Topology {
             if head["seq"] != replica["seq"] || head["hash"] != replica["hash"] {
                 return Some(format!("{region}'s replica of {edge} is at {} {}, the edge at {} {}", replica["seq"], replica["hash"], head["seq"], head["hash"]));
             }
-            let pending = ask(ops, &format!("ledger/v1/query/{edge}/pending")).await?;
-            let across: Vec<&Value> = pending["pending"].as_array()?.iter().filter(|h| h.get("to").is_some()).collect();
-            if !across.is_empty() {
-                return Some(format!("{edge} has {} cross-node transfers pending", across.len()));
+            // A missing answer is a difference too, never agreement.
+            let pending = ask(ops, &format!("ledger/v1/query/{edge}/pending")).await;
+            let Some(holds) = pending.as_ref().and_then(|p| p["pending"].as_array()) else {
+                return Some(format!("{edge} did not list its pending holds: {pending:?}"));
+            };
+            let across = holds.iter().filter(|h| h.get("to").is_some()).count();
+            if across > 0 {
+                return Some(format!("{edge} has {across} cross-node transfers pending"));
             }
         }
         for region in ["eu", "us"] {
-            let flights = ask(ops, &format!("ledger/v1/query/{region}/in_flight")).await?;
+            let Some(flights) = ask(ops, &format!("ledger/v1/query/{region}/in_flight")).await else {
+                return Some(format!("{region} did not list its transfers in flight"));
+            };
             if flights["active"] != 0 || flights["pending_in_replicas"] != 0 {
                 return Some(format!("{region} has transfers in flight: {flights}"));
             }

@@ -61,8 +61,12 @@ impl Devices {
     }
 }
 
-fn data_dirs(topology: &mut Topology) -> BTreeMap<String, PathBuf> {
-    EDGES.iter().map(|e| (e.to_string(), topology.edge(e).dir.join("data"))).collect()
+/// Stops every edge (SIGKILL) and returns their data directories, for reading the redb files.
+fn stop_edges(topology: &mut Topology) -> BTreeMap<String, PathBuf> {
+    EDGES.iter().map(|e| {
+        topology.edge(e).kill9();
+        (e.to_string(), topology.edge(e).dir.join("data"))
+    }).collect()
 }
 
 async fn balance(devices: &Devices, account: &str) -> Value {
@@ -137,10 +141,7 @@ async fn payments_cross_edges_and_regions_end_to_end() {
     assert!(mirror["replica_seq"].as_u64().is_some(), "{mirror}");
 
     eventually("every replica and transfer to agree (SPEC §8.6)", SETTLE, || async { topology.differences(&ops).await.is_none().then_some(()) }).await;
-    for edge in EDGES {
-        topology.edge(edge).kill9();
-    }
-    assert_eq!(check_cross_node_books(&data_dirs(&mut topology)), 3);
+    assert_eq!(check_cross_node_books(&stop_edges(&mut topology)), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,10 +184,7 @@ async fn transfers_wait_out_partitions_and_finish_after_healing() {
     }
     eventually("every replica and transfer to agree (SPEC §8.6)", SETTLE, || async { topology.differences(&ops).await.is_none().then_some(()) }).await;
     assert_eq!(balance(&devices["us/nyc-1"], "merchant:nyc").await["posted"], "0.20");
-    for edge in EDGES {
-        topology.edge(edge).kill9();
-    }
-    assert_eq!(check_cross_node_books(&data_dirs(&mut topology)), 40);
+    assert_eq!(check_cross_node_books(&stop_edges(&mut topology)), 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,10 +218,7 @@ async fn sigkill_of_a_region_and_an_edge_under_cross_region_load() {
         topology.differences(&ops).await.is_none().then_some(())
     })
     .await;
-    for edge in EDGES {
-        topology.edge(edge).kill9();
-    }
-    let dirs = data_dirs(&mut topology);
+    let dirs = stop_edges(&mut topology);
     assert_eq!(check_cross_node_books(&dirs), 2 * N);
     // Every `pending` answer survived the crashes (SPEC §8.4), once each.
     let berlin = harness::load_ledger(&dirs["eu/berlin-1"], "eu/berlin-1").unwrap();
