@@ -58,6 +58,24 @@ pub mod keys {
         format!("ledger/v1/query/{node}/history")
     }
 
+    /// Every account with its balances, by name (`?after=NAME;limit=N`; a region also
+    /// needs `?edge=E` and answers from its replica).
+    pub fn accounts(node: &str) -> String {
+        format!("ledger/v1/query/{node}/accounts")
+    }
+
+    /// Every cross-node transfer a node sent (`?side=out`) or received (`?side=in`), with
+    /// its state or decision (`after=KEY;limit=N`; a region also needs `?edge=E`).
+    pub fn transfers(node: &str) -> String {
+        format!("ledger/v1/query/{node}/transfers")
+    }
+
+    /// An edge takes an operator's command here (a device command's JSON, applied with
+    /// operator rights) and answers the reply after the commit is durable.
+    pub fn command(node: &str) -> String {
+        format!("ledger/v1/command/{node}")
+    }
+
     /// A region's cross-node transfers in flight: what each waits for and why.
     pub fn in_flight(node: &str) -> String {
         format!("ledger/v1/query/{node}/in_flight")
@@ -166,6 +184,36 @@ pub async fn ask_json(session: &zenoh::Session, selector: &str, payload: Option<
     let sample = reply.result().map_err(|e| format!("{selector}: error reply: {}", String::from_utf8_lossy(&e.payload().to_bytes())))?;
     serde_json::from_slice(&sample.payload().to_bytes()).map_err(|e| format!("{selector}: answer is not JSON: {e}"))
 }
+
+/// Asks `selector` of every node that answers it (a wildcard selector reaches many) and
+/// returns each answer by the key it came from, until all answered or `timeout` passed.
+pub async fn ask_all(session: &zenoh::Session, selector: &str, timeout: Duration) -> Result<Vec<(String, Result<serde_json::Value, String>)>, String> {
+    let replies = session
+        .get(selector)
+        .target(zenoh::query::QueryTarget::All)
+        .consolidation(zenoh::query::ConsolidationMode::None)
+        .congestion_control(zenoh::qos::CongestionControl::Block)
+        .timeout(timeout)
+        .await
+        .map_err(|e| format!("{selector}: {e}"))?;
+    let mut out = Vec::new();
+    while let Ok(reply) = replies.recv_async().await {
+        match reply.result() {
+            Ok(sample) => {
+                let value = serde_json::from_slice(&sample.payload().to_bytes()).map_err(|e| format!("answer is not JSON: {e}"));
+                out.push((sample.key_expr().to_string(), value));
+            }
+            Err(e) => out.push((String::new(), Err(format!("error reply: {}", String::from_utf8_lossy(&e.payload().to_bytes()))))),
+        }
+        if out.len() >= MAX_ANSWERS {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Most answers `ask_all` collects from one query.
+pub const MAX_ANSWERS: usize = 10_000;
 
 /// Frames journal entries as `(seq u64, length u32, bytes)` records, big-endian.
 pub fn encode_frame<'a>(entries: impl IntoIterator<Item = (u64, &'a [u8])>) -> Vec<u8> {

@@ -33,6 +33,16 @@ pub struct NodeConfig {
     pub zenoh: Option<ZenohSection>,
     #[serde(default)]
     pub replication: ReplicationSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// HTTP listener for `GET /metrics` (Prometheus text) and `GET /health`; absent: off.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -307,6 +317,7 @@ impl NodeConfig {
             devices: Vec::new(),
             zenoh: None,
             replication: ReplicationSection::default(),
+            metrics: MetricsSection { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) },
         }
     }
 

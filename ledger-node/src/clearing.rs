@@ -14,9 +14,9 @@
 
 use crate::command::{valid_address, valid_id, Command, Movement, Op};
 use crate::intake::{PeerCall, PeerRequest, Waker};
-use crate::ledger::HoldState;
+use crate::ledger::{HoldState, Ledger};
 use crate::money::format_minor;
-use crate::queries::{self, HistoryParams};
+use crate::queries::{self, HistoryParams, PageParams};
 use crate::replication::Replicas;
 use crate::reply::{Code, Reply, Status};
 use crate::store::Store;
@@ -43,6 +43,8 @@ pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 pub const RESETTLE_AFTER: Duration = Duration::from_secs(30);
 /// Longest decision message carried back to a source.
 pub const MAX_MESSAGE_BYTES: usize = 512;
+/// Most ops in one operator batch command.
+pub const MAX_OPERATOR_BATCH: usize = 100;
 /// Largest request payload a node reads.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 
@@ -182,8 +184,53 @@ pub fn serve_edge(session: &Session, edge: &str, desk: Desk, store: Arc<Store>) 
         async move {
             let account = query.parameters().get("account").ok_or("account: missing (?account=NAME)".to_string());
             let answer = match account.and_then(|a| own_name(a, &me)) {
-                Ok(account) => desk.ask(PeerRequest::Balance { account }).await,
+                Ok(account) => {
+                    let read = move |ledger: &Ledger| match ledger.balance_view(&account) {
+                        Some(view) => json!({"balance": view, "seq": ledger.head().seq}),
+                        None => json!({"error": format!("account: {account} does not exist on {}", ledger.node_id())}),
+                    };
+                    desk.ask(PeerRequest::Read(Box::new(read))).await
+                }
                 Err(e) => error(e),
+            };
+            (query, answer)
+        }
+    }));
+    let d = desk.clone();
+    tokio::spawn(serve_json(session.clone(), keys::accounts(edge), move |query| {
+        let desk = d.clone();
+        async move {
+            let answer = match PageParams::from_query(&query) {
+                Ok(page) => desk.ask(PeerRequest::Read(Box::new(move |ledger: &Ledger| queries::accounts_page(ledger, &page)))).await,
+                Err(e) => error(e),
+            };
+            (query, answer)
+        }
+    }));
+    let d = desk.clone();
+    tokio::spawn(serve_json(session.clone(), keys::transfers(edge), move |query| {
+        let desk = d.clone();
+        async move {
+            let side = query.parameters().get("side").unwrap_or("out").to_string();
+            let answer = match PageParams::from_query(&query) {
+                Ok(page) => desk.ask(PeerRequest::Read(Box::new(move |ledger: &Ledger| queries::transfers_page(ledger, &side, &page)))).await,
+                Err(e) => error(e),
+            };
+            (query, answer)
+        }
+    }));
+    let d = desk.clone();
+    tokio::spawn(serve_json(session.clone(), keys::command(edge), move |query| {
+        let desk = d.clone();
+        async move {
+            let bytes = query.payload().map(|p| p.to_bytes().to_vec()).unwrap_or_default();
+            let answer = if bytes.len() > MAX_REQUEST_BYTES {
+                error(format!("command: {} bytes; the limit is {MAX_REQUEST_BYTES}", bytes.len()))
+            } else {
+                match crate::command::parse(&bytes, MAX_OPERATOR_BATCH) {
+                    Ok(command) => desk.ask(PeerRequest::Operator(command)).await,
+                    Err(rejection) => serde_json::to_value(Reply::rejected(crate::command::peek_id(&bytes).as_deref(), rejection)).expect("reply serializes"),
+                }
             };
             (query, answer)
         }
@@ -194,7 +241,10 @@ pub fn serve_edge(session: &Session, edge: &str, desk: Desk, store: Arc<Store>) 
         async move {
             let limit = query.parameters().get("limit").and_then(|l| l.parse().ok()).unwrap_or(queries::MAX_ANSWER_ROWS);
             let answer = match query.parameters().get("account").map(|a| own_name(a, &me)).transpose() {
-                Ok(account) => desk.ask(PeerRequest::Pending { account, limit }).await,
+                Ok(account) => {
+                    let read = move |ledger: &Ledger| json!({"pending": queries::holds_json(ledger, account.as_deref(), limit), "seq": ledger.head().seq});
+                    desk.ask(PeerRequest::Read(Box::new(read))).await
+                }
                 Err(e) => error(e),
             };
             (query, answer)
@@ -426,6 +476,29 @@ impl Coordinator {
         ask_json(&self.session, &keys::transfer_deliver(&destination), Some(payload), QUERY_TIMEOUT).await
     }
 
+    /// Gauges for the region's metrics: transfers driven now, by stage, and waiting.
+    pub fn gauges(self: &Arc<Self>) -> crate::metrics::Gauges {
+        let this = self.clone();
+        Box::new(move |out: &mut String| {
+            let waiting: usize = this.replicas.lock().expect("replicas").values().map(|r| r.ledger.outgoing_count()).sum();
+            let (mut delivering, mut settling) = (0, 0);
+            for flight in this.flights.lock().expect("flights").values() {
+                match flight.stage {
+                    Stage::Delivering => delivering += 1,
+                    Stage::Settling => settling += 1,
+                    Stage::Settled => {}
+                }
+            }
+            out.push_str("# HELP edgeledger_transfers_in_flight Cross-node transfers this region drives now, by stage.\n");
+            out.push_str("# TYPE edgeledger_transfers_in_flight gauge\n");
+            out.push_str(&format!("edgeledger_transfers_in_flight{{stage=\"delivering\"}} {delivering}\n"));
+            out.push_str(&format!("edgeledger_transfers_in_flight{{stage=\"settling\"}} {settling}\n"));
+            out.push_str("# HELP edgeledger_transfers_pending_in_replicas Cross-node holds still pending in this region's replicas.\n");
+            out.push_str("# TYPE edgeledger_transfers_pending_in_replicas gauge\n");
+            out.push_str(&format!("edgeledger_transfers_pending_in_replicas {waiting}\n"));
+        })
+    }
+
     fn in_flight(&self) -> Value {
         let waiting: usize = self.replicas.lock().expect("replicas").values().map(|r| r.ledger.outgoing_count()).sum();
         let flights = self.flights.lock().expect("flights");
@@ -454,6 +527,15 @@ pub fn serve_region_queries(session: &Session, region: &str, replicas: Replicas,
     let me = region.to_string();
     let held = replicas.clone();
     tokio::spawn(serve_json_now(session.clone(), keys::pending(region), move |query| pending_in_replicas(&me, &held, query)));
+    let (me, held) = (region.to_string(), replicas.clone());
+    tokio::spawn(serve_json_now(session.clone(), keys::accounts(region), move |query| {
+        in_replica(&me, &held, query, |ledger, page| queries::accounts_page(ledger, page))
+    }));
+    let (me, held) = (region.to_string(), replicas.clone());
+    tokio::spawn(serve_json_now(session.clone(), keys::transfers(region), move |query| {
+        let side = query.parameters().get("side").unwrap_or("out").to_string();
+        in_replica(&me, &held, query, |ledger, page| queries::transfers_page(ledger, &side, page))
+    }));
     let me = region.to_string();
     tokio::spawn(serve_json(session.clone(), keys::history(region), move |query| {
         let (store, me, replicas) = (store.clone(), me.clone(), replicas.clone());
@@ -479,6 +561,28 @@ pub fn serve_region_queries(session: &Session, region: &str, replicas: Replicas,
             (query, answer)
         }
     }));
+}
+
+/// `?edge=E;after=…;limit=N`: a page read from the replica of edge E, with its freshness.
+fn in_replica(region: &str, replicas: &Replicas, query: &Query, read: impl Fn(&Ledger, &PageParams) -> Value) -> Value {
+    let Some(edge) = query.parameters().get("edge").map(str::to_string) else {
+        return error(format!("edge: missing (?edge=E, an edge of {region})"));
+    };
+    let page = match PageParams::from_query(query) {
+        Ok(page) => page,
+        Err(e) => return error(e),
+    };
+    let all = replicas.lock().expect("replicas");
+    match all.get(&edge) {
+        None => error(format!("edge: {edge} is not an edge of region {region}")),
+        Some(r) => {
+            let mut answer = read(&r.ledger, &page);
+            answer["edge"] = json!(edge);
+            answer["replica_seq"] = json!(r.chain.seq);
+            answer["updated_ms"] = json!(r.updated_ms);
+            answer
+        }
+    }
 }
 
 /// `?edge=E` or `?account=name@E`: pending holds in the replica of edge E, with freshness.

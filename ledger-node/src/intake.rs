@@ -8,7 +8,8 @@ use crate::command;
 use crate::journal::Chain;
 use crate::replication::EdgeLink;
 use std::sync::Arc;
-use crate::ledger::{Effects, Ledger};
+use crate::ledger::{Effects, Ledger, OPERATOR};
+use crate::metrics::Metrics;
 use crate::reply::{Code, Rejection, Reply};
 use crate::store::Store;
 use broker::{device_of, reply_topic};
@@ -58,9 +59,11 @@ pub enum PeerRequest {
     Receive(crate::command::Command),
     /// The destination's decision on a transfer sent from here.
     Settle { pending_id: String, decision: Reply },
-    /// Operator reads of this node's books, by local account name.
-    Balance { account: String },
-    Pending { account: Option<String>, limit: usize },
+    /// An operator's read of this node's books, answered from the ledger as it stands
+    /// between two groups (in order with the commands around it).
+    Read(Box<dyn FnOnce(&Ledger) -> serde_json::Value + Send>),
+    /// An operator's command (`ledgerctl account open`), applied with operator rights.
+    Operator(crate::command::Command),
 }
 
 /// Requests from other nodes waiting for the intake; beyond this they are answered `busy`
@@ -121,6 +124,7 @@ pub struct Intake {
     committer: SyncSender<Group>,
     last_cursor: Option<(u64, u64)>,
     peers: Option<Receiver<PeerCall>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Owns the store, the journal's hash chain and the publishing side of the broker link.
@@ -130,6 +134,7 @@ pub struct Committer {
     link_tx: LinkTx,
     /// Where committed entries go next: the region, when this edge has a zenoh link.
     edge_link: Option<EdgeLink>,
+    metrics: Arc<Metrics>,
 }
 
 /// A commit slower than this is logged: every reply of its group waited that long.
@@ -143,8 +148,8 @@ pub fn now_ms() -> u64 {
 }
 
 impl Intake {
-    pub fn new(ledger: Ledger, link_rx: LinkRx, limits: IntakeLimits, committer: SyncSender<Group>) -> Intake {
-        Intake { ledger, link_rx, limits, stats: IntakeStats::default(), committer, last_cursor: None, peers: None }
+    pub fn new(ledger: Ledger, link_rx: LinkRx, limits: IntakeLimits, committer: SyncSender<Group>, metrics: Arc<Metrics>) -> Intake {
+        Intake { ledger, link_rx, limits, stats: IntakeStats::default(), committer, last_cursor: None, peers: None, metrics }
     }
 
     /// Also takes requests from other nodes (the zenoh side queues them and wakes us).
@@ -183,6 +188,8 @@ impl Intake {
                 }
             }
             self.process(&mut group)?;
+            self.metrics.heartbeat();
+            self.metrics.books(self.ledger.head().seq, self.ledger.outgoing_count());
             if last_log.elapsed() > Duration::from_secs(30) {
                 tracing::info!(stats = ?self.stats, head = self.ledger.head().seq, "intake");
                 last_log = Instant::now();
@@ -208,6 +215,7 @@ impl Intake {
                 self.watch_cursor(forward.cursor);
                 let Some(device) = device_of(&topic) else {
                     self.stats.dropped_topics += 1;
+                    self.metrics.dropped_topic();
                     tracing::warn!(topic, "command on a topic without a valid device id; dropped");
                     return Ok(());
                 };
@@ -238,6 +246,7 @@ impl Intake {
             if cursor.1 > last.1 + 1 {
                 let lost = cursor.1 - last.1 - 1;
                 self.stats.lost_by_broker += lost;
+                self.metrics.lost_by_broker(lost);
                 tracing::warn!(lost, "broker dropped commands before the ledger read them; devices will resend");
             }
         }
@@ -252,15 +261,29 @@ impl Intake {
             match incoming {
                 Incoming::Device { device, payload, target } => {
                     self.stats.commands += 1;
-                    let effects = self.handle(&device, &payload, now);
-                    if effects.reply.as_ref().is_some_and(|r| r.code != Code::Ok) {
+                    let (op, effects) = self.handle(&device, &payload, now);
+                    let code = effects.reply.as_ref().map_or(Code::Ok, |r| r.code);
+                    if code != Code::Ok {
                         self.stats.rejected += 1;
+                    }
+                    match op {
+                        Some(op) => self.metrics.command(op, code),
+                        None => self.metrics.rejected_input(code),
                     }
                     outcomes.push((Some(ReplyTo::Device(target)), effects));
                 }
                 Incoming::Peer(call) => {
                     self.stats.peer_requests += 1;
+                    let op = match &call.request {
+                        PeerRequest::Receive(_) => Some("receive"),
+                        PeerRequest::Settle { .. } => Some("settle"),
+                        PeerRequest::Operator(command) => Some(command.op.name()),
+                        PeerRequest::Read(_) => None,
+                    };
                     let (effects, read) = self.handle_peer(call.request, now);
+                    if let (Some(op), Some(reply)) = (op, &effects.reply) {
+                        self.metrics.command(op, reply.code);
+                    }
                     outcomes.push((Some(ReplyTo::Peer { answer: call.answer, read }), effects));
                 }
             }
@@ -276,42 +299,34 @@ impl Intake {
         match request {
             PeerRequest::Receive(command) => (self.ledger.receive(command, now), None),
             PeerRequest::Settle { pending_id, decision } => (self.ledger.settle(&pending_id, &decision, now), None),
-            PeerRequest::Balance { account: name } => {
-                let answer = match self.ledger.balance_view(&name) {
-                    Some(view) => serde_json::json!({"balance": view, "seq": self.ledger.head().seq}),
-                    None => serde_json::json!({"error": format!("account: {name} does not exist on {}", self.ledger.node_id())}),
-                };
-                (Effects::default(), Some(answer))
-            }
-            PeerRequest::Pending { account, limit } => {
-                let holds = crate::queries::holds_json(&self.ledger, account.as_deref(), limit);
-                (Effects::default(), Some(serde_json::json!({"pending": holds, "seq": self.ledger.head().seq})))
-            }
+            PeerRequest::Read(read) => (Effects::default(), Some(read(&self.ledger))),
+            PeerRequest::Operator(command) => (self.ledger.submit(Some(OPERATOR), command, now), None),
         }
     }
 
-    fn handle(&mut self, device: &str, payload: &bytes::Bytes, now: u64) -> Effects {
+    /// The command's op (None: the input was not a command) and its effects.
+    fn handle(&mut self, device: &str, payload: &bytes::Bytes, now: u64) -> (Option<&'static str>, Effects) {
         if payload.len() > self.limits.max_command_bytes {
             let rejection = Rejection::new(
                 Code::PayloadTooLarge,
                 format!("payload is {} bytes; the limit is {}", payload.len(), self.limits.max_command_bytes),
             );
             let id = command::peek_id(payload);
-            return Effects { reply: Some(Reply::rejected(id.as_deref(), rejection)), ..Effects::default() };
+            return (None, Effects { reply: Some(Reply::rejected(id.as_deref(), rejection)), ..Effects::default() });
         }
         match command::parse(payload, self.limits.max_batch_ops) {
-            Ok(cmd) => self.ledger.submit(Some(device), cmd, now),
+            Ok(cmd) => (Some(cmd.op.name()), self.ledger.submit(Some(device), cmd, now)),
             Err(rejection) => {
                 let id = command::peek_id(payload);
-                Effects { reply: Some(Reply::rejected(id.as_deref(), rejection)), ..Effects::default() }
+                (None, Effects { reply: Some(Reply::rejected(id.as_deref(), rejection)), ..Effects::default() })
             }
         }
     }
 }
 
 impl Committer {
-    pub fn new(store: Arc<Store>, chain: Chain, link_tx: LinkTx, edge_link: Option<EdgeLink>) -> Committer {
-        Committer { store, chain, link_tx, edge_link }
+    pub fn new(store: Arc<Store>, chain: Chain, link_tx: LinkTx, edge_link: Option<EdgeLink>, metrics: Arc<Metrics>) -> Committer {
+        Committer { store, chain, link_tx, edge_link, metrics }
     }
 
     /// Commits groups in order and answers each only after its commit returned. Returns when
@@ -325,6 +340,7 @@ impl Committer {
                     .store
                     .commit(&mut self.chain, group.outcomes.iter().map(|(_, e)| e))
                     .map_err(|e| format!("commit failed, stopping without replying: {e}"))?;
+                self.metrics.commit(group.outcomes.len(), started.elapsed());
                 if let Some(link) = &self.edge_link {
                     link.committed(sealed, self.chain);
                 }

@@ -84,6 +84,16 @@ pub enum Change {
     HoldResolved { pending_id: String, debit: String, credit: String, resolution: Resolution, posted: Minor },
 }
 
+/// A cross-node transfer this node received, and its recorded decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub source: String,
+    pub id: String,
+    /// As delivered: `debit` at the source, `credit` here, the amount as a decimal string.
+    pub movement: Movement,
+    pub recorded: Recorded,
+}
+
 /// The recorded result of an id: what a resend with the same content gets back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recorded {
@@ -118,6 +128,10 @@ pub struct DeviceRights {
     pub may_issue: bool,
 }
 
+/// The principal of commands an operator sends over zenoh (`ledgerctl account open`):
+/// every right a device can have. No device can take this name (device ids have no `~`).
+pub const OPERATOR: &str = "~operator";
+
 /// The rights of each device. `None`: the open default, any device may do anything.
 #[derive(Debug, Clone, Default)]
 pub struct Permissions {
@@ -135,12 +149,18 @@ impl Permissions {
 
     pub fn allows(&self, device: Option<&str>, account: &str) -> bool {
         let Some(devices) = &self.devices else { return true };
+        if device == Some(OPERATOR) {
+            return true;
+        }
         let Some(rights) = device.and_then(|d| devices.get(d)) else { return false };
         rights.may_debit.iter().any(|p| glob_match(p, account))
     }
 
     pub fn may_issue(&self, device: Option<&str>) -> bool {
         let Some(devices) = &self.devices else { return true };
+        if device == Some(OPERATOR) {
+            return true;
+        }
         device.and_then(|d| devices.get(d)).is_some_and(|r| r.may_issue)
     }
 }
@@ -202,7 +222,7 @@ pub struct Ledger {
     expiries: BTreeSet<(u64, String)>,
     ids: IdIndex,
     /// Decisions on cross-node transfers received, by `source|id`.
-    received: HashMap<String, Box<Recorded>>,
+    received: HashMap<String, Box<Received>>,
     /// Pending cross-node holds (ids): the transfers still waiting for their destination.
     outgoing: BTreeSet<String>,
     /// Whether this node has a zenoh link to send transfers across nodes.
@@ -306,7 +326,12 @@ impl Ledger {
 
     /// The recorded decision on a cross-node transfer received from `source`.
     pub fn received(&self, source: &str, id: &str) -> Option<&Recorded> {
-        self.received.get(&received_key(source, id)).map(|b| &**b)
+        self.received.get(&received_key(source, id)).map(|b| &b.recorded)
+    }
+
+    /// Every cross-node transfer received here, decided either way.
+    pub fn received_all(&self) -> impl Iterator<Item = &Received> {
+        self.received.values().map(|b| &**b)
     }
 
     /// The display scale of an asset, if this node knows it.
@@ -463,9 +488,10 @@ impl Ledger {
     fn remember_accepted(&mut self, body: &EntryBody, fingerprint: String) {
         let Some(reply) = &body.reply else { return };
         let command = &body.command;
-        if let Op::Receive { source, .. } = &command.op {
+        if let Op::Receive { source, movement } = &command.op {
             let recorded = Recorded { fingerprint, reply: reply.clone() };
-            self.received.insert(received_key(source, &command.id), Box::new(recorded));
+            let received = Received { source: source.clone(), id: command.id.clone(), movement: movement.clone(), recorded };
+            self.received.insert(received_key(source, &command.id), Box::new(received));
             return;
         }
         if let Op::Batch { ops } = &command.op {
@@ -753,8 +779,8 @@ impl Ledger {
             return Effects { reply: Some(Reply::rejected(Some(&command.id), rejection)), ..Effects::default() };
         };
         let fingerprint = fingerprint(None, &command);
-        if let Some(recorded) = self.received.get(&received_key(source, &command.id)) {
-            let reply = resend(recorded, &fingerprint).unwrap_or_else(|()| {
+        if let Some(received) = self.received.get(&received_key(source, &command.id)) {
+            let reply = resend(&received.recorded, &fingerprint).unwrap_or_else(|()| {
                 Reply::rejected(
                     Some(&command.id),
                     Rejection::new(Code::IdConflict, format!("id: transfer {:?} from {source} was received with other content", command.id)),

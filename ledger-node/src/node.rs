@@ -3,6 +3,7 @@
 use crate::clearing::Desk;
 use crate::intake::{Committer, Intake, IntakeLimits, Waker, GROUPS_IN_FLIGHT, PEER_QUEUE, WAKE_TOPIC};
 use crate::ledger::{DeviceRights, Ledger, Limits, Permissions};
+use crate::metrics::Metrics;
 use crate::money::Assets;
 use crate::store::Store;
 use config::{NodeConfig, Role};
@@ -36,6 +37,13 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
     let store = std::sync::Arc::new(store);
     tracing::info!(node = %config.node.id, db = %store.path().display(), head = ledger.head().seq, "ledger loaded");
 
+    // The node's own broker links (commands, and the waker with zenoh) are not devices.
+    let own_links = if config.zenoh.is_some() { 2 } else { 1 };
+    let metrics = Metrics::new(&config.node.id, "edge", own_links);
+    metrics.books(ledger.head().seq, ledger.outgoing_count());
+    if let Some(addr) = config.metrics.listen {
+        crate::metrics::start(addr, metrics.clone())?;
+    }
     let broker_config = broker::broker_config(&config).map_err(|e| e.to_string())?;
     let mut mqtt = broker::Broker::new(broker_config);
     // With a zenoh link, other nodes' requests (deliveries, settlements, reads) reach the
@@ -46,7 +54,7 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
             let (peers_tx, peers_rx) = std::sync::mpsc::sync_channel(PEER_QUEUE);
             let waker_link = mqtt.link(&format!("edgeledger-waker-{}", broker::random_hex(16))).map_err(|e| format!("broker link: {e}"))?;
             let desk = Desk::new(peers_tx, Waker::new(waker_link));
-            (Some(crate::replication::start_edge(&config, store.clone(), chain, desk)?), Some(peers_rx))
+            (Some(crate::replication::start_edge(&config, store.clone(), chain, desk, &metrics)?), Some(peers_rx))
         }
         None => (None, None),
     };
@@ -72,6 +80,9 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
             println!("ledger-node {}: {kind} on {addr}", config.node.id);
         }
     }
+    if let Some(addr) = config.metrics.listen {
+        println!("ledger-node {}: metrics on http://{addr}/metrics, health on http://{addr}/health", config.node.id);
+    }
     println!("ledger-node {}: ready, journal head {}, data in {}", config.node.id, ledger.head().seq, store.path().display());
 
     let limits = IntakeLimits {
@@ -81,18 +92,19 @@ pub fn run(config: NodeConfig) -> Result<(), String> {
         max_wait: Duration::from_micros(config.commit.max_wait_us),
     };
     let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT);
+    let committer_metrics = metrics.clone();
     std::thread::Builder::new()
         .name("committer".into())
         .spawn(move || {
             // A node that cannot commit must stop at once: it would only keep taking
             // commands (PUBACK) that it can never answer.
-            if let Err(e) = Committer::new(store, chain, link_tx, edge_link).run(groups_rx) {
+            if let Err(e) = Committer::new(store, chain, link_tx, edge_link, committer_metrics).run(groups_rx) {
                 eprintln!("ledger-node: {e}");
                 std::process::exit(1);
             }
         })
         .map_err(|e| e.to_string())?;
-    let intake = Intake::new(ledger, link_rx, limits, groups_tx);
+    let intake = Intake::new(ledger, link_rx, limits, groups_tx, metrics);
     match peers {
         Some(peers) => intake.with_peers(peers).run(),
         None => intake.run(),

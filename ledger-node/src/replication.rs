@@ -8,6 +8,7 @@
 
 use crate::journal::{hex, Chain, Entry};
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use bridge::zenoh::qos::CongestionControl;
 use bridge::{decode_frame, encode_frame, keys, MAX_FRAME_ENTRIES, QUERY_TIMEOUT};
@@ -50,9 +51,20 @@ impl EdgeLink {
 
 /// Starts the edge's zenoh tasks on their own runtime thread: journal shipping, and the
 /// queryables through which its region and operators reach it (`desk`).
-pub fn start_edge(config: &NodeConfig, store: Arc<Store>, head: Chain, desk: crate::clearing::Desk) -> Result<EdgeLink, String> {
+pub fn start_edge(config: &NodeConfig, store: Arc<Store>, head: Chain, desk: crate::clearing::Desk, metrics: &Metrics) -> Result<EdgeLink, String> {
     let (push, mut pushed) = tokio::sync::mpsc::channel::<Vec<Entry>>(PUSH_QUEUE);
     let link = EdgeLink { push, head: Arc::new(Mutex::new(head)), acked: Arc::new(AtomicU64::new(0)) };
+    let watched = link.clone();
+    metrics.add_gauges(Box::new(move |out| {
+        let head = watched.head.lock().expect("head lock").seq;
+        let acked = watched.acked.load(Ordering::SeqCst);
+        out.push_str("# HELP edgeledger_replicated_seq Last journal entry the region acknowledged as durably replicated.\n");
+        out.push_str("# TYPE edgeledger_replicated_seq gauge\n");
+        out.push_str(&format!("edgeledger_replicated_seq {acked}\n"));
+        out.push_str("# HELP edgeledger_replication_lag_entries Journal entries not yet acknowledged by the region.\n");
+        out.push_str("# TYPE edgeledger_replication_lag_entries gauge\n");
+        out.push_str(&format!("edgeledger_replication_lag_entries {}\n", head.saturating_sub(acked)));
+    }));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("zenoh-edge")
@@ -161,6 +173,11 @@ pub type Replicas = Arc<Mutex<BTreeMap<String, Replica>>>;
 /// Runs a region: loads its replicas, then follows each configured edge for ever.
 pub fn run_region(config: NodeConfig, store: Store) -> Result<(), String> {
     let store = Arc::new(store);
+    let metrics = Metrics::new(&config.node.id, "region", 0);
+    if let Some(addr) = config.metrics.listen {
+        crate::metrics::start(addr, metrics.clone())?;
+        println!("ledger-node {}: metrics on http://{addr}/metrics, health on http://{addr}/health", config.node.id);
+    }
     let mut replicas = BTreeMap::new();
     for edge in &config.replication.edges {
         let mut edge_config = config.clone();
@@ -171,6 +188,8 @@ pub fn run_region(config: NodeConfig, store: Store) -> Result<(), String> {
         replicas.insert(edge.clone(), Replica { chain, ledger, refused: None, updated_ms: now_ms() });
     }
     let replicas: Replicas = Arc::new(Mutex::new(replicas));
+    let watched = replicas.clone();
+    metrics.add_gauges(Box::new(move |out| replica_gauges(&watched, out)));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         let session = bridge::open(&config).await?;
@@ -180,6 +199,15 @@ pub fn run_region(config: NodeConfig, store: Store) -> Result<(), String> {
             tokio::spawn(follow_edge(session.clone(), edge, store.clone(), replicas.clone(), grown.clone()));
         }
         let coordinator = crate::clearing::Coordinator::new(&config.node.id, session.clone(), replicas.clone(), grown);
+        metrics.add_gauges(coordinator.gauges());
+        // The runtime's heartbeat: /health turns 503 when it stops turning.
+        let beat = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                beat.heartbeat();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
         tokio::spawn(coordinator.run());
         crate::clearing::serve_region_queries(&session, &config.node.id, replicas.clone(), store.clone());
         tokio::spawn(serve_balance(session.clone(), config.node.id.clone(), replicas.clone()));
@@ -315,6 +343,24 @@ async fn apply(session: &bridge::zenoh::Session, edge: &str, frame: Vec<(u64, Ve
         tracing::debug!("ack for {edge}: {e}");
     }
     true
+}
+
+/// Per edge: how far the replica is, how long since it last grew, whether it refused.
+fn replica_gauges(replicas: &Replicas, out: &mut String) {
+    let now = now_ms();
+    let all = replicas.lock().expect("replicas");
+    out.push_str("# HELP edgeledger_replica_seq Last journal entry of the edge in this region's replica.\n# TYPE edgeledger_replica_seq gauge\n");
+    for (edge, r) in all.iter() {
+        out.push_str(&format!("edgeledger_replica_seq{{edge=\"{edge}\"}} {}\n", r.chain.seq));
+    }
+    out.push_str("# HELP edgeledger_replica_age_seconds Seconds since the replica last grew (or was loaded).\n# TYPE edgeledger_replica_age_seconds gauge\n");
+    for (edge, r) in all.iter() {
+        out.push_str(&format!("edgeledger_replica_age_seconds{{edge=\"{edge}\"}} {}\n", now.saturating_sub(r.updated_ms) / 1000));
+    }
+    out.push_str("# HELP edgeledger_replica_refused 1 when the replica refused an entry of the edge and stopped there.\n# TYPE edgeledger_replica_refused gauge\n");
+    for (edge, r) in all.iter() {
+        out.push_str(&format!("edgeledger_replica_refused{{edge=\"{edge}\"}} {}\n", u8::from(r.refused.is_some())));
+    }
 }
 
 async fn serve_region_status(session: bridge::zenoh::Session, region: String, replicas: Replicas) {

@@ -29,6 +29,9 @@ pub use server::{Broker, LinkType, Server};
 
 pub use self::router::shared_subs::Strategy;
 
+/// Connections the router holds now (network clients and local links), for metrics.
+pub static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 mod link;
 pub mod protocol;
 mod router;

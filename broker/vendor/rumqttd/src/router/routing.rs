@@ -397,6 +397,7 @@ impl Router {
             .reschedule(connection_id, ScheduleReason::Init);
 
         self.router_meters.total_connections += 1;
+        crate::CONNECTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn handle_new_meter(&mut self, tx: Sender<Vec<Meter>>) {
@@ -528,6 +529,7 @@ impl Router {
             self.graveyard.save_metrics(id, connection.events);
         }
         self.router_meters.total_connections -= 1;
+        crate::CONNECTIONS.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Handles new incoming data on a topic
