@@ -134,6 +134,20 @@ pub async fn open(node: &NodeConfig) -> Result<zenoh::Session, String> {
     zenoh::open(config).await.map_err(|e| format!("zenoh: cannot open a session: {e}"))
 }
 
+/// Opens a client session to the given endpoints, for operator tools. Fails when none of
+/// them can be reached within `timeout`.
+pub async fn open_client(endpoints: &[String], timeout: Duration) -> Result<zenoh::Session, String> {
+    let mut config = zenoh::Config::default();
+    let set = |config: &mut zenoh::Config, key: &str, value: String| config.insert_json5(key, &value).map_err(|e| format!("zenoh {key}: {e}"));
+    set(&mut config, "mode", json("client"))?;
+    set(&mut config, "connect/endpoints", serde_json::to_string(endpoints).expect("strings"))?;
+    set(&mut config, "connect/timeout_ms", timeout.as_millis().to_string())?;
+    set(&mut config, "connect/exit_on_failure", "true".to_string())?;
+    set(&mut config, "scouting/multicast/enabled", "false".to_string())?;
+    set(&mut config, "scouting/gossip/enabled", "false".to_string())?;
+    zenoh::open(config).await.map_err(|e| format!("cannot connect to {}: {e}", endpoints.join(", ")))
+}
+
 fn json(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")
 }

@@ -334,6 +334,15 @@ impl Ledger {
         self.received.values().map(|b| &**b)
     }
 
+    /// Takes the assets an entry's opened accounts record (for an audit without config).
+    pub fn learn_assets(&mut self, body: &EntryBody) {
+        for change in &body.changes {
+            if let Change::AccountOpened { asset, scale, .. } = change {
+                self.assets.learn(asset, *scale);
+            }
+        }
+    }
+
     /// The display scale of an asset, if this node knows it.
     pub fn scale_of(&self, asset: &str) -> Option<u32> {
         self.assets.get(asset).map(|s| s.scale)

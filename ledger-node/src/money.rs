@@ -86,6 +86,12 @@ impl Assets {
         self.specs.get(code).copied()
     }
 
+    /// Takes an asset's scale as a journal records it, for reading a journal without its
+    /// node's config. An asset already known keeps its scale.
+    pub fn learn(&mut self, code: &str, scale: u32) {
+        self.specs.entry(code.to_string()).or_insert(AssetSpec { scale, max_amount: Minor::MAX });
+    }
+
     /// Parses a command amount for `asset`: > 0, no more places than the scale, at most max.
     pub fn parse_amount(&self, spec: AssetSpec, text: &str) -> Result<Minor, AmountError> {
         let value = parse_decimal(text)?;

@@ -3,7 +3,7 @@
 
 use crate::journal::{hex, Chain, ChainError, Entry};
 use crate::ledger::{Effects, Ledger, Recorded};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::{Path, PathBuf};
 
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
@@ -217,6 +217,86 @@ impl Store {
                     out.push(decode(key.value().1, value.value())?);
                 }
             }
+        }
+        Ok(out)
+    }
+
+    /// Opens an existing file read-only, for verification, whatever node it belongs to;
+    /// returns it with that node's id. Fails while a node has the file open.
+    pub fn open_existing(path: &Path) -> Result<(Store, String), StoreError> {
+        let fail = |reason: String| StoreError::Open { path: path.to_path_buf(), reason };
+        if !path.is_file() {
+            return Err(fail("no such file".to_string()));
+        }
+        let db = Database::open(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => fail("it is open in another process (a running node?); stop it, or verify the node over zenoh".to_string()),
+            e => fail(e.to_string()),
+        })?;
+        let store = Store { db, path: path.to_path_buf() };
+        let tx = store.db.begin_read().map_err(|e| store.io(e))?;
+        let meta = tx.open_table(META).map_err(|e| store.io(format!("not an edgeledger database: {e}")))?;
+        let node = meta.get("node_id").map_err(|e| store.io(e))?.map(|v| v.value().to_string());
+        let format = meta.get("format").map_err(|e| store.io(e))?.map(|v| v.value().to_string());
+        drop(meta);
+        drop(tx);
+        match (node, format.as_deref()) {
+            (Some(node), Some(FORMAT)) => Ok((store, node)),
+            (_, format) => Err(store.io(format!("not an edgeledger database of format {FORMAT} (found {format:?})"))),
+        }
+    }
+
+    /// The head the last commit recorded (`seq:hash`), if any.
+    pub fn recorded_head(&self) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let meta = tx.open_table(META).map_err(|e| self.io(e))?;
+        let head = meta.get("head").map_err(|e| self.io(e))?.map(|v| v.value().to_string());
+        Ok(head)
+    }
+
+    /// Entries in the journal, or in a region's replica of `edge`.
+    pub fn count(&self, replica_of: Option<&str>) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        match replica_of {
+            None => tx.open_table(JOURNAL).map_err(|e| self.io(e))?.len().map_err(|e| self.io(e)),
+            Some(edge) => {
+                let replica = tx.open_table(REPLICA).map_err(|e| self.io(e))?;
+                let last = replica.range((edge, 0)..=(edge, u64::MAX)).map_err(|e| self.io(e))?.next_back();
+                Ok(match last {
+                    Some(row) => row.map_err(|e| self.io(e))?.0.value().1,
+                    None => 0,
+                })
+            }
+        }
+    }
+
+    /// The edges a region's file holds replicas of.
+    pub fn replica_edges(&self) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let replica = tx.open_table(REPLICA).map_err(|e| self.io(e))?;
+        let mut edges: Vec<String> = Vec::new();
+        loop {
+            let next = match edges.last() {
+                None => replica.iter().map_err(|e| self.io(e))?.next(),
+                Some(last) => replica
+                    .range::<(&str, u64)>((std::ops::Bound::Excluded((last.as_str(), u64::MAX)), std::ops::Bound::Unbounded))
+                    .map_err(|e| self.io(e))?
+                    .next(),
+            };
+            match next {
+                Some(row) => edges.push(row.map_err(|e| self.io(e))?.0.value().0.to_string()),
+                None => return Ok(edges),
+            }
+        }
+    }
+
+    /// Reads entries `from..` of the replica of `edge`, at most `limit` of them.
+    pub fn replica_range(&self, edge: &str, from: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let tx = self.db.begin_read().map_err(|e| self.io(e))?;
+        let replica = tx.open_table(REPLICA).map_err(|e| self.io(e))?;
+        let mut out = Vec::new();
+        for row in replica.range((edge, from)..=(edge, u64::MAX)).map_err(|e| self.io(e))?.take(limit) {
+            let (key, value) = row.map_err(|e| self.io(e))?;
+            out.push(Entry::decode(key.value().1, value.value()).map_err(|error| StoreError::Chain { path: self.path.clone(), error })?);
         }
         Ok(out)
     }

@@ -1,0 +1,137 @@
+//! Talking to nodes over zenoh: one answer, every node's status, paged lists, journal ranges.
+
+use crate::Fail;
+use bridge::zenoh::Session;
+use indicatif::ProgressBar;
+use ledger::journal::Entry;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Rows asked for per page; the nodes cap it at their own limit.
+pub const PAGE: usize = 1_000;
+/// Pages read from one list before giving up (a node that keeps answering "more").
+pub const MAX_PAGES: usize = 100_000;
+
+pub struct Nodes {
+    session: Session,
+    timeout: Duration,
+    pub endpoints: Vec<String>,
+}
+
+impl Nodes {
+    pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Nodes, Fail> {
+        let session = bridge::open_client(endpoints, timeout).await.map_err(Fail::unreachable)?;
+        Ok(Nodes { session, timeout, endpoints: endpoints.to_vec() })
+    }
+
+    /// One JSON answer. No answer is `unreachable`; an `{"error":…}` answer is a failure
+    /// with the node's own words.
+    pub async fn ask(&self, selector: &str) -> Result<Value, Fail> {
+        let answer = bridge::ask_json(&self.session, selector, None, self.timeout).await.map_err(|e| {
+            Fail::unreachable(format!("{e} (within {} s, via {}): is the node running and connected?", self.timeout.as_secs(), self.endpoints.join(", ")))
+        })?;
+        if let Some(error) = answer.get("error").and_then(Value::as_str) {
+            return Err(Fail::refused(format!("{selector}: {error}")));
+        }
+        Ok(answer)
+    }
+
+    /// An operator command to an edge, answered with the ledger's reply.
+    pub async fn command(&self, node: &str, command: &Value) -> Result<Value, Fail> {
+        let selector = bridge::keys::command(node);
+        let answer = bridge::ask_json(&self.session, &selector, Some(command.to_string()), self.timeout)
+            .await
+            .map_err(|e| Fail::unreachable(format!("{e}: is {node} running and connected?")))?;
+        if let Some(error) = answer.get("error").and_then(Value::as_str) {
+            return Err(Fail::refused(format!("{node}: {error}")));
+        }
+        Ok(answer)
+    }
+
+    /// Every node's status, by node id.
+    pub async fn statuses(&self) -> Result<BTreeMap<String, Value>, Fail> {
+        let answers = bridge::ask_all(&self.session, "ledger/v1/status/**", self.timeout).await.map_err(Fail::unreachable)?;
+        let mut out = BTreeMap::new();
+        for (_, answer) in answers {
+            if let Ok(status) = answer {
+                if let Some(node) = status["node"].as_str() {
+                    out.insert(node.to_string(), status);
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(Fail::unreachable(format!("no node answered its status via {}", self.endpoints.join(", "))));
+        }
+        Ok(out)
+    }
+
+    /// Every row of a paged list (`accounts`, `transfers`): follows `next_after` to the end.
+    /// Returns the rows and the sequence number the node stood at for the first and last page.
+    pub async fn all_pages<T: DeserializeOwned>(&self, key: &str, params: &str, field: &str, bar: &ProgressBar) -> Result<(Vec<T>, u64, u64), Fail> {
+        let mut rows = Vec::new();
+        let mut after: Option<String> = None;
+        let mut first_seq = None;
+        for _ in 0..MAX_PAGES {
+            let mut selector = format!("{key}?limit={PAGE}");
+            if !params.is_empty() {
+                selector.push(';');
+                selector.push_str(params);
+            }
+            if let Some(after) = &after {
+                selector.push_str(&format!(";after={after}"));
+            }
+            let answer = self.ask(&selector).await?;
+            let seq = answer["seq"].as_u64().unwrap_or(0);
+            first_seq.get_or_insert(seq);
+            let page: Vec<T> = serde_json::from_value(answer[field].clone()).map_err(|e| Fail::refused(format!("{selector}: unexpected answer: {e}")))?;
+            bar.inc(page.len() as u64);
+            rows.extend(page);
+            match answer["next_after"].as_str() {
+                Some(next) => after = Some(next.to_string()),
+                None => return Ok((rows, first_seq.unwrap_or(seq), seq)),
+            }
+        }
+        Err(Fail::refused(format!("{key}: more than {MAX_PAGES} pages")))
+    }
+
+    /// Journal entries of `edge` from `from`, as its range queryable serves them.
+    pub async fn journal(&self, edge: &str, from: u64) -> Result<Vec<Entry>, Fail> {
+        let selector = format!("{}?from={from};limit={}", bridge::keys::journal_range(edge), bridge::MAX_FRAME_ENTRIES);
+        let replies = self
+            .session
+            .get(&selector)
+            .congestion_control(bridge::zenoh::qos::CongestionControl::Block)
+            .timeout(self.timeout)
+            .await
+            .map_err(|e| Fail::unreachable(format!("{selector}: {e}")))?;
+        let reply = replies.recv_async().await.map_err(|_| Fail::unreachable(format!("{selector}: no answer: is {edge} running and connected?")))?;
+        let sample = reply.result().map_err(|e| Fail::refused(format!("{selector}: {}", String::from_utf8_lossy(&e.payload().to_bytes()))))?;
+        let frame = bridge::decode_frame(&sample.payload().to_bytes()).map_err(|e| Fail::differs(format!("{edge}: {e}")))?;
+        frame.into_iter().map(|(seq, bytes)| Entry::decode(seq, &bytes).map_err(|e| Fail::differs(format!("{edge}: entry {seq}: {e}")))).collect()
+    }
+}
+
+/// `name@node` split, with the node's region.
+pub struct Address {
+    pub name: String,
+    pub node: String,
+}
+
+impl Address {
+    pub fn parse(text: &str) -> Result<Address, Fail> {
+        match text.split_once('@') {
+            Some((name, node)) if !name.is_empty() && !node.is_empty() => Ok(Address { name: name.to_string(), node: node.to_string() }),
+            _ => Err(Fail::usage(format!("{text:?} is not an account address: write name@node, like wallet:alice@eu/berlin-1"))),
+        }
+    }
+
+    pub fn is_edge(&self) -> bool {
+        self.node.contains('/')
+    }
+
+    pub fn region(&self) -> &str {
+        self.node.split('/').next().unwrap_or(&self.node)
+    }
+}

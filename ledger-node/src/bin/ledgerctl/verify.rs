@@ -1,0 +1,186 @@
+//! `verify`: replays a journal from its bytes (hash chain, gaps, every change applies, books
+//! balance) from a redb file offline, or from an edge's range queryable over zenoh.
+
+use crate::nodes::Nodes;
+use crate::table::Table;
+use crate::{progress, Fail, Output};
+use ledger::audit::{Audit, Summary};
+use ledger::journal::hex;
+use ledger::store::Store;
+use serde_json::{json, Value};
+use std::path::Path;
+
+/// Entries read from a file per step.
+const STEP: usize = 1_000;
+
+/// One verified journal or replica: what it is, and its summary or what is wrong.
+struct Checked {
+    what: String,
+    result: Result<Summary, String>,
+}
+
+/// Verifies a redb file: its own journal (an edge) or each replica in it (a region).
+pub fn offline(path: &Path) -> Result<Output, Fail> {
+    let (store, node) = Store::open_existing(path).map_err(|e| Fail::unreachable(e.to_string()))?;
+    let io = |e: ledger::store::StoreError| Fail::unreachable(e.to_string());
+    let mut checked = Vec::new();
+    let entries = store.count(None).map_err(io)?;
+    if entries > 0 || node.contains('/') {
+        let recorded = store.recorded_head().map_err(io)?;
+        let mut result = audit_file(&node, entries, &format!("journal of {node}"), |from| store.journal_range(from, u64::MAX, STEP));
+        if let (Ok(summary), Some(recorded)) = (&result, recorded) {
+            let found = format!("{}:{}", summary.entries, summary.head_hash);
+            if found != recorded {
+                result = Err(format!("the journal ends at {found}, but the last commit recorded {recorded}: entries are missing"));
+            }
+        }
+        checked.push(Checked { what: format!("journal of {node}"), result });
+    }
+    for edge in store.replica_edges().map_err(io)? {
+        let count = store.count(Some(&edge)).map_err(io)?;
+        let result = audit_file(&edge, count, &format!("replica of {edge}"), |from| store.replica_range(&edge, from, STEP));
+        checked.push(Checked { what: format!("{node}'s replica of {edge}"), result });
+    }
+    if checked.is_empty() {
+        checked.push(Checked { what: format!("journal of {node}"), result: Audit::new(&node).finish() });
+    }
+    Ok(report(&format!("{} (node {node})", path.display()), checked, Vec::new()))
+}
+
+fn audit_file(
+    node: &str,
+    count: u64,
+    what: &str,
+    mut read: impl FnMut(u64) -> Result<Vec<ledger::journal::Entry>, ledger::store::StoreError>,
+) -> Result<Summary, String> {
+    let mut audit = Audit::new(node);
+    let bar = progress(count, what);
+    loop {
+        let entries = read(audit.next_seq()).map_err(|e| e.to_string())?;
+        if entries.is_empty() {
+            break;
+        }
+        for entry in &entries {
+            audit.feed(entry)?;
+        }
+        bar.inc(entries.len() as u64);
+    }
+    bar.finish_and_clear();
+    audit.finish()
+}
+
+/// Verifies a node over zenoh: an edge's journal, fetched range by range up to the head
+/// its status gave; for a region, each of its edges, and that the region's replica of
+/// each ends on the same hash as the edge's journal at that entry.
+pub async fn online(nodes: &Nodes, node: &str) -> Result<Output, Fail> {
+    let status = nodes.ask(&bridge::keys::status(node)).await?;
+    let mut checked = Vec::new();
+    let mut notes = Vec::new();
+    if status["role"] == "edge" {
+        let head = status["head"]["seq"].as_u64().unwrap_or(0);
+        let expected_hash = status["head"]["hash"].as_str().unwrap_or_default().to_string();
+        let (result, _) = audit_edge(nodes, node, head, None).await?;
+        let result = result.and_then(|s| {
+            if s.head_hash == expected_hash {
+                Ok(s)
+            } else {
+                Err(format!("entry {head} hashes to {}, but the node reports {expected_hash}", s.head_hash))
+            }
+        });
+        checked.push(Checked { what: format!("journal of {node}"), result });
+    } else {
+        for replica in status["edges"].as_array().into_iter().flatten() {
+            let edge = replica["edge"].as_str().unwrap_or_default().to_string();
+            let replica_seq = replica["seq"].as_u64().unwrap_or(0);
+            let replica_hash = replica["hash"].as_str().unwrap_or_default().to_string();
+            if let Some(why) = replica["refused"].as_str() {
+                checked.push(Checked { what: format!("{node}'s replica of {edge}"), result: Err(format!("refused an entry: {why}")) });
+            }
+            let edge_status = match nodes.ask(&bridge::keys::status(&edge)).await {
+                Ok(s) => s,
+                Err(fail) => {
+                    notes.push(format!("{edge} not verified: {}", fail.message));
+                    checked.push(Checked { what: format!("journal of {edge}"), result: Err("no answer".to_string()) });
+                    continue;
+                }
+            };
+            let head = edge_status["head"]["seq"].as_u64().unwrap_or(0);
+            let (result, hash_at_replica) = audit_edge(nodes, &edge, head.max(replica_seq), Some(replica_seq)).await?;
+            checked.push(Checked { what: format!("journal of {edge}"), result });
+            let replica_result = match hash_at_replica {
+                Some(hash) if hash == replica_hash => Ok(()),
+                Some(hash) => Err(format!("replica ends at entry {replica_seq} with hash {replica_hash}; the edge's entry {replica_seq} hashes to {hash}")),
+                None if replica_seq == 0 => Ok(()),
+                None => Err(format!("replica has {replica_seq} entries; the edge's journal is shorter")),
+            };
+            if let Err(e) = replica_result {
+                checked.push(Checked { what: format!("{node}'s replica of {edge}"), result: Err(e) });
+            }
+        }
+    }
+    Ok(report(node, checked, notes))
+}
+
+/// Fetches and verifies `edge`'s journal up to `head`; also returns the chain's hash at
+/// entry `mark` when it was reached.
+async fn audit_edge(nodes: &Nodes, edge: &str, head: u64, mark: Option<u64>) -> Result<(Result<Summary, String>, Option<String>), Fail> {
+    let mut audit = Audit::new(edge);
+    let bar = progress(head, &format!("journal of {edge}"));
+    let mut at_mark = None;
+    while audit.next_seq() <= head {
+        let entries = nodes.journal(edge, audit.next_seq()).await?;
+        if entries.is_empty() {
+            bar.finish_and_clear();
+            return Ok((Err(format!("the journal ends at entry {}, before its head {head}", audit.next_seq() - 1)), at_mark));
+        }
+        for entry in &entries {
+            if let Err(e) = audit.feed(entry) {
+                bar.finish_and_clear();
+                return Ok((Err(e), at_mark));
+            }
+            if Some(entry.seq) == mark {
+                at_mark = Some(hex(&audit.chain().hash));
+            }
+        }
+        bar.inc(entries.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok((audit.finish(), at_mark))
+}
+
+fn report(subject: &str, checked: Vec<Checked>, notes: Vec<String>) -> Output {
+    let mut table = Table::new(&["CHECKED", "ENTRIES", "HEAD HASH", "ACCOUNTS", "PENDING", "SENT", "RECEIVED", "RESULT"]);
+    let mut rows: Vec<Value> = Vec::new();
+    let mut failed = 0;
+    for c in &checked {
+        match &c.result {
+            Ok(s) => {
+                table.row(vec![
+                    c.what.clone(),
+                    s.entries.to_string(),
+                    s.head_hash.chars().take(16).collect(),
+                    s.accounts.to_string(),
+                    s.pending_holds.to_string(),
+                    s.transfers_sent.to_string(),
+                    s.transfers_received.to_string(),
+                    "ok".into(),
+                ]);
+                rows.push(json!({"checked": c.what, "ok": true, "summary": s}));
+            }
+            Err(e) => {
+                failed += 1;
+                table.row(vec![c.what.clone(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), format!("FAILED: {e}")]);
+                rows.push(json!({"checked": c.what, "ok": false, "error": e}));
+            }
+        }
+    }
+    let mut text = table.render();
+    for note in &notes {
+        text.push_str(&format!("note: {note}\n"));
+    }
+    text.push_str(&match failed {
+        0 => format!("{subject}: verified: hash chains intact, no gaps, every entry applies, books balance\n"),
+        n => format!("{subject}: {n} of {} failed verification\n", checked.len()),
+    });
+    Output { json: json!({"subject": subject, "results": rows, "notes": notes, "failed": failed}), text, differs: failed > 0 }
+}
