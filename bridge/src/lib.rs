@@ -134,8 +134,8 @@ pub async fn open(node: &NodeConfig) -> Result<zenoh::Session, String> {
     zenoh::open(config).await.map_err(|e| format!("zenoh: cannot open a session: {e}"))
 }
 
-/// Opens a client session to the given endpoints, for operator tools. Fails when none of
-/// them can be reached within `timeout`.
+/// Opens a client session for operator tools. Fails when no endpoint can be reached
+/// within `timeout`.
 pub async fn open_client(endpoints: &[String], timeout: Duration) -> Result<zenoh::Session, String> {
     let mut config = zenoh::Config::default();
     let set = |config: &mut zenoh::Config, key: &str, value: String| config.insert_json5(key, &value).map_err(|e| format!("zenoh {key}: {e}"));

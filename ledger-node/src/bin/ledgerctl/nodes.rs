@@ -14,22 +14,60 @@ pub const PAGE: usize = 1_000;
 /// Pages read from one list before giving up (a node that keeps answering "more").
 pub const MAX_PAGES: usize = 100_000;
 
+/// One client session per endpoint given: a node cut off from its region can still be
+/// asked through an endpoint of its own. Questions go through all of them at once and the
+/// first answer wins.
 pub struct Nodes {
-    session: Session,
+    sessions: Vec<Session>,
     timeout: Duration,
     pub endpoints: Vec<String>,
 }
 
 impl Nodes {
     pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Nodes, Fail> {
-        let session = bridge::open_client(endpoints, timeout).await.map_err(Fail::unreachable)?;
-        Ok(Nodes { session, timeout, endpoints: endpoints.to_vec() })
+        let mut sessions = Vec::new();
+        let mut failures = Vec::new();
+        for endpoint in endpoints {
+            match bridge::open_client(std::slice::from_ref(endpoint), timeout).await {
+                Ok(session) => sessions.push(session),
+                Err(e) => failures.push(e),
+            }
+        }
+        if sessions.is_empty() {
+            return Err(Fail::unreachable(failures.join("; ")));
+        }
+        for failure in failures {
+            eprintln!("ledgerctl: {failure} (going on with the other endpoints)");
+        }
+        Ok(Nodes { sessions, timeout, endpoints: endpoints.to_vec() })
+    }
+
+    /// The first answer to `selector` through any session.
+    async fn first_answer(&self, selector: &str, payload: Option<String>) -> Result<Value, String> {
+        let mut asks = tokio::task::JoinSet::new();
+        for session in &self.sessions {
+            let (session, selector, payload, timeout) = (session.clone(), selector.to_string(), payload.clone(), self.timeout);
+            asks.spawn(async move { bridge::ask_json(&session, &selector, payload, timeout).await });
+        }
+        let mut first_error = None;
+        while let Some(done) = asks.join_next().await {
+            match done {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e.to_string());
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| format!("{selector}: no answer")))
     }
 
     /// One JSON answer. No answer is `unreachable`; an `{"error":…}` answer is a failure
     /// with the node's own words.
     pub async fn ask(&self, selector: &str) -> Result<Value, Fail> {
-        let answer = bridge::ask_json(&self.session, selector, None, self.timeout).await.map_err(|e| {
+        let answer = self.first_answer(selector, None).await.map_err(|e| {
             Fail::unreachable(format!("{e} (within {} s, via {}): is the node running and connected?", self.timeout.as_secs(), self.endpoints.join(", ")))
         })?;
         if let Some(error) = answer.get("error").and_then(Value::as_str) {
@@ -41,9 +79,8 @@ impl Nodes {
     /// An operator command to an edge, answered with the ledger's reply.
     pub async fn command(&self, node: &str, command: &Value) -> Result<Value, Fail> {
         let selector = bridge::keys::command(node);
-        let answer = bridge::ask_json(&self.session, &selector, Some(command.to_string()), self.timeout)
-            .await
-            .map_err(|e| Fail::unreachable(format!("{e}: is {node} running and connected?")))?;
+        // Commands are idempotent by id: asking through every session at once applies it once.
+        let answer = self.first_answer(&selector, Some(command.to_string())).await.map_err(|e| Fail::unreachable(format!("{e}: is {node} running and connected?")))?;
         if let Some(error) = answer.get("error").and_then(Value::as_str) {
             return Err(Fail::refused(format!("{node}: {error}")));
         }
@@ -52,7 +89,10 @@ impl Nodes {
 
     /// Every node's status, by node id.
     pub async fn statuses(&self) -> Result<BTreeMap<String, Value>, Fail> {
-        let answers = bridge::ask_all(&self.session, "ledger/v1/status/**", self.timeout).await.map_err(Fail::unreachable)?;
+        let mut answers = Vec::new();
+        for session in &self.sessions {
+            answers.extend(bridge::ask_all(session, "ledger/v1/status/**", self.timeout).await.map_err(Fail::unreachable)?);
+        }
         let mut out = BTreeMap::new();
         for (_, answer) in answers {
             if let Ok(status) = answer {
@@ -99,8 +139,7 @@ impl Nodes {
     /// Journal entries of `edge` from `from`, as its range queryable serves them.
     pub async fn journal(&self, edge: &str, from: u64) -> Result<Vec<Entry>, Fail> {
         let selector = format!("{}?from={from};limit={}", bridge::keys::journal_range(edge), bridge::MAX_FRAME_ENTRIES);
-        let replies = self
-            .session
+        let replies = self.sessions[0]
             .get(&selector)
             .congestion_control(bridge::zenoh::qos::CongestionControl::Block)
             .timeout(self.timeout)
