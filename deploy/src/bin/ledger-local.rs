@@ -1,6 +1,7 @@
 //! `ledger-local`: starts the two-region, four-edge topology on loopback and keeps it
 //! running until Ctrl-C (or SIGTERM), or until a node exits.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -86,7 +87,8 @@ fn main() -> ExitCode {
     topology.stop();
     match stopped_by {
         None => {
-            println!("ledger-local: stopped every node");
+            // stdout may be gone (a closed pipe) by now: that is no reason to fail.
+            let _ = writeln!(std::io::stdout(), "ledger-local: stopped every node");
             ExitCode::SUCCESS
         }
         Some(why) => fail(&format!("{why}; stopped the others")),
