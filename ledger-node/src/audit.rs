@@ -64,10 +64,6 @@ impl Audit {
         })
     }
 
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
-    }
-
     pub fn chain(&self) -> Chain {
         self.chain
     }

@@ -472,8 +472,6 @@ pub fn load_ledger(db_dir: &Path, node_id: &str) -> Result<ledger::ledger::Ledge
 pub struct Topology {
     pub regions: BTreeMap<String, (NodeProcess, u16)>,
     pub edges: BTreeMap<String, (NodeProcess, TcpProxy)>,
-    /// Each edge's own zenoh listener, for operators who reach it directly.
-    pub edge_zenoh_ports: BTreeMap<String, u16>,
 }
 
 pub const EDGES: [&str; 4] = ["eu/berlin-1", "eu/paris-1", "us/nyc-1", "us/sf-1"];
@@ -499,20 +497,17 @@ impl Topology {
             regions.insert(region.to_string(), (node, port));
         }
         let mut edges = BTreeMap::new();
-        let mut edge_zenoh_ports = BTreeMap::new();
         for edge in EDGES {
             let region_port = regions[edge.split('/').next().unwrap()].1;
             let proxy = TcpProxy::start(region_port);
-            let listen = free_port();
             let node = NodeProcess::start(NodeOptions {
                 node_id: Some(edge.into()),
-                extra_toml: format!("[zenoh]\nlisten = [\"tcp/127.0.0.1:{listen}\"]\nconnect = [\"tcp/127.0.0.1:{}\"]\n", proxy.port),
+                extra_toml: format!("[zenoh]\nconnect = [\"tcp/127.0.0.1:{}\"]\n", proxy.port),
                 ..NodeOptions::default()
             });
             edges.insert(edge.to_string(), (node, proxy));
-            edge_zenoh_ports.insert(edge.to_string(), listen);
         }
-        Topology { regions, edges, edge_zenoh_ports }
+        Topology { regions, edges }
     }
 
     pub fn edge(&mut self, id: &str) -> &mut NodeProcess {
@@ -609,15 +604,9 @@ pub fn ledgerctl_binary() -> PathBuf {
 /// Runs `ledgerctl --connect tcp/127.0.0.1:PORT ARGS…`; returns its exit code, stdout and
 /// stderr. Killed if the test gives up on it.
 pub async fn ledgerctl(port: u16, args: &[&str]) -> (i32, String, String) {
-    ledgerctl_via(&[port], args).await
-}
-
-/// `ledgerctl` connected to several endpoints at once (as a zenoh peer of each).
-pub async fn ledgerctl_via(ports: &[u16], args: &[&str]) -> (i32, String, String) {
-    let endpoints: Vec<String> = ports.iter().map(|p| format!("tcp/127.0.0.1:{p}")).collect();
     let out = tokio::process::Command::new(ledgerctl_binary())
         .arg("--connect")
-        .arg(endpoints.join(","))
+        .arg(format!("tcp/127.0.0.1:{port}"))
         .args(args)
         .kill_on_drop(true)
         .output()
@@ -627,8 +616,8 @@ pub async fn ledgerctl_via(ports: &[u16], args: &[&str]) -> (i32, String, String
 }
 
 /// `ledgerctl --json reconcile`: exit code and the report.
-pub async fn reconcile_report(ports: &[u16]) -> (i32, Value) {
-    let (code, stdout, stderr) = ledgerctl_via(ports, &["--json", "reconcile"]).await;
+pub async fn reconcile_report(port: u16) -> (i32, Value) {
+    let (code, stdout, stderr) = ledgerctl(port, &["--json", "reconcile"]).await;
     let report = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("reconcile printed no JSON ({e}): {stdout}\n{stderr}"));
     (code, report)
 }

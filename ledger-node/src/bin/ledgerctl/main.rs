@@ -356,11 +356,9 @@ fn utc(ms: u64) -> String {
 }
 
 async fn show_account(nodes: &Nodes, address: &str) -> Result<Output, Fail> {
-    let parsed = Address::parse(address)?;
     let balance = balance(nodes, address).await?;
     let pending = pending(nodes, address, 20).await?;
     let history = history(nodes, address, 10, None).await?;
-    let _ = parsed;
     Ok(Output {
         text: format!("{}\nPending holds\n{}\nRecent entries\n{}", balance.text, pending.text, history.text),
         json: json!({"balance": balance.json, "pending": pending.json, "history": history.json}),
