@@ -6,6 +6,8 @@
 //! everything it carries can be asked for again from the sender's redb.
 
 use config::{NodeConfig, Role};
+use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::time::Duration;
 
 pub use zenoh;
@@ -152,12 +154,114 @@ fn json(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")
 }
 
-/// Answers every query on `key` with the JSON `answer` resolves to, each query in its own
-/// task so that a slow answer holds up no other. Runs until the session closes.
+/// Why a node refused a query. It travels as a zenoh error reply whose payload is
+/// `{"kind":"…","error":"…"}`; a successful answer is always a plain JSON value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    /// What was wrong, naming the parameter or field at fault.
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    /// The request itself is wrong (a missing or malformed parameter or payload).
+    Invalid,
+    /// It names something this node does not have (an account, an edge).
+    NotFound,
+    /// The node cannot take it now (queue full, no answer in time): ask again.
+    Busy,
+    /// The node could not read what it needed (storage), or is stopping.
+    Unavailable,
+}
+
+impl Refusal {
+    pub fn invalid(error: impl Into<String>) -> Refusal {
+        Refusal { kind: RefusalKind::Invalid, error: error.into() }
+    }
+
+    pub fn not_found(error: impl Into<String>) -> Refusal {
+        Refusal { kind: RefusalKind::NotFound, error: error.into() }
+    }
+
+    pub fn busy(error: impl Into<String>) -> Refusal {
+        Refusal { kind: RefusalKind::Busy, error: error.into() }
+    }
+
+    pub fn unavailable(error: impl Into<String>) -> Refusal {
+        Refusal { kind: RefusalKind::Unavailable, error: error.into() }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+/// What a queryable answers: a JSON value, or why not.
+pub type Answer = Result<serde_json::Value, Refusal>;
+
+/// Why asking a node gave no answer to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AskError {
+    /// No node answered in time (or the query could not be sent).
+    NoAnswer { selector: String, why: String },
+    /// The node answered with a refusal.
+    Refused { selector: String, refusal: Refusal },
+    /// The node answered something that is not JSON.
+    Garbled { selector: String, why: String },
+}
+
+impl AskError {
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            AskError::Refused { refusal, .. } => Some(refusal),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for AskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AskError::NoAnswer { selector, why } => write!(f, "{selector}: {why}"),
+            AskError::Refused { selector, refusal } => write!(f, "{selector}: {}", refusal.error),
+            AskError::Garbled { selector, why } => write!(f, "{selector}: answer is not JSON: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for AskError {}
+
+/// Reads an error reply's payload back into the refusal it carries.
+fn refusal_of(payload: &[u8]) -> Refusal {
+    serde_json::from_slice(payload).unwrap_or_else(|_| Refusal::unavailable(String::from_utf8_lossy(payload).into_owned()))
+}
+
+/// The payload of a query as bytes, refused when larger than `max_bytes`.
+pub fn query_bytes(query: &zenoh::query::Query, max_bytes: usize) -> Result<Vec<u8>, Refusal> {
+    let bytes = query.payload().map(|p| p.to_bytes().into_owned()).unwrap_or_default();
+    if bytes.len() > max_bytes {
+        return Err(Refusal::invalid(format!("payload: {} bytes; the limit is {max_bytes}", bytes.len())));
+    }
+    Ok(bytes)
+}
+
+/// The payload of a query as JSON of `T`, refused when larger than `max_bytes` or not `T`.
+pub fn query_json<T: serde::de::DeserializeOwned>(query: &zenoh::query::Query, max_bytes: usize) -> Result<T, Refusal> {
+    let bytes = query_bytes(query, max_bytes)?;
+    serde_json::from_slice(&bytes).map_err(|e| Refusal::invalid(format!("payload: {e}")))
+}
+
+/// Answers every query on `key` with what `answer` resolves to (a refusal as an error
+/// reply), each query in its own task so that a slow answer holds up no other. Runs until
+/// the session closes.
 pub async fn serve_json<F, Fut>(session: zenoh::Session, key: String, answer: F)
 where
     F: Fn(zenoh::query::Query) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = (zenoh::query::Query, serde_json::Value)> + Send + 'static,
+    Fut: std::future::Future<Output = (zenoh::query::Query, Answer)> + Send + 'static,
 {
     let queryable = match session.declare_queryable(&key).await {
         Ok(q) => q,
@@ -166,8 +270,12 @@ where
     while let Ok(query) = queryable.recv_async().await {
         let pending = answer(query);
         tokio::spawn(async move {
-            let (query, value) = pending.await;
-            if let Err(e) = query.reply(query.key_expr().clone(), value.to_string()).await {
+            let (query, answer) = pending.await;
+            let sent = match answer {
+                Ok(value) => query.reply(query.key_expr().clone(), value.to_string()).await,
+                Err(refusal) => query.reply_err(serde_json::to_string(&refusal).expect("a refusal serializes")).await,
+            };
+            if let Err(e) = sent {
                 tracing::debug!("reply on {}: {e}", query.key_expr());
             }
         });
@@ -177,7 +285,7 @@ where
 /// `serve_json` for answers computed at once from the query (no waiting).
 pub async fn serve_json_now<F>(session: zenoh::Session, key: String, answer: F)
 where
-    F: Fn(&zenoh::query::Query) -> serde_json::Value + Send + Sync + 'static,
+    F: Fn(&zenoh::query::Query) -> Answer + Send + Sync + 'static,
 {
     serve_json(session, key, move |query| {
         let value = answer(&query);
@@ -187,16 +295,19 @@ where
 }
 
 /// Asks `selector` with a JSON payload (`Block` congestion control) and returns the first
-/// answer as JSON. No answer within `timeout`, or an error reply, is an error.
-pub async fn ask_json(session: &zenoh::Session, selector: &str, payload: Option<String>, timeout: Duration) -> Result<serde_json::Value, String> {
+/// answer as JSON. No answer within `timeout`, or a refusal, is an error.
+pub async fn ask_json(session: &zenoh::Session, selector: &str, payload: Option<String>, timeout: Duration) -> Result<serde_json::Value, AskError> {
+    let no_answer = |why: String| AskError::NoAnswer { selector: selector.to_string(), why };
     let mut get = session.get(selector).congestion_control(zenoh::qos::CongestionControl::Block).timeout(timeout);
     if let Some(payload) = payload {
         get = get.payload(payload);
     }
-    let replies = get.await.map_err(|e| format!("{selector}: {e}"))?;
-    let reply = replies.recv_async().await.map_err(|_| format!("{selector}: no answer"))?;
-    let sample = reply.result().map_err(|e| format!("{selector}: error reply: {}", String::from_utf8_lossy(&e.payload().to_bytes())))?;
-    serde_json::from_slice(&sample.payload().to_bytes()).map_err(|e| format!("{selector}: answer is not JSON: {e}"))
+    let replies = get.await.map_err(|e| no_answer(e.to_string()))?;
+    let reply = replies.recv_async().await.map_err(|_| no_answer("no answer".to_string()))?;
+    let sample = reply
+        .result()
+        .map_err(|e| AskError::Refused { selector: selector.to_string(), refusal: refusal_of(&e.payload().to_bytes()) })?;
+    serde_json::from_slice(&sample.payload().to_bytes()).map_err(|e| AskError::Garbled { selector: selector.to_string(), why: e.to_string() })
 }
 
 /// Asks `selector` of every node that answers it (a wildcard selector reaches many) and
@@ -217,7 +328,7 @@ pub async fn ask_all(session: &zenoh::Session, selector: &str, timeout: Duration
                 let value = serde_json::from_slice(&sample.payload().to_bytes()).map_err(|e| format!("answer is not JSON: {e}"));
                 out.push((sample.key_expr().to_string(), value));
             }
-            Err(e) => out.push((String::new(), Err(format!("error reply: {}", String::from_utf8_lossy(&e.payload().to_bytes()))))),
+            Err(e) => out.push((String::new(), Err(format!("refused: {}", refusal_of(&e.payload().to_bytes()))))),
         }
         if out.len() >= MAX_ANSWERS {
             break;

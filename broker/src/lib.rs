@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+pub mod link;
+
 pub use rumqttd::Broker;
 
 /// The commands topic filter the node subscribes to.

@@ -1,23 +1,26 @@
-//! The ledger node: the pure ledger core (`money`, `command`, `ledger`, `journal`, `reply`)
-//! and the I/O shell around it (`store` on redb, `intake` from the embedded MQTT broker,
-//! `replication` of journals over zenoh, `clearing` of transfers across nodes, `queries`
-//! for operators, `reconcile` and `audit` to compare and verify books, `metrics` to watch a
-//! node, `node` to start it all).
+//! The ledger node. docs/ARCHITECTURE.md has the map: the folders below, what each owns,
+//! the dependency rule, and the path of one payment through them.
 //!
-//! The core must not touch disk, network or clock; it takes commands and the time and returns
-//! effects. The shell must not reply to a device before the effects are durable.
+//! - `core`: the pure ledger state machine and its types. No I/O, no clock.
+//! - `books`: pure read models over the core (query answers, reconcile, audit).
+//! - `store`: the redb file (journal, id records, replicas), typed errors.
+//! - `edge`: an edge node's wiring: intake, committer, inbox, queryables, shipping.
+//! - `region`: a region node's wiring: replicas, coordinator, queryables.
+//! - `metrics`: counters, gauges and the `/metrics` and `/health` endpoint.
+//! - `setup`, `clock`, `error`, `node`: config to core, the clock, fatal errors, role
+//!   dispatch.
+//!
+//! Dependencies point one way: `core` ← `books`, `store` ← `edge`, `region` ← `node`;
+//! `edge` and `region` never import each other. The shell must not reply to a device
+//! before the effects are durable (`edge::committer`).
 
-pub mod audit;
-pub mod clearing;
-pub mod command;
-pub mod intake;
-pub mod journal;
-pub mod ledger;
+pub mod books;
+pub mod clock;
+pub mod core;
+pub mod edge;
+pub mod error;
 pub mod metrics;
-pub mod money;
 pub mod node;
-pub mod queries;
-pub mod reconcile;
-pub mod replication;
-pub mod reply;
+pub mod region;
+pub mod setup;
 pub mod store;

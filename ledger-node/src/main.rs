@@ -63,7 +63,7 @@ fn run(config: NodeConfig) -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match ledger::node::run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&e),
+        Err(e) => fail(&e.to_string()),
     }
 }
 

@@ -4,11 +4,12 @@
 //! own, nothing is credited or posted twice, a hold is posted only on a recorded credit and
 //! voided only on a recorded rejection, and replaying each journal rebuilds the same state.
 
-use ledger::command::{self, Command, Movement, Op};
-use ledger::journal::EntryBody;
-use ledger::ledger::{clearing_account, HoldState, Ledger, Limits, Permissions};
-use ledger::money::Assets;
-use ledger::reply::{Code, Reply, Resolution, Status};
+use ledger::core::command::{self, Movement, NodeCommand, NodeOp};
+use ledger::core::EntryBody;
+use ledger::core::address::clearing_account;
+use ledger::core::{HoldState, Ledger, Limits, Permissions};
+use ledger::core::money::Assets;
+use ledger::core::reply::{Code, Reply, Resolution, Status};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -74,11 +75,11 @@ impl Pair {
         effects.reply.unwrap()
     }
 
-    fn delivery(&self, id: &str) -> Command {
+    fn delivery(&self, id: &str) -> NodeCommand {
         let hold = self.source.hold(id).unwrap();
-        let amount = ledger::money::format_minor(hold.amount, 2);
+        let amount = ledger::core::money::format_minor(hold.amount, 2);
         let movement = Movement { debit: format!("wallet@{SOURCE}"), credit: hold.remote.clone().unwrap(), amount, asset: "EUR".into(), metadata: None };
-        Command { id: id.to_string(), op: Op::Receive { source: SOURCE.into(), movement } }
+        NodeCommand { id: id.to_string(), op: NodeOp::Receive { source: SOURCE.into(), movement } }
     }
 
     fn run(&mut self, step: Step) {

@@ -3,11 +3,11 @@
 //! overdraft attempts. After every step it checks SPEC §8 invariants 1, 2, 3 and 5 and that
 //! the core's balances equal the model's.
 
-use ledger::command;
-use ledger::journal::{Chain, Entry, GENESIS};
-use ledger::ledger::{Effects, Ledger, Limits, Permissions};
-use ledger::money::Assets;
-use ledger::reply::Reply;
+use ledger::core::command;
+use ledger::core::journal::{Chain, Entry, GENESIS};
+use ledger::core::{Effects, Ledger, Limits, Permissions};
+use ledger::core::money::Assets;
+use ledger::core::reply::Reply;
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -430,10 +430,10 @@ impl Harness {
             let first = &self.replies[&id];
             // A resent hold also says how it ended, once it has.
             let resolution = match self.model.holds.get(&id).map(|h| &h.state) {
-                _ if first.status != ledger::reply::Status::Pending => None,
-                Some(MState::Posted) => Some(ledger::reply::Resolution::Posted),
-                Some(MState::Voided) => Some(ledger::reply::Resolution::Voided),
-                Some(MState::Expired) => Some(ledger::reply::Resolution::Expired),
+                _ if first.status != ledger::core::reply::Status::Pending => None,
+                Some(MState::Posted) => Some(ledger::core::reply::Resolution::Posted),
+                Some(MState::Voided) => Some(ledger::core::reply::Resolution::Voided),
+                Some(MState::Expired) => Some(ledger::core::reply::Resolution::Expired),
                 Some(MState::Pending) | None => None,
             };
             assert_eq!(Reply { duplicate: true, resolution, ..first.clone() }, reply, "{c}");

@@ -457,11 +457,11 @@ pub mod cmd {
 }
 
 /// Reads a stopped node's redb file back into a ledger, verifying the chain and invariants.
-pub fn load_ledger(db_dir: &Path, node_id: &str) -> Result<ledger::ledger::Ledger, String> {
+pub fn load_ledger(db_dir: &Path, node_id: &str) -> Result<ledger::core::Ledger, String> {
     let mut config = config::NodeConfig::embedded_default();
     config.node.id = node_id.to_string();
     let store = ledger::store::Store::open(db_dir, node_id).map_err(|e| e.to_string())?;
-    let mut ledger = ledger::node::ledger_for(&config);
+    let mut ledger = ledger::setup::ledger_for(&config);
     store.load(&mut ledger).map_err(|e| e.to_string())?;
     Ok(ledger)
 }
@@ -565,7 +565,7 @@ impl Topology {
 /// the same way on both sides and that each pair of clearing accounts mirrors the other.
 /// Returns the number of transfers checked.
 pub fn check_cross_node_books(dirs: &BTreeMap<String, PathBuf>) -> usize {
-    let ledgers: BTreeMap<&str, ledger::ledger::Ledger> = dirs
+    let ledgers: BTreeMap<&str, ledger::core::Ledger> = dirs
         .iter()
         .map(|(id, dir)| (id.as_str(), load_ledger(dir, id).unwrap_or_else(|e| panic!("{id}: {e}"))))
         .collect();
@@ -579,17 +579,17 @@ pub fn check_cross_node_books(dirs: &BTreeMap<String, PathBuf>) -> usize {
             let decision = ledgers[destination]
                 .received(source, id)
                 .unwrap_or_else(|| panic!("{destination} has no decision on transfer {id} from {source}"));
-            let posted = decision.reply.status == ledger::reply::Status::Committed;
-            let expected = if posted { ledger::reply::Resolution::Posted } else { ledger::reply::Resolution::Voided };
-            assert_eq!(hold.state, ledger::ledger::HoldState::Resolved(expected), "transfer {id} from {source}: {decision:?}");
+            let posted = decision.reply.status == ledger::core::reply::Status::Committed;
+            let expected = if posted { ledger::core::reply::Resolution::Posted } else { ledger::core::reply::Resolution::Voided };
+            assert_eq!(hold.state, ledger::core::HoldState::Resolved(expected), "transfer {id} from {source}: {decision:?}");
             checked += 1;
         }
         for (peer, other) in &ledgers {
             if peer == source {
                 continue;
             }
-            let mine = ledger.account(&ledger::ledger::clearing_account("EUR", peer)).map_or(0, |a| a.posted);
-            let theirs = other.account(&ledger::ledger::clearing_account("EUR", source)).map_or(0, |a| a.posted);
+            let mine = ledger.account(&ledger::core::address::clearing_account("EUR", peer)).map_or(0, |a| a.posted);
+            let theirs = other.account(&ledger::core::address::clearing_account("EUR", source)).map_or(0, |a| a.posted);
             assert_eq!(mine, -theirs, "clearing of {source} with {peer} does not mirror");
         }
     }

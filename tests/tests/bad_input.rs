@@ -2,7 +2,7 @@
 //! malformed and oversized payloads get their rejection, and the node keeps serving.
 
 use harness::{cmd, Device, NodeOptions, NodeProcess};
-use ledger::reply::Code;
+use ledger::core::reply::Code;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 

@@ -2,8 +2,8 @@
 //! through a partition, and refuses a tampered journal.
 
 use harness::{ask, cmd, eventually, free_port, operator_session, Device, NodeOptions, NodeProcess, TcpProxy};
-use ledger::command::{Command, Flag, Movement, Op};
-use ledger::journal::Chain;
+use ledger::core::command::{Command, Flag, Movement, Op};
+use ledger::core::journal::Chain;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -97,9 +97,9 @@ fn body_of(id: &str, op: Op) -> Command {
 }
 
 /// A journal built by a real ledger core, as an edge would write it.
-fn journal() -> Vec<ledger::journal::Entry> {
+fn journal() -> Vec<ledger::core::journal::Entry> {
     let config = config::NodeConfig::from_toml("[node]\nid = \"eu/fake-1\"\n").unwrap();
-    let mut ledger = ledger::node::ledger_for(&config);
+    let mut ledger = ledger::setup::ledger_for(&config);
     let mut chain = Chain::default();
     let transfer = |id: &str| {
         let m = Movement { debit: "issuer".into(), credit: "wallet:a".into(), amount: "1.00".into(), asset: "EUR".into(), metadata: None };
@@ -211,16 +211,16 @@ async fn a_well_hashed_entry_that_does_not_apply_is_refused() {
     // what a buggy or forged edge that re-hashes its entries would send.
     let honest = journal();
     let mut chain = Chain::default();
-    let mut entries: Vec<ledger::journal::Entry> = honest[..2].iter().map(|e| {
+    let mut entries: Vec<ledger::core::journal::Entry> = honest[..2].iter().map(|e| {
         chain.verify_next(e).unwrap();
         e.clone()
     }).collect();
     let mut forged = honest[2].parse_body().unwrap();
-    forged.changes = vec![ledger::ledger::Change::HoldResolved {
+    forged.changes = vec![ledger::core::Change::HoldResolved {
         pending_id: "ghost".into(),
         debit: "wallet:a".into(),
         credit: "shop".into(),
-        resolution: ledger::reply::Resolution::Posted,
+        resolution: ledger::core::reply::Resolution::Posted,
         posted: 100,
     }];
     entries.push(chain.seal(&forged));

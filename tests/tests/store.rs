@@ -2,8 +2,8 @@
 //! and where (a tampered entry, a journal cut short, another node's file, assets whose
 //! scale changed under recorded balances).
 
-use ledger::command::{Command, Flag, Movement, Op};
-use ledger::ledger::{Effects, Ledger};
+use ledger::core::command::{Command, Flag, Movement, Op};
+use ledger::core::{Effects, Ledger};
 use ledger::store::Store;
 use redb::{Database, ReadableTable, TableDefinition};
 use std::path::Path;
@@ -28,7 +28,7 @@ fn transfer(id: &str, debit: &str, credit: &str, amount: &str, asset: &str) -> C
 fn booked(dir: &Path, assets: &str) {
     let config = config(assets);
     let store = Store::open(dir, NODE).unwrap();
-    let mut ledger = ledger::node::ledger_for(&config);
+    let mut ledger = ledger::setup::ledger_for(&config);
     let mut chain = store.load(&mut ledger).unwrap();
     let commands = [
         open("o1", "issuer", "KWH", vec![Flag::Issuance]),
@@ -54,7 +54,7 @@ fn load_err(dir: &Path, assets: &str) -> String {
 
 fn load_inner(dir: &Path, assets: &str) -> Result<Ledger, String> {
     let store = Store::open(dir, NODE).map_err(|e| e.to_string())?;
-    let mut ledger = ledger::node::ledger_for(&config(assets));
+    let mut ledger = ledger::setup::ledger_for(&config(assets));
     store.load(&mut ledger).map_err(|e| e.to_string())?;
     Ok(ledger)
 }

@@ -185,7 +185,7 @@ async fn status(nodes: &Nodes) -> Result<Output, Fail> {
     let mut table = Table::new(&["NODE", "ROLE", "HEAD", "HASH", "REPLICATED", "LAG"]);
     let mut replicas = Table::new(&["REGION", "EDGE", "REPLICA", "EDGE HEAD", "BEHIND", "AGE", "STATE"]);
     let mut replica_rows = Vec::new();
-    let now = ledger::intake::now_ms();
+    let now = ledger::clock::now_ms();
     for (node, s) in &statuses {
         match s["role"].as_str() {
             Some("edge") => table.row(vec![
@@ -327,7 +327,7 @@ fn scale_of(amount: &Value) -> u32 {
 
 /// A journal change in words, amounts at the account's scale.
 fn describe_change(change: &Value, scale: u32) -> String {
-    let amount = |v: &Value| v.as_i64().map_or_else(|| cell(v), |m| ledger::money::format_minor(m, scale));
+    let amount = |v: &Value| v.as_i64().map_or_else(|| cell(v), |m| ledger::core::money::format_minor(m, scale));
     match change["change"].as_str().unwrap_or_default() {
         "account_opened" => format!("opened {} ({})", cell(&change["account"]), cell(&change["asset"])),
         "account_closed" => format!("closed {}", cell(&change["account"])),

@@ -2,8 +2,9 @@
 
 use crate::Fail;
 use bridge::zenoh::Session;
+use bridge::{AskError, Refusal};
 use indicatif::ProgressBar;
-use ledger::journal::Entry;
+use ledger::core::journal::Entry;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -42,8 +43,9 @@ impl Nodes {
         Ok(Nodes { sessions, timeout, endpoints: endpoints.to_vec() })
     }
 
-    /// The first answer to `selector` through any session.
-    async fn first_answer(&self, selector: &str, payload: Option<String>) -> Result<Value, String> {
+    /// The first answer to `selector` through any session: a value, or the node's refusal.
+    /// `Err` when no node answered.
+    async fn first_answer(&self, selector: &str, payload: Option<String>) -> Result<Result<Value, Refusal>, String> {
         let mut asks = tokio::task::JoinSet::new();
         for session in &self.sessions {
             let (session, selector, payload, timeout) = (session.clone(), selector.to_string(), payload.clone(), self.timeout);
@@ -52,9 +54,10 @@ impl Nodes {
         let mut first_error = None;
         while let Some(done) = asks.join_next().await {
             match done {
-                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Ok(answer)) => return Ok(Ok(answer)),
+                Ok(Err(AskError::Refused { refusal, .. })) => return Ok(Err(refusal)),
                 Ok(Err(e)) => {
-                    first_error.get_or_insert(e);
+                    first_error.get_or_insert(e.to_string());
                 }
                 Err(e) => {
                     first_error.get_or_insert(e.to_string());
@@ -64,16 +67,13 @@ impl Nodes {
         Err(first_error.unwrap_or_else(|| format!("{selector}: no answer")))
     }
 
-    /// One JSON answer. No answer is `unreachable`; an `{"error":…}` answer is a failure
-    /// with the node's own words.
+    /// One JSON answer. No answer is `unreachable`; a refusal is a failure with the node's
+    /// own words.
     pub async fn ask(&self, selector: &str) -> Result<Value, Fail> {
         let answer = self.first_answer(selector, None).await.map_err(|e| {
             Fail::unreachable(format!("{e} (within {} s, via {}): is the node running and connected?", self.timeout.as_secs(), self.endpoints.join(", ")))
         })?;
-        if let Some(error) = answer.get("error").and_then(Value::as_str) {
-            return Err(Fail::refused(format!("{selector}: {error}")));
-        }
-        Ok(answer)
+        answer.map_err(|refusal| Fail::refused(format!("{selector}: {refusal}")))
     }
 
     /// An operator command to an edge, answered with the ledger's reply.
@@ -81,10 +81,7 @@ impl Nodes {
         let selector = bridge::keys::command(node);
         // Commands are idempotent by id: asking through every session at once applies it once.
         let answer = self.first_answer(&selector, Some(command.to_string())).await.map_err(|e| Fail::unreachable(format!("{e}: is {node} running and connected?")))?;
-        if let Some(error) = answer.get("error").and_then(Value::as_str) {
-            return Err(Fail::refused(format!("{node}: {error}")));
-        }
-        Ok(answer)
+        answer.map_err(|refusal| Fail::refused(format!("{node}: {refusal}")))
     }
 
     /// Every node's status, by node id.

@@ -5,7 +5,7 @@
 use crate::nodes::Nodes;
 use crate::table::Table;
 use crate::{progress, Fail, Output};
-use ledger::reconcile::{compare_replica, compare_transfers, AccountRow, Difference, HeadRow, IncomingRow, OutgoingRow};
+use ledger::books::reconcile::{compare_replica, compare_transfers, AccountRow, Difference, HeadRow, IncomingRow, OutgoingRow};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -4,8 +4,8 @@
 use crate::nodes::Nodes;
 use crate::table::Table;
 use crate::{progress, Fail, Output};
-use ledger::audit::{Audit, Summary};
-use ledger::journal::hex;
+use ledger::books::audit::{Audit, Summary};
+use ledger::core::journal::hex;
 use ledger::store::Store;
 use serde_json::{json, Value};
 use std::path::Path;
@@ -51,7 +51,7 @@ fn audit_file(
     node: &str,
     count: u64,
     what: &str,
-    mut read: impl FnMut(u64) -> Result<Vec<ledger::journal::Entry>, ledger::store::StoreError>,
+    mut read: impl FnMut(u64) -> Result<Vec<ledger::core::journal::Entry>, ledger::store::StoreError>,
 ) -> Result<Summary, String> {
     let mut audit = Audit::new(node);
     let bar = progress(count, what);

@@ -22,10 +22,10 @@
 mod geo;
 
 use hdrhistogram::Histogram;
-use ledger::command::{Command, Flag, Movement, Op};
-use ledger::intake::now_ms;
-use ledger::ledger::{Effects, Ledger};
-use ledger::reply::Code;
+use ledger::core::command::{Command, Flag, Movement, Op};
+use ledger::clock::now_ms;
+use ledger::core::{Effects, Ledger};
+use ledger::core::reply::Code;
 use ledger::store::Store;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
@@ -798,10 +798,10 @@ fn core_once(batch: usize, transfers: usize) -> Result<CoreResult, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
     let store = Store::open(dir.path(), CORE_NODE).map_err(|e| e.to_string())?;
     // The committer thread of a node does this sealing; here it is part of the measured commit.
-    let mut chain = ledger::journal::Chain::default();
+    let mut chain = ledger::core::journal::Chain::default();
     let mut node_config = config::NodeConfig::embedded_default();
     node_config.node.id = CORE_NODE.to_string();
-    let mut ledger = ledger::node::ledger_for(&node_config);
+    let mut ledger = ledger::setup::ledger_for(&node_config);
 
     // Setup, untimed: the issuer, the accounts, and funds that outlast any run.
     let wallets: Vec<String> = (0..CORE_ACCOUNTS).map(|i| format!("wallet:w{i}")).collect();

@@ -1,14 +1,14 @@
-//! Operator reads over zenoh: an edge answers for its own books, a region for its edges'
-//! from their replicas (saying how fresh). Reads never change anything and are bounded:
-//! history scans at most `MAX_HISTORY_SCAN` entries per query and says where to go on.
+//! Operator reads rendered from a ledger or from journal entries: balances, pending holds,
+//! pages of accounts and transfers, history rows. Pure: the shell reads the ledger or the
+//! store and passes what it read; these functions only shape the answer, and bound it
+//! (`MAX_ANSWER_ROWS` rows, `MAX_HISTORY_SCAN` entries per history query).
 
-use crate::journal::{EntryBody, Entry};
-use crate::ledger::{Change, Hold, Ledger};
-use crate::money::format_minor;
-use crate::reconcile::{AccountRow, IncomingRow, OutgoingRow};
-use crate::store::Store;
+use super::reconcile::{AccountRow, IncomingRow, OutgoingRow};
+use crate::core::address::TransferKey;
+use crate::core::journal::Entry;
+use crate::core::money::format_minor;
+use crate::core::{EntryBody, Hold, Ledger};
 use serde_json::{json, Value};
-use std::sync::Arc;
 
 /// Most entries one history query reads; the answer's `next_before` continues the scan.
 pub const MAX_HISTORY_SCAN: usize = 10_000;
@@ -41,36 +41,6 @@ pub fn hold_json(ledger: &Ledger, id: &str, hold: &Hold) -> Value {
     out
 }
 
-/// `?account=NAME;limit=N;before=SEQ`: the entries that changed `account`, newest first,
-/// read from this node's journal (`replica_of` None) or from a region's replica of an edge.
-pub fn history(store: &Arc<Store>, replica_of: Option<&str>, params: &HistoryParams) -> Value {
-    let mut rows = Vec::new();
-    let mut before = params.before;
-    let mut scanned = 0;
-    while scanned < MAX_HISTORY_SCAN && rows.len() < params.limit && before > 1 {
-        let chunk = (MAX_HISTORY_SCAN - scanned).min(1_000);
-        let entries = match store.entries_before(replica_of, before, chunk) {
-            Ok(entries) => entries,
-            Err(e) => return json!({"error": e.to_string()}),
-        };
-        if entries.is_empty() {
-            before = 1;
-            break;
-        }
-        for entry in entries {
-            scanned += 1;
-            before = entry.seq;
-            if let Some(row) = history_row(&entry, &params.account) {
-                rows.push(row);
-                if rows.len() >= params.limit {
-                    break;
-                }
-            }
-        }
-    }
-    json!({"account": params.account, "entries": rows, "next_before": if before > 1 { Some(before) } else { None }})
-}
-
 pub struct HistoryParams {
     pub account: String,
     pub limit: usize,
@@ -78,8 +48,9 @@ pub struct HistoryParams {
 }
 
 impl HistoryParams {
-    pub fn from_query(query: &bridge::zenoh::query::Query) -> Result<HistoryParams, String> {
-        let params = query.parameters();
+    /// From a query's parameters (`get` looks one up by name).
+    pub fn parse<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<HistoryParams, String> {
+        let params = Params(get);
         let account = params.get("account").ok_or("account: missing (?account=NAME)")?.to_string();
         let limit = match params.get("limit") {
             None => 100,
@@ -93,28 +64,35 @@ impl HistoryParams {
     }
 }
 
-fn history_row(entry: &Entry, account: &str) -> Option<Value> {
+/// A journal entry as a history row of `account`, if it changed that account.
+pub fn history_row(entry: &Entry, account: &str) -> Option<Value> {
     let body: EntryBody = serde_json::from_slice(&entry.body).ok()?;
-    let touched: Vec<&Change> = body.changes.iter().filter(|c| touches(c, account)).collect();
+    let touched: Vec<_> = body.changes.iter().filter(|c| c.touches(account)).collect();
     if touched.is_empty() {
         return None;
     }
     Some(json!({
         "seq": body.seq,
         "ts_ms": body.ts_ms,
-        "id": body.command.id,
-        "op": body.command.op.name(),
+        "id": body.command.id(),
+        "op": body.command.op_name(),
         "device": body.device,
         "changes": touched,
     }))
 }
 
-fn touches(change: &Change, account: &str) -> bool {
-    match change {
-        Change::AccountOpened { account: a, .. } | Change::AccountClosed { account: a } => a == account,
-        Change::Transferred { debit, credit, .. } | Change::HoldPlaced { debit, credit, .. } | Change::HoldResolved { debit, credit, .. } => {
-            debit == account || credit == account
-        }
+/// A history answer: the rows found, and where to go on (`next_before`) when the scan
+/// stopped before the journal's start.
+pub fn history_answer(account: &str, rows: Vec<Value>, before: u64) -> Value {
+    json!({"account": account, "entries": rows, "next_before": if before > 1 { Some(before) } else { None }})
+}
+
+/// Query parameters by name.
+struct Params<F>(F);
+
+impl<'a, F: Fn(&str) -> Option<&'a str>> Params<F> {
+    fn get(&self, name: &str) -> Option<&'a str> {
+        (self.0)(name)
     }
 }
 
@@ -125,8 +103,9 @@ pub struct PageParams {
 }
 
 impl PageParams {
-    pub fn from_query(query: &bridge::zenoh::query::Query) -> Result<PageParams, String> {
-        let params = query.parameters();
+    /// From a query's parameters (`get` looks one up by name).
+    pub fn parse<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<PageParams, String> {
+        let params = Params(get);
         let limit = match params.get("limit") {
             None => MAX_ANSWER_ROWS,
             Some(v) => v.parse::<usize>().map_err(|_| format!("limit: {v:?} is not a number"))?.clamp(1, MAX_ANSWER_ROWS),
@@ -146,23 +125,25 @@ pub fn accounts_page(ledger: &Ledger, page: &PageParams) -> Value {
 
 /// `side=out`: cross-node transfers sent from `ledger`'s node, by id; `side=in`: those it
 /// received, by `source|id`. `{"transfers":[…],"next_after":KEY|null,"seq":N}`.
-pub fn transfers_page(ledger: &Ledger, side: &str, page: &PageParams) -> Value {
+pub fn transfers_page(ledger: &Ledger, side: &str, page: &PageParams) -> Result<Value, String> {
     let seq = ledger.head().seq;
     match side {
         "out" => {
             let after = page.after.as_deref();
             let (rows, next) = smallest_after(ledger.cross_node_holds().map(|(id, h)| (id.as_str(), (id, h))), after, page.limit);
             let rows: Vec<OutgoingRow> = rows.into_iter().map(|(id, h)| OutgoingRow::of(ledger, id, h)).collect();
-            json!({"side": "out", "transfers": rows, "next_after": next, "seq": seq})
+            Ok(json!({"side": "out", "transfers": rows, "next_after": next, "seq": seq}))
         }
         "in" => {
-            // The cursor `source|id`: node ids never hold '|'.
-            let after = page.after.as_deref().map(|a| a.split_once('|').unwrap_or((a, "")));
+            // The cursor is a transfer key, `source|id`.
+            let after = page.after.as_deref().map(TransferKey::parse);
+            let after = after.as_ref().map(|k| (k.source.as_str(), k.id.as_str()));
             let (rows, next) = smallest_after(ledger.received_all().map(|r| ((r.source.as_str(), r.id.as_str()), r)), after, page.limit);
             let rows: Vec<IncomingRow> = rows.into_iter().map(IncomingRow::of).collect();
-            json!({"side": "in", "transfers": rows, "next_after": next.map(|(s, i)| format!("{s}|{i}")), "seq": seq})
+            let next = next.map(|(source, id)| TransferKey::new(source, id).to_string());
+            Ok(json!({"side": "in", "transfers": rows, "next_after": next, "seq": seq}))
         }
-        other => json!({"error": format!("side: {other:?} is neither out nor in")}),
+        other => Err(format!("side: {other:?} is neither out nor in")),
     }
 }
 

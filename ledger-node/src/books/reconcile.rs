@@ -6,9 +6,9 @@
 //! Pure: it takes rows already read (from nodes over zenoh, or from a ledger) and returns
 //! differences. Reading them is the caller's job; so is deciding what a difference costs.
 
-use crate::ledger::{Account, Hold, HoldState, Ledger, Received};
-use crate::money::format_minor;
-use crate::reply::{Code, Resolution, Status};
+use crate::core::{Account, Hold, HoldState, Ledger, Received};
+use crate::core::money::format_minor;
+use crate::core::reply::{Code, Resolution, Status};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -242,7 +242,7 @@ pub fn compare_transfers(
     let mut matched: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
     for (source, rows) in outgoing {
         for row in rows {
-            let destination = row.to.split_once('@').map_or("", |(_, node)| node);
+            let destination = crate::core::address::Address::split(&row.to).node.unwrap_or_default();
             if !scope(source) && !scope(destination) {
                 continue;
             }

@@ -1,29 +1,12 @@
 //! The journal: one hash-chained entry per change, numbered without gaps. It is the audit
 //! trail, the source the node rebuilds its state from, and the unit of replication.
 
-use crate::command::Command;
-use crate::ledger::Change;
-use crate::reply::Reply;
-use serde::{Deserialize, Serialize};
+use super::change::EntryBody;
 
 pub type Hash = [u8; 32];
 
 /// The hash before the first entry.
 pub const GENESIS: Hash = [0; 32];
-
-/// What an entry says, serialized as JSON and hashed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EntryBody {
-    pub seq: u64,
-    pub ts_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<String>,
-    pub command: Command,
-    pub changes: Vec<Change>,
-    /// What the device was told; absent for entries the node writes itself (expiry).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply: Option<Reply>,
-}
 
 /// A sealed entry as stored: its chain links and the body bytes they cover.
 #[derive(Debug, Clone, PartialEq, Eq)]

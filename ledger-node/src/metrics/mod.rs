@@ -6,13 +6,16 @@
 //! `Gauges` callbacks. The server answers one short request per connection and closes it,
 //! with a bounded request size and a bounded number of connections.
 
-use crate::reply::Code;
+mod http;
+
+pub use http::start;
+
+use crate::clock::now_ms;
+use crate::core::reply::Code;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Command ops as counted; `invalid` is an input that never became a command.
 pub const OPS: [&str; 11] =
@@ -26,12 +29,6 @@ const LATENCY_BUCKETS_US: [u64; 14] = [100, 250, 500, 1_000, 2_500, 5_000, 10_00
 /// The intake must show life at least this often (it ticks every 250 ms when idle), or
 /// `/health` answers 503.
 pub const HEALTH_STALL: Duration = Duration::from_secs(5);
-/// Largest HTTP request read; the server only needs its first line.
-const MAX_REQUEST_BYTES: usize = 8 * 1024;
-/// Scrapes answered at once; more wait for a slot.
-const MAX_CONNECTIONS: usize = 16;
-/// A client that sends nothing for this long is dropped.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Histogram<const N: usize> {
     bounds: [u64; N],
@@ -108,7 +105,7 @@ impl Metrics {
             commit_latency_us: Histogram::new(LATENCY_BUCKETS_US),
             journal_head: AtomicU64::new(0),
             transfers_out_pending: AtomicU64::new(0),
-            heartbeat_ms: AtomicU64::new(crate::intake::now_ms()),
+            heartbeat_ms: AtomicU64::new(now_ms()),
             own_links,
             gauges: Mutex::new(Vec::new()),
         })
@@ -147,7 +144,7 @@ impl Metrics {
     }
 
     pub fn heartbeat(&self) {
-        self.heartbeat_ms.store(crate::intake::now_ms(), Ordering::Relaxed);
+        self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     pub fn add_gauges(&self, gauges: Gauges) {
@@ -156,7 +153,7 @@ impl Metrics {
 
     /// `Ok(body)` when the node is alive, `Err(body)` when its main loop stalled.
     pub fn health(&self) -> Result<String, String> {
-        let stalled = crate::intake::now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed));
+        let stalled = now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed));
         let body = |status: &str| format!("{{\"status\":\"{status}\",\"node\":\"{}\",\"role\":\"{}\",\"stalled_ms\":{stalled}}}\n", self.node, self.role);
         if stalled > HEALTH_STALL.as_millis() as u64 {
             Err(body("stalled"))
@@ -212,6 +209,20 @@ impl Metrics {
     }
 }
 
+/// Writes one gauge with its HELP and TYPE lines; each sample is (labels, value), the
+/// labels as `key="value"` pairs, or empty for none.
+pub fn gauge<L: std::fmt::Display>(out: &mut String, name: &str, help: &str, samples: impl IntoIterator<Item = (L, u64)>) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+    for (labels, value) in samples {
+        let labels = labels.to_string();
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {value}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    }
+}
+
 fn code_index(code: Code) -> usize {
     Code::ALL.iter().position(|c| *c == code).expect("every code is in Code::ALL")
 }
@@ -220,75 +231,6 @@ fn code_index(code: Code) -> usize {
 fn seconds(us: u64) -> String {
     let text = format!("{}.{:06}", us / 1_000_000, us % 1_000_000);
     text.trim_end_matches('0').trim_end_matches('.').to_string()
-}
-
-/// Serves `/metrics` and `/health` on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics)).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn answer(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let mut request = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && !request.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&buf[..n]);
-        if request.len() > MAX_REQUEST_BYTES {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "request too large\n").await;
-        }
-    }
-    let line = String::from_utf8_lossy(request.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET", "/metrics") => respond(&mut stream, "200 OK", "text/plain; version=0.0.4; charset=utf-8", &metrics.render()).await,
-        ("GET", "/health") => match metrics.health() {
-            Ok(body) => respond(&mut stream, "200 OK", "application/json", &body).await,
-            Err(body) => respond(&mut stream, "503 Service Unavailable", "application/json", &body).await,
-        },
-        ("GET", _) => respond(&mut stream, "404 Not Found", "text/plain", "try /metrics or /health\n").await,
-        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "GET only\n").await,
-    }
-}
-
-async fn respond(stream: &mut tokio::net::TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
-    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-/// Binds the metrics listener now (so a taken port stops the node at start with the key
-/// named) and serves it from a thread of its own.
-pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), String> {
-    let std_listener = std::net::TcpListener::bind(addr).map_err(|e| format!("metrics.listen: cannot listen on {addr}: {e}"))?;
-    std_listener.set_nonblocking(true).map_err(|e| format!("metrics.listen: {e}"))?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("metrics runtime");
-            runtime.block_on(async move {
-                match tokio::net::TcpListener::from_std(std_listener) {
-                    Ok(listener) => serve(listener, metrics).await,
-                    Err(e) => tracing::error!("metrics listener: {e}"),
-                }
-            })
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -235,7 +235,7 @@ mod tests {
         for code in Code::ALL {
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::Value::String(code.as_str().to_string()));
         }
-        let doc = include_str!("../../docs/PROTOCOL.md");
+        let doc = include_str!("../../../docs/PROTOCOL.md");
         for code in Code::ALL {
             assert!(doc.contains(&format!("`{}`", code.as_str())), "docs/PROTOCOL.md does not document {}", code.as_str());
         }

@@ -5,9 +5,9 @@
 //!
 //! Pure: the caller feeds entries (from a redb file or over zenoh) and reports progress.
 
-use crate::journal::{hex, Chain, Entry};
-use crate::ledger::{Ledger, Limits, Permissions};
-use crate::money::Assets;
+use crate::core::journal::{hex, Chain, Entry};
+use crate::core::{Ledger, Limits, Permissions};
+use crate::core::money::Assets;
 use rust_decimal::Decimal;
 use serde::Serialize;
 

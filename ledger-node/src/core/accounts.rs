@@ -1,0 +1,125 @@
+//! The accounts of one node and their running totals per asset. Every change of an account
+//! goes through `Accounts::set`, which keeps the totals in step, so SPEC §8.1 (posted
+//! balances sum to zero, pending debits equal pending credits) and §8.2 (no account below
+//! its floor) are checked in O(assets) after every group, in every build.
+
+use super::change::Floor;
+use super::invariants::InvariantError;
+use super::money::Minor;
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub asset: String,
+    pub floor: Floor,
+    pub closed: bool,
+    pub posted: Minor,
+    pub pending_debits: Minor,
+    pub pending_credits: Minor,
+}
+
+impl Account {
+    /// Posted balance minus pending debits: what may still be spent.
+    pub fn available(&self) -> Minor {
+        self.posted - self.pending_debits
+    }
+
+    /// Below its floor, or with a negative pending amount: a state no command may leave.
+    fn broken(&self) -> bool {
+        let available = i128::from(self.posted) - i128::from(self.pending_debits);
+        let below = match self.floor {
+            Floor::Issuance => false,
+            Floor::Overdraft(limit) => available < -i128::from(limit),
+        };
+        below || self.pending_debits < 0 || self.pending_credits < 0
+    }
+}
+
+/// Sums over every account of one asset. i128: no sum of i64 balances can overflow it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AssetTotals {
+    pub posted: i128,
+    pub pending_debits: i128,
+    pub pending_credits: i128,
+}
+
+#[derive(Debug, Default)]
+pub struct Accounts {
+    map: HashMap<String, Account>,
+    totals: HashMap<String, AssetTotals>,
+    /// Accounts below their floor or with negative pending amounts; zero outside a command.
+    broken: i64,
+}
+
+impl Accounts {
+    pub fn get(&self, name: &str) -> Option<&Account> {
+        self.map.get(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Account)> {
+        self.map.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Sets (`Some`) or removes (`None`) an account, keeping the totals in step. Returns
+    /// the account as it was, for undoing.
+    pub fn set(&mut self, name: &str, account: Option<Account>) -> Option<Account> {
+        if let Some(after) = &account {
+            self.count(after, 1);
+        }
+        let before = match account {
+            Some(after) => self.map.insert(name.to_string(), after),
+            None => self.map.remove(name),
+        };
+        if let Some(before) = &before {
+            self.count(before, -1);
+        }
+        before
+    }
+
+    fn count(&mut self, account: &Account, sign: i8) {
+        let wide = i128::from(sign);
+        let totals = match self.totals.get_mut(&account.asset) {
+            Some(totals) => totals,
+            None => self.totals.entry(account.asset.clone()).or_default(),
+        };
+        totals.posted += wide * i128::from(account.posted);
+        totals.pending_debits += wide * i128::from(account.pending_debits);
+        totals.pending_credits += wide * i128::from(account.pending_credits);
+        if account.broken() {
+            self.broken += i64::from(sign);
+        }
+    }
+
+    /// The running totals of each asset.
+    pub fn totals(&self) -> impl Iterator<Item = (&String, &AssetTotals)> {
+        self.totals.iter()
+    }
+
+    /// SPEC §8.1 and §8.2 from the running totals: O(assets).
+    pub fn check_totals(&self) -> Result<(), InvariantError> {
+        if self.broken != 0 {
+            return Err(InvariantError::BelowFloor { accounts: self.broken });
+        }
+        for (asset, t) in &self.totals {
+            if t.posted != 0 {
+                return Err(InvariantError::PostedSum { asset: asset.clone(), sum: t.posted });
+            }
+            if t.pending_debits != t.pending_credits {
+                return Err(InvariantError::PendingSum { asset: asset.clone(), debits: t.pending_debits, credits: t.pending_credits });
+            }
+        }
+        Ok(())
+    }
+}

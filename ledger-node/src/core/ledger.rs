@@ -1,0 +1,381 @@
+//! The ledger state machine of one node. It takes commands with the time and returns
+//! effects (a reply, a journal entry, id records, notices); it never touches disk, network
+//! or clock: the shell persists the effects and only then releases the reply.
+//!
+//! `Ledger` holds the entry points and the sub-structs that own the state: `Accounts`
+//! (with running totals per asset), `Holds` (with expiry and outgoing indexes), `IdIndex`
+//! (every id's recorded result) and `ReceivedIndex` (decisions on transfers received).
+//! Every journal entry is made by `append_entry`.
+
+use super::accounts::{Account, Accounts};
+use super::address::TransferKey;
+use super::change::{Change, EntryBody};
+use super::command::{Command, Journaled, NodeCommand, NodeOp, Op};
+use super::cross_node::{Received, ReceivedIndex};
+use super::holds::{Hold, HoldState, Holds};
+use super::idempotency::{fingerprint, fingerprint_in_batch, IdIndex, Recorded};
+use super::invariants::{check_books, InvariantError};
+use super::money::{format_minor, Assets};
+use super::permissions::Permissions;
+use super::reply::{BalanceView, Code, Notice, Rejection, Reply, Resolution, Status};
+
+/// Everything the shell must do for one command: persist `entry` and `recorded` in one
+/// durable commit, then publish `reply` and `notices`. `recorded` holds the id records that
+/// are not in the journal (rejections); an accepted command's record is its entry.
+#[derive(Debug, Clone, Default)]
+pub struct Effects {
+    pub reply: Option<Reply>,
+    /// Sealed (serialized, hashed, chained) by the committer, off the intake's hot path.
+    pub entry: Option<EntryBody>,
+    pub recorded: Vec<(String, Recorded)>,
+    pub notices: Vec<Notice>,
+}
+
+impl Effects {
+    /// An answer that changes nothing and records nothing.
+    pub fn reply_only(reply: Reply) -> Effects {
+        Effects { reply: Some(reply), ..Effects::default() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_batch_ops: usize,
+    pub max_hold_timeout_s: u64,
+}
+
+/// The journal position the state reflects. The chain's hashes live with the committer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub ts_ms: u64,
+}
+
+/// Most holds expired in one group, so that a node back from a long stop does not put
+/// every expiry into one transaction.
+pub const MAX_EXPIRIES_PER_CALL: usize = 1_000;
+
+pub struct Ledger {
+    pub(super) node_id: String,
+    pub(super) assets: Assets,
+    pub(super) limits: Limits,
+    pub(super) permissions: Permissions,
+    pub(super) accounts: Accounts,
+    pub(super) holds: Holds,
+    pub(super) ids: IdIndex,
+    pub(super) received: ReceivedIndex,
+    /// Whether this node has a zenoh link to send transfers across nodes.
+    pub(super) cross_node: bool,
+    pub(super) head: Head,
+}
+
+impl Ledger {
+    pub fn new(node_id: &str, assets: Assets, limits: Limits, permissions: Permissions) -> Ledger {
+        Ledger {
+            node_id: node_id.to_string(),
+            assets,
+            limits,
+            permissions,
+            accounts: Accounts::default(),
+            holds: Holds::default(),
+            ids: IdIndex::default(),
+            received: ReceivedIndex::default(),
+            cross_node: false,
+            head: Head { seq: 0, ts_ms: 0 },
+        }
+    }
+
+    /// Lets this node send transfers to accounts of other nodes (it has a zenoh link).
+    pub fn enable_cross_node(&mut self) {
+        self.cross_node = true;
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    pub fn account(&self, name: &str) -> Option<&Account> {
+        self.accounts.get(name)
+    }
+
+    pub fn accounts(&self) -> impl Iterator<Item = (&String, &Account)> {
+        self.accounts.iter()
+    }
+
+    pub fn hold(&self, pending_id: &str) -> Option<&Hold> {
+        self.holds.get(pending_id)
+    }
+
+    /// Pending holds, by id; with `account`, those that debit or credit it. At most `limit`.
+    pub fn pending_holds(&self, account: Option<&str>, limit: usize) -> Vec<(&String, &Hold)> {
+        self.holds.pending(account, limit)
+    }
+
+    /// Cross-node transfers sent from this node whose destination has not decided yet.
+    pub fn outgoing(&self) -> impl Iterator<Item = (&String, &Hold)> {
+        self.holds.outgoing()
+    }
+
+    pub fn outgoing_count(&self) -> usize {
+        self.holds.outgoing_count()
+    }
+
+    /// Every cross-node transfer sent from this node, resolved or not.
+    pub fn cross_node_holds(&self) -> impl Iterator<Item = (&String, &Hold)> {
+        self.holds.iter().filter(|(_, h)| h.remote.is_some())
+    }
+
+    /// The recorded decision on a cross-node transfer received from `source`.
+    pub fn received(&self, source: &str, id: &str) -> Option<&Recorded> {
+        self.received.get(&TransferKey::new(source, id)).map(|r| &r.recorded)
+    }
+
+    /// Every cross-node transfer received here, decided either way.
+    pub fn received_all(&self) -> impl Iterator<Item = &Received> {
+        self.received.iter()
+    }
+
+    pub fn recorded(&self, id: &str) -> Option<&Recorded> {
+        self.ids.get(id)
+    }
+
+    /// Restores an id record read back from storage at start-up.
+    pub fn restore_recorded(&mut self, id: String, recorded: Recorded) {
+        self.ids.insert(id, recorded);
+    }
+
+    /// Takes the assets an entry's opened accounts record (for an audit without config).
+    pub fn learn_assets(&mut self, body: &EntryBody) {
+        for change in &body.changes {
+            if let Change::AccountOpened { asset, scale, .. } = change {
+                self.assets.learn(asset, *scale);
+            }
+        }
+    }
+
+    /// The display scale of an asset, if this node knows it.
+    pub fn scale_of(&self, asset: &str) -> Option<u32> {
+        self.assets.get(asset).map(|s| s.scale)
+    }
+
+    /// The earliest expiry time of a pending hold, if any.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.holds.first_expiry().map(|(t, _)| *t)
+    }
+
+    /// Applies one device command at time `now_ms`.
+    pub fn submit(&mut self, device: Option<&str>, command: Command, now_ms: u64) -> Effects {
+        if let Op::Balance { account } = &command.op {
+            let reply = match self.balance(device, account) {
+                Ok(view) => {
+                    let mut reply = Reply::ok(&command.id, Status::Committed, self.head.seq, "balance read");
+                    reply.balance = Some(view);
+                    reply
+                }
+                Err(rejection) => Reply::rejected(Some(&command.id), rejection),
+            };
+            return Effects::reply_only(reply);
+        }
+
+        let fingerprint = fingerprint(device, &command);
+        if let Some(recorded) = self.ids.get(&command.id) {
+            let reply = match recorded.resend(&fingerprint) {
+                Some(mut reply) => {
+                    // A device that missed the notice learns the outcome from its resend.
+                    if let Some(HoldState::Resolved(r)) = self.holds.get(&command.id).map(|h| h.state) {
+                        reply.resolution = (reply.status == Status::Pending).then_some(r);
+                    }
+                    reply
+                }
+                None => Reply::rejected(
+                    Some(&command.id),
+                    Rejection::new(Code::IdConflict, format!("id: {:?} was already used for a different command", command.id)),
+                ),
+            };
+            return Effects::reply_only(reply);
+        }
+
+        let now_ms = now_ms.max(self.head.ts_ms);
+        let mut undo = Vec::new();
+        let mut changes = Vec::new();
+        let mut effects = Effects::default();
+        match self.execute(device, &command, now_ms, &mut undo, &mut changes) {
+            Ok(mut reply) => {
+                let seq = self.next_seq();
+                reply.seq = Some(seq);
+                effects.notices = self.notices_for(device, &changes, seq, None);
+                // The entry carries the reply: for an accepted command the journal is the id
+                // record, so a commit appends sequentially instead of scattering id writes.
+                let body = self.append_entry(now_ms, device, Journaled::Device(command), changes, Some(reply.clone()));
+                self.remember_accepted(&body, fingerprint);
+                effects.entry = Some(body);
+                effects.reply = Some(reply);
+            }
+            Err(rejection) => {
+                self.rollback(undo);
+                let reply = Reply::rejected(Some(&command.id), rejection);
+                let recorded = Recorded { fingerprint, reply: reply.clone() };
+                self.ids.insert(command.id.clone(), recorded.clone());
+                effects.recorded.push((command.id, recorded));
+                effects.reply = Some(reply);
+            }
+        }
+        self.debug_check_books();
+        effects
+    }
+
+    /// Expires pending holds whose timeout has passed by `now_ms`, one entry each, at most
+    /// `MAX_EXPIRIES_PER_CALL` of them (after a long stop, the rest follow in later groups).
+    pub fn expire_due(&mut self, now_ms: u64) -> Vec<Effects> {
+        // The journal's clock never runs backwards, and expiry uses the same clock as `post`.
+        let now_ms = now_ms.max(self.head.ts_ms);
+        let mut out = Vec::new();
+        while let Some((at, pending_id)) = self.holds.first_expiry().cloned() {
+            if at > now_ms || out.len() >= MAX_EXPIRIES_PER_CALL {
+                break;
+            }
+            let change = self.resolution_of(&pending_id, Resolution::Expired, 0);
+            if let Err(e) = self.apply(&change, &mut Vec::new()) {
+                panic!("expiring hold {pending_id} failed: {e:?}");
+            }
+            let changes = vec![change];
+            let notices = self.notices_for(None, &changes, self.next_seq(), None);
+            let command = NodeCommand { id: format!("expire:{pending_id}"), op: NodeOp::Expire { pending_id } };
+            let body = self.append_entry(now_ms, None, Journaled::Node(command), changes, None);
+            out.push(Effects { reply: None, entry: Some(body), recorded: Vec::new(), notices });
+        }
+        self.debug_check_books();
+        out
+    }
+
+    /// Rebuilds state from the next stored entry (its chain link already verified).
+    pub fn replay(&mut self, body: &EntryBody) -> Result<(), String> {
+        if body.seq != self.head.seq + 1 {
+            return Err(format!("journal gap: expected entry {}, found {}", self.head.seq + 1, body.seq));
+        }
+        let mut undo = Vec::new();
+        for change in &body.changes {
+            self.apply(change, &mut undo).map_err(|e| match e {
+                super::apply::ApplyError::Overflow => format!("journal entry {}: a balance overflows", body.seq),
+                super::apply::ApplyError::Corrupt(why) => format!("journal entry {}: {why}", body.seq),
+            })?;
+        }
+        self.head = Head { seq: body.seq, ts_ms: body.ts_ms };
+        if body.reply.is_some() {
+            let fingerprint = match &body.command {
+                Journaled::Device(command) => fingerprint(body.device.as_deref(), command),
+                Journaled::Node(command) => fingerprint(body.device.as_deref(), command),
+            };
+            self.remember_accepted(body, fingerprint);
+        }
+        Ok(())
+    }
+
+    /// The sequence number the next entry will carry.
+    pub(super) fn next_seq(&self) -> u64 {
+        self.head.seq + 1
+    }
+
+    /// Makes the next journal entry and moves the head to it. The journal's clock never
+    /// runs backwards. Every entry the ledger writes is made here.
+    pub(super) fn append_entry(
+        &mut self,
+        now_ms: u64,
+        device: Option<&str>,
+        command: Journaled,
+        changes: Vec<Change>,
+        reply: Option<Reply>,
+    ) -> EntryBody {
+        let seq = self.next_seq();
+        let ts_ms = now_ms.max(self.head.ts_ms);
+        debug_assert!(reply.as_ref().is_none_or(|r| r.seq == Some(seq)), "a journaled reply names its entry");
+        self.head = Head { seq, ts_ms };
+        EntryBody { seq, ts_ms, device: device.map(str::to_string), command, changes, reply }
+    }
+
+    /// Records the ids of an accepted command (and of the ops of a batch) from its entry.
+    pub(super) fn remember_accepted(&mut self, body: &EntryBody, fingerprint: String) {
+        let Some(reply) = &body.reply else { return };
+        match &body.command {
+            Journaled::Node(NodeCommand { id, op: NodeOp::Receive { source, movement } }) => {
+                let recorded = Recorded { fingerprint, reply: reply.clone() };
+                self.received.insert(Received { source: source.clone(), id: id.clone(), movement: movement.clone(), recorded });
+            }
+            Journaled::Node(_) => {}
+            Journaled::Device(command) => {
+                if let Op::Batch { ops } = &command.op {
+                    for op in ops {
+                        let status = if matches!(op.op, Op::Hold { .. }) { Status::Pending } else { Status::Committed };
+                        let inner = Reply::ok(&op.id, status, body.seq, format!("{} committed in batch {}", op.op.name(), command.id));
+                        let inner_fingerprint = fingerprint_in_batch(body.device.as_deref(), &command.id, op);
+                        self.ids.insert(op.id.clone(), Recorded { fingerprint: inner_fingerprint, reply: inner });
+                    }
+                }
+                self.ids.insert(command.id.clone(), Recorded { fingerprint, reply: reply.clone() });
+            }
+        }
+    }
+
+    pub(super) fn notices_for(&self, resolver: Option<&str>, changes: &[Change], seq: u64, decision: Option<(Code, String)>) -> Vec<Notice> {
+        let mut out = Vec::new();
+        for change in changes {
+            let Change::HoldResolved { pending_id, resolution, posted, .. } = change else { continue };
+            let hold = self.holds.get(pending_id).expect("a resolved hold exists");
+            let Some(owner) = &hold.device else { continue };
+            // The device that resolves its own hold learns the outcome from its reply.
+            if resolver == Some(owner.as_str()) {
+                continue;
+            }
+            let scale = self.assets.get(&hold.asset).map_or(0, |s| s.scale);
+            out.push(Notice {
+                device: owner.clone(),
+                event: "pending_resolved",
+                pending_id: pending_id.clone(),
+                resolution: *resolution,
+                amount: format_minor(*posted, scale),
+                seq,
+                decision: decision.clone(),
+            });
+        }
+        out
+    }
+
+    /// An operator's read of a local account, without device permissions.
+    pub fn balance_view(&self, name: &str) -> Option<BalanceView> {
+        let acct = self.accounts.get(name)?;
+        let scale = self.assets.get(&acct.asset).map_or(0, |s| s.scale);
+        Some(BalanceView {
+            account: name.to_string(),
+            asset: acct.asset.clone(),
+            posted: format_minor(acct.posted, scale),
+            pending_debits: format_minor(acct.pending_debits, scale),
+            pending_credits: format_minor(acct.pending_credits, scale),
+            available: format_minor(acct.available(), scale),
+        })
+    }
+
+    /// SPEC §8.1 and §8.2 from the running totals: O(assets), cheap enough for every group
+    /// in every build. The shell calls it before a group's replies may leave.
+    pub fn check_totals(&self) -> Result<(), InvariantError> {
+        self.accounts.check_totals()
+    }
+
+    /// SPEC §8 invariants 1 and 2, plus holds matching the pending amounts and the running
+    /// totals matching a fresh sum. O(accounts + holds).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        check_books(&self.accounts, &self.holds).map_err(|e| e.to_string())
+    }
+
+    /// Debug builds check the whole books after every command while they are small.
+    fn debug_check_books(&self) {
+        if cfg!(debug_assertions) && self.accounts.len() <= 10_000 {
+            if let Err(e) = self.check_invariants() {
+                panic!("ledger invariant broken: {e}");
+            }
+        }
+    }
+}

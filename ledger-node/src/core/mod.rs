@@ -1,0 +1,30 @@
+//! The pure core: the ledger state machine and the types it speaks. No I/O: nothing here
+//! imports tokio, redb, zenoh, rumqttd or the shell, reads the clock or touches a file.
+//! Commands and the time go in; effects (replies, journal entries, id records, notices)
+//! come out. This is what the property tests hammer.
+
+pub mod accounts;
+pub mod address;
+pub mod apply;
+pub mod change;
+pub mod command;
+pub mod cross_node;
+pub mod execute;
+pub mod holds;
+pub mod idempotency;
+pub mod invariants;
+pub mod journal;
+pub mod ledger;
+pub mod money;
+pub mod permissions;
+pub mod reply;
+pub mod transfer;
+
+pub use accounts::Account;
+pub use change::{Change, EntryBody, Floor};
+pub use command::{Command, Journaled, Movement, NodeCommand, NodeOp, Op};
+pub use cross_node::Received;
+pub use holds::{Hold, HoldState};
+pub use idempotency::Recorded;
+pub use ledger::{Effects, Head, Ledger, Limits};
+pub use permissions::{DeviceRights, Permissions, OPERATOR};

@@ -1,0 +1,102 @@
+//! The durability rule, in one place: a group's effects are written in one durable redb
+//! commit, and only after that commit returned are its replies and notices published. A
+//! node that cannot commit stops without answering the group.
+//!
+//! The committer tells a `CommitListener` (journal shipping, when the edge has a region)
+//! about each commit; it knows nothing else about it.
+
+use crate::core::journal::{Chain, Entry};
+use crate::core::Effects;
+use crate::error::NodeError;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use bridge::Answer;
+use broker::link::{ReplyLink, ReplyTarget};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Groups applied but not yet committed. One is being committed while the next waits: more
+/// would only hold replies back longer.
+pub const GROUPS_IN_FLIGHT: usize = 1;
+
+/// A commit slower than this is logged: every reply of its group waited that long.
+const SLOW_COMMIT: Duration = Duration::from_millis(100);
+
+/// Told after each durable commit; must not block.
+pub trait CommitListener: Send {
+    fn committed(&self, entries: Vec<Entry>, head: Chain);
+}
+
+/// Where the answer to one input goes once its group is durable.
+pub enum ReplyTo {
+    Device(ReplyTarget),
+    /// Another node's request: the reply, or `read`, an answer computed at intake.
+    Peer { answer: tokio::sync::oneshot::Sender<Answer>, read: Option<Answer> },
+}
+
+/// The effects of one group of commands, in arrival order, with where each answer goes.
+#[derive(Default)]
+pub struct Group {
+    pub outcomes: Vec<(Option<ReplyTo>, Effects)>,
+}
+
+impl Group {
+    fn writes(&self) -> bool {
+        self.outcomes.iter().any(|(_, e)| e.entry.is_some() || !e.recorded.is_empty())
+    }
+}
+
+/// Owns the store, the journal's hash chain and the publishing side of the broker link.
+pub struct Committer {
+    store: Arc<Store>,
+    chain: Chain,
+    replies: ReplyLink,
+    listener: Option<Box<dyn CommitListener>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Committer {
+    pub fn new(store: Arc<Store>, chain: Chain, replies: ReplyLink, listener: Option<Box<dyn CommitListener>>, metrics: Arc<Metrics>) -> Committer {
+        Committer { store, chain, replies, listener, metrics }
+    }
+
+    /// Commits groups in order and answers each only after its commit returned. Returns when
+    /// the intake hangs up, or with the error that makes the node stop without replying.
+    pub fn run(mut self, groups: Receiver<Group>) -> Result<(), NodeError> {
+        for group in groups {
+            if group.writes() {
+                // No reply leaves before this returns: a crash here loses only unanswered commands.
+                let started = Instant::now();
+                let sealed = self.store.commit(&mut self.chain, group.outcomes.iter().map(|(_, e)| e)).map_err(NodeError::Commit)?;
+                self.metrics.commit(group.outcomes.len(), started.elapsed());
+                if let Some(listener) = &self.listener {
+                    listener.committed(sealed, self.chain);
+                }
+                if started.elapsed() > SLOW_COMMIT {
+                    tracing::warn!(ms = started.elapsed().as_millis() as u64, commands = group.outcomes.len(), "slow commit");
+                }
+            }
+            self.answer(group)?;
+        }
+        Ok(())
+    }
+
+    fn answer(&mut self, group: Group) -> Result<(), NodeError> {
+        for (target, effects) in group.outcomes {
+            match (target, &effects.reply) {
+                (Some(ReplyTo::Device(target)), Some(reply)) => self.replies.publish(&target, reply.to_json())?,
+                (Some(ReplyTo::Peer { answer, read }), reply) => {
+                    let value = read.unwrap_or_else(|| Ok(serde_json::to_value(reply).expect("reply serializes")));
+                    // The asker may have given up (timeout); it asks again.
+                    let _ = answer.send(value);
+                }
+                _ => {}
+            }
+            for notice in &effects.notices {
+                self.replies.publish(&ReplyTarget::device(&notice.device), notice.to_json())?;
+            }
+        }
+        Ok(())
+    }
+}

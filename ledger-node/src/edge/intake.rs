@@ -1,0 +1,200 @@
+//! Command intake: reads device commands from the embedded broker's command link and
+//! requests from the inbox, applies them to the ledger in groups, checks the books' running
+//! totals, and hands each group to the committer. The committer writes a group durably and
+//! only then publishes its answers; the two run in their own threads, so that the next
+//! group is applied while the previous one is being fsynced. Groups commit and answer in
+//! order, so a reply never depends on a change that is not yet on disk.
+
+use super::committer::{Group, ReplyTo};
+use super::inbox::{Call, Request};
+use crate::clock::now_ms;
+use crate::core::command;
+use crate::core::reply::{Code, Rejection, Reply};
+use crate::core::{Effects, Ledger, OPERATOR};
+use crate::error::NodeError;
+use crate::metrics::Metrics;
+use broker::link::{CommandReader, DeviceCommand, Inbound};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct IntakeLimits {
+    /// Largest command payload the ledger reads; larger ones are rejected `payload_too_large`.
+    pub max_command_bytes: usize,
+    pub max_batch_ops: usize,
+    /// Most commands sharing one commit.
+    pub max_group: usize,
+    /// Longest the first command of a group waits for others before the commit starts.
+    pub max_wait: Duration,
+}
+
+/// Longest the loop sleeps without looking at the clock for due expiries.
+const IDLE_TICK: Duration = Duration::from_millis(250);
+
+/// How often the intake logs its counters.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+enum Incoming {
+    Device(DeviceCommand),
+    Peer(Call),
+}
+
+/// Counters since start, logged now and then.
+#[derive(Debug, Default)]
+struct IntakeStats {
+    commands: u64,
+    groups: u64,
+    rejected: u64,
+    dropped_topics: u64,
+    lost_by_broker: u64,
+    peer_requests: u64,
+}
+
+pub struct Intake {
+    ledger: Ledger,
+    commands: CommandReader,
+    limits: IntakeLimits,
+    stats: IntakeStats,
+    committer: SyncSender<Group>,
+    inbox: Option<Receiver<Call>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Intake {
+    pub fn new(ledger: Ledger, commands: CommandReader, limits: IntakeLimits, committer: SyncSender<Group>, metrics: Arc<Metrics>) -> Intake {
+        Intake { ledger, commands, limits, stats: IntakeStats::default(), committer, inbox: None, metrics }
+    }
+
+    /// Also takes requests from other nodes (the zenoh side queues them and wakes us).
+    pub fn with_inbox(mut self, inbox: Receiver<Call>) -> Intake {
+        self.inbox = Some(inbox);
+        self
+    }
+
+    /// Runs until the broker goes away, the committer stops, or an invariant breaks.
+    pub fn run(mut self) -> Result<(), NodeError> {
+        let mut group: Vec<Incoming> = Vec::with_capacity(self.limits.max_group);
+        let mut last_log = Instant::now();
+        loop {
+            let idle_deadline = Instant::now() + self.until_next_expiry();
+            let first = self.commands.recv(idle_deadline)?;
+            self.take(first, &mut group);
+            let group_deadline = Instant::now() + self.limits.max_wait;
+            while !group.is_empty() && group.len() < self.limits.max_group {
+                match self.commands.recv(group_deadline)? {
+                    Inbound::Timeout => break,
+                    inbound => self.take(inbound, &mut group),
+                }
+            }
+            if let Some(inbox) = &self.inbox {
+                while group.len() < self.limits.max_group {
+                    match inbox.try_recv() {
+                        Ok(call) => group.push(Incoming::Peer(call)),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.process(&mut group)?;
+            self.metrics.heartbeat();
+            self.metrics.books(self.ledger.head().seq, self.ledger.outgoing_count());
+            if last_log.elapsed() > LOG_EVERY {
+                tracing::info!(stats = ?self.stats, head = self.ledger.head().seq, "intake");
+                last_log = Instant::now();
+            }
+        }
+    }
+
+    fn until_next_expiry(&self) -> Duration {
+        match self.ledger.next_expiry() {
+            Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_TICK),
+            None => IDLE_TICK,
+        }
+    }
+
+    fn take(&mut self, inbound: Inbound, group: &mut Vec<Incoming>) {
+        let lost = self.commands.take_lost();
+        if lost > 0 {
+            self.stats.lost_by_broker += lost;
+            self.metrics.lost_by_broker(lost);
+            tracing::warn!(lost, "broker dropped commands before the ledger read them; devices will resend");
+        }
+        match inbound {
+            Inbound::Command(command) => group.push(Incoming::Device(command)),
+            Inbound::InvalidTopic(topic) => {
+                self.stats.dropped_topics += 1;
+                self.metrics.dropped_topic();
+                tracing::warn!(topic, "command on a topic without a valid device id; dropped");
+            }
+            Inbound::Timeout | Inbound::Woken => {}
+        }
+    }
+
+    fn process(&mut self, group: &mut Vec<Incoming>) -> Result<(), NodeError> {
+        let now = now_ms();
+        let mut outcomes: Vec<(Option<ReplyTo>, Effects)> = self.ledger.expire_due(now).into_iter().map(|e| (None, e)).collect();
+        for incoming in group.drain(..) {
+            match incoming {
+                Incoming::Device(command) => {
+                    self.stats.commands += 1;
+                    let (op, effects) = self.handle(&command.device, &command.payload, now);
+                    let code = effects.reply.as_ref().map_or(Code::Ok, |r| r.code);
+                    if code != Code::Ok {
+                        self.stats.rejected += 1;
+                    }
+                    match op {
+                        Some(op) => self.metrics.command(op, code),
+                        None => self.metrics.rejected_input(code),
+                    }
+                    outcomes.push((Some(ReplyTo::Device(command.reply_to)), effects));
+                }
+                Incoming::Peer(call) => {
+                    self.stats.peer_requests += 1;
+                    let op = call.request.op_name();
+                    let (effects, read) = self.handle_request(call.request, now);
+                    if let (Some(op), Some(reply)) = (op, &effects.reply) {
+                        self.metrics.command(op, reply.code);
+                    }
+                    outcomes.push((Some(ReplyTo::Peer { answer: call.answer, read }), effects));
+                }
+            }
+        }
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        // A broken sum stops the node here, before any reply of this group can leave.
+        self.ledger.check_totals()?;
+        self.stats.groups += 1;
+        self.committer
+            .send(Group { outcomes })
+            .map_err(|_| NodeError::Stopped { part: "committer", why: "it no longer takes groups".to_string() })
+    }
+
+    fn handle_request(&mut self, request: Request, now: u64) -> (Effects, Option<bridge::Answer>) {
+        match request {
+            Request::Receive(command) => (self.ledger.receive(command, now), None),
+            Request::Settle { pending_id, decision } => (self.ledger.settle(&pending_id, &decision, now), None),
+            Request::Read(read) => (Effects::default(), Some(read(&self.ledger))),
+            Request::Operator(command) => (self.ledger.submit(Some(OPERATOR), command, now), None),
+        }
+    }
+
+    /// The command's op (None: the input was not a command) and its effects.
+    fn handle(&mut self, device: &str, payload: &[u8], now: u64) -> (Option<&'static str>, Effects) {
+        if payload.len() > self.limits.max_command_bytes {
+            let rejection = Rejection::new(
+                Code::PayloadTooLarge,
+                format!("payload is {} bytes; the limit is {}", payload.len(), self.limits.max_command_bytes),
+            );
+            let id = command::peek_id(payload);
+            return (None, Effects::reply_only(Reply::rejected(id.as_deref(), rejection)));
+        }
+        match command::parse(payload, self.limits.max_batch_ops) {
+            Ok(cmd) => (Some(cmd.op.name()), self.ledger.submit(Some(device), cmd, now)),
+            Err(rejection) => {
+                let id = command::peek_id(payload);
+                (None, Effects::reply_only(Reply::rejected(id.as_deref(), rejection)))
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! An edge node: the embedded MQTT broker in, the ledger core in the middle, redb beneath,
+//! and (with a `[zenoh]` section) journal shipping and queryables towards its region.
+//!
+//! Threads: `broker` (rumqttd), `intake` (applies commands in groups, see `intake`),
+//! `committer` (the durability rule, see `committer`), and with zenoh `edge-link` (a tokio
+//! runtime for shipping and queryables). Every one reports to `Fatal` when it stops.
+
+pub mod committer;
+pub mod inbox;
+pub mod intake;
+pub mod queryables;
+pub mod shipping;
+
+use crate::error::{Fatal, NodeError};
+use crate::metrics::Metrics;
+use crate::setup::ledger_for;
+use crate::store::Store;
+use committer::{CommitListener, Committer, GROUPS_IN_FLIGHT};
+use config::NodeConfig;
+use inbox::Inbox;
+use intake::{Intake, IntakeLimits};
+use shipping::EdgeLink;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Starts an edge on `store`; its parts run until one of them reports to `fatal`.
+pub fn start(config: &NodeConfig, store: Store, fatal: &Fatal) -> Result<(), NodeError> {
+    check_listeners(config)?;
+    let mut ledger = ledger_for(config);
+    let chain = store.load(&mut ledger)?;
+    let store = Arc::new(store);
+    tracing::info!(node = %config.node.id, db = %store.path().display(), head = ledger.head().seq, "ledger loaded");
+
+    // The node's own broker links (commands, and the waker with zenoh) are not devices.
+    let own_links = if config.zenoh.is_some() { 2 } else { 1 };
+    let metrics = Metrics::new(&config.node.id, "edge", own_links);
+    metrics.books(ledger.head().seq, ledger.outgoing_count());
+    if let Some(addr) = config.metrics.listen {
+        crate::metrics::start(addr, metrics.clone())?;
+    }
+    let broker_config = broker::broker_config(config).map_err(|e| NodeError::Config(e.to_string()))?;
+    let mut mqtt = broker::Broker::new(broker_config);
+    // With a zenoh link, other nodes' requests (deliveries, settlements, reads) reach the
+    // intake through the inbox; a second broker link wakes the intake for them.
+    let (listener, inbox): (Option<Box<dyn CommitListener>>, _) = match &config.zenoh {
+        Some(_) => {
+            ledger.enable_cross_node();
+            let (inbox, queued) = Inbox::new(broker::link::Waker::new(&mut mqtt)?);
+            let link = start_zenoh(config, store.clone(), chain, inbox, &metrics, fatal)?;
+            (Some(Box::new(link)), Some(queued))
+        }
+        None => (None, None),
+    };
+    let (commands, replies) = broker::link::command_link(&mut mqtt)?;
+    fatal.spawn("broker", move || mqtt.start().map_err(|e| NodeError::Broker(e.to_string())))?;
+
+    let listeners = [("mqtt 3.1.1", config.mqtt.listen_v4), ("mqtt 5", config.mqtt.listen_v5), ("websocket", config.mqtt.listen_ws)];
+    for (kind, addr) in listeners {
+        if let Some(addr) = addr {
+            println!("ledger-node {}: {kind} on {addr}", config.node.id);
+        }
+    }
+    if let Some(addr) = config.metrics.listen {
+        println!("ledger-node {}: metrics on http://{addr}/metrics, health on http://{addr}/health", config.node.id);
+    }
+    println!("ledger-node {}: ready, journal head {}, data in {}", config.node.id, ledger.head().seq, store.path().display());
+
+    let limits = IntakeLimits {
+        max_command_bytes: config.ledger.max_command_bytes,
+        max_batch_ops: config.ledger.max_batch_ops,
+        max_group: config.commit.max_batch,
+        max_wait: Duration::from_micros(config.commit.max_wait_us),
+    };
+    let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT);
+    // A node that cannot commit must stop at once: it would only keep taking commands
+    // (PUBACK) that it can never answer.
+    let committer = Committer::new(store, chain, replies, listener, metrics.clone());
+    fatal.spawn("committer", move || committer.run(groups_rx))?;
+    let intake = Intake::new(ledger, commands, limits, groups_tx, metrics);
+    let intake = match inbox {
+        Some(queued) => intake.with_inbox(queued),
+        None => intake,
+    };
+    fatal.spawn("intake", move || intake.run())
+}
+
+/// Starts the edge's zenoh side on a runtime thread of its own: journal shipping, and the
+/// queryables through which its region and operators reach it.
+fn start_zenoh(
+    config: &NodeConfig,
+    store: Arc<Store>,
+    chain: crate::core::journal::Chain,
+    inbox: Inbox,
+    metrics: &Metrics,
+    fatal: &Fatal,
+) -> Result<EdgeLink, NodeError> {
+    let (link, pushed) = EdgeLink::new(chain, metrics);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("zenoh-edge")
+        .enable_all()
+        .build()
+        .map_err(|e| NodeError::Start(format!("zenoh runtime: {e}")))?;
+    let session = runtime.block_on(bridge::open(config)).map_err(NodeError::Zenoh)?;
+    let (edge, shipped) = (config.node.id.clone(), link.clone());
+    fatal.spawn("edge-link", move || {
+        runtime.block_on(async move {
+            queryables::serve(&session, &edge, inbox, store.clone());
+            shipping::ship(session, edge, store, shipped, pushed).await;
+        });
+        Err(NodeError::Zenoh("the zenoh session of the edge closed".to_string()))
+    })?;
+    Ok(link)
+}
+
+/// rumqttd logs a bind failure and carries on without the listener; find out first.
+fn check_listeners(config: &NodeConfig) -> Result<(), NodeError> {
+    let listeners: [(&'static str, Option<SocketAddr>); 3] =
+        [("mqtt.listen_v4", config.mqtt.listen_v4), ("mqtt.listen_v5", config.mqtt.listen_v5), ("mqtt.listen_ws", config.mqtt.listen_ws)];
+    for (key, addr) in listeners {
+        if let Some(addr) = addr {
+            TcpListener::bind(addr).map_err(|e| NodeError::Listen { key, addr, reason: e.to_string() })?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! An edge's zenoh queryables: deliveries and settlements from its region, operator reads
+//! of its books, operator commands. Each checks its input at the boundary and goes through
+//! the inbox, so it is answered in order with device commands and after their commit;
+//! history reads the journal from redb directly.
+
+use super::inbox::{Inbox, Request};
+use crate::books::queries::{self, HistoryParams, PageParams};
+use crate::core::address::Address;
+use crate::core::command;
+use crate::core::reply::Reply;
+use crate::core::transfer::{Delivery, Settlement};
+use crate::core::Ledger;
+use crate::store::Store;
+use bridge::zenoh::query::Query;
+use bridge::zenoh::Session;
+use bridge::{keys, serve_json, Answer, Refusal};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Most ops in one operator batch command.
+pub const MAX_OPERATOR_BATCH: usize = 100;
+/// Largest request payload a node reads.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+fn payload_bytes(query: &Query) -> Result<Vec<u8>, Refusal> {
+    bridge::query_bytes(query, MAX_REQUEST_BYTES)
+}
+
+fn payload<T: serde::de::DeserializeOwned>(query: &Query) -> Result<T, Refusal> {
+    bridge::query_json(query, MAX_REQUEST_BYTES)
+}
+
+/// Starts an edge's queryables.
+pub fn serve(session: &Session, edge: &str, inbox: Inbox, store: Arc<Store>) {
+    let asking = |inbox: &Inbox, read: fn(&Query, &str) -> Result<Request, Refusal>, me: &str| {
+        let (inbox, me) = (inbox.clone(), me.to_string());
+        move |query: Query| {
+            let (inbox, request) = (inbox.clone(), read(&query, &me));
+            async move {
+                let answer = match request {
+                    Ok(request) => inbox.ask(request).await,
+                    Err(refusal) => Err(refusal),
+                };
+                (query, answer)
+            }
+        }
+    };
+    tokio::spawn(serve_json(session.clone(), keys::transfer_deliver(edge), asking(&inbox, delivery, edge)));
+    tokio::spawn(serve_json(session.clone(), keys::transfer_settle(edge), asking(&inbox, settlement, edge)));
+    tokio::spawn(serve_json(session.clone(), keys::balance(edge), asking(&inbox, balance, edge)));
+    tokio::spawn(serve_json(session.clone(), keys::accounts(edge), asking(&inbox, accounts, edge)));
+    tokio::spawn(serve_json(session.clone(), keys::transfers(edge), asking(&inbox, transfers, edge)));
+    tokio::spawn(serve_json(session.clone(), keys::command(edge), asking(&inbox, operator_command, edge)));
+    tokio::spawn(serve_json(session.clone(), keys::pending(edge), asking(&inbox, pending, edge)));
+    let me = edge.to_string();
+    tokio::spawn(serve_json(session.clone(), keys::history(edge), move |query| {
+        let (me, store) = (me.clone(), store.clone());
+        let params = HistoryParams::parse(|k| query.parameters().get(k))
+            .map_err(Refusal::invalid)
+            .and_then(|p| own_name(&p.account, &me).map(|name| HistoryParams { account: name, ..p }));
+        async move {
+            let answer = match params {
+                Ok(params) => history(store, params).await,
+                Err(refusal) => Err(refusal),
+            };
+            (query, answer)
+        }
+    }));
+}
+
+async fn history(store: Arc<Store>, params: HistoryParams) -> Answer {
+    match tokio::task::spawn_blocking(move || crate::store::history(&store, None, &params)).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(Refusal::unavailable(e.to_string())),
+        Err(e) => Err(Refusal::unavailable(e.to_string())),
+    }
+}
+
+fn delivery(query: &Query, me: &str) -> Result<Request, Refusal> {
+    let delivery: Delivery = payload(query)?;
+    delivery.check(me).map_err(Refusal::invalid)?;
+    Ok(Request::Receive(delivery.command()))
+}
+
+fn settlement(query: &Query, _me: &str) -> Result<Request, Refusal> {
+    let settlement: Settlement = payload::<Settlement>(query)?.checked().map_err(Refusal::invalid)?;
+    Ok(Request::Settle { pending_id: settlement.pending_id, decision: settlement.decision })
+}
+
+fn balance(query: &Query, me: &str) -> Result<Request, Refusal> {
+    let account = query.parameters().get("account").ok_or_else(|| Refusal::invalid("account: missing (?account=NAME)"))?;
+    let account = own_name(account, me)?;
+    Ok(Request::Read(Box::new(move |ledger: &Ledger| match ledger.balance_view(&account) {
+        Some(view) => Ok(json!({"balance": view, "seq": ledger.head().seq})),
+        None => Err(Refusal::not_found(format!("account: {account} does not exist on {}", ledger.node_id()))),
+    })))
+}
+
+fn accounts(query: &Query, _me: &str) -> Result<Request, Refusal> {
+    let page = PageParams::parse(|k| query.parameters().get(k)).map_err(Refusal::invalid)?;
+    Ok(Request::Read(Box::new(move |ledger: &Ledger| Ok(queries::accounts_page(ledger, &page)))))
+}
+
+fn transfers(query: &Query, _me: &str) -> Result<Request, Refusal> {
+    let side = query.parameters().get("side").unwrap_or("out").to_string();
+    let page = PageParams::parse(|k| query.parameters().get(k)).map_err(Refusal::invalid)?;
+    Ok(Request::Read(Box::new(move |ledger: &Ledger| queries::transfers_page(ledger, &side, &page).map_err(Refusal::invalid))))
+}
+
+fn pending(query: &Query, me: &str) -> Result<Request, Refusal> {
+    let limit = query.parameters().get("limit").and_then(|l| l.parse().ok()).unwrap_or(queries::MAX_ANSWER_ROWS);
+    let account = query.parameters().get("account").map(|a| own_name(a, me)).transpose()?;
+    Ok(Request::Read(Box::new(move |ledger: &Ledger| {
+        Ok(json!({"pending": queries::holds_json(ledger, account.as_deref(), limit), "seq": ledger.head().seq}))
+    })))
+}
+
+/// An operator's command: a device command's JSON, answered with the ledger's reply (a
+/// command that does not parse is answered with its rejection, as a device would be).
+fn operator_command(query: &Query, _me: &str) -> Result<Request, Refusal> {
+    let bytes = payload_bytes(query).map_err(|r| Refusal::invalid(r.error.replacen("payload", "command", 1)))?;
+    match command::parse(&bytes, MAX_OPERATOR_BATCH) {
+        Ok(command) => Ok(Request::Operator(command)),
+        Err(rejection) => {
+            let reply = Reply::rejected(command::peek_id(&bytes).as_deref(), rejection);
+            Ok(Request::Read(Box::new(move |_: &Ledger| Ok(serde_json::to_value(reply).expect("reply serializes")))))
+        }
+    }
+}
+
+/// The local name of `name` or `name@node` when `node` is this one; an edge answers for
+/// its own accounts only.
+fn own_name(account: &str, node: &str) -> Result<String, Refusal> {
+    let address = Address::split(account);
+    match address.remote_node(node) {
+        None => Ok(address.name.to_string()),
+        Some(at) => Err(Refusal::not_found(format!("account: {account} lives on {at}, not {node}; ask {at} or its region"))),
+    }
+}

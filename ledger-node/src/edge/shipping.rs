@@ -1,0 +1,130 @@
+//! Journal shipping from an edge to its region over zenoh. After each durable commit the
+//! committer hands the new entries here (`EdgeLink`, a `CommitListener`); they are pushed
+//! at once, and any range of the journal is served from redb, so a region that missed
+//! pushes fetches what it lacks. The region's acks say how far it has replicated.
+//!
+//! The edge never waits for its region: pushes that cannot be sent at once are dropped and
+//! the region fetches them from the edge's redb when it can.
+
+use super::committer::CommitListener;
+use crate::core::journal::{hex, Chain, Entry};
+use crate::metrics::{gauge, Metrics};
+use crate::store::Store;
+use bridge::zenoh::qos::CongestionControl;
+use bridge::{encode_frame, keys, Refusal, MAX_FRAME_ENTRIES};
+use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Committed groups waiting to be pushed to the region; beyond this the push is dropped
+/// (the region will fetch those entries through the range queryable).
+pub const PUSH_QUEUE: usize = 256;
+
+/// The edge's side, shared between the committer (which feeds it) and the zenoh tasks.
+#[derive(Clone)]
+pub struct EdgeLink {
+    push: tokio::sync::mpsc::Sender<Vec<Entry>>,
+    head: Arc<Mutex<Chain>>,
+    acked: Arc<AtomicU64>,
+}
+
+impl CommitListener for EdgeLink {
+    /// Called by the committer after each durable commit; never blocks.
+    fn committed(&self, entries: Vec<Entry>, head: Chain) {
+        *self.head.lock().expect("head lock") = head;
+        if !entries.is_empty() && self.push.try_send(entries).is_err() {
+            tracing::debug!("push queue full; the region will fetch the entries");
+        }
+    }
+}
+
+impl EdgeLink {
+    /// The link and the receiving end of its push queue.
+    pub fn new(head: Chain, metrics: &Metrics) -> (EdgeLink, tokio::sync::mpsc::Receiver<Vec<Entry>>) {
+        let (push, pushed) = tokio::sync::mpsc::channel::<Vec<Entry>>(PUSH_QUEUE);
+        let link = EdgeLink { push, head: Arc::new(Mutex::new(head)), acked: Arc::new(AtomicU64::new(0)) };
+        let watched = link.clone();
+        metrics.add_gauges(Box::new(move |out| {
+            let head = watched.head.lock().expect("head lock").seq;
+            let acked = watched.acked.load(Ordering::SeqCst);
+            gauge(out, "edgeledger_replicated_seq", "Last journal entry the region acknowledged as durably replicated.", [("", acked)]);
+            let lag = head.saturating_sub(acked);
+            gauge(out, "edgeledger_replication_lag_entries", "Journal entries not yet acknowledged by the region.", [("", lag)]);
+        }));
+        (link, pushed)
+    }
+}
+
+/// Runs the shipping tasks on `session` until it closes: pushes, ranges, status and acks.
+pub async fn ship(session: bridge::zenoh::Session, edge: String, store: Arc<Store>, link: EdgeLink, mut pushed: tokio::sync::mpsc::Receiver<Vec<Entry>>) {
+    let publisher = match session.declare_publisher(keys::journal_entries(&edge)).congestion_control(CongestionControl::Block).await {
+        Ok(p) => p,
+        Err(e) => return tracing::error!("zenoh publisher: {e}"),
+    };
+    tokio::spawn(serve_range(session.clone(), edge.clone(), store));
+    tokio::spawn(serve_status(session.clone(), edge.clone(), link.clone()));
+    tokio::spawn(follow_acks(session.clone(), edge.clone(), link.acked.clone()));
+    while let Some(entries) = pushed.recv().await {
+        if let Err(e) = publisher.put(frame_of(&entries)).await {
+            tracing::warn!("journal push failed: {e}");
+        }
+    }
+}
+
+fn frame_of(entries: &[Entry]) -> Vec<u8> {
+    let encoded: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.seq, e.encode())).collect();
+    encode_frame(encoded.iter().map(|(seq, bytes)| (*seq, &bytes[..])))
+}
+
+/// Serves `?from=SEQ;limit=N` from the edge's redb: the source of truth for gap filling.
+async fn serve_range(session: bridge::zenoh::Session, edge: String, store: Arc<Store>) {
+    let queryable = match session.declare_queryable(keys::journal_range(&edge)).await {
+        Ok(q) => q,
+        Err(e) => return tracing::error!("zenoh queryable: {e}"),
+    };
+    while let Ok(query) = queryable.recv_async().await {
+        let params = query.parameters();
+        let from: u64 = params.get("from").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+        let limit: usize = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(MAX_FRAME_ENTRIES).clamp(1, MAX_FRAME_ENTRIES);
+        let store = store.clone();
+        let read = tokio::task::spawn_blocking(move || store.journal_range(from, u64::MAX, limit)).await;
+        let sent = match read {
+            Ok(Ok(entries)) => query.reply(query.key_expr().clone(), frame_of(&entries)).await,
+            Ok(Err(e)) => {
+                tracing::error!("journal range {from}+{limit}: {e}");
+                query.reply_err(json!(Refusal::unavailable(e.to_string())).to_string()).await
+            }
+            Err(e) => query.reply_err(json!(Refusal::unavailable(e.to_string())).to_string()).await,
+        };
+        if let Err(e) = sent {
+            tracing::warn!("journal range reply failed: {e}");
+        }
+    }
+}
+
+async fn serve_status(session: bridge::zenoh::Session, edge: String, link: EdgeLink) {
+    let key = keys::status(&edge);
+    bridge::serve_json_now(session, key, move |_| {
+        let head = *link.head.lock().expect("head lock");
+        let acked = link.acked.load(Ordering::SeqCst);
+        Ok(json!({
+            "node": edge, "role": "edge",
+            "head": {"seq": head.seq, "hash": hex(&head.hash)},
+            "replicated_seq": acked, "lag_entries": head.seq.saturating_sub(acked),
+        }))
+    })
+    .await
+}
+
+async fn follow_acks(session: bridge::zenoh::Session, edge: String, acked: Arc<AtomicU64>) {
+    let subscriber = match session.declare_subscriber(keys::journal_ack(&edge)).await {
+        Ok(s) => s,
+        Err(e) => return tracing::error!("zenoh subscriber: {e}"),
+    };
+    while let Ok(sample) = subscriber.recv_async().await {
+        let ack: serde_json::Value = serde_json::from_slice(&sample.payload().to_bytes()).unwrap_or_default();
+        if let Some(seq) = ack["seq"].as_u64() {
+            acked.fetch_max(seq, Ordering::SeqCst);
+        }
+    }
+}

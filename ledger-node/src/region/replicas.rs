@@ -1,0 +1,180 @@
+//! A region's replicas of its edges' journals. For each configured edge it pulls the
+//! journal from where the replica ends, applies pushes as they come, verifies the hash
+//! chain, replays each entry into the replica's books, stores the entries durably and
+//! acknowledges. An entry that breaks the chain or does not apply is refused: neither
+//! stored nor kept, and replication of that edge stops there until an operator acts.
+
+use crate::clock::now_ms;
+use crate::core::journal::{hex, Chain, Entry};
+use crate::core::Ledger;
+use crate::error::{Fatal, NodeError};
+use crate::metrics::gauge;
+use crate::store::Store;
+use bridge::zenoh::qos::CongestionControl;
+use bridge::{decode_frame, keys, MAX_FRAME_ENTRIES, QUERY_TIMEOUT};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Pushes a region keeps while busy fetching ranges; older ones are dropped.
+pub const PUSHES_BUFFERED: usize = 64;
+/// How often a region asks an edge for entries when no push arrived.
+pub const PULL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A region's copy of one edge's journal and the books it implies.
+pub struct Replica {
+    pub chain: Chain,
+    pub ledger: Ledger,
+    /// Why the last offered entry was refused; replication of this edge stops there.
+    pub refused: Option<String>,
+    pub updated_ms: u64,
+}
+
+pub type Replicas = Arc<Mutex<BTreeMap<String, Replica>>>;
+
+/// Pulls `edge`'s journal from where the replica ends, applying pushes as they come.
+/// `grown` is told each time the replica grows (the coordinator looks for new transfers).
+pub async fn follow_edge(session: bridge::zenoh::Session, edge: String, store: Arc<Store>, replicas: Replicas, grown: Arc<tokio::sync::Notify>, fatal: Fatal) {
+    // Pushes are only a fast path. A bounded FIFO would block zenoh's receive path when
+    // full, and with it the range replies this task is waiting for; a ring drops the
+    // oldest pushes instead, which the range fetch makes up for.
+    let subscriber = match session
+        .declare_subscriber(keys::journal_entries(&edge))
+        .with(bridge::zenoh::handlers::RingChannel::new(PUSHES_BUFFERED))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return tracing::error!("zenoh subscriber: {e}"),
+    };
+    loop {
+        // A refused edge stays where it stopped until an operator acts: stop asking it.
+        if replicas.lock().expect("replicas").get(&edge).is_none_or(|r| r.refused.is_some()) {
+            return;
+        }
+        // Drain the edge's journal by ranges until it has nothing new.
+        loop {
+            let cursor = replicas.lock().expect("replicas").get(&edge).map_or(0, |r| r.chain.seq);
+            let selector = format!("{}?from={};limit={MAX_FRAME_ENTRIES}", keys::journal_range(&edge), cursor + 1);
+            let frame = match fetch(&session, &selector).await {
+                Some(frame) => frame,
+                None => break,
+            };
+            let got = frame.len();
+            if got == 0 || !apply(&session, &edge, frame, &store, &replicas, &fatal).await {
+                break;
+            }
+            grown.notify_one();
+            if got < MAX_FRAME_ENTRIES {
+                break;
+            }
+        }
+        // Then wait for a push (applied at once when it continues the replica) or the tick.
+        match tokio::time::timeout(PULL_INTERVAL, subscriber.recv_async()).await {
+            Ok(Ok(sample)) => {
+                if let Ok(frame) = decode_frame(&sample.payload().to_bytes()) {
+                    if apply(&session, &edge, frame, &store, &replicas, &fatal).await {
+                        grown.notify_one();
+                    }
+                }
+            }
+            Ok(Err(_)) => return,
+            Err(_) => {}
+        }
+    }
+}
+
+async fn fetch(session: &bridge::zenoh::Session, selector: &str) -> Option<Vec<(u64, Vec<u8>)>> {
+    let replies = session
+        .get(selector)
+        .congestion_control(CongestionControl::Block)
+        .timeout(QUERY_TIMEOUT)
+        .await
+        .ok()?;
+    let reply = replies.recv_async().await.ok()?;
+    let sample = reply.result().ok()?;
+    match decode_frame(&sample.payload().to_bytes()) {
+        Ok(frame) => Some(frame),
+        Err(e) => {
+            tracing::warn!("{selector}: {e}");
+            None
+        }
+    }
+}
+
+/// Verifies, replays and stores the entries of `frame` that continue the replica. Returns
+/// whether it made progress. Entries the replica already has are skipped (a push and a
+/// range may overlap); a gap leaves the rest for the next range fetch. An entry that breaks
+/// the chain or does not apply to the replica's books is refused: neither stored nor kept.
+async fn apply(session: &bridge::zenoh::Session, edge: &str, frame: Vec<(u64, Vec<u8>)>, store: &Arc<Store>, replicas: &Replicas, fatal: &Fatal) -> bool {
+    let (accepted, chain) = {
+        let mut all = replicas.lock().expect("replicas");
+        let Some(replica) = all.get_mut(edge) else { return false };
+        if replica.refused.is_some() {
+            return false;
+        }
+        let mut accepted = Vec::new();
+        for (seq, bytes) in frame {
+            if seq <= replica.chain.seq {
+                continue;
+            }
+            if seq != replica.chain.seq + 1 {
+                break;
+            }
+            let mut next = replica.chain;
+            let checked = Entry::decode(seq, &bytes)
+                .and_then(|entry| next.verify_next(&entry).map(|body| (entry, body)))
+                .map_err(|e| e.to_string())
+                .and_then(|(entry, body)| replica.ledger.replay(&body).map(|()| entry));
+            match checked {
+                Ok(entry) => {
+                    replica.chain = next;
+                    accepted.push(entry);
+                }
+                Err(why) => {
+                    let why = format!("entry {seq} refused: {why}");
+                    tracing::error!(edge, "replication stopped: {why}");
+                    replica.refused = Some(why);
+                    break;
+                }
+            }
+        }
+        replica.updated_ms = now_ms();
+        (accepted, replica.chain)
+    };
+    if accepted.is_empty() {
+        return false;
+    }
+    let (store, edge_id) = (store.clone(), edge.to_string());
+    let stored = match tokio::task::spawn_blocking(move || store.append_replica(&edge_id, &accepted)).await {
+        Ok(result) => result.map_err(NodeError::Store),
+        Err(e) => Err(NodeError::Stopped { part: "replica writer", why: e.to_string() }),
+    };
+    if let Err(e) = stored {
+        // The replica in memory is ahead of the disk now: take no more of it, and stop the
+        // node; it rebuilds the replica from disk on restart.
+        if let Some(replica) = replicas.lock().expect("replicas").get_mut(edge) {
+            replica.refused = Some(format!("cannot be stored: {e}"));
+        }
+        fatal.report(e);
+        return false;
+    }
+    let ack = json!({"seq": chain.seq, "hash": hex(&chain.hash)}).to_string();
+    if let Err(e) = session.put(keys::journal_ack(edge), ack).congestion_control(CongestionControl::Block).await {
+        tracing::debug!("ack for {edge}: {e}");
+    }
+    true
+}
+
+/// Per edge: how far the replica is, how long since it last grew, whether it refused.
+pub fn replica_gauges(replicas: &Replicas, out: &mut String) {
+    let now = now_ms();
+    let all = replicas.lock().expect("replicas");
+    let label = |edge: &str| format!("edge=\"{edge}\"");
+    let seqs: Vec<_> = all.iter().map(|(edge, r)| (label(edge), r.chain.seq)).collect();
+    gauge(out, "edgeledger_replica_seq", "Last journal entry of the edge in this region's replica.", seqs);
+    let ages: Vec<_> = all.iter().map(|(edge, r)| (label(edge), now.saturating_sub(r.updated_ms) / 1000)).collect();
+    gauge(out, "edgeledger_replica_age_seconds", "Seconds since the replica last grew (or was loaded).", ages);
+    let refused: Vec<_> = all.iter().map(|(edge, r)| (label(edge), u64::from(r.refused.is_some()))).collect();
+    gauge(out, "edgeledger_replica_refused", "1 when the replica refused an entry of the edge and stopped there.", refused);
+}

@@ -1,0 +1,129 @@
+//! A node's own journal in its file: rebuilding the books from it at start, the durable
+//! commit of each group, and reading ranges back (for replication and history).
+
+use super::error::{Fault, StoreError};
+use super::{Store, IDS, JOURNAL, META};
+use crate::core::journal::{hex, Chain, Entry};
+use crate::core::{Effects, Ledger, Recorded};
+use redb::{Durability, ReadableDatabase, ReadableTable};
+
+impl Store {
+    /// Rebuilds `ledger` from the file: the id records of rejected commands, then every
+    /// journal entry in order (which restores the ids of accepted ones), verifying the hash
+    /// chain as it goes. Returns the chain's end, where the next entry links.
+    pub fn load(&self, ledger: &mut Ledger) -> Result<Chain, StoreError> {
+        self.load_inner(ledger).map_err(|f| self.fail(f))
+    }
+
+    fn load_inner(&self, ledger: &mut Ledger) -> Result<Chain, Fault> {
+        let tx = self.db.begin_read()?;
+        let ids = tx.open_table(IDS)?;
+        for row in ids.iter()? {
+            let (id, value) = row?;
+            let recorded: Recorded = serde_json::from_slice(value.value())
+                .map_err(|e| Fault::Corrupt(format!("id record {:?} cannot be read: {e}", id.value())))?;
+            ledger.restore_recorded(id.value().to_string(), recorded);
+        }
+        let journal = tx.open_table(JOURNAL)?;
+        let mut chain = Chain::default();
+        for row in journal.iter()? {
+            let (seq, value) = row?;
+            let entry = Entry::decode(seq.value(), value.value())?;
+            let body = chain.verify_next(&entry)?;
+            ledger.replay(&body).map_err(Fault::Replay)?;
+        }
+        // The head written with the last commit: a journal cut short at its end still
+        // verifies link by link, but no longer reaches it.
+        let meta = tx.open_table(META)?;
+        let head = meta.get("head")?.map(|v| v.value().to_string());
+        let found = format!("{}:{}", chain.seq, hex(&chain.hash));
+        if head.as_deref().is_some_and(|h| h != found) || (head.is_none() && chain.seq > 0) {
+            return Err(Fault::Corrupt(format!(
+                "the journal ends at {found}, but the last commit recorded {}: entries are missing",
+                head.as_deref().unwrap_or("no head")
+            )));
+        }
+        ledger.check_invariants().map_err(Fault::Invariant)?;
+        Ok(chain)
+    }
+
+    /// Seals the entries of a group of commands onto `chain` and writes them, with the id
+    /// records, in one durable commit. On error the chain may have advanced past what is
+    /// stored: the caller must stop. Returns the sealed entries, for shipping to the region.
+    pub fn commit<'a>(&self, chain: &mut Chain, effects: impl IntoIterator<Item = &'a Effects>) -> Result<Vec<Entry>, StoreError> {
+        self.commit_inner(chain, effects).map_err(|f| self.fail(f))
+    }
+
+    fn commit_inner<'a>(&self, chain: &mut Chain, effects: impl IntoIterator<Item = &'a Effects>) -> Result<Vec<Entry>, Fault> {
+        let mut sealed = Vec::new();
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        {
+            let mut journal = tx.open_table(JOURNAL)?;
+            let mut ids = tx.open_table(IDS)?;
+            let mut bytes = Vec::new();
+            for effect in effects {
+                if let Some(body) = &effect.entry {
+                    let entry = chain.seal(body);
+                    journal.insert(entry.seq, entry.encode().as_slice())?;
+                    sealed.push(entry);
+                }
+                for (id, recorded) in &effect.recorded {
+                    bytes.clear();
+                    serde_json::to_writer(&mut bytes, recorded).expect("record serializes");
+                    ids.insert(id.as_str(), bytes.as_slice())?;
+                }
+            }
+            let mut meta = tx.open_table(META)?;
+            meta.insert("head", format!("{}:{}", chain.seq, hex(&chain.hash)).as_str())?;
+        }
+        tx.commit()?;
+        Ok(sealed)
+    }
+
+    /// Reads journal entries `from..=to` (inclusive), at most `limit` of them.
+    pub fn journal_range(&self, from: u64, to: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let read = || -> Result<Vec<Entry>, Fault> {
+            let tx = self.db.begin_read()?;
+            let journal = tx.open_table(JOURNAL)?;
+            let mut out = Vec::new();
+            for row in journal.range(from..=to)?.take(limit) {
+                let (seq, value) = row?;
+                out.push(Entry::decode(seq.value(), value.value())?);
+            }
+            Ok(out)
+        };
+        read().map_err(|f| self.fail(f))
+    }
+
+    /// Reads up to `limit` entries before `before`, newest first: from this node's journal,
+    /// or with `replica_of`, from the replica of that edge.
+    pub fn entries_before(&self, replica_of: Option<&str>, before: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        if before <= 1 || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let end = before - 1;
+        let read = || -> Result<Vec<Entry>, Fault> {
+            let tx = self.db.begin_read()?;
+            let mut out = Vec::new();
+            match replica_of {
+                None => {
+                    let journal = tx.open_table(JOURNAL)?;
+                    for row in journal.range(1..=end)?.rev().take(limit) {
+                        let (seq, value) = row?;
+                        out.push(Entry::decode(seq.value(), value.value())?);
+                    }
+                }
+                Some(edge) => {
+                    let replica = tx.open_table(super::REPLICA)?;
+                    for row in replica.range((edge, 1)..=(edge, end))?.rev().take(limit) {
+                        let (key, value) = row?;
+                        out.push(Entry::decode(key.value().1, value.value())?);
+                    }
+                }
+            }
+            Ok(out)
+        };
+        read().map_err(|f| self.fail(f))
+    }
+}

@@ -1,0 +1,81 @@
+//! A region's replicas of its edges' journals in its file: rebuilding each replica's books
+//! at start, appending verified entries, and reading them back.
+
+use super::error::{Fault, StoreError};
+use super::{Store, REPLICA};
+use crate::core::journal::{Chain, Entry};
+use crate::core::Ledger;
+use redb::{Durability, ReadableDatabase, ReadableTable};
+
+impl Store {
+    /// Rebuilds a region's replica of `edge` into `ledger`, verifying the chain; returns its end.
+    pub fn load_replica(&self, edge: &str, ledger: &mut Ledger) -> Result<Chain, StoreError> {
+        let mut read = || -> Result<Chain, Fault> {
+            let tx = self.db.begin_read()?;
+            let replica = tx.open_table(REPLICA)?;
+            let mut chain = Chain::default();
+            for row in replica.range((edge, 0)..=(edge, u64::MAX))? {
+                let (key, value) = row?;
+                let entry = Entry::decode(key.value().1, value.value())?;
+                let body = chain.verify_next(&entry)?;
+                ledger.replay(&body).map_err(|e| Fault::Replay(format!("replica of {edge}: {e}")))?;
+            }
+            Ok(chain)
+        };
+        read().map_err(|f| self.fail(f))
+    }
+
+    /// Appends verified entries to the replica of `edge` in one durable commit.
+    pub fn append_replica(&self, edge: &str, entries: &[Entry]) -> Result<(), StoreError> {
+        let write = || -> Result<(), Fault> {
+            let mut tx = self.db.begin_write()?;
+            tx.set_durability(Durability::Immediate)?;
+            {
+                let mut replica = tx.open_table(REPLICA)?;
+                for entry in entries {
+                    replica.insert((edge, entry.seq), entry.encode().as_slice())?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        };
+        write().map_err(|f| self.fail(f))
+    }
+
+    /// The edges a region's file holds replicas of.
+    pub fn replica_edges(&self) -> Result<Vec<String>, StoreError> {
+        let read = || -> Result<Vec<String>, Fault> {
+            let tx = self.db.begin_read()?;
+            let replica = tx.open_table(REPLICA)?;
+            let mut edges: Vec<String> = Vec::new();
+            loop {
+                let next = match edges.last() {
+                    None => replica.iter()?.next(),
+                    Some(last) => replica
+                        .range::<(&str, u64)>((std::ops::Bound::Excluded((last.as_str(), u64::MAX)), std::ops::Bound::Unbounded))?
+                        .next(),
+                };
+                match next {
+                    Some(row) => edges.push(row?.0.value().0.to_string()),
+                    None => return Ok(edges),
+                }
+            }
+        };
+        read().map_err(|f| self.fail(f))
+    }
+
+    /// Reads entries `from..` of the replica of `edge`, at most `limit` of them.
+    pub fn replica_range(&self, edge: &str, from: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let read = || -> Result<Vec<Entry>, Fault> {
+            let tx = self.db.begin_read()?;
+            let replica = tx.open_table(REPLICA)?;
+            let mut out = Vec::new();
+            for row in replica.range((edge, from)..=(edge, u64::MAX))?.take(limit) {
+                let (key, value) = row?;
+                out.push(Entry::decode(key.value().1, value.value())?);
+            }
+            Ok(out)
+        };
+        read().map_err(|f| self.fail(f))
+    }
+}
