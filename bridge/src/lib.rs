@@ -108,9 +108,8 @@ pub async fn open(node: &NodeConfig) -> Result<zenoh::Session, String> {
         Role::Region => "router".to_string(),
     });
     let mut config = zenoh::Config::default();
-    let set = |config: &mut zenoh::Config, key: &str, value: String| {
-        config.insert_json5(key, &value).map_err(|e| format!("zenoh.{key}: {e}"))
-    };
+    let set =
+        |config: &mut zenoh::Config, key: &str, value: String| config.insert_json5(key, &value).map_err(|e| format!("zenoh.{key}: {e}"));
     set(&mut config, "mode", json(&mode))?;
     // An edge with no listen endpoint still needs one for zenoh; keep it on loopback.
     let listen = if section.listen.is_empty() { vec!["tcp/127.0.0.1:0".to_string()] } else { section.listen.clone() };
@@ -140,7 +139,8 @@ pub async fn open(node: &NodeConfig) -> Result<zenoh::Session, String> {
 /// within `timeout`.
 pub async fn open_client(endpoints: &[String], timeout: Duration) -> Result<zenoh::Session, String> {
     let mut config = zenoh::Config::default();
-    let set = |config: &mut zenoh::Config, key: &str, value: String| config.insert_json5(key, &value).map_err(|e| format!("zenoh {key}: {e}"));
+    let set =
+        |config: &mut zenoh::Config, key: &str, value: String| config.insert_json5(key, &value).map_err(|e| format!("zenoh {key}: {e}"));
     set(&mut config, "mode", json("client"))?;
     set(&mut config, "connect/endpoints", serde_json::to_string(endpoints).expect("strings"))?;
     set(&mut config, "connect/timeout_ms", timeout.as_millis().to_string())?;
@@ -296,7 +296,12 @@ where
 
 /// Asks `selector` with a JSON payload (`Block` congestion control) and returns the first
 /// answer as JSON. No answer within `timeout`, or a refusal, is an error.
-pub async fn ask_json(session: &zenoh::Session, selector: &str, payload: Option<String>, timeout: Duration) -> Result<serde_json::Value, AskError> {
+pub async fn ask_json(
+    session: &zenoh::Session,
+    selector: &str,
+    payload: Option<String>,
+    timeout: Duration,
+) -> Result<serde_json::Value, AskError> {
     let no_answer = |why: String| AskError::NoAnswer { selector: selector.to_string(), why };
     let mut get = session.get(selector).congestion_control(zenoh::qos::CongestionControl::Block).timeout(timeout);
     if let Some(payload) = payload {
@@ -304,15 +309,19 @@ pub async fn ask_json(session: &zenoh::Session, selector: &str, payload: Option<
     }
     let replies = get.await.map_err(|e| no_answer(e.to_string()))?;
     let reply = replies.recv_async().await.map_err(|_| no_answer("no answer".to_string()))?;
-    let sample = reply
-        .result()
-        .map_err(|e| AskError::Refused { selector: selector.to_string(), refusal: refusal_of(&e.payload().to_bytes()) })?;
-    serde_json::from_slice(&sample.payload().to_bytes()).map_err(|e| AskError::Garbled { selector: selector.to_string(), why: e.to_string() })
+    let sample =
+        reply.result().map_err(|e| AskError::Refused { selector: selector.to_string(), refusal: refusal_of(&e.payload().to_bytes()) })?;
+    serde_json::from_slice(&sample.payload().to_bytes())
+        .map_err(|e| AskError::Garbled { selector: selector.to_string(), why: e.to_string() })
 }
 
 /// Asks `selector` of every node that answers it (a wildcard selector reaches many) and
 /// returns each answer by the key it came from, until all answered or `timeout` passed.
-pub async fn ask_all(session: &zenoh::Session, selector: &str, timeout: Duration) -> Result<Vec<(String, Result<serde_json::Value, String>)>, String> {
+pub async fn ask_all(
+    session: &zenoh::Session,
+    selector: &str,
+    timeout: Duration,
+) -> Result<Vec<(String, Result<serde_json::Value, String>)>, String> {
     let replies = session
         .get(selector)
         .target(zenoh::query::QueryTarget::All)

@@ -46,19 +46,11 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
                 // Argon2 takes tens of milliseconds by design; on the listener's own
                 // single-threaded runtime it would stall every connection of that listener.
                 async move {
-                    tokio::task::spawn_blocking(move || credentials.authenticate(&client_id, &username, &password))
-                        .await
-                        .unwrap_or(false)
+                    tokio::task::spawn_blocking(move || credentials.authenticate(&client_id, &username, &password)).await.unwrap_or(false)
                 }
             });
         }
-        (name.to_string(), ServerSettings {
-            name: name.to_string(),
-            listen: addr,
-            tls: None,
-            next_connection_delay_ms: 0,
-            connections,
-        })
+        (name.to_string(), ServerSettings { name: name.to_string(), listen: addr, tls: None, next_connection_delay_ms: 0, connections })
     };
     let one = |name: &str, addr: Option<SocketAddr>| addr.map(|a| HashMap::from([listener(name, a)]));
     // rumqttd keeps a log per subscribed filter. The command log is large, so that a busy
@@ -140,9 +132,7 @@ pub fn random_hex(bytes: usize) -> String {
 
 fn getrandom(buf: &mut [u8]) {
     use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(buf))
-        .expect("/dev/urandom is readable");
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("/dev/urandom is readable");
 }
 
 /// The device id of a command topic `ledger/v1/cmd/{device_id}`.

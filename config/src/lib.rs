@@ -305,11 +305,7 @@ impl NodeConfig {
     /// The embedded default: an edge on 127.0.0.1:1883, data under ./data, any device.
     pub fn embedded_default() -> NodeConfig {
         NodeConfig {
-            node: NodeSection {
-                id: "local/edge-1".to_string(),
-                role: Role::Edge,
-                data_dir: default_data_dir(),
-            },
+            node: NodeSection { id: "local/edge-1".to_string(), role: Role::Edge, data_dir: default_data_dir() },
             mqtt: MqttSection::default(),
             ledger: LedgerSection::default(),
             commit: CommitSection::default(),
@@ -331,10 +327,8 @@ impl NodeConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<NodeConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err("", format!("cannot read config file {}: {e}", path.display())))?;
-        NodeConfig::from_toml(&text)
-            .map_err(|e| err(e.key, format!("{} (in {})", e.message, path.display())))
+        let text = std::fs::read_to_string(path).map_err(|e| err("", format!("cannot read config file {}: {e}", path.display())))?;
+        NodeConfig::from_toml(&text).map_err(|e| err(e.key, format!("{} (in {})", e.message, path.display())))
     }
 
     /// Semantic checks beyond the TOML shape.
@@ -429,8 +423,7 @@ impl NodeConfig {
             return Err(err("commit.max_wait_us", format!("must be at most {MAX_COMMIT_WAIT_US}")));
         }
         for (i, asset) in self.assets.iter().enumerate() {
-            let code_ok = (3..=12).contains(&asset.code.len())
-                && asset.code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+            let code_ok = (3..=12).contains(&asset.code.len()) && asset.code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
             if !code_ok {
                 return Err(err(format!("assets[{i}].code"), format!("{:?} must be 3 to 12 characters A-Z or 0-9", asset.code)));
             }
@@ -449,7 +442,10 @@ impl NodeConfig {
         }
         for (i, device) in self.devices.iter().enumerate() {
             if !valid_device_id(&device.id) {
-                return Err(err(format!("devices[{i}].id"), format!("{:?} must be 1 to 64 characters a-z, A-Z, 0-9, '-', '_', '.'", device.id)));
+                return Err(err(
+                    format!("devices[{i}].id"),
+                    format!("{:?} must be 1 to 64 characters a-z, A-Z, 0-9, '-', '_', '.'", device.id),
+                ));
             }
             if self.devices[..i].iter().any(|d| d.id == device.id) {
                 return Err(err(format!("devices[{i}].id"), format!("{} is listed twice", device.id)));
@@ -466,7 +462,10 @@ impl NodeConfig {
             let hash = self.device_password_hash(i)?;
             let complete = argon2::password_hash::PasswordHash::new(&hash).is_ok_and(|h| h.salt.is_some() && h.hash.is_some());
             if !hash.starts_with("$argon2") || !complete {
-                return Err(err(format!("devices[{i}].password_hash"), "must be an argon2 PHC string ($argon2id$...); see `ledger-node hash-password`"));
+                return Err(err(
+                    format!("devices[{i}].password_hash"),
+                    "must be an argon2 PHC string ($argon2id$...); see `ledger-node hash-password`",
+                ));
             }
             for (j, pattern) in device.may_debit.iter().enumerate() {
                 if pattern.is_empty() || pattern.len() > 96 {
@@ -484,9 +483,7 @@ impl NodeConfig {
             return Ok(hash.clone());
         }
         let var = device.password_hash_env.as_deref().unwrap_or_default();
-        std::env::var(var).map_err(|_| {
-            err(format!("devices[{index}].password_hash_env"), format!("environment variable {var} is not set"))
-        })
+        std::env::var(var).map_err(|_| err(format!("devices[{index}].password_hash_env"), format!("environment variable {var} is not set")))
     }
 
     /// Largest amount per command, in major units, for `asset` (its own or the ledger-wide one).
@@ -512,9 +509,8 @@ fn parse_major_amount(text: &str) -> Result<Decimal, String> {
 /// `eu` for a region; `eu/berlin-1` for an edge. Lowercase `[a-z0-9-]` segments.
 pub fn validate_node_id(id: &str, role: Role) -> Result<(), String> {
     let segments: Vec<&str> = id.split('/').collect();
-    let segment_ok = |s: &&str| {
-        !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
+    let segment_ok =
+        |s: &&str| !s.is_empty() && s.len() <= 32 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !segments.iter().all(segment_ok) || segments.len() > 2 {
         return Err(format!("{id:?} must be one or two '/'-separated segments of [a-z0-9-], each 1 to 32 long"));
     }
@@ -526,8 +522,7 @@ pub fn validate_node_id(id: &str, role: Role) -> Result<(), String> {
 }
 
 pub fn valid_device_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 #[cfg(test)]
@@ -575,11 +570,17 @@ mod tests {
             ("[node]\nid = \"eu/a\"\n[[devices]]\nid = \"t1\"\npassword_hash = \"$argon2id$broken\"\n", "devices[0].password_hash"),
             ("[node]\nid = \"eu\"\nrole = \"region\"\n", "zenoh"),
             ("[node]\nid = \"eu\"\nrole = \"region\"\n[zenoh]\nlisten = [\"udp/1.2.3.4:1\"]\n", "zenoh.listen[0]"),
-            ("[node]\nid = \"eu\"\nrole = \"region\"\n[zenoh]\nlisten = [\"tcp/127.0.0.1:1\"]\n[replication]\nedges = [\"us/nyc-1\"]\n", "replication.edges[0]"),
+            (
+                "[node]\nid = \"eu\"\nrole = \"region\"\n[zenoh]\nlisten = [\"tcp/127.0.0.1:1\"]\n[replication]\nedges = [\"us/nyc-1\"]\n",
+                "replication.edges[0]",
+            ),
             ("[node]\nid = \"eu/a\"\n[replication]\nedges = [\"eu/b\"]\n", "replication.edges"),
             ("[node]\nid = \"eu/a\"\n[[assets]]\ncode = \"kwh\"\nscale = 3\n", "assets[0].code"),
             ("[node]\nid = \"eu/a\"\n[[devices]]\nid = \"t1\"\npassword_hash = \"plain\"\n", "devices[0].password_hash"),
-            ("[node]\nid = \"eu/a\"\n[[devices]]\nid = \"t1\"\npassword_hash_env = \"EDGELEDGER_TEST_UNSET_VAR\"\n", "devices[0].password_hash_env"),
+            (
+                "[node]\nid = \"eu/a\"\n[[devices]]\nid = \"t1\"\npassword_hash_env = \"EDGELEDGER_TEST_UNSET_VAR\"\n",
+                "devices[0].password_hash_env",
+            ),
         ];
         for (text, key) in cases {
             let e = NodeConfig::from_toml(text).unwrap_err();

@@ -88,7 +88,9 @@ async fn readme_demo_runs_and_metrics_answer() {
         (code == 0 && status["nodes"].as_object()?.len() == 6).then_some(())
     })
     .await;
-    for (address, flag) in [("issuer:bank@eu/berlin-1", "issuance"), ("wallet:alice@eu/berlin-1", "no_overdraft"), ("merchant:cafe@us/nyc-1", "no_overdraft")] {
+    for (address, flag) in
+        [("issuer:bank@eu/berlin-1", "issuance"), ("wallet:alice@eu/berlin-1", "no_overdraft"), ("merchant:cafe@us/nyc-1", "no_overdraft")]
+    {
         let (code, text, err) = ledgerctl(eu, &["account", "open", address, "--asset", "EUR", "--flag", flag]).await;
         assert_eq!(code, 0, "{text}{err}");
     }

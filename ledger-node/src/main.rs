@@ -58,8 +58,8 @@ fn main() -> ExitCode {
 }
 
 fn run(config: NodeConfig) -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match ledger::node::run(config) {
         Ok(()) => ExitCode::SUCCESS,

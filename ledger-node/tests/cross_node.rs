@@ -4,12 +4,12 @@
 //! own, nothing is credited or posted twice, a hold is posted only on a recorded credit and
 //! voided only on a recorded rejection, and replaying each journal rebuilds the same state.
 
-use ledger::core::command::{self, Movement, NodeCommand, NodeOp};
-use ledger::core::EntryBody;
 use ledger::core::address::clearing_account;
-use ledger::core::{HoldState, Ledger, Limits, Permissions};
+use ledger::core::command::{self, Movement, NodeCommand, NodeOp};
 use ledger::core::money::Assets;
 use ledger::core::reply::{Code, Reply, Resolution, Status};
+use ledger::core::EntryBody;
+use ledger::core::{HoldState, Ledger, Limits, Permissions};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -54,15 +54,26 @@ struct Pair {
 
 impl Pair {
     fn new() -> Pair {
-        let mut pair = Pair { source: ledger(SOURCE), destination: ledger(DESTINATION), source_journal: Vec::new(), destination_journal: Vec::new(), sent: Vec::new(), tried: 0, now: 1_000 };
+        let mut pair = Pair {
+            source: ledger(SOURCE),
+            destination: ledger(DESTINATION),
+            source_journal: Vec::new(),
+            destination_journal: Vec::new(),
+            sent: Vec::new(),
+            tried: 0,
+            now: 1_000,
+        };
         for (id, account, flags) in [("o1", "issuer", json!(["issuance"])), ("o2", "wallet", json!([]))] {
             pair.device(json!({"id": id, "op": "open_account", "account": account, "asset": "EUR", "flags": flags}));
         }
         for id in ["fund1", "fund2"] {
-            let funded = pair.device(json!({"id": id, "op": "transfer", "debit": "issuer", "credit": "wallet", "amount": "1000.00", "asset": "EUR"}));
+            let funded = pair
+                .device(json!({"id": id, "op": "transfer", "debit": "issuer", "credit": "wallet", "amount": "1000.00", "asset": "EUR"}));
             assert_eq!(funded.code, Code::Ok);
         }
-        let open = command::parse(json!({"id": "o", "op": "open_account", "account": "merchant", "asset": "EUR"}).to_string().as_bytes(), 10).unwrap();
+        let open =
+            command::parse(json!({"id": "o", "op": "open_account", "account": "merchant", "asset": "EUR"}).to_string().as_bytes(), 10)
+                .unwrap();
         let effects = pair.destination.submit(Some("pos"), open, pair.now);
         pair.destination_journal.extend(effects.entry);
         pair
@@ -78,7 +89,13 @@ impl Pair {
     fn delivery(&self, id: &str) -> NodeCommand {
         let hold = self.source.hold(id).unwrap();
         let amount = ledger::core::money::format_minor(hold.amount, 2);
-        let movement = Movement { debit: format!("wallet@{SOURCE}"), credit: hold.remote.clone().unwrap(), amount, asset: "EUR".into(), metadata: None };
+        let movement = Movement {
+            debit: format!("wallet@{SOURCE}"),
+            credit: hold.remote.clone().unwrap(),
+            amount,
+            asset: "EUR".into(),
+            metadata: None,
+        };
         NodeCommand { id: id.to_string(), op: NodeOp::Receive { source: SOURCE.into(), movement } }
     }
 
@@ -90,7 +107,8 @@ impl Pair {
                 self.tried += 1;
                 let credit = if to_ghost { format!("ghost@{DESTINATION}") } else { format!("merchant@{DESTINATION}") };
                 let amount = format!("{}.{:02}", cents / 100, cents % 100);
-                let reply = self.device(json!({"id": id, "op": "transfer", "debit": "wallet", "credit": credit, "amount": amount, "asset": "EUR"}));
+                let reply =
+                    self.device(json!({"id": id, "op": "transfer", "debit": "wallet", "credit": credit, "amount": amount, "asset": "EUR"}));
                 match reply.status {
                     Status::Pending => self.sent.push(id),
                     _ => assert_eq!(reply.code, Code::InsufficientFunds, "{reply:?}"),

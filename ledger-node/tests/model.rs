@@ -5,9 +5,9 @@
 
 use ledger::core::command;
 use ledger::core::journal::{Chain, Entry, GENESIS};
-use ledger::core::{Effects, Ledger, Limits, Permissions};
 use ledger::core::money::Assets;
 use ledger::core::reply::Reply;
+use ledger::core::{Effects, Ledger, Limits, Permissions};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -453,7 +453,11 @@ impl Harness {
         // The core's books equal the model's.
         for (name, m) in &self.model.accounts {
             let a = self.ledger.account(name).unwrap_or_else(|| panic!("{name} missing"));
-            assert_eq!((a.posted, a.pending_debits, a.pending_credits, a.closed), (m.posted, m.pending_debits, m.pending_credits, m.closed), "{name}");
+            assert_eq!(
+                (a.posted, a.pending_debits, a.pending_credits, a.closed),
+                (m.posted, m.pending_debits, m.pending_credits, m.closed),
+                "{name}"
+            );
             assert_eq!(a.asset, m.asset);
         }
         assert_eq!(self.ledger.accounts().count(), self.model.accounts.len());

@@ -307,10 +307,10 @@ impl Device {
             options.set_credentials(user, pass);
         }
         let (client, mut eventloop) = AsyncClient::new(options, 4096);
-    // Devices should send small MQTT packets without Nagle's delay.
-    let mut network = rumqttc::NetworkOptions::new();
-    network.set_tcp_nodelay(true);
-    eventloop.set_network_options(network);
+        // Devices should send small MQTT packets without Nagle's delay.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         // Wait for CONNACK before handing the device out.
         let deadline = Instant::now() + REPLY_DEADLINE;
         loop {
@@ -324,10 +324,7 @@ impl Device {
                 return Err("no CONNACK".to_string());
             }
         }
-        client
-            .subscribe(format!("ledger/v1/reply/{device_id}"), QoS::AtLeastOnce)
-            .await
-            .map_err(|e| e.to_string())?;
+        client.subscribe(format!("ledger/v1/reply/{device_id}"), QoS::AtLeastOnce).await.map_err(|e| e.to_string())?;
         loop {
             match tokio::time::timeout(REPLY_DEADLINE, eventloop.poll()).await {
                 Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
@@ -344,17 +341,12 @@ impl Device {
 
     /// Publishes a raw payload on this device's command topic (QoS 1).
     pub async fn publish(&self, payload: impl Into<Vec<u8>>) {
-        self.client
-            .publish(format!("ledger/v1/cmd/{}", self.id), QoS::AtLeastOnce, false, payload.into())
-            .await
-            .expect("publish queued");
+        self.client.publish(format!("ledger/v1/cmd/{}", self.id), QoS::AtLeastOnce, false, payload.into()).await.expect("publish queued");
     }
 
     /// Sends a command and waits for the reply with its id.
     pub async fn request(&self, command: Value) -> Value {
-        self.try_request(command.clone(), REPLY_DEADLINE)
-            .await
-            .unwrap_or_else(|| panic!("no reply within {REPLY_DEADLINE:?} to {command}"))
+        self.try_request(command.clone(), REPLY_DEADLINE).await.unwrap_or_else(|| panic!("no reply within {REPLY_DEADLINE:?} to {command}"))
     }
 
     /// Sends a command and waits up to `wait` for its reply.
@@ -537,7 +529,10 @@ impl Topology {
             let replica = status.as_ref().and_then(|s| s["edges"].as_array()?.iter().find(|e| e["edge"] == edge).cloned());
             let (Some(head), Some(replica)) = (head, replica) else { return Some(format!("{edge} or {region} did not answer")) };
             if head["seq"] != replica["seq"] || head["hash"] != replica["hash"] {
-                return Some(format!("{region}'s replica of {edge} is at {} {}, the edge at {} {}", replica["seq"], replica["hash"], head["seq"], head["hash"]));
+                return Some(format!(
+                    "{region}'s replica of {edge} is at {} {}, the edge at {} {}",
+                    replica["seq"], replica["hash"], head["seq"], head["hash"]
+                ));
             }
             // A missing answer is a difference too, never agreement.
             let pending = ask(ops, &format!("ledger/v1/query/{edge}/pending")).await;
@@ -565,10 +560,8 @@ impl Topology {
 /// the same way on both sides and that each pair of clearing accounts mirrors the other.
 /// Returns the number of transfers checked.
 pub fn check_cross_node_books(dirs: &BTreeMap<String, PathBuf>) -> usize {
-    let ledgers: BTreeMap<&str, ledger::core::Ledger> = dirs
-        .iter()
-        .map(|(id, dir)| (id.as_str(), load_ledger(dir, id).unwrap_or_else(|e| panic!("{id}: {e}"))))
-        .collect();
+    let ledgers: BTreeMap<&str, ledger::core::Ledger> =
+        dirs.iter().map(|(id, dir)| (id.as_str(), load_ledger(dir, id).unwrap_or_else(|e| panic!("{id}: {e}")))).collect();
     let mut checked = 0;
     for (source, ledger) in &ledgers {
         ledger.check_invariants().unwrap_or_else(|e| panic!("{source}: {e}"));

@@ -91,12 +91,18 @@ async fn every_rejection_code_is_reachable_and_the_node_keeps_serving() {
     let r = p.send(json!({"id": id, "op": "transfer", "debit": "wallet:a", "credit": "wallet:b", "asset": "EUR"}), "missing_field").await;
     assert!(r["message"].as_str().unwrap().starts_with("amount"), "{r}");
     let id = p.id();
-    let r = p.send(json!({"id": id, "op": "transfer", "debit": "Wallet A", "credit": "wallet:b", "amount": "1", "asset": "EUR"}), "invalid_field").await;
+    let r = p
+        .send(
+            json!({"id": id, "op": "transfer", "debit": "Wallet A", "credit": "wallet:b", "amount": "1", "asset": "EUR"}),
+            "invalid_field",
+        )
+        .await;
     assert!(r["message"].as_str().unwrap().starts_with("debit"), "{r}");
     let id = p.id();
     p.send(cmd::transfer(&id, "wallet:a", "wallet:b", "1.005", "EUR"), "invalid_amount").await;
     let id = p.id();
-    p.send(json!({"id": id, "op": "transfer", "debit": "wallet:a", "credit": "wallet:b", "amount": 1.5, "asset": "EUR"}), "invalid_amount").await;
+    p.send(json!({"id": id, "op": "transfer", "debit": "wallet:a", "credit": "wallet:b", "amount": 1.5, "asset": "EUR"}), "invalid_amount")
+        .await;
     let id = p.id();
     p.send(cmd::transfer(&id, "wallet:a", "wallet:b", "1", "XYZ"), "unknown_asset").await;
     let id = p.id();

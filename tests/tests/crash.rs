@@ -100,7 +100,12 @@ async fn every_replied_payment_survives_sigkill_exactly_once() {
     let mut resent = 0;
     let mut duplicates = 0;
     for (id, answer) in &answers {
-        assert_eq!((answer.reply["status"].as_str(), answer.reply["code"].as_str()), (Some("committed"), Some("ok")), "{id}: {}", answer.reply);
+        assert_eq!(
+            (answer.reply["status"].as_str(), answer.reply["code"].as_str()),
+            (Some("committed"), Some("ok")),
+            "{id}: {}",
+            answer.reply
+        );
         assert!(seqs.insert(answer.reply["seq"].as_u64().unwrap()), "{id} shares a journal entry");
         resent += (answer.sends > 1) as usize;
         duplicates += (answer.reply["duplicate"] == true) as usize;

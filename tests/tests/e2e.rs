@@ -56,7 +56,10 @@ async fn pays_and_reads_balances_exactly_once() {
     assert_eq!((status(&conflict), code(&conflict)), ("rejected", "id_conflict"));
 
     let alice = balance(&device, "wallet:alice").await;
-    assert_eq!(alice, json!({"account": "wallet:alice", "asset": "EUR", "posted": "15.50", "pending_debits": "0.00", "pending_credits": "0.00", "available": "15.50"}));
+    assert_eq!(
+        alice,
+        json!({"account": "wallet:alice", "asset": "EUR", "posted": "15.50", "pending_debits": "0.00", "pending_credits": "0.00", "available": "15.50"})
+    );
     assert_eq!(balance(&device, "merchant:cafe").await["posted"], "4.50");
     assert_eq!(balance(&device, "issuer:eur").await["posted"], "-20.00");
 
@@ -77,14 +80,20 @@ async fn holds_post_partially_void_and_notify_the_placing_device() {
     assert_eq!((status(&held), code(&held)), ("pending", "ok"), "{held}");
     assert!(held["expires_at_ms"].as_u64().is_some());
     let alice = balance(&terminal, "wallet:alice").await;
-    assert_eq!((alice["posted"].as_str(), alice["pending_debits"].as_str(), alice["available"].as_str()), (Some("20.00"), Some("10.00"), Some("10.00")));
+    assert_eq!(
+        (alice["posted"].as_str(), alice["pending_debits"].as_str(), alice["available"].as_str()),
+        (Some("20.00"), Some("10.00"), Some("10.00"))
+    );
 
     // Another device posts it: the charger hears about it on its reply topic.
     let posted = expect_ok(&terminal, cmd::post("p1", "h1", Some("6.25"))).await;
     assert_eq!((posted["posted"].as_str(), posted["released"].as_str()), (Some("6.25"), Some("3.75")));
     let notice = charger.next_unsolicited(REPLY_DEADLINE).await.expect("notice of the post");
     assert_eq!(notice["event"], "pending_resolved");
-    assert_eq!((notice["pending_id"].as_str(), notice["resolution"].as_str(), notice["amount"].as_str()), (Some("h1"), Some("posted"), Some("6.25")));
+    assert_eq!(
+        (notice["pending_id"].as_str(), notice["resolution"].as_str(), notice["amount"].as_str()),
+        (Some("h1"), Some("posted"), Some("6.25"))
+    );
 
     let alice = balance(&terminal, "wallet:alice").await;
     assert_eq!((alice["posted"].as_str(), alice["pending_debits"].as_str()), (Some("13.75"), Some("0.00")));
@@ -138,7 +147,10 @@ async fn batches_apply_all_or_nothing() {
         cmd::hold("b2-2", "wallet:alice", "merchant:cafe", "2.00", "EUR", None),
     ]});
     let reply = expect_ok(&device, ok).await;
-    assert_eq!(reply["results"], json!([{"id": "b2-1", "status": "committed", "code": "ok"}, {"id": "b2-2", "status": "pending", "code": "ok"}]));
+    assert_eq!(
+        reply["results"],
+        json!([{"id": "b2-1", "status": "committed", "code": "ok"}, {"id": "b2-2", "status": "pending", "code": "ok"}])
+    );
     let alice = balance(&device, "wallet:alice").await;
     assert_eq!((alice["posted"].as_str(), alice["pending_debits"].as_str()), (Some("15.00"), Some("2.00")));
     // The inner hold is a real hold.
@@ -236,7 +248,9 @@ async fn devices_log_in_with_hashed_passwords_and_debit_only_their_accounts() {
     // Only a device with may_issue creates credit.
     let mint = till.request(cmd::open("t5", "wallet:till-mint", "EUR", &["issuance"])).await;
     assert_eq!(code(&mint), "forbidden", "{mint}");
-    let limit = till.request(json!({"id": "t6", "op": "open_account", "account": "wallet:till-od", "asset": "EUR", "overdraft_limit": "100"})).await;
+    let limit = till
+        .request(json!({"id": "t6", "op": "open_account", "account": "wallet:till-od", "asset": "EUR", "overdraft_limit": "100"}))
+        .await;
     assert_eq!(code(&limit), "forbidden", "{limit}");
 }
 

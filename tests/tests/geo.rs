@@ -20,7 +20,9 @@ async fn open_books(topology: &mut Topology) -> BTreeMap<String, Devices> {
     for edge in EDGES {
         let device = Device::connect(topology.edge(edge).port, &format!("till-{}", city(edge))).await;
         let c = city(edge);
-        for (id, account, flags) in [("o1", "issuer".to_string(), vec!["issuance"]), ("o2", format!("wallet:{c}"), vec![]), ("o3", format!("merchant:{c}"), vec![])] {
+        for (id, account, flags) in
+            [("o1", "issuer".to_string(), vec!["issuance"]), ("o2", format!("wallet:{c}"), vec![]), ("o3", format!("merchant:{c}"), vec![])]
+        {
             assert_eq!(device.request(cmd::open(id, &account, "EUR", &flags)).await["code"], "ok");
         }
         assert_eq!(device.request(cmd::transfer("fund", "issuer", &format!("wallet:{c}"), "1000.00", "EUR")).await["code"], "ok");
@@ -63,10 +65,13 @@ impl Devices {
 
 /// Stops every edge (SIGKILL) and returns their data directories, for reading the redb files.
 fn stop_edges(topology: &mut Topology) -> BTreeMap<String, PathBuf> {
-    EDGES.iter().map(|e| {
-        topology.edge(e).kill9();
-        (e.to_string(), topology.edge(e).dir.join("data"))
-    }).collect()
+    EDGES
+        .iter()
+        .map(|e| {
+            topology.edge(e).kill9();
+            (e.to_string(), topology.edge(e).dir.join("data"))
+        })
+        .collect()
 }
 
 async fn balance(devices: &Devices, account: &str) -> Value {
@@ -113,7 +118,10 @@ async fn payments_cross_edges_and_regions_end_to_end() {
     assert_eq!(void["code"], "forbidden", "{void}");
     let region = berlin.device.request(cmd::transfer("x6", "wallet:berlin", "merchant:hq@us", "1.00", "EUR")).await;
     assert_eq!(region["code"], "remote_account", "{region}");
-    let batch = berlin.device.request(json!({"id": "x7", "op": "batch", "ops": [cmd::transfer("x7a", "wallet:berlin", "merchant:nyc@us/nyc-1", "1.00", "EUR")]})).await;
+    let batch = berlin
+        .device
+        .request(json!({"id": "x7", "op": "batch", "ops": [cmd::transfer("x7a", "wallet:berlin", "merchant:nyc@us/nyc-1", "1.00", "EUR")]}))
+        .await;
     assert_eq!(batch["code"], "remote_account", "{batch}");
 
     let wallet = balance(&devices["eu/berlin-1"], "wallet:berlin").await;
@@ -135,12 +143,17 @@ async fn payments_cross_edges_and_regions_end_to_end() {
     let clearing = ask(&ops, "ledger/v1/query/eu/berlin-1/balance?account=~clearing:eur:us.nyc-1").await.unwrap();
     assert_eq!(clearing["balance"]["posted"], "4.50", "{clearing}");
     let mirror = eventually("the mirror clearing balance in us", SETTLE, || async {
-        ask(&ops, "ledger/v1/query/us/balance?account=~clearing:eur:eu.berlin-1@us/nyc-1").await.filter(|m| m["balance"]["posted"] == "-4.50")
+        ask(&ops, "ledger/v1/query/us/balance?account=~clearing:eur:eu.berlin-1@us/nyc-1")
+            .await
+            .filter(|m| m["balance"]["posted"] == "-4.50")
     })
     .await;
     assert!(mirror["replica_seq"].as_u64().is_some(), "{mirror}");
 
-    eventually("every replica and transfer to agree (SPEC §8.6)", SETTLE, || async { topology.differences(&ops).await.is_none().then_some(()) }).await;
+    eventually("every replica and transfer to agree (SPEC §8.6)", SETTLE, || async {
+        topology.differences(&ops).await.is_none().then_some(())
+    })
+    .await;
     assert_eq!(check_cross_node_books(&stop_edges(&mut topology)), 3);
 }
 
@@ -182,7 +195,10 @@ async fn transfers_wait_out_partitions_and_finish_after_healing() {
     for i in (1..40).step_by(2) {
         assert_eq!(berlin.notice(&format!("y{i}"), SETTLE).await["resolution"], "posted");
     }
-    eventually("every replica and transfer to agree (SPEC §8.6)", SETTLE, || async { topology.differences(&ops).await.is_none().then_some(()) }).await;
+    eventually("every replica and transfer to agree (SPEC §8.6)", SETTLE, || async {
+        topology.differences(&ops).await.is_none().then_some(())
+    })
+    .await;
     assert_eq!(balance(&devices["us/nyc-1"], "merchant:nyc").await["posted"], "0.20");
     assert_eq!(check_cross_node_books(&stop_edges(&mut topology)), 40);
 }
@@ -201,7 +217,8 @@ async fn sigkill_of_a_region_and_an_edge_under_cross_region_load() {
     for i in 0..N {
         // Both directions at once: berlin → nyc and nyc → berlin.
         let to_nyc = devices["eu/berlin-1"].send(cmd::transfer(&format!("bn{i}"), "wallet:berlin", "merchant:nyc@us/nyc-1", "0.01", "EUR"));
-        let to_berlin = devices["us/nyc-1"].send(cmd::transfer(&format!("nb{i}"), "wallet:nyc", "merchant:berlin@eu/berlin-1", "0.02", "EUR"));
+        let to_berlin =
+            devices["us/nyc-1"].send(cmd::transfer(&format!("nb{i}"), "wallet:nyc", "merchant:berlin@eu/berlin-1", "0.02", "EUR"));
         let (a, b) = tokio::join!(to_nyc, to_berlin);
         for reply in [a, b] {
             assert_eq!((reply["status"].as_str(), reply["code"].as_str()), (Some("pending"), Some("ok")), "{reply}");

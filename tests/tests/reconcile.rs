@@ -66,7 +66,8 @@ async fn reconcile_names_each_drift_and_reports_nothing_when_healed() {
     let ops = operator_session(eu).await;
     let forged = json!({"source": "eu/berlin-1", "id": "forged-1", "debit": "wallet:alice@eu/berlin-1",
         "credit": "merchant:cafe@us/nyc-1", "asset": "EUR", "amount": "7.00"});
-    let answer = bridge::ask_json(&ops, "ledger/v1/transfer/us/nyc-1/deliver", Some(forged.to_string()), Duration::from_secs(5)).await.unwrap();
+    let answer =
+        bridge::ask_json(&ops, "ledger/v1/transfer/us/nyc-1/deliver", Some(forged.to_string()), Duration::from_secs(5)).await.unwrap();
     assert_eq!(answer["status"], "committed", "{answer}");
 
     // Drift 3: a mismatched amount. Berlin's region cannot see the hold (cut off) while a
@@ -76,14 +77,16 @@ async fn reconcile_names_each_drift_and_reports_nothing_when_healed() {
     assert_eq!(held["status"], "pending");
     let wrong = json!({"source": "eu/berlin-1", "id": "pay-2", "debit": "wallet:alice@eu/berlin-1",
         "credit": "merchant:cafe@us/nyc-1", "asset": "EUR", "amount": "4.00"});
-    let answer = bridge::ask_json(&ops, "ledger/v1/transfer/us/nyc-1/deliver", Some(wrong.to_string()), Duration::from_secs(5)).await.unwrap();
+    let answer =
+        bridge::ask_json(&ops, "ledger/v1/transfer/us/nyc-1/deliver", Some(wrong.to_string()), Duration::from_secs(5)).await.unwrap();
     assert_eq!(answer["status"], "committed", "{answer}");
     topology.proxy("eu/berlin-1").heal();
 
     // The replica catches up; the two forged records remain, each named precisely.
     let report = eventually("the forged transfers reported once the replica caught up", SETTLE, || async {
         let (code, report) = reconcile_report(eu).await;
-        (code == 1 && differences_of(&report, "replica_behind").is_empty() && !differences_of(&report, "transfer_mismatch").is_empty()).then_some(report)
+        (code == 1 && differences_of(&report, "replica_behind").is_empty() && !differences_of(&report, "transfer_mismatch").is_empty())
+            .then_some(report)
     })
     .await;
     let unknown = differences_of(&report, "transfer_unknown_at_source");
@@ -94,7 +97,10 @@ async fn reconcile_names_each_drift_and_reports_nothing_when_healed() {
     let mismatch = differences_of(&report, "transfer_mismatch");
     assert_eq!(mismatch.len(), 1, "{report}");
     assert_eq!(mismatch[0]["id"], "pay-2");
-    assert_eq!((mismatch[0]["field"].as_str(), mismatch[0]["at_source"].as_str(), mismatch[0]["at_destination"].as_str()), (Some("amount"), Some("4.50"), Some("4.00")));
+    assert_eq!(
+        (mismatch[0]["field"].as_str(), mismatch[0]["at_source"].as_str(), mismatch[0]["at_destination"].as_str()),
+        (Some("amount"), Some("4.50"), Some("4.00"))
+    );
     // The source never settles a transfer its destination recorded with other content.
     let unsettled = differences_of(&report, "transfer_unsettled");
     assert_eq!(unsettled.len(), 1, "{report}");
@@ -102,7 +108,12 @@ async fn reconcile_names_each_drift_and_reports_nothing_when_healed() {
     assert_eq!(report["differences"].as_array().unwrap().len(), 3, "nothing else differs: {report}");
     let (code, text, _) = ledgerctl(eu, &["reconcile"]).await;
     assert_eq!(code, 1);
-    assert!(text.contains("transfer pay-2 eu/berlin-1 -> us/nyc-1 amount") && text.contains("4.50 (source)") && text.contains("4.00 (destination)"), "{text}");
+    assert!(
+        text.contains("transfer pay-2 eu/berlin-1 -> us/nyc-1 amount")
+            && text.contains("4.50 (source)")
+            && text.contains("4.00 (destination)"),
+        "{text}"
+    );
     // Scope: sf takes part in no transfer and agrees with its replica.
     let (code, text, _) = ledgerctl(eu, &["reconcile", "us/sf-1"]).await;
     assert_eq!(code, 0, "{text}");

@@ -106,7 +106,10 @@ fn journal() -> Vec<ledger::core::journal::Entry> {
         body_of(id, Op::Transfer(m))
     };
     let commands = vec![
-        body_of("o1", Op::OpenAccount { account: "issuer".into(), asset: "EUR".into(), flags: vec![Flag::Issuance], overdraft_limit: None }),
+        body_of(
+            "o1",
+            Op::OpenAccount { account: "issuer".into(), asset: "EUR".into(), flags: vec![Flag::Issuance], overdraft_limit: None },
+        ),
         body_of("o2", Op::OpenAccount { account: "wallet:a".into(), asset: "EUR".into(), flags: vec![], overdraft_limit: None }),
         transfer("t1"),
         transfer("t2"),
@@ -211,10 +214,13 @@ async fn a_well_hashed_entry_that_does_not_apply_is_refused() {
     // what a buggy or forged edge that re-hashes its entries would send.
     let honest = journal();
     let mut chain = Chain::default();
-    let mut entries: Vec<ledger::core::journal::Entry> = honest[..2].iter().map(|e| {
-        chain.verify_next(e).unwrap();
-        e.clone()
-    }).collect();
+    let mut entries: Vec<ledger::core::journal::Entry> = honest[..2]
+        .iter()
+        .map(|e| {
+            chain.verify_next(e).unwrap();
+            e.clone()
+        })
+        .collect();
     let mut forged = honest[2].parse_body().unwrap();
     forged.changes = vec![ledger::core::Change::HoldResolved {
         pending_id: "ghost".into(),

@@ -63,7 +63,11 @@ fn main() -> ExitCode {
     println!("ledger-local: 2 regions and 4 edges on 127.0.0.1; configs, data and logs in {}", dir.display());
     println!("{:<13} {:<7} {:<28} METRICS", "NODE", "ROLE", "LISTENS");
     for (node, _) in &topology.nodes {
-        let (role, listens) = if node.region { ("region", format!("zenoh tcp/127.0.0.1:{}", node.port)) } else { ("edge", format!("mqtt 127.0.0.1:{}", node.port)) };
+        let (role, listens) = if node.region {
+            ("region", format!("zenoh tcp/127.0.0.1:{}", node.port))
+        } else {
+            ("edge", format!("mqtt 127.0.0.1:{}", node.port))
+        };
         println!("{:<13} {role:<7} {listens:<28} http://127.0.0.1:{}/metrics", node.id, node.metrics_port);
     }
     let connect = topology.nodes[0].0.port;

@@ -6,8 +6,8 @@
 //! Pure: the caller feeds entries (from a redb file or over zenoh) and reports progress.
 
 use crate::core::journal::{hex, Chain, Entry};
-use crate::core::{Ledger, Limits, Permissions};
 use crate::core::money::Assets;
+use crate::core::{Ledger, Limits, Permissions};
 use rust_decimal::Decimal;
 use serde::Serialize;
 

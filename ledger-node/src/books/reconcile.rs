@@ -6,9 +6,9 @@
 //! Pure: it takes rows already read (from nodes over zenoh, or from a ledger) and returns
 //! differences. Reading them is the caller's job; so is deciding what a difference costs.
 
-use crate::core::{Account, Hold, HoldState, Ledger, Received};
 use crate::core::money::format_minor;
 use crate::core::reply::{Code, Resolution, Status};
+use crate::core::{Account, Hold, HoldState, Ledger, Received};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -103,7 +103,8 @@ impl Difference {
         let kind = serde_json::to_value(self).ok().and_then(|v| v["kind"].as_str().map(str::to_string)).unwrap_or_default();
         let (place, expected, found) = match self {
             Difference::NoAnswer { node, error } => (node.clone(), "an answer".to_string(), error.clone()),
-            Difference::ReplicaBehind { edge, region, edge_seq, replica_seq } | Difference::ReplicaAhead { edge, region, edge_seq, replica_seq } => {
+            Difference::ReplicaBehind { edge, region, edge_seq, replica_seq }
+            | Difference::ReplicaAhead { edge, region, edge_seq, replica_seq } => {
                 (format!("{region}'s replica of {edge}"), format!("seq {edge_seq} (edge)"), format!("seq {replica_seq} (replica)"))
             }
             Difference::HeadHashMismatch { edge, region, seq, edge_hash, replica_hash } => (
@@ -111,19 +112,25 @@ impl Difference {
                 format!("hash {} (edge)", short(edge_hash)),
                 format!("hash {} (replica)", short(replica_hash)),
             ),
-            Difference::ReplicaRefused { edge, region, reason } => (format!("{region}'s replica of {edge}"), "every entry applied".to_string(), reason.clone()),
+            Difference::ReplicaRefused { edge, region, reason } => {
+                (format!("{region}'s replica of {edge}"), "every entry applied".to_string(), reason.clone())
+            }
             Difference::AccountMissing { account, missing_on, present_on } => {
                 (account.clone(), format!("present on {present_on}"), format!("missing on {missing_on}"))
             }
             Difference::BalanceMismatch { account, asset, field, edge, replica } => {
                 (format!("{account} {field}"), format!("{edge} {asset} (edge)"), format!("{replica} {asset} (replica)"))
             }
-            Difference::TransferUndelivered { id, source, destination, amount, asset } => {
-                (transfer(id, source, destination), format!("a decision at {destination}"), format!("none yet; {amount} {asset} held pending at {source}"))
-            }
-            Difference::TransferUnsettled { id, source, destination, decision } => {
-                (transfer(id, source, destination), format!("{source} settled ({decision} at {destination})"), format!("still pending at {source}"))
-            }
+            Difference::TransferUndelivered { id, source, destination, amount, asset } => (
+                transfer(id, source, destination),
+                format!("a decision at {destination}"),
+                format!("none yet; {amount} {asset} held pending at {source}"),
+            ),
+            Difference::TransferUnsettled { id, source, destination, decision } => (
+                transfer(id, source, destination),
+                format!("{source} settled ({decision} at {destination})"),
+                format!("still pending at {source}"),
+            ),
             Difference::TransferUnknownAtDestination { id, source, destination, source_state, amount, asset } => (
                 transfer(id, source, destination),
                 format!("a record at {destination} ({source} {source_state} {amount} {asset})"),
@@ -174,9 +181,19 @@ pub fn compare_replica(
         out.push(Difference::ReplicaRefused { edge: edge_s.clone(), region: region_s.clone(), reason: reason.to_string() });
     }
     if replica_head.seq < edge_head.seq {
-        out.push(Difference::ReplicaBehind { edge: edge_s.clone(), region: region_s.clone(), edge_seq: edge_head.seq, replica_seq: replica_head.seq });
+        out.push(Difference::ReplicaBehind {
+            edge: edge_s.clone(),
+            region: region_s.clone(),
+            edge_seq: edge_head.seq,
+            replica_seq: replica_head.seq,
+        });
     } else if replica_head.seq > edge_head.seq {
-        out.push(Difference::ReplicaAhead { edge: edge_s.clone(), region: region_s.clone(), edge_seq: edge_head.seq, replica_seq: replica_head.seq });
+        out.push(Difference::ReplicaAhead {
+            edge: edge_s.clone(),
+            region: region_s.clone(),
+            edge_seq: edge_head.seq,
+            replica_seq: replica_head.seq,
+        });
     } else if replica_head.hash != edge_head.hash {
         out.push(Difference::HeadHashMismatch {
             edge: edge_s.clone(),
@@ -193,8 +210,12 @@ pub fn compare_replica(
     for name in names {
         let address = format!("{name}@{edge}");
         match (at_edge.get(name), at_replica.get(name)) {
-            (Some(_), None) => out.push(Difference::AccountMissing { account: address, missing_on: replica_side.clone(), present_on: edge_s.clone() }),
-            (None, Some(_)) => out.push(Difference::AccountMissing { account: address, missing_on: edge_s.clone(), present_on: replica_side.clone() }),
+            (Some(_), None) => {
+                out.push(Difference::AccountMissing { account: address, missing_on: replica_side.clone(), present_on: edge_s.clone() })
+            }
+            (None, Some(_)) => {
+                out.push(Difference::AccountMissing { account: address, missing_on: edge_s.clone(), present_on: replica_side.clone() })
+            }
             (Some(e), Some(r)) => {
                 let fields = [
                     ("asset", e.asset.clone(), r.asset.clone()),
@@ -205,7 +226,13 @@ pub fn compare_replica(
                 ];
                 for (field, at_e, at_r) in fields {
                     if !same_value(&at_e, &at_r) {
-                        out.push(Difference::BalanceMismatch { account: address.clone(), asset: e.asset.clone(), field: field.to_string(), edge: at_e, replica: at_r });
+                        out.push(Difference::BalanceMismatch {
+                            account: address.clone(),
+                            asset: e.asset.clone(),
+                            field: field.to_string(),
+                            edge: at_e,
+                            replica: at_r,
+                        });
                     }
                 }
             }
@@ -248,13 +275,24 @@ pub fn compare_transfers(
             }
             let (id, src, dst) = (row.id.clone(), source.clone(), destination.to_string());
             if !incoming.contains_key(destination) {
-                out.push(Difference::TransferUnchecked { id, source: src, destination: dst.clone(), reason: format!("{dst} was not read") });
+                out.push(Difference::TransferUnchecked {
+                    id,
+                    source: src,
+                    destination: dst.clone(),
+                    reason: format!("{dst} was not read"),
+                });
                 continue;
             }
             let key = (destination, source.as_str(), row.id.as_str());
             let Some(decision) = decisions.get(&key) else {
                 if row.state == "pending" {
-                    out.push(Difference::TransferUndelivered { id, source: src, destination: dst, amount: row.amount.clone(), asset: row.asset.clone() });
+                    out.push(Difference::TransferUndelivered {
+                        id,
+                        source: src,
+                        destination: dst,
+                        amount: row.amount.clone(),
+                        asset: row.asset.clone(),
+                    });
                 } else {
                     out.push(Difference::TransferUnknownAtDestination {
                         id,
@@ -288,7 +326,12 @@ pub fn compare_transfers(
             let decided = decision_name(decision);
             let agrees = match (row.state.as_str(), decision.status) {
                 ("pending", _) => {
-                    out.push(Difference::TransferUnsettled { id: id.clone(), source: src.clone(), destination: dst.clone(), decision: decided.clone() });
+                    out.push(Difference::TransferUnsettled {
+                        id: id.clone(),
+                        source: src.clone(),
+                        destination: dst.clone(),
+                        decision: decided.clone(),
+                    });
                     true
                 }
                 ("posted", Status::Committed) => true,
@@ -296,7 +339,13 @@ pub fn compare_transfers(
                 _ => false,
             };
             if !agrees {
-                out.push(Difference::TransferOutcomeMismatch { id, source: src, destination: dst, source_state: row.state.clone(), decision: decided });
+                out.push(Difference::TransferOutcomeMismatch {
+                    id,
+                    source: src,
+                    destination: dst,
+                    source_state: row.state.clone(),
+                    decision: decided,
+                });
             }
         }
     }
@@ -409,7 +458,14 @@ mod tests {
     }
 
     fn out(id: &str, to: &str, amount: &str, state: &str) -> OutgoingRow {
-        OutgoingRow { id: id.into(), debit: "wallet:a".into(), to: to.into(), asset: "EUR".into(), amount: amount.into(), state: state.into() }
+        OutgoingRow {
+            id: id.into(),
+            debit: "wallet:a".into(),
+            to: to.into(),
+            asset: "EUR".into(),
+            amount: amount.into(),
+            state: state.into(),
+        }
     }
 
     fn inc(source: &str, id: &str, credit: &str, amount: &str, status: Status) -> IncomingRow {
@@ -450,7 +506,11 @@ mod tests {
             edge: "3.00".into(),
             replica: "1.00".into()
         }));
-        assert!(d.contains(&Difference::AccountMissing { account: "c@eu/x".into(), missing_on: "eu's replica".into(), present_on: "eu/x".into() }));
+        assert!(d.contains(&Difference::AccountMissing {
+            account: "c@eu/x".into(),
+            missing_on: "eu's replica".into(),
+            present_on: "eu/x".into()
+        }));
         assert_eq!(d.len(), 4, "{d:?}");
         let d = compare_replica("eu/x", "eu", &head(4, "ab"), &head(4, "cd"), Some("entry 5: tampered"), &[], &[]);
         assert!(matches!(d[0], Difference::ReplicaRefused { .. }));
@@ -461,12 +521,20 @@ mod tests {
 
     #[test]
     fn transfers_agree_when_both_sides_decided_alike() {
-        let outgoing = BTreeMap::from([("eu/a".to_string(), vec![out("t1", "m@us/b", "4.50", "posted"), out("t2", "n@us/b", "1.00", "voided")])]);
+        let outgoing =
+            BTreeMap::from([("eu/a".to_string(), vec![out("t1", "m@us/b", "4.50", "posted"), out("t2", "n@us/b", "1.00", "voided")])]);
         let incoming = BTreeMap::from([
-            ("us/b".to_string(), vec![inc("eu/a", "t1", "m@us/b", "4.5", Status::Committed), inc("eu/a", "t2", "n@us/b", "1.00", Status::Rejected)]),
+            (
+                "us/b".to_string(),
+                vec![inc("eu/a", "t1", "m@us/b", "4.5", Status::Committed), inc("eu/a", "t2", "n@us/b", "1.00", Status::Rejected)],
+            ),
             ("eu/a".to_string(), vec![]),
         ]);
-        let outgoing = { let mut o = outgoing; o.insert("us/b".into(), vec![]); o };
+        let outgoing = {
+            let mut o = outgoing;
+            o.insert("us/b".into(), vec![]);
+            o
+        };
         assert_eq!(compare_transfers(&outgoing, &incoming, &|_| true), vec![]);
     }
 
@@ -500,7 +568,13 @@ mod tests {
             ("eu/a".to_string(), vec![]),
         ]);
         let d = compare_transfers(&outgoing, &incoming, &|_| true);
-        let kinds: Vec<(String, String)> = d.iter().map(|d| { let [k, w, _, _] = d.describe(); (k, w) }).collect();
+        let kinds: Vec<(String, String)> = d
+            .iter()
+            .map(|d| {
+                let [k, w, _, _] = d.describe();
+                (k, w)
+            })
+            .collect();
         let expect = [
             ("transfer_undelivered", "transfer pending-only eu/a -> us/b"),
             ("transfer_unknown_at_destination", "transfer posted-only eu/a -> us/b"),

@@ -106,13 +106,13 @@ impl Ledger {
                 self.put_hold(pending_id, hold, undo);
             }
             Change::HoldResolved { pending_id, debit, credit, resolution, posted } => {
-                let mut hold = self
-                    .holds
-                    .get(pending_id)
-                    .cloned()
-                    .ok_or_else(|| ApplyError::Corrupt(format!("hold {pending_id} does not exist")))?;
+                let mut hold =
+                    self.holds.get(pending_id).cloned().ok_or_else(|| ApplyError::Corrupt(format!("hold {pending_id} does not exist")))?;
                 if (&hold.debit, &hold.credit) != (debit, credit) {
-                    return Err(ApplyError::Corrupt(format!("hold {pending_id} is from {} to {}, not {debit} to {credit}", hold.debit, hold.credit)));
+                    return Err(ApplyError::Corrupt(format!(
+                        "hold {pending_id} is from {} to {}, not {debit} to {credit}",
+                        hold.debit, hold.credit
+                    )));
                 }
                 if hold.state != HoldState::Pending {
                     return Err(ApplyError::Corrupt(format!("hold {pending_id} resolves twice")));
@@ -138,7 +138,13 @@ impl Ledger {
     /// The change resolving an existing hold.
     pub(super) fn resolution_of(&self, pending_id: &str, resolution: Resolution, posted: Minor) -> Change {
         let hold = self.holds.get(pending_id).expect("resolving a hold that exists");
-        Change::HoldResolved { pending_id: pending_id.to_string(), debit: hold.debit.clone(), credit: hold.credit.clone(), resolution, posted }
+        Change::HoldResolved {
+            pending_id: pending_id.to_string(),
+            debit: hold.debit.clone(),
+            credit: hold.credit.clone(),
+            resolution,
+            posted,
+        }
     }
 
     fn account_for_change(&self, name: &str) -> Result<Account, ApplyError> {

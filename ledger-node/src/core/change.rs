@@ -21,9 +21,21 @@ pub enum Floor {
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum Change {
     /// The scale is recorded so that a node never reads minor units at another scale.
-    AccountOpened { account: String, asset: String, scale: u32, floor: Floor },
-    AccountClosed { account: String },
-    Transferred { debit: String, credit: String, asset: String, amount: Minor },
+    AccountOpened {
+        account: String,
+        asset: String,
+        scale: u32,
+        floor: Floor,
+    },
+    AccountClosed {
+        account: String,
+    },
+    Transferred {
+        debit: String,
+        credit: String,
+        asset: String,
+        amount: Minor,
+    },
     HoldPlaced {
         pending_id: String,
         debit: String,
@@ -39,7 +51,13 @@ pub enum Change {
     },
     /// The whole hold leaves pending; `posted` of it moves from debit to credit.
     /// The accounts are the hold's own, named so that each entry reads on its own.
-    HoldResolved { pending_id: String, debit: String, credit: String, resolution: Resolution, posted: Minor },
+    HoldResolved {
+        pending_id: String,
+        debit: String,
+        credit: String,
+        resolution: Resolution,
+        posted: Minor,
+    },
 }
 
 impl Change {

@@ -166,8 +166,8 @@ pub fn peek_id(payload: &[u8]) -> Option<String> {
 
 /// Parses one device command. `max_batch_ops` bounds a batch's length.
 pub fn parse(payload: &[u8], max_batch_ops: usize) -> Result<Command, Rejection> {
-    let value: Value = serde_json::from_slice(payload)
-        .map_err(|e| Rejection::new(Code::InvalidJson, format!("payload is not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| Rejection::new(Code::InvalidJson, format!("payload is not valid JSON: {e}")))?;
     parse_value(value, "", max_batch_ops, true)
 }
 
@@ -239,7 +239,6 @@ fn parse_value(value: Value, at: &str, max_batch_ops: usize, top: bool) -> Resul
     Ok(Command { id, op })
 }
 
-
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_ID_BYTES && id.chars().all(|c| !c.is_control())
 }
@@ -274,10 +273,8 @@ impl Fields<'_> {
     fn account(&mut self, field: &str) -> Result<String, Rejection> {
         let address = self.string(field)?;
         if !valid_address(&address) {
-            return Err(self.invalid(
-                field,
-                format!("{address:?} is not an account address (name of [a-z0-9_.:-], 1 to 96 long, optionally @node)"),
-            ));
+            return Err(self
+                .invalid(field, format!("{address:?} is not an account address (name of [a-z0-9_.:-], 1 to 96 long, optionally @node)")));
         }
         Ok(address)
     }

@@ -8,8 +8,8 @@ use super::apply::{ApplyError, Undo};
 use super::change::{Change, Floor};
 use super::command::{Journaled, Movement, NodeCommand, NodeOp};
 use super::execute::not_system;
-use super::idempotency::{fingerprint, Recorded};
 use super::holds::HoldState;
+use super::idempotency::{fingerprint, Recorded};
 use super::ledger::{Effects, Ledger};
 use super::reply::{Code, Rejection, Reply, Resolution, Status};
 use std::collections::HashMap;
@@ -64,7 +64,10 @@ impl Ledger {
             ));
         }
         if !node.contains('/') {
-            return Err(Rejection::new(Code::RemoteAccount, format!("credit: {node} is a region node; accounts live on edge nodes (region/edge)")));
+            return Err(Rejection::new(
+                Code::RemoteAccount,
+                format!("credit: {node} is a region node; accounts live on edge nodes (region/edge)"),
+            ));
         }
         not_system(credit.name, "credit")?;
         let (debit, amount) = self.check_debit(device, m, None)?;
@@ -109,7 +112,10 @@ impl Ledger {
             let reply = received.recorded.resend(&fingerprint).unwrap_or_else(|| {
                 Reply::rejected(
                     Some(&command.id),
-                    Rejection::new(Code::IdConflict, format!("id: transfer {:?} from {source} was received with other content", command.id)),
+                    Rejection::new(
+                        Code::IdConflict,
+                        format!("id: transfer {:?} from {source} was received with other content", command.id),
+                    ),
                 )
             });
             return Effects::reply_only(reply);
@@ -182,7 +188,12 @@ impl Ledger {
         }
         let changes = vec![change];
         let notices = self.notices_for(None, &changes, self.next_seq(), Some((decision.code, decision.message.clone())));
-        let op = NodeOp::Settle { pending_id: pending_id.to_string(), status: decision.status, code: decision.code, message: decision.message.clone() };
+        let op = NodeOp::Settle {
+            pending_id: pending_id.to_string(),
+            status: decision.status,
+            code: decision.code,
+            message: decision.message.clone(),
+        };
         let command = NodeCommand { id: format!("settle:{pending_id}"), op };
         let body = self.append_entry(now_ms, None, Journaled::Node(command), changes, None);
         let reply = Reply::ok(pending_id, Status::Committed, body.seq, format!("{pending_id} {resolution:?}"));

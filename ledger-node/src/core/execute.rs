@@ -138,7 +138,10 @@ impl Ledger {
         if (issuance || overdraft_limit.is_some()) && !self.permissions.may_issue(device) {
             return Err(Rejection::new(
                 Code::Forbidden,
-                format!("flags: device {} may not create credit (issuance or overdraft_limit need may_issue)", device.unwrap_or("(unknown)")),
+                format!(
+                    "flags: device {} may not create credit (issuance or overdraft_limit need may_issue)",
+                    device.unwrap_or("(unknown)")
+                ),
             ));
         }
         let floor = match (issuance, overdraft_limit) {
@@ -237,9 +240,7 @@ impl Ledger {
 
     /// The asset `code` names, or `unknown_asset` naming `field`.
     pub(super) fn asset(&self, code: &str, field: &str) -> Result<AssetSpec, Rejection> {
-        self.assets
-            .get(code)
-            .ok_or_else(|| Rejection::new(Code::UnknownAsset, format!("{field}: {code} is not a known asset")))
+        self.assets.get(code).ok_or_else(|| Rejection::new(Code::UnknownAsset, format!("{field}: {code} is not a known asset")))
     }
 
     /// A command amount in minor units of `spec`, or `invalid_amount` naming `field`.
@@ -265,9 +266,15 @@ impl Ledger {
             ));
         }
         match hold.state {
-            HoldState::Resolved(Resolution::Posted) => Err(Rejection::new(Code::PendingPosted, format!("pending_id: {pending_id} was already posted"))),
-            HoldState::Resolved(Resolution::Voided) => Err(Rejection::new(Code::PendingVoided, format!("pending_id: {pending_id} was already voided"))),
-            HoldState::Resolved(Resolution::Expired) => Err(Rejection::new(Code::PendingExpired, format!("pending_id: {pending_id} has expired"))),
+            HoldState::Resolved(Resolution::Posted) => {
+                Err(Rejection::new(Code::PendingPosted, format!("pending_id: {pending_id} was already posted")))
+            }
+            HoldState::Resolved(Resolution::Voided) => {
+                Err(Rejection::new(Code::PendingVoided, format!("pending_id: {pending_id} was already voided")))
+            }
+            HoldState::Resolved(Resolution::Expired) => {
+                Err(Rejection::new(Code::PendingExpired, format!("pending_id: {pending_id} has expired")))
+            }
             HoldState::Pending if hold.expires_at_ms.is_some_and(|t| t <= now_ms) => {
                 Err(Rejection::new(Code::PendingExpired, format!("pending_id: {pending_id} has expired")))
             }
@@ -316,7 +323,10 @@ impl Ledger {
             return Err(Rejection::new(Code::AccountClosed, format!("{field}: account {name} is closed")));
         }
         if acct.asset != asset {
-            return Err(Rejection::new(Code::AssetMismatch, format!("{field}: account {name} holds {}, the command says {asset}", acct.asset)));
+            return Err(Rejection::new(
+                Code::AssetMismatch,
+                format!("{field}: account {name} holds {}, the command says {asset}", acct.asset),
+            ));
         }
         Ok(acct)
     }

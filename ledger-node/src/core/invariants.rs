@@ -24,7 +24,9 @@ impl fmt::Display for InvariantError {
             InvariantError::PendingSum { asset, debits, credits } => {
                 write!(f, "pending debits of {asset} ({debits}) differ from its pending credits ({credits})")
             }
-            InvariantError::BelowFloor { accounts } => write!(f, "{accounts} accounts are below their floor or have negative pending amounts"),
+            InvariantError::BelowFloor { accounts } => {
+                write!(f, "{accounts} accounts are below their floor or have negative pending amounts")
+            }
             InvariantError::Account { account, why } => write!(f, "account {account}: {why}"),
         }
     }
@@ -69,7 +71,10 @@ pub fn check_books(accounts: &Accounts, holds: &Holds) -> Result<(), InvariantEr
     for (asset, t) in accounts.totals() {
         let fresh = sums.get(asset.as_str()).copied().unwrap_or_default();
         if fresh != (t.posted, t.pending_debits, t.pending_credits) {
-            return Err(InvariantError::Account { account: format!("(all of {asset})"), why: "running totals differ from the accounts".to_string() });
+            return Err(InvariantError::Account {
+                account: format!("(all of {asset})"),
+                why: "running totals differ from the accounts".to_string(),
+            });
         }
     }
     Ok(())

@@ -86,8 +86,8 @@ impl Entry {
     }
 
     pub fn parse_body(&self) -> Result<EntryBody, ChainError> {
-        let body: EntryBody = serde_json::from_slice(&self.body)
-            .map_err(|e| ChainError::BadBody { seq: self.seq, reason: e.to_string() })?;
+        let body: EntryBody =
+            serde_json::from_slice(&self.body).map_err(|e| ChainError::BadBody { seq: self.seq, reason: e.to_string() })?;
         if body.seq != self.seq {
             return Err(ChainError::BadBody { seq: self.seq, reason: format!("body says seq {}", body.seq) });
         }

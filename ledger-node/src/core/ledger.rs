@@ -320,7 +320,13 @@ impl Ledger {
         }
     }
 
-    pub(super) fn notices_for(&self, resolver: Option<&str>, changes: &[Change], seq: u64, decision: Option<(Code, String)>) -> Vec<Notice> {
+    pub(super) fn notices_for(
+        &self,
+        resolver: Option<&str>,
+        changes: &[Change],
+        seq: u64,
+        decision: Option<(Code, String)>,
+    ) -> Vec<Notice> {
         let mut out = Vec::new();
         for change in changes {
             let Change::HoldResolved { pending_id, resolution, posted, .. } = change else { continue };

@@ -32,7 +32,10 @@ pub trait CommitListener: Send {
 pub enum ReplyTo {
     Device(ReplyTarget),
     /// Another node's request: the reply, or `read`, an answer computed at intake.
-    Peer { answer: tokio::sync::oneshot::Sender<Answer>, read: Option<Answer> },
+    Peer {
+        answer: tokio::sync::oneshot::Sender<Answer>,
+        read: Option<Answer>,
+    },
 }
 
 /// The effects of one group of commands, in arrival order, with where each answer goes.
@@ -57,7 +60,13 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn new(store: Arc<Store>, chain: Chain, replies: ReplyLink, listener: Option<Box<dyn CommitListener>>, metrics: Arc<Metrics>) -> Committer {
+    pub fn new(
+        store: Arc<Store>,
+        chain: Chain,
+        replies: ReplyLink,
+        listener: Option<Box<dyn CommitListener>>,
+        metrics: Arc<Metrics>,
+    ) -> Committer {
         Committer { store, chain, replies, listener, metrics }
     }
 

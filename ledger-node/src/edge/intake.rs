@@ -62,7 +62,13 @@ pub struct Intake {
 }
 
 impl Intake {
-    pub fn new(ledger: Ledger, commands: CommandReader, limits: IntakeLimits, committer: SyncSender<Group>, metrics: Arc<Metrics>) -> Intake {
+    pub fn new(
+        ledger: Ledger,
+        commands: CommandReader,
+        limits: IntakeLimits,
+        committer: SyncSender<Group>,
+        metrics: Arc<Metrics>,
+    ) -> Intake {
         Intake { ledger, commands, limits, stats: IntakeStats::default(), committer, inbox: None, metrics }
     }
 

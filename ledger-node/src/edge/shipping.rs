@@ -56,7 +56,13 @@ impl EdgeLink {
 }
 
 /// Runs the shipping tasks on `session` until it closes: pushes, ranges, status and acks.
-pub async fn ship(session: bridge::zenoh::Session, edge: String, store: Arc<Store>, link: EdgeLink, mut pushed: tokio::sync::mpsc::Receiver<Vec<Entry>>) {
+pub async fn ship(
+    session: bridge::zenoh::Session,
+    edge: String,
+    store: Arc<Store>,
+    link: EdgeLink,
+    mut pushed: tokio::sync::mpsc::Receiver<Vec<Entry>>,
+) {
     let publisher = match session.declare_publisher(keys::journal_entries(&edge)).congestion_control(CongestionControl::Block).await {
         Ok(p) => p,
         Err(e) => return tracing::error!("zenoh publisher: {e}"),

@@ -85,4 +85,3 @@ pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), NodeError> {
         .map_err(|e| NodeError::Start(format!("metrics thread: {e}")))?;
     Ok(())
 }
-

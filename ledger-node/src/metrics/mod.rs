@@ -24,7 +24,8 @@ pub const OPS: [&str; 11] =
 /// Upper bounds of the commit batch-size histogram (commands per durable commit).
 const BATCH_BUCKETS: [u64; 12] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096];
 /// Upper bounds of the commit-latency histogram, in microseconds.
-const LATENCY_BUCKETS_US: [u64; 14] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 5_000_000];
+const LATENCY_BUCKETS_US: [u64; 14] =
+    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 5_000_000];
 
 /// The intake must show life at least this often (it ticks every 250 ms when idle), or
 /// `/health` answers 503.
@@ -154,7 +155,9 @@ impl Metrics {
     /// `Ok(body)` when the node is alive, `Err(body)` when its main loop stalled.
     pub fn health(&self) -> Result<String, String> {
         let stalled = now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed));
-        let body = |status: &str| format!("{{\"status\":\"{status}\",\"node\":\"{}\",\"role\":\"{}\",\"stalled_ms\":{stalled}}}\n", self.node, self.role);
+        let body = |status: &str| {
+            format!("{{\"status\":\"{status}\",\"node\":\"{}\",\"role\":\"{}\",\"stalled_ms\":{stalled}}}\n", self.node, self.role)
+        };
         if stalled > HEALTH_STALL.as_millis() as u64 {
             Err(body("stalled"))
         } else {
@@ -168,7 +171,8 @@ impl Metrics {
         let _ = writeln!(out, "# HELP edgeledger_node_info The node this endpoint describes.\n# TYPE edgeledger_node_info gauge");
         let _ = writeln!(out, "edgeledger_node_info{{node=\"{}\",role=\"{}\"}} 1", self.node, self.role);
         if self.role == "edge" {
-            let _ = writeln!(out, "# HELP edgeledger_commands_total Commands answered, by op and reply code (op=\"invalid\": not a command).");
+            let _ =
+                writeln!(out, "# HELP edgeledger_commands_total Commands answered, by op and reply code (op=\"invalid\": not a command).");
             let _ = writeln!(out, "# TYPE edgeledger_commands_total counter");
             for (op, codes) in OPS.iter().zip(&self.commands) {
                 for (code, count) in Code::ALL.iter().zip(codes) {
@@ -188,15 +192,27 @@ impl Metrics {
             }
             let dropped = self.dropped_topics.load(Ordering::Relaxed);
             let _ = writeln!(out, "edgeledger_rejected_inputs_total{{reason=\"invalid_topic\"}} {dropped}");
-            let _ = writeln!(out, "# HELP edgeledger_broker_lost_total Commands the broker dropped before the ledger read them (devices resend).");
+            let _ = writeln!(
+                out,
+                "# HELP edgeledger_broker_lost_total Commands the broker dropped before the ledger read them (devices resend)."
+            );
             let _ = writeln!(out, "# TYPE edgeledger_broker_lost_total counter");
             let _ = writeln!(out, "edgeledger_broker_lost_total {}", self.lost_by_broker.load(Ordering::Relaxed));
             self.commit_batch.render(&mut out, "edgeledger_commit_batch_size", "Commands per durable commit.", |n| n.to_string());
-            self.commit_latency_us.render(&mut out, "edgeledger_commit_duration_seconds", "Time of one durable commit (write and fsync).", seconds);
+            self.commit_latency_us.render(
+                &mut out,
+                "edgeledger_commit_duration_seconds",
+                "Time of one durable commit (write and fsync).",
+                seconds,
+            );
             let connections = (rumqttd::CONNECTIONS.load(Ordering::Relaxed) as u64).saturating_sub(self.own_links);
-            let _ = writeln!(out, "# HELP edgeledger_mqtt_connections MQTT connections open now.\n# TYPE edgeledger_mqtt_connections gauge");
+            let _ =
+                writeln!(out, "# HELP edgeledger_mqtt_connections MQTT connections open now.\n# TYPE edgeledger_mqtt_connections gauge");
             let _ = writeln!(out, "edgeledger_mqtt_connections {connections}");
-            let _ = writeln!(out, "# HELP edgeledger_journal_head_seq Sequence number of the last journal entry.\n# TYPE edgeledger_journal_head_seq gauge");
+            let _ = writeln!(
+                out,
+                "# HELP edgeledger_journal_head_seq Sequence number of the last journal entry.\n# TYPE edgeledger_journal_head_seq gauge"
+            );
             let _ = writeln!(out, "edgeledger_journal_head_seq {}", self.journal_head.load(Ordering::Relaxed));
             let _ = writeln!(out, "# HELP edgeledger_transfers_in_flight Cross-node transfers sent from this node and not decided yet.");
             let _ = writeln!(out, "# TYPE edgeledger_transfers_in_flight gauge");

@@ -114,10 +114,8 @@ impl Coordinator {
             if f.stage != Stage::Settled {
                 return true;
             }
-            let still_pending = replicas
-                .get(&f.delivery.source)
-                .and_then(|r| r.ledger.hold(&f.delivery.id))
-                .is_some_and(|h| h.is_pending());
+            let still_pending =
+                replicas.get(&f.delivery.source).and_then(|r| r.ledger.hold(&f.delivery.id)).is_some_and(|h| h.is_pending());
             still_pending && f.settled_at.is_some_and(|t| t.elapsed() < RESETTLE_AFTER)
         });
         let mut new = Vec::new();
@@ -213,11 +211,12 @@ impl Coordinator {
     async fn settle(&self, delivery: &Delivery, decision: &Reply) -> Result<(), String> {
         let settlement = Settlement { pending_id: delivery.id.clone(), decision: decision.clone() };
         let payload = serde_json::to_string(&settlement).expect("settlement serializes");
-        let answer = ask_json(&self.session, &keys::transfer_settle(&delivery.source), Some(payload), QUERY_TIMEOUT)
-            .await
-            .map_err(|e| match e.refusal() {
-                Some(refusal) => format!("{}: {refusal}", delivery.source),
-                None => e.to_string(),
+        let answer =
+            ask_json(&self.session, &keys::transfer_settle(&delivery.source), Some(payload), QUERY_TIMEOUT).await.map_err(|e| {
+                match e.refusal() {
+                    Some(refusal) => format!("{}: {refusal}", delivery.source),
+                    None => e.to_string(),
+                }
             })?;
         let ack: Reply = serde_json::from_value(answer).map_err(|e| format!("{}: settlement answer: {e}", delivery.source))?;
         match ack.code {
@@ -269,4 +268,3 @@ impl Coordinator {
         json!({"region": self.region, "in_flight": shown, "active": active, "pending_in_replicas": waiting})
     }
 }
-

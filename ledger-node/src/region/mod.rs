@@ -42,7 +42,8 @@ pub fn start(config: NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Node
     let replicas: Replicas = Arc::new(Mutex::new(replicas));
     let watched = replicas.clone();
     metrics.add_gauges(Box::new(move |out| replica_gauges(&watched, out)));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| NodeError::Start(format!("region runtime: {e}")))?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| NodeError::Start(format!("region runtime: {e}")))?;
     let session = runtime.block_on(bridge::open(&config)).map_err(NodeError::Zenoh)?;
     println!("ledger-node {}: ready, region of {} edges", config.node.id, config.replication.edges.len());
     let fatal_tasks = fatal.clone();

@@ -76,7 +76,10 @@ fn history_of(region: &str, replicas: &Replicas, query: &Query) -> Result<(Strin
     let edge = match address.node {
         Some(edge) if edge.starts_with(&format!("{region}/")) => edge.to_string(),
         _ => {
-            return Err(Refusal::invalid(format!("account: {:?} must name an edge of {region}, like wallet:alice@{region}/edge-1", params.account)))
+            return Err(Refusal::invalid(format!(
+                "account: {:?} must name an edge of {region}, like wallet:alice@{region}/edge-1",
+                params.account
+            )))
         }
     };
     params.account = address.name.to_string();

@@ -35,7 +35,14 @@ pub type Replicas = Arc<Mutex<BTreeMap<String, Replica>>>;
 
 /// Pulls `edge`'s journal from where the replica ends, applying pushes as they come.
 /// `grown` is told each time the replica grows (the coordinator looks for new transfers).
-pub async fn follow_edge(session: bridge::zenoh::Session, edge: String, store: Arc<Store>, replicas: Replicas, grown: Arc<tokio::sync::Notify>, fatal: Fatal) {
+pub async fn follow_edge(
+    session: bridge::zenoh::Session,
+    edge: String,
+    store: Arc<Store>,
+    replicas: Replicas,
+    grown: Arc<tokio::sync::Notify>,
+    fatal: Fatal,
+) {
     // Pushes are only a fast path. A bounded FIFO would block zenoh's receive path when
     // full, and with it the range replies this task is waiting for; a ring drops the
     // oldest pushes instead, which the range fetch makes up for.
@@ -85,12 +92,7 @@ pub async fn follow_edge(session: bridge::zenoh::Session, edge: String, store: A
 }
 
 async fn fetch(session: &bridge::zenoh::Session, selector: &str) -> Option<Vec<(u64, Vec<u8>)>> {
-    let replies = session
-        .get(selector)
-        .congestion_control(CongestionControl::Block)
-        .timeout(QUERY_TIMEOUT)
-        .await
-        .ok()?;
+    let replies = session.get(selector).congestion_control(CongestionControl::Block).timeout(QUERY_TIMEOUT).await.ok()?;
     let reply = replies.recv_async().await.ok()?;
     let sample = reply.result().ok()?;
     match decode_frame(&sample.payload().to_bytes()) {
@@ -106,7 +108,14 @@ async fn fetch(session: &bridge::zenoh::Session, selector: &str) -> Option<Vec<(
 /// whether it made progress. Entries the replica already has are skipped (a push and a
 /// range may overlap); a gap leaves the rest for the next range fetch. An entry that breaks
 /// the chain or does not apply to the replica's books is refused: neither stored nor kept.
-async fn apply(session: &bridge::zenoh::Session, edge: &str, frame: Vec<(u64, Vec<u8>)>, store: &Arc<Store>, replicas: &Replicas, fatal: &Fatal) -> bool {
+async fn apply(
+    session: &bridge::zenoh::Session,
+    edge: &str,
+    frame: Vec<(u64, Vec<u8>)>,
+    store: &Arc<Store>,
+    replicas: &Replicas,
+    fatal: &Fatal,
+) -> bool {
     let (accepted, chain) = {
         let mut all = replicas.lock().expect("replicas");
         let Some(replica) = all.get_mut(edge) else { return false };

@@ -232,7 +232,14 @@ async fn status(nodes: &Nodes) -> Result<Output, Fail> {
     Ok(Output { json: json!({"nodes": statuses, "replicas": replica_rows}), text, differs: false })
 }
 
-async fn open_account(nodes: &Nodes, address: &str, asset: &str, flags: &[String], overdraft_limit: Option<String>, id: Option<String>) -> Result<Output, Fail> {
+async fn open_account(
+    nodes: &Nodes,
+    address: &str,
+    asset: &str,
+    flags: &[String],
+    overdraft_limit: Option<String>,
+    id: Option<String>,
+) -> Result<Output, Fail> {
     let address = Address::parse(address)?;
     if !address.is_edge() {
         return Err(Fail::usage(format!("{}: accounts live on edges (region/edge); {} is a region", address.node, address.node)));
@@ -267,7 +274,10 @@ async fn ask_owner(nodes: &Nodes, address: &Address, query: &str, params: &str) 
         Err(fail) if fail.code == 3 && address.is_edge() => {
             let region = address.region();
             let replica = format!("ledger/v1/query/{region}/{query}?account={}@{}{params}", address.name, address.node);
-            let answer = nodes.ask(&replica).await.map_err(|e| Fail { code: e.code, message: format!("{}; and from the region: {}", fail.message, e.message) })?;
+            let answer = nodes
+                .ask(&replica)
+                .await
+                .map_err(|e| Fail { code: e.code, message: format!("{}; and from the region: {}", fail.message, e.message) })?;
             let source = format!("{region}'s replica at seq {}", cell(&answer["replica_seq"]));
             Ok((answer, source))
         }
@@ -310,7 +320,14 @@ async fn history(nodes: &Nodes, address: &str, limit: usize, before: Option<u64>
     let mut table = Table::new(&["SEQ", "TIME (UTC)", "ID", "OP", "DEVICE", "CHANGE"]);
     for entry in answer["entries"].as_array().into_iter().flatten() {
         let changes: Vec<String> = entry["changes"].as_array().into_iter().flatten().map(|c| describe_change(c, scale)).collect();
-        table.row(vec![cell(&entry["seq"]), utc(entry["ts_ms"].as_u64().unwrap_or(0)), cell(&entry["id"]), cell(&entry["op"]), cell(&entry["device"]), changes.join("; ")]);
+        table.row(vec![
+            cell(&entry["seq"]),
+            utc(entry["ts_ms"].as_u64().unwrap_or(0)),
+            cell(&entry["id"]),
+            cell(&entry["op"]),
+            cell(&entry["device"]),
+            changes.join("; "),
+        ]);
     }
     let mut text = format!("{}@{} from {source}\n", address.name, address.node);
     text.push_str(&table.render());
@@ -332,8 +349,16 @@ fn describe_change(change: &Value, scale: u32) -> String {
         "account_opened" => format!("opened {} ({})", cell(&change["account"]), cell(&change["asset"])),
         "account_closed" => format!("closed {}", cell(&change["account"])),
         "transferred" => format!("{} {} -> {}", amount(&change["amount"]), cell(&change["debit"]), cell(&change["credit"])),
-        "hold_placed" => format!("hold {} {} {} -> {}", cell(&change["pending_id"]), amount(&change["amount"]), cell(&change["debit"]), cell(&change["credit"])),
-        "hold_resolved" => format!("{} {} ({} posted)", cell(&change["pending_id"]), cell(&change["resolution"]), amount(&change["posted"])),
+        "hold_placed" => format!(
+            "hold {} {} {} -> {}",
+            cell(&change["pending_id"]),
+            amount(&change["amount"]),
+            cell(&change["debit"]),
+            cell(&change["credit"])
+        ),
+        "hold_resolved" => {
+            format!("{} {} ({} posted)", cell(&change["pending_id"]), cell(&change["resolution"]), amount(&change["posted"]))
+        }
         other => other.to_string(),
     }
 }

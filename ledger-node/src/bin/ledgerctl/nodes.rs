@@ -71,7 +71,11 @@ impl Nodes {
     /// own words.
     pub async fn ask(&self, selector: &str) -> Result<Value, Fail> {
         let answer = self.first_answer(selector, None).await.map_err(|e| {
-            Fail::unreachable(format!("{e} (within {} s, via {}): is the node running and connected?", self.timeout.as_secs(), self.endpoints.join(", ")))
+            Fail::unreachable(format!(
+                "{e} (within {} s, via {}): is the node running and connected?",
+                self.timeout.as_secs(),
+                self.endpoints.join(", ")
+            ))
         })?;
         answer.map_err(|refusal| Fail::refused(format!("{selector}: {refusal}")))
     }
@@ -80,7 +84,10 @@ impl Nodes {
     pub async fn command(&self, node: &str, command: &Value) -> Result<Value, Fail> {
         let selector = bridge::keys::command(node);
         // Commands are idempotent by id: asking through every session at once applies it once.
-        let answer = self.first_answer(&selector, Some(command.to_string())).await.map_err(|e| Fail::unreachable(format!("{e}: is {node} running and connected?")))?;
+        let answer = self
+            .first_answer(&selector, Some(command.to_string()))
+            .await
+            .map_err(|e| Fail::unreachable(format!("{e}: is {node} running and connected?")))?;
         answer.map_err(|refusal| Fail::refused(format!("{node}: {refusal}")))
     }
 
@@ -106,7 +113,13 @@ impl Nodes {
 
     /// Every row of a paged list (`accounts`, `transfers`): follows `next_after` to the end.
     /// Returns the rows and the sequence number the node stood at for the first and last page.
-    pub async fn all_pages<T: DeserializeOwned>(&self, key: &str, params: &str, field: &str, bar: &ProgressBar) -> Result<(Vec<T>, u64, u64), Fail> {
+    pub async fn all_pages<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        params: &str,
+        field: &str,
+        bar: &ProgressBar,
+    ) -> Result<(Vec<T>, u64, u64), Fail> {
         let mut rows = Vec::new();
         let mut after: Option<String> = None;
         let mut first_seq = None;
@@ -122,7 +135,8 @@ impl Nodes {
             let answer = self.ask(&selector).await?;
             let seq = answer["seq"].as_u64().unwrap_or(0);
             first_seq.get_or_insert(seq);
-            let page: Vec<T> = serde_json::from_value(answer[field].clone()).map_err(|e| Fail::refused(format!("{selector}: unexpected answer: {e}")))?;
+            let page: Vec<T> =
+                serde_json::from_value(answer[field].clone()).map_err(|e| Fail::refused(format!("{selector}: unexpected answer: {e}")))?;
             bar.inc(page.len() as u64);
             rows.extend(page);
             match answer["next_after"].as_str() {
@@ -142,10 +156,17 @@ impl Nodes {
             .timeout(self.timeout)
             .await
             .map_err(|e| Fail::unreachable(format!("{selector}: {e}")))?;
-        let reply = replies.recv_async().await.map_err(|_| Fail::unreachable(format!("{selector}: no answer: is {edge} running and connected?")))?;
-        let sample = reply.result().map_err(|e| Fail::refused(format!("{selector}: {}", String::from_utf8_lossy(&e.payload().to_bytes()))))?;
+        let reply = replies
+            .recv_async()
+            .await
+            .map_err(|_| Fail::unreachable(format!("{selector}: no answer: is {edge} running and connected?")))?;
+        let sample =
+            reply.result().map_err(|e| Fail::refused(format!("{selector}: {}", String::from_utf8_lossy(&e.payload().to_bytes()))))?;
         let frame = bridge::decode_frame(&sample.payload().to_bytes()).map_err(|e| Fail::differs(format!("{edge}: {e}")))?;
-        frame.into_iter().map(|(seq, bytes)| Entry::decode(seq, &bytes).map_err(|e| Fail::differs(format!("{edge}: entry {seq}: {e}")))).collect()
+        frame
+            .into_iter()
+            .map(|(seq, bytes)| Entry::decode(seq, &bytes).map_err(|e| Fail::differs(format!("{edge}: entry {seq}: {e}"))))
+            .collect()
     }
 }
 

@@ -66,7 +66,10 @@ pub async fn run(nodes: &Nodes, scope: &[String]) -> Result<Output, Fail> {
             }
         };
         if seq_first != edge_head.seq || seq_last != edge_head.seq {
-            notes.push(format!("{edge} took entries while it was read (seq {} to {seq_last}); differences may be passing, run again", edge_head.seq));
+            notes.push(format!(
+                "{edge} took entries while it was read (seq {} to {seq_last}); differences may be passing, run again",
+                edge_head.seq
+            ));
         }
         accounts_checked += edge_accounts.len();
         // Its region's replica.
@@ -75,12 +78,15 @@ pub async fn run(nodes: &Nodes, scope: &[String]) -> Result<Output, Fail> {
             .and_then(|s| s["edges"].as_array())
             .and_then(|all| all.iter().find(|r| r["edge"] == edge.as_str()).cloned());
         let Some(replica) = replica else {
-            let error = if regions.contains_key(&region) { format!("{region} does not replicate {edge}") } else { "no status answer".to_string() };
+            let error =
+                if regions.contains_key(&region) { format!("{region} does not replicate {edge}") } else { "no status answer".to_string() };
             differences.push(Difference::NoAnswer { node: region.clone(), error });
             continue;
         };
-        let replica_head = HeadRow { seq: replica["seq"].as_u64().unwrap_or(0), hash: replica["hash"].as_str().unwrap_or_default().to_string() };
-        let replica_accounts = nodes.all_pages::<AccountRow>(&bridge::keys::accounts(&region), &format!("edge={edge}"), "accounts", &bar).await;
+        let replica_head =
+            HeadRow { seq: replica["seq"].as_u64().unwrap_or(0), hash: replica["hash"].as_str().unwrap_or_default().to_string() };
+        let replica_accounts =
+            nodes.all_pages::<AccountRow>(&bridge::keys::accounts(&region), &format!("edge={edge}"), "accounts", &bar).await;
         let replica_accounts = match replica_accounts {
             Ok((rows, _, _)) => rows,
             Err(fail) => {
@@ -88,7 +94,15 @@ pub async fn run(nodes: &Nodes, scope: &[String]) -> Result<Output, Fail> {
                 continue;
             }
         };
-        differences.extend(compare_replica(edge, &region, &edge_head, &replica_head, replica["refused"].as_str(), &edge_accounts, &replica_accounts));
+        differences.extend(compare_replica(
+            edge,
+            &region,
+            &edge_head,
+            &replica_head,
+            replica["refused"].as_str(),
+            &edge_accounts,
+            &replica_accounts,
+        ));
     }
     // The other side of transfers that leave or enter the scope.
     let mut others: BTreeSet<String> = BTreeSet::new();

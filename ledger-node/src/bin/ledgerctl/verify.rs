@@ -109,7 +109,9 @@ pub async fn online(nodes: &Nodes, node: &str) -> Result<Output, Fail> {
             checked.push(Checked { what: format!("journal of {edge}"), result });
             let replica_result = match hash_at_replica {
                 Some(hash) if hash == replica_hash => Ok(()),
-                Some(hash) => Err(format!("replica ends at entry {replica_seq} with hash {replica_hash}; the edge's entry {replica_seq} hashes to {hash}")),
+                Some(hash) => Err(format!(
+                    "replica ends at entry {replica_seq} with hash {replica_hash}; the edge's entry {replica_seq} hashes to {hash}"
+                )),
                 None if replica_seq == 0 => Ok(()),
                 None => Err(format!("replica has {replica_seq} entries; the edge's journal is shorter")),
             };
@@ -169,7 +171,16 @@ fn report(subject: &str, checked: Vec<Checked>, notes: Vec<String>) -> Output {
             }
             Err(e) => {
                 failed += 1;
-                table.row(vec![c.what.clone(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), "-".into(), format!("FAILED: {e}")]);
+                table.row(vec![
+                    c.what.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    format!("FAILED: {e}"),
+                ]);
                 rows.push(json!({"checked": c.what, "ok": false, "error": e}));
             }
         }

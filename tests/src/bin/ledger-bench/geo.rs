@@ -131,9 +131,14 @@ async fn run_async(opts: &GeoOpts) -> Result<(), String> {
             took.as_secs_f64(),
             backlog as f64 / took.as_secs_f64()
         );
-        println!("RESULT geo rate={} lag_p50_ms={:.1} lag_p99_ms={:.1} backlog={backlog} drain_s={:.2} drain_eps={:.0}",
-            opts.rate, lag.value_at_quantile(0.5) as f64 / 1000.0, lag.value_at_quantile(0.99) as f64 / 1000.0,
-            took.as_secs_f64(), backlog as f64 / took.as_secs_f64());
+        println!(
+            "RESULT geo rate={} lag_p50_ms={:.1} lag_p99_ms={:.1} backlog={backlog} drain_s={:.2} drain_eps={:.0}",
+            opts.rate,
+            lag.value_at_quantile(0.5) as f64 / 1000.0,
+            lag.value_at_quantile(0.99) as f64 / 1000.0,
+            took.as_secs_f64(),
+            backlog as f64 / took.as_secs_f64()
+        );
     }
     stop.store(true, Ordering::SeqCst);
     let _ = poller.await;

@@ -22,10 +22,10 @@
 mod geo;
 
 use hdrhistogram::Histogram;
-use ledger::core::command::{Command, Flag, Movement, Op};
 use ledger::clock::now_ms;
-use ledger::core::{Effects, Ledger};
+use ledger::core::command::{Command, Flag, Movement, Op};
 use ledger::core::reply::Code;
+use ledger::core::{Effects, Ledger};
 use ledger::store::Store;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
@@ -85,10 +85,7 @@ fn main() {
     };
     let result = match subcommand.as_str() {
         "mqtt" => parse_mqtt(&args[1..]).and_then(|opts| {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| format!("tokio runtime: {e}"))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("tokio runtime: {e}"))?;
             run_mqtt(&runtime, &opts)
         }),
         "core" => parse_core(&args[1..]).and_then(|opts| run_core(&opts)),
@@ -133,8 +130,7 @@ fn number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
 }
 
 fn parse_mqtt(args: &[String]) -> Result<MqttOpts, String> {
-    let mut opts =
-        MqttOpts { clients: 32, inflight: 16, seconds: 10, rate: None, connect: None, ledger: true, echo: true };
+    let mut opts = MqttOpts { clients: 32, inflight: 16, seconds: 10, rate: None, connect: None, ledger: true, echo: true };
     let (mut ledger_only, mut echo_only) = (false, false);
     let mut i = 0;
     while i < args.len() {
@@ -180,10 +176,7 @@ fn parse_core(args: &[String]) -> Result<CoreOpts, String> {
         match flag {
             "--transfers" => opts.transfers = number(flag, value(args, &mut i)?)?,
             "--batches" => {
-                opts.batches = value(args, &mut i)?
-                    .split(',')
-                    .map(|b| number::<usize>(flag, b.trim()))
-                    .collect::<Result<_, _>>()?;
+                opts.batches = value(args, &mut i)?.split(',').map(|b| number::<usize>(flag, b.trim())).collect::<Result<_, _>>()?;
             }
             other => return Err(format!("core: unknown argument {other:?}\n\n{USAGE}")),
         }
@@ -288,17 +281,10 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<ReplyMsg>) {
 }
 
 /// Publishes all `commands` (id, payload) on `device`'s command topic, then waits for every reply.
-async fn request_all(
-    conn: &mut Conn,
-    device: &str,
-    commands: Vec<(String, String)>,
-) -> Result<HashMap<String, ReplyMsg>, String> {
+async fn request_all(conn: &mut Conn, device: &str, commands: Vec<(String, String)>) -> Result<HashMap<String, ReplyMsg>, String> {
     let topic = format!("{}{device}", broker::COMMAND_PREFIX);
     for (_, payload) in &commands {
-        conn.client
-            .publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
-            .await
-            .map_err(|e| format!("setup publish: {e}"))?;
+        conn.client.publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone()).await.map_err(|e| format!("setup publish: {e}"))?;
     }
     let mut waiting: HashSet<String> = commands.into_iter().map(|(id, _)| id).collect();
     let mut replies = HashMap::new();
@@ -459,8 +445,7 @@ async fn run_client(k: usize, conn: Conn, plan: Plan, run: String) -> ClientStat
     // so that a stalled target cannot hide its stall: no coordinated omission).
     let mut pending: HashMap<u64, Instant> = HashMap::with_capacity(plan.inflight * 2);
     // Clients start their schedules staggered across one interval, not all at once.
-    let first = plan.t0
-        + plan.interval_ns.map_or(Duration::ZERO, |iv| Duration::from_nanos(iv / plan.clients as u64 * k as u64));
+    let first = plan.t0 + plan.interval_ns.map_or(Duration::ZERO, |iv| Duration::from_nanos(iv / plan.clients as u64 * k as u64));
     tokio::time::sleep_until(tokio::time::Instant::from_std(plan.t0)).await;
     let mut n: u64 = 0;
     loop {
@@ -590,10 +575,8 @@ fn start_echo() -> Result<Echo, String> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("echo".into())
-        .spawn(move || echo_loop(link_tx, link_rx, flag))
-        .map_err(|e| e.to_string())?;
+    let thread =
+        std::thread::Builder::new().name("echo".into()).spawn(move || echo_loop(link_tx, link_rx, flag)).map_err(|e| e.to_string())?;
     Ok(Echo { port, stop, thread })
 }
 
@@ -616,9 +599,7 @@ fn echo_loop(mut link_tx: rumqttd::local::LinkTx, mut link_rx: rumqttd::local::L
                 }
                 let Ok(topic) = std::str::from_utf8(&forward.publish.topic) else { continue };
                 let Some(device) = broker::device_of(topic) else { continue };
-                let id = serde_json::from_slice::<Value>(&forward.publish.payload)
-                    .ok()
-                    .and_then(|v| v["id"].as_str().map(str::to_string));
+                let id = serde_json::from_slice::<Value>(&forward.publish.payload).ok().and_then(|v| v["id"].as_str().map(str::to_string));
                 let Some(id) = id else { continue };
                 let reply = json!({"id": id, "status": "committed", "code": "ok"}).to_string();
                 if link_tx.publish(broker::reply_topic(device), reply.into_bytes()).is_err() {
@@ -677,10 +658,7 @@ fn run_mqtt(runtime: &tokio::runtime::Runtime, opts: &MqttOpts) -> Result<(), St
     // Ids unique per run, so that a node reached with --connect never answers `duplicate`.
     let run = format!("r{}", now_ms());
     let rate = opts.rate.map_or("unlimited".to_string(), |r| r.to_string());
-    println!(
-        "mqtt: clients={} inflight={} seconds={} rate={rate} (warm-up {WARMUP:?})",
-        opts.clients, opts.inflight, opts.seconds
-    );
+    println!("mqtt: clients={} inflight={} seconds={} rate={rate} (warm-up {WARMUP:?})", opts.clients, opts.inflight, opts.seconds);
 
     let ledger_stats = if opts.ledger {
         let (node, host, port) = match &opts.connect {
