@@ -156,7 +156,7 @@ fn smallest_after<K: Ord + Copy, T>(items: impl Iterator<Item = (K, T)>, after: 
         above.select_nth_unstable_by(limit, |a, b| a.0.cmp(&b.0));
         above.truncate(limit);
     }
-    above.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    above.sort_unstable_by_key(|a| a.0);
     let next = if more { above.last().map(|(k, _)| *k) } else { None };
     (above.into_iter().map(|(_, t)| t).collect(), next)
 }

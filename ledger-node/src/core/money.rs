@@ -112,7 +112,7 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, AmountError> {
         None => (text, None),
     };
     let digits = |s: &str| !s.is_empty() && s.len() <= 28 && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(int) || !frac.map_or(true, digits) {
+    if !digits(int) || !frac.is_none_or(digits) {
         return Err(AmountError::NotDecimal);
     }
     // `from_str` would round digits beyond the 96-bit mantissa; `from_str_exact` refuses them.

@@ -37,7 +37,7 @@ const LOG_EVERY: Duration = Duration::from_secs(30);
 
 enum Incoming {
     Device(DeviceCommand),
-    Peer(Call),
+    Peer(Box<Call>),
 }
 
 /// Counters since start, logged now and then.
@@ -96,7 +96,7 @@ impl Intake {
             if let Some(inbox) = &self.inbox {
                 while group.len() < self.limits.max_group {
                     match inbox.try_recv() {
-                        Ok(call) => group.push(Incoming::Peer(call)),
+                        Ok(call) => group.push(Incoming::Peer(Box::new(call))),
                         Err(_) => break,
                     }
                 }
