@@ -1,5 +1,5 @@
 //! Why a node stops: every fatal error of the shell, typed. Threads and tasks hand theirs
-//! to the node's main thread (see `node::Fatal`); only `main` decides to exit.
+//! to the node's main thread through `Fatal` (below); only `main` decides to exit.
 
 use crate::core::invariants::InvariantError;
 use crate::store::StoreError;

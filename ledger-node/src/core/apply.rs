@@ -135,6 +135,18 @@ impl Ledger {
         Ok(())
     }
 
+    /// Applies the changes a stored entry records; the error names the entry.
+    pub(super) fn apply_recorded(&mut self, seq: u64, changes: &[Change]) -> Result<(), String> {
+        let mut undo = Vec::new();
+        for change in changes {
+            self.apply(change, &mut undo).map_err(|e| match e {
+                ApplyError::Overflow => format!("journal entry {seq}: a balance overflows"),
+                ApplyError::Corrupt(why) => format!("journal entry {seq}: {why}"),
+            })?;
+        }
+        Ok(())
+    }
+
     /// The change resolving an existing hold.
     pub(super) fn resolution_of(&self, pending_id: &str, resolution: Resolution, posted: Minor) -> Change {
         let hold = self.holds.get(pending_id).expect("resolving a hold that exists");

@@ -9,40 +9,9 @@ use super::change::{Change, Floor};
 use super::command::{Journaled, Movement, NodeCommand, NodeOp};
 use super::execute::not_system;
 use super::holds::HoldState;
-use super::idempotency::{fingerprint, Recorded};
+use super::idempotency::fingerprint;
 use super::ledger::{Effects, Ledger};
 use super::reply::{Code, Rejection, Reply, Resolution, Status};
-use std::collections::HashMap;
-
-/// A cross-node transfer this node received, and its recorded decision.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Received {
-    pub source: String,
-    pub id: String,
-    /// As delivered: `debit` at the source, `credit` here, the amount as a decimal string.
-    pub movement: Movement,
-    pub recorded: Recorded,
-}
-
-/// The decisions on cross-node transfers received, by transfer key.
-#[derive(Debug, Default)]
-pub struct ReceivedIndex {
-    map: HashMap<TransferKey, Box<Received>>,
-}
-
-impl ReceivedIndex {
-    pub fn get(&self, key: &TransferKey) -> Option<&Received> {
-        self.map.get(key).map(|b| &**b)
-    }
-
-    pub fn insert(&mut self, received: Received) {
-        self.map.insert(TransferKey::new(&received.source, &received.id), Box::new(received));
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Received> {
-        self.map.values().map(|b| &**b)
-    }
-}
 
 impl Ledger {
     /// A transfer whose credit account lives on another node: a hold from the debit account

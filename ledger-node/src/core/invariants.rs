@@ -34,10 +34,26 @@ impl fmt::Display for InvariantError {
 
 impl std::error::Error for InvariantError {}
 
+/// SPEC §8.1 and §8.2 from the running totals: O(assets).
+pub fn check_totals(accounts: &Accounts) -> Result<(), InvariantError> {
+    if accounts.broken() != 0 {
+        return Err(InvariantError::BelowFloor { accounts: accounts.broken() });
+    }
+    for (asset, t) in accounts.totals() {
+        if t.posted != 0 {
+            return Err(InvariantError::PostedSum { asset: asset.clone(), sum: t.posted });
+        }
+        if t.pending_debits != t.pending_credits {
+            return Err(InvariantError::PendingSum { asset: asset.clone(), debits: t.pending_debits, credits: t.pending_credits });
+        }
+    }
+    Ok(())
+}
+
 /// Everything: the totals, each account's floor, and each account's pending amounts
 /// against the holds still open. O(accounts + holds).
 pub fn check_books(accounts: &Accounts, holds: &Holds) -> Result<(), InvariantError> {
-    accounts.check_totals()?;
+    check_totals(accounts)?;
     let broken = |account: &str, why: String| InvariantError::Account { account: account.to_string(), why };
     for (name, a) in accounts.iter() {
         if let Floor::Overdraft(limit) = a.floor {
@@ -78,4 +94,45 @@ pub fn check_books(accounts: &Accounts, holds: &Holds) -> Result<(), InvariantEr
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::accounts::Account;
+
+    fn account(asset: &str, floor: Floor, posted: i64, pending_debits: i64, pending_credits: i64) -> Option<Account> {
+        Some(Account { asset: asset.to_string(), floor, closed: false, posted, pending_debits, pending_credits })
+    }
+
+    #[test]
+    fn running_totals_catch_what_a_command_must_never_leave() {
+        let mut accounts = Accounts::default();
+        accounts.set("issuer", account("EUR", Floor::Issuance, -500, 0, 0));
+        accounts.set("alice", account("EUR", Floor::Overdraft(0), 500, 0, 0));
+        assert_eq!(check_totals(&accounts), Ok(()));
+
+        // Money from nowhere: one side of a posting only.
+        accounts.set("alice", account("EUR", Floor::Overdraft(0), 501, 0, 0));
+        assert_eq!(check_totals(&accounts), Err(InvariantError::PostedSum { asset: "EUR".into(), sum: 1 }));
+        accounts.set("alice", account("EUR", Floor::Overdraft(0), 500, 0, 0));
+
+        // A pending debit with no pending credit.
+        accounts.set("alice", account("EUR", Floor::Overdraft(0), 500, 10, 0));
+        assert!(matches!(check_totals(&accounts), Err(InvariantError::PendingSum { .. })));
+        accounts.set("alice", account("EUR", Floor::Overdraft(0), 500, 0, 0));
+
+        // Below the floor, even with the sums right.
+        accounts.set("issuer", account("EUR", Floor::Issuance, 100, 0, 0));
+        accounts.set("alice", account("EUR", Floor::Overdraft(0), -100, 0, 0));
+        assert_eq!(check_totals(&accounts), Err(InvariantError::BelowFloor { accounts: 1 }));
+
+        // Undoing the change (as a rollback does) restores the totals exactly.
+        accounts.set("alice", account("EUR", Floor::Overdraft(0), 500, 0, 0));
+        accounts.set("issuer", account("EUR", Floor::Issuance, -500, 0, 0));
+        assert_eq!(check_totals(&accounts), Ok(()));
+        assert_eq!(check_books(&accounts, &Holds::default()), Ok(()));
+        accounts.set("alice", None);
+        assert!(check_totals(&accounts).is_err(), "removing an account takes its balance out of the sums");
+    }
 }

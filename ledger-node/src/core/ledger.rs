@@ -11,12 +11,12 @@ use super::accounts::{Account, Accounts};
 use super::address::TransferKey;
 use super::change::{Change, EntryBody};
 use super::command::{Command, Journaled, NodeCommand, NodeOp, Op};
-use super::cross_node::{Received, ReceivedIndex};
 use super::holds::{Hold, HoldState, Holds};
 use super::idempotency::{fingerprint, fingerprint_in_batch, IdIndex, Recorded};
-use super::invariants::{check_books, InvariantError};
+use super::invariants::{check_books, check_totals, InvariantError};
 use super::money::{format_minor, Assets};
 use super::permissions::Permissions;
+use super::received::{Received, ReceivedIndex};
 use super::reply::{BalanceView, Code, Notice, Rejection, Reply, Resolution, Status};
 
 /// Everything the shell must do for one command: persist `entry` and `recorded` in one
@@ -257,13 +257,7 @@ impl Ledger {
         if body.seq != self.head.seq + 1 {
             return Err(format!("journal gap: expected entry {}, found {}", self.head.seq + 1, body.seq));
         }
-        let mut undo = Vec::new();
-        for change in &body.changes {
-            self.apply(change, &mut undo).map_err(|e| match e {
-                super::apply::ApplyError::Overflow => format!("journal entry {}: a balance overflows", body.seq),
-                super::apply::ApplyError::Corrupt(why) => format!("journal entry {}: {why}", body.seq),
-            })?;
-        }
+        self.apply_recorded(body.seq, &body.changes)?;
         self.head = Head { seq: body.seq, ts_ms: body.ts_ms };
         if body.reply.is_some() {
             let fingerprint = match &body.command {
@@ -367,7 +361,7 @@ impl Ledger {
     /// SPEC §8.1 and §8.2 from the running totals: O(assets), cheap enough for every group
     /// in every build. The shell calls it before a group's replies may leave.
     pub fn check_totals(&self) -> Result<(), InvariantError> {
-        self.accounts.check_totals()
+        check_totals(&self.accounts)
     }
 
     /// SPEC §8 invariants 1 and 2, plus holds matching the pending amounts and the running

@@ -17,14 +17,15 @@ pub mod journal;
 pub mod ledger;
 pub mod money;
 pub mod permissions;
+pub mod received;
 pub mod reply;
 pub mod transfer;
 
 pub use accounts::Account;
 pub use change::{Change, EntryBody, Floor};
 pub use command::{Command, Journaled, Movement, NodeCommand, NodeOp, Op};
-pub use cross_node::Received;
 pub use holds::{Hold, HoldState};
 pub use idempotency::Recorded;
 pub use ledger::{Effects, Head, Ledger, Limits};
 pub use permissions::{DeviceRights, Permissions, OPERATOR};
+pub use received::Received;

@@ -13,7 +13,7 @@ pub enum StoreError {
     /// The file belongs to another node.
     WrongNode { path: PathBuf, found: String, expected: String },
     /// The file is not an edgeledger database of the format this node reads.
-    Format { path: PathBuf, found: Option<String> },
+    Format { path: PathBuf, found: Option<String>, expected: &'static str },
     /// The disk (or a quota, or a file size limit) is full: nothing was written.
     DiskFull { path: PathBuf, detail: String },
     /// The journal's hash chain is broken: tampered, truncated or foreign entries.
@@ -53,8 +53,8 @@ impl fmt::Display for StoreError {
             StoreError::WrongNode { found, expected, .. } => {
                 write!(f, "database {path} belongs to node {found}, but this node is {expected}; point node.data_dir elsewhere")
             }
-            StoreError::Format { found, .. } => {
-                write!(f, "database {path}: not an edgeledger database of format {} (found {found:?})", super::FORMAT)
+            StoreError::Format { found, expected, .. } => {
+                write!(f, "database {path}: not an edgeledger database of format {expected} (found {found:?})")
             }
             StoreError::DiskFull { detail, .. } => write!(f, "database {path}: the disk is full: {detail}"),
             StoreError::Chain { error, .. } => write!(f, "database {path}: {error}"),
@@ -77,7 +77,7 @@ pub enum Fault {
     Corrupt(String),
     Replay(String),
     Invariant(String),
-    Format(Option<String>),
+    Format { found: Option<String>, expected: &'static str },
     WrongNode { found: String, expected: String },
 }
 
@@ -119,7 +119,7 @@ impl Fault {
             Fault::Corrupt(detail) => StoreError::Corrupt { path, detail },
             Fault::Replay(detail) => StoreError::Replay { path, detail },
             Fault::Invariant(detail) => StoreError::Invariant { path, detail },
-            Fault::Format(found) => StoreError::Format { path, found },
+            Fault::Format { found, expected } => StoreError::Format { path, found, expected },
             Fault::WrongNode { found, expected } => StoreError::WrongNode { path, found, expected },
         }
     }

@@ -82,7 +82,7 @@ impl Store {
                 Some(_) => {
                     let format = meta.get("format")?.map(|v| v.value().to_string());
                     if format.as_deref() != Some(FORMAT) {
-                        return Err(Fault::Format(format));
+                        return Err(Fault::Format { found: format, expected: FORMAT });
                     }
                 }
                 None => {
@@ -106,7 +106,7 @@ impl Store {
         let format = meta.get("format")?.map(|v| v.value().to_string());
         match (node, format.as_deref()) {
             (Some(node), Some(FORMAT)) => Ok(node),
-            (_, _) => Err(Fault::Format(format)),
+            (_, _) => Err(Fault::Format { found: format, expected: FORMAT }),
         }
     }
 
