@@ -47,9 +47,9 @@ impl EdgeLink {
         metrics.add_gauges(Box::new(move |out| {
             let head = watched.head.lock().expect("head lock").seq;
             let acked = watched.acked.load(Ordering::SeqCst);
-            gauge(out, "edgeledger_replicated_seq", "Last journal entry the region acknowledged as durably replicated.", [("", acked)]);
+            gauge(out, "edgeledger_replicated_seq", "Last journal entry the region acknowledged as durably replicated.", [(vec![], acked)]);
             let lag = head.saturating_sub(acked);
-            gauge(out, "edgeledger_replication_lag_entries", "Journal entries not yet acknowledged by the region.", [("", lag)]);
+            gauge(out, "edgeledger_replication_lag_entries", "Journal entries not yet acknowledged by the region.", [(vec![], lag)]);
         }));
         (link, pushed)
     }

@@ -1,69 +1,29 @@
-//! The metrics endpoint: `GET /metrics` (Prometheus text format 0.0.4) and `GET /health`,
-//! one short request per connection, with a bounded request size and a bounded number of
-//! connections, on a thread of its own.
+//! The metrics endpoint on hyper: `GET /metrics` and `GET /health`, one short request per
+//! connection, with a bounded request size, a bounded number of connections and a time
+//! limit per connection, on a thread of its own.
 
 use super::Metrics;
 use crate::error::NodeError;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Largest HTTP request read; the server only needs its first line.
+/// Largest HTTP request head read (hyper's smallest buffer); the server only needs its
+/// first line. A larger one is answered 431.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 /// Scrapes answered at once; more wait for a slot.
 const MAX_CONNECTIONS: usize = 16;
-/// A client that sends nothing for this long is dropped.
+/// A connection is closed after this, answered or not.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Serves `/metrics` and `/health` on `listener` until the process ends.
-async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics)).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn answer(mut stream: tokio::net::TcpStream, metrics: &Metrics) -> std::io::Result<()> {
-    let mut request = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && !request.windows(2).any(|w| w == b"\n\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        request.extend_from_slice(&buf[..n]);
-        if request.len() > MAX_REQUEST_BYTES {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "request too large\n").await;
-        }
-    }
-    let line = String::from_utf8_lossy(request.split(|b| *b == b'\n').next().unwrap_or_default()).into_owned();
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    match (method, path) {
-        ("GET", "/metrics") => respond(&mut stream, "200 OK", "text/plain; version=0.0.4; charset=utf-8", &metrics.render()).await,
-        ("GET", "/health") => match metrics.health() {
-            Ok(body) => respond(&mut stream, "200 OK", "application/json", &body).await,
-            Err(body) => respond(&mut stream, "503 Service Unavailable", "application/json", &body).await,
-        },
-        ("GET", _) => respond(&mut stream, "404 Not Found", "text/plain", "try /metrics or /health\n").await,
-        _ => respond(&mut stream, "405 Method Not Allowed", "text/plain", "GET only\n").await,
-    }
-}
-
-async fn respond(stream: &mut tokio::net::TcpStream, status: &str, content_type: &str, body: &str) -> std::io::Result<()> {
-    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
-    stream.shutdown().await
-}
+/// OpenMetrics text, as prometheus-client writes it.
+const METRICS_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Binds the metrics listener now (so a taken port stops the node at start with the key
 /// named) and serves it from a thread of its own.
@@ -84,4 +44,49 @@ pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), NodeError> {
         })
         .map_err(|e| NodeError::Start(format!("metrics thread: {e}")))?;
     Ok(())
+}
+
+/// Serves `/metrics` and `/health` on `listener` until the process ends.
+async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(answer(&request, &metrics)) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(MAX_REQUEST_BYTES)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, connection).await;
+            drop(permit);
+        });
+    }
+}
+
+fn answer(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET {
+        return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".to_string());
+    }
+    match request.uri().path() {
+        "/metrics" => respond(StatusCode::OK, METRICS_TYPE, metrics.render()),
+        "/health" => match metrics.health() {
+            Ok(body) => respond(StatusCode::OK, "application/json", body),
+            Err(body) => respond(StatusCode::SERVICE_UNAVAILABLE, "application/json", body),
+        },
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "try /metrics or /health\n".to_string()),
+    }
+}
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = content_type.parse() {
+        response.headers_mut().insert(hyper::header::CONTENT_TYPE, value);
+    }
+    response
 }

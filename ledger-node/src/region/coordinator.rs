@@ -19,7 +19,7 @@ use crate::core::address::{NodeId, TransferKey};
 use crate::core::money::format_minor;
 use crate::core::reply::{Code, Reply};
 use crate::core::transfer::{decision_of, Delivery, Settlement};
-use crate::metrics::{gauge, Gauges};
+use crate::metrics::{gauge, GaugeFamily, Gauges};
 use bridge::zenoh::query::Query;
 use bridge::zenoh::Session;
 use bridge::{ask_json, keys, serve_json, serve_json_now, Answer, Refusal, QUERY_TIMEOUT};
@@ -243,7 +243,7 @@ impl Coordinator {
     /// Gauges for the region's metrics: transfers driven now, by stage, and waiting.
     pub fn gauges(self: &Arc<Self>) -> Gauges {
         let this = self.clone();
-        Box::new(move |out: &mut String| {
+        Box::new(move |out: &mut Vec<GaugeFamily>| {
             let waiting: usize = this.replicas.lock().expect("replicas").values().map(|r| r.ledger.outgoing_count()).sum();
             let (mut delivering, mut settling) = (0, 0);
             for flight in this.flights.lock().expect("flights").values() {
@@ -254,9 +254,14 @@ impl Coordinator {
                 }
             }
             let help = "Cross-node transfers this region drives now, by stage.";
-            gauge(out, "edgeledger_transfers_in_flight", help, [("stage=\"delivering\"", delivering), ("stage=\"settling\"", settling)]);
+            gauge(
+                out,
+                "edgeledger_transfers_in_flight",
+                help,
+                [(vec![("stage", "delivering".to_string())], delivering), (vec![("stage", "settling".to_string())], settling)],
+            );
             let help = "Cross-node holds still pending in this region's replicas.";
-            gauge(out, "edgeledger_transfers_pending_in_replicas", help, [("", waiting as u64)]);
+            gauge(out, "edgeledger_transfers_pending_in_replicas", help, [(vec![], waiting as u64)]);
         })
     }
 

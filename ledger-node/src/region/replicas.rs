@@ -8,7 +8,7 @@ use crate::clock::now_ms;
 use crate::core::journal::{hex, Chain, Entry};
 use crate::core::Ledger;
 use crate::error::{Fatal, NodeError};
-use crate::metrics::gauge;
+use crate::metrics::{gauge, GaugeFamily};
 use crate::store::Store;
 use bridge::zenoh::qos::CongestionControl;
 use bridge::{decode_frame, keys, MAX_FRAME_ENTRIES, QUERY_TIMEOUT};
@@ -178,10 +178,10 @@ async fn apply(
 }
 
 /// Per edge: how far the replica is, how long since it last grew, whether it refused.
-pub fn replica_gauges(replicas: &Replicas, out: &mut String) {
+pub fn replica_gauges(replicas: &Replicas, out: &mut Vec<GaugeFamily>) {
     let now = now_ms();
     let all = replicas.lock().expect("replicas");
-    let label = |edge: &str| format!("edge=\"{edge}\"");
+    let label = |edge: &str| vec![("edge", edge.to_string())];
     let seqs: Vec<_> = all.iter().map(|(edge, r)| (label(edge), r.chain.seq)).collect();
     gauge(out, "edgeledger_replica_seq", "Last journal entry of the edge in this region's replica.", seqs);
     let ages: Vec<_> = all.iter().map(|(edge, r)| (label(edge), now.saturating_sub(r.updated_ms) / 1000)).collect();
