@@ -113,3 +113,25 @@ impl Fatal {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn every_way_a_part_stops_reaches_the_main_thread() {
+        let (fatal, stopped) = Fatal::new();
+        fatal.spawn("failing", || Err(NodeError::Broker("gone".to_string()))).unwrap();
+        let first = stopped.recv_timeout(Duration::from_secs(10)).expect("a report");
+        assert!(matches!(first, NodeError::Broker(ref why) if why == "gone"), "{first}");
+
+        fatal.spawn("panicking", || panic!("books do not balance")).unwrap();
+        let second = stopped.recv_timeout(Duration::from_secs(10)).expect("a report");
+        assert!(second.to_string().contains("panicking stopped: panicked: books do not balance"), "{second}");
+
+        fatal.spawn("ending", || Ok(())).unwrap();
+        let third = stopped.recv_timeout(Duration::from_secs(10)).expect("a report");
+        assert!(matches!(third, NodeError::Stopped { part: "ending", .. }), "{third}");
+    }
+}

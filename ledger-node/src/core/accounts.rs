@@ -35,6 +35,26 @@ impl Account {
     }
 }
 
+/// What one account adds to its asset's totals.
+#[derive(Debug, Clone, Copy, Default)]
+struct Share {
+    posted: i128,
+    pending_debits: i128,
+    pending_credits: i128,
+    broken: i64,
+}
+
+impl Share {
+    fn of(account: &Account) -> Share {
+        Share {
+            posted: i128::from(account.posted),
+            pending_debits: i128::from(account.pending_debits),
+            pending_credits: i128::from(account.pending_credits),
+            broken: i64::from(account.broken()),
+        }
+    }
+}
+
 /// Sums over every account of one asset. i128: no sum of i64 balances can overflow it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AssetTotals {
@@ -73,33 +93,35 @@ impl Accounts {
     }
 
     /// Sets (`Some`) or removes (`None`) an account, keeping the totals in step. Returns
-    /// the account as it was, for undoing.
+    /// the account as it was, for undoing. An account never changes its asset.
     pub fn set(&mut self, name: &str, account: Option<Account>) -> Option<Account> {
-        if let Some(after) = &account {
-            self.count(after, 1);
-        }
+        let after = account.as_ref().map(Share::of).unwrap_or_default();
         let before = match account {
-            Some(after) => self.map.insert(name.to_string(), after),
+            // Updating in place keeps the key: no allocation for the common case.
+            Some(account) => match self.map.get_mut(name) {
+                Some(slot) => Some(std::mem::replace(slot, account)),
+                None => self.map.insert(name.to_string(), account),
+            },
             None => self.map.remove(name),
         };
-        if let Some(before) = &before {
-            self.count(before, -1);
-        }
-        before
-    }
-
-    fn count(&mut self, account: &Account, sign: i8) {
-        let wide = i128::from(sign);
-        let totals = match self.totals.get_mut(&account.asset) {
-            Some(totals) => totals,
-            None => self.totals.entry(account.asset.clone()).or_default(),
+        let asset = match (&before, self.map.get(name)) {
+            (Some(before), now) => {
+                debug_assert!(now.is_none_or(|a| a.asset == before.asset), "account {name} changed its asset");
+                &before.asset
+            }
+            (None, Some(now)) => &now.asset,
+            (None, None) => return None,
         };
-        totals.posted += wide * i128::from(account.posted);
-        totals.pending_debits += wide * i128::from(account.pending_debits);
-        totals.pending_credits += wide * i128::from(account.pending_credits);
-        if account.broken() {
-            self.broken += i64::from(sign);
-        }
+        let before_share = before.as_ref().map(Share::of).unwrap_or_default();
+        let totals = match self.totals.get_mut(asset) {
+            Some(totals) => totals,
+            None => self.totals.entry(asset.clone()).or_default(),
+        };
+        totals.posted += after.posted - before_share.posted;
+        totals.pending_debits += after.pending_debits - before_share.pending_debits;
+        totals.pending_credits += after.pending_credits - before_share.pending_credits;
+        self.broken += after.broken - before_share.broken;
+        before
     }
 
     /// The running totals of each asset.

@@ -4,6 +4,7 @@ use crate::Fail;
 use bridge::zenoh::Session;
 use bridge::{AskError, Refusal};
 use indicatif::ProgressBar;
+use ledger::core::address::NodeId;
 use ledger::core::journal::Entry;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -170,7 +171,7 @@ impl Nodes {
     }
 }
 
-/// `name@node` split, with the node's region.
+/// `name@node`, parsed by the core's one address parser, with the node's region.
 pub struct Address {
     pub name: String,
     pub node: String,
@@ -178,17 +179,21 @@ pub struct Address {
 
 impl Address {
     pub fn parse(text: &str) -> Result<Address, Fail> {
-        match text.split_once('@') {
-            Some((name, node)) if !name.is_empty() && !node.is_empty() => Ok(Address { name: name.to_string(), node: node.to_string() }),
+        match ledger::core::address::Address::parse(text) {
+            Some(ledger::core::address::Address { name, node: Some(node) }) => Ok(Address { name: name.to_string(), node: node.to_string() }),
             _ => Err(Fail::usage(format!("{text:?} is not an account address: write name@node, like wallet:alice@eu/berlin-1"))),
         }
     }
 
-    pub fn is_edge(&self) -> bool {
-        self.node.contains('/')
+    fn node_id(&self) -> NodeId {
+        NodeId::parse(&self.node).expect("checked by parse")
     }
 
-    pub fn region(&self) -> &str {
-        self.node.split('/').next().unwrap_or(&self.node)
+    pub fn is_edge(&self) -> bool {
+        self.node_id().is_edge()
+    }
+
+    pub fn region(&self) -> String {
+        self.node_id().region().to_string()
     }
 }

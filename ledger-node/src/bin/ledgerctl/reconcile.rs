@@ -107,7 +107,7 @@ pub async fn run(nodes: &Nodes, scope: &[String]) -> Result<Output, Fail> {
     // The other side of transfers that leave or enter the scope.
     let mut others: BTreeSet<String> = BTreeSet::new();
     for rows in outgoing.values() {
-        others.extend(rows.iter().filter_map(|r| r.to.split_once('@').map(|(_, n)| n.to_string())));
+        others.extend(rows.iter().filter_map(|r| ledger::core::address::Address::split(&r.to).node.map(str::to_string)));
     }
     for rows in incoming.values() {
         others.extend(rows.iter().map(|r| r.source.clone()));
