@@ -104,13 +104,16 @@ impl Accounts {
             },
             None => self.map.remove(name),
         };
-        let asset = match (&before, self.map.get(name)) {
-            (Some(before), now) => {
-                debug_assert!(now.is_none_or(|a| a.asset == before.asset), "account {name} changed its asset");
+        // An existing account's asset is its before-image's; a new one's is looked up.
+        let asset = match &before {
+            Some(before) => {
+                debug_assert!(self.map.get(name).is_none_or(|a| a.asset == before.asset), "account {name} changed its asset");
                 &before.asset
             }
-            (None, Some(now)) => &now.asset,
-            (None, None) => return None,
+            None => match self.map.get(name) {
+                Some(now) => &now.asset,
+                None => return None,
+            },
         };
         let before_share = before.as_ref().map(Share::of).unwrap_or_default();
         let totals = match self.totals.get_mut(asset) {

@@ -180,7 +180,9 @@ pub struct Address {
 impl Address {
     pub fn parse(text: &str) -> Result<Address, Fail> {
         match ledger::core::address::Address::parse(text) {
-            Some(ledger::core::address::Address { name, node: Some(node) }) => Ok(Address { name: name.to_string(), node: node.to_string() }),
+            Some(ledger::core::address::Address { name, node: Some(node) }) => {
+                Ok(Address { name: name.to_string(), node: node.to_string() })
+            }
             _ => Err(Fail::usage(format!("{text:?} is not an account address: write name@node, like wallet:alice@eu/berlin-1"))),
         }
     }
