@@ -135,3 +135,29 @@ fn is_disk_full(e: &std::io::Error) -> bool {
         || e.kind() == std::io::ErrorKind::QuotaExceeded
         || matches!(e.raw_os_error(), Some(ENOSPC | EFBIG | EDQUOT))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(raw: i32) -> Fault {
+        Fault::Db(redb::Error::Io(std::io::Error::from_raw_os_error(raw)))
+    }
+
+    #[test]
+    fn a_full_disk_is_told_from_corruption_and_replay() {
+        let path = Path::new("/data/ledger.redb");
+        for raw in [28, 27, 122] {
+            let e = io(raw).at(path);
+            assert!(matches!(e, StoreError::DiskFull { .. }), "os error {raw}: {e:?}");
+            assert!(e.to_string().contains("/data/ledger.redb") && e.to_string().contains("disk is full"), "{e}");
+        }
+        assert!(matches!(io(5).at(path), StoreError::Io { .. }), "EIO is not a full disk");
+        assert!(matches!(Fault::Db(redb::Error::Corrupted("bad page".into())).at(path), StoreError::Corrupt { .. }));
+        assert!(matches!(Fault::Replay("entry 3: hold h1 does not exist".into()).at(path), StoreError::Replay { .. }));
+        let invariant = Fault::Invariant("posted balances of EUR sum to 1, not zero".into()).at(path);
+        assert!(invariant.to_string().contains("do not balance"), "{invariant}");
+        let chain = Fault::Chain(ChainError::BadHash { seq: 3 }).at(path);
+        assert!(chain.to_string().contains("entry 3") && chain.to_string().contains("tampered"), "{chain}");
+    }
+}
