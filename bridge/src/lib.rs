@@ -236,7 +236,7 @@ impl fmt::Display for AskError {
 impl std::error::Error for AskError {}
 
 /// Reads an error reply's payload back into the refusal it carries.
-fn refusal_of(payload: &[u8]) -> Refusal {
+pub fn refusal_of(payload: &[u8]) -> Refusal {
     serde_json::from_slice(payload).unwrap_or_else(|_| Refusal::unavailable(String::from_utf8_lossy(payload).into_owned()))
 }
 

@@ -91,11 +91,11 @@ impl<'a> Address<'a> {
     pub fn remote_node(&self, here: &str) -> Option<&'a str> {
         self.node.filter(|node| *node != here)
     }
+}
 
-    /// System accounts (`~…`) move only by the node's own entries.
-    pub fn is_system(&self) -> bool {
-        self.name.starts_with('~')
-    }
+/// System accounts (`~…`: clearing, operator) move only by the node's own entries.
+pub fn is_system(name: &str) -> bool {
+    name.starts_with('~')
 }
 
 /// `name@node`.

@@ -6,6 +6,7 @@
 use super::accounts::Account;
 use super::change::Change;
 use super::holds::{Hold, HoldState};
+use super::invariants::check_totals;
 use super::ledger::Ledger;
 use super::money::Minor;
 use super::reply::{Code, Rejection, Resolution};
@@ -135,16 +136,22 @@ impl Ledger {
         Ok(())
     }
 
-    /// Applies the changes a stored entry records; the error names the entry.
+    /// Applies the changes a stored entry records, all of them or none: an entry that does
+    /// not apply, or after which the books no longer balance, is rolled back whole. The
+    /// error names the entry.
     pub(super) fn apply_recorded(&mut self, seq: u64, changes: &[Change]) -> Result<(), String> {
         let mut undo = Vec::new();
-        for change in changes {
+        let applied = changes.iter().try_for_each(|change| {
             self.apply(change, &mut undo).map_err(|e| match e {
                 ApplyError::Overflow => format!("journal entry {seq}: a balance overflows"),
                 ApplyError::Corrupt(why) => format!("journal entry {seq}: {why}"),
-            })?;
+            })
+        });
+        let checked = applied.and_then(|()| check_totals(&self.accounts).map_err(|e| format!("journal entry {seq}: {e}")));
+        if checked.is_err() {
+            self.rollback(undo);
         }
-        Ok(())
+        checked
     }
 
     /// The change resolving an existing hold.
@@ -184,5 +191,58 @@ impl Ledger {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::change::{EntryBody, Floor};
+    use crate::core::command::{Journaled, NodeCommand, NodeOp};
+    use crate::core::money::Assets;
+    use crate::core::{Limits, Permissions};
+
+    fn entry(seq: u64, changes: Vec<Change>) -> EntryBody {
+        let command = Journaled::Node(NodeCommand { id: format!("e{seq}"), op: NodeOp::Expire { pending_id: "none".into() } });
+        EntryBody { seq, ts_ms: seq, device: None, command, changes, reply: None }
+    }
+
+    fn opened(account: &str, floor: Floor) -> Change {
+        Change::AccountOpened { account: account.into(), asset: "EUR".into(), scale: 2, floor }
+    }
+
+    fn moved(debit: &str, credit: &str, amount: Minor) -> Change {
+        Change::Transferred { debit: debit.into(), credit: credit.into(), asset: "EUR".into(), amount }
+    }
+
+    #[test]
+    fn a_stored_entry_that_does_not_apply_or_unbalances_the_books_changes_nothing() {
+        let assets = Assets::new(&[], |_| rust_decimal::Decimal::from(1_000_000));
+        let mut ledger = Ledger::new("eu/x", assets, Limits { max_batch_ops: 10, max_hold_timeout_s: 60 }, Permissions::open());
+        ledger.replay(&entry(1, vec![opened("issuer", Floor::Issuance), opened("alice", Floor::Overdraft(0))])).unwrap();
+        ledger.replay(&entry(2, vec![moved("issuer", "alice", 100)])).unwrap();
+
+        // Alice spends more than she has: every change applies, but the books break a floor.
+        let err = ledger.replay(&entry(3, vec![moved("alice", "issuer", 500)])).unwrap_err();
+        assert!(err.contains("journal entry 3") && err.contains("below their floor"), "{err}");
+        assert_eq!(ledger.account("alice").unwrap().posted, 100, "the refused entry left no trace");
+        assert_eq!(ledger.head().seq, 2);
+
+        // The first change applies, the second does not: the first is undone too.
+        let resolve = Change::HoldResolved {
+            pending_id: "h1".into(),
+            debit: "alice".into(),
+            credit: "issuer".into(),
+            resolution: Resolution::Posted,
+            posted: 1,
+        };
+        let err = ledger.replay(&entry(3, vec![moved("alice", "issuer", 40), resolve])).unwrap_err();
+        assert!(err.contains("hold h1 does not exist"), "{err}");
+        assert_eq!(ledger.account("alice").unwrap().posted, 100);
+        assert_eq!(ledger.check_totals(), Ok(()));
+        ledger.check_invariants().unwrap();
+
+        ledger.replay(&entry(3, vec![moved("alice", "issuer", 40)])).unwrap();
+        assert_eq!(ledger.account("alice").unwrap().posted, 60);
     }
 }

@@ -81,7 +81,8 @@ pub struct EntryBody {
     pub device: Option<String>,
     pub command: Journaled,
     pub changes: Vec<Change>,
-    /// What the device was told; absent for entries the node writes itself (expiry).
+    /// What the device was told; absent for entries the node writes itself (expiry,
+    /// settlement).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<Reply>,
 }

@@ -2,7 +2,7 @@
 //! field and why) and then turned into changes. Cross-node transfers are in `cross_node`.
 
 use super::accounts::Account;
-use super::address::Address;
+use super::address::{is_system, Address};
 use super::apply::Undo;
 use super::change::{Change, Floor};
 use super::command::{Command, Flag, Movement, Op};
@@ -126,7 +126,7 @@ impl Ledger {
         changes: &mut Vec<Change>,
     ) -> Result<Reply, Rejection> {
         let name = self.local(account, "account")?;
-        if name.starts_with('~') {
+        if is_system(name) {
             return Err(Rejection::new(Code::Forbidden, format!("account: {name} is a system account; only the node opens those")));
         }
         self.permit(device, name, "account")?;
@@ -334,7 +334,7 @@ impl Ledger {
 
 /// System accounts (`~…`) move only by the node's own entries.
 pub(super) fn not_system(name: &str, field: &str) -> Result<(), Rejection> {
-    if name.starts_with('~') {
+    if is_system(name) {
         return Err(Rejection::new(Code::Forbidden, format!("{field}: {name} is a system account; only the node moves it")));
     }
     Ok(())

@@ -53,7 +53,6 @@ pub fn check_totals(accounts: &Accounts) -> Result<(), InvariantError> {
 /// Everything: the totals, each account's floor, and each account's pending amounts
 /// against the holds still open. O(accounts + holds).
 pub fn check_books(accounts: &Accounts, holds: &Holds) -> Result<(), InvariantError> {
-    check_totals(accounts)?;
     let broken = |account: &str, why: String| InvariantError::Account { account: account.to_string(), why };
     for (name, a) in accounts.iter() {
         if let Floor::Overdraft(limit) = a.floor {
@@ -65,6 +64,8 @@ pub fn check_books(accounts: &Accounts, holds: &Holds) -> Result<(), InvariantEr
             return Err(broken(name, "negative pending amounts".to_string()));
         }
     }
+    // After the per-account checks, so that a broken floor names its account.
+    check_totals(accounts)?;
     let mut held: HashMap<&str, (i128, i128)> = HashMap::new();
     for (_, h) in holds.iter().filter(|(_, h)| h.is_pending()) {
         held.entry(&h.debit).or_default().0 += i128::from(h.amount);

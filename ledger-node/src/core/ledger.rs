@@ -252,7 +252,8 @@ impl Ledger {
         out
     }
 
-    /// Rebuilds state from the next stored entry (its chain link already verified).
+    /// Rebuilds state from the next stored entry (its chain link already verified). An
+    /// entry that does not apply, or leaves the books unbalanced, changes nothing.
     pub fn replay(&mut self, body: &EntryBody) -> Result<(), String> {
         if body.seq != self.head.seq + 1 {
             return Err(format!("journal gap: expected entry {}, found {}", self.head.seq + 1, body.seq));

@@ -70,7 +70,8 @@ impl Inbox {
         self.waker.wake();
         match tokio::time::timeout(QUERY_TIMEOUT, answered).await {
             Ok(Ok(answer)) => answer,
-            _ => Err(Refusal::busy("no answer in time; ask again")),
+            Ok(Err(_)) => Err(Refusal::unavailable("the node stopped before answering")),
+            Err(_) => Err(Refusal::busy("no answer in time; ask again")),
         }
     }
 }

@@ -107,9 +107,8 @@ fn start_zenoh(
     fatal.spawn("edge-link", move || {
         runtime.block_on(async move {
             queryables::serve(&session, &edge, inbox, store.clone());
-            shipping::ship(session, edge, store, shipped, pushed).await;
-        });
-        Err(NodeError::Zenoh("the zenoh session of the edge closed".to_string()))
+            shipping::ship(session, edge, store, shipped, pushed).await
+        })
     })?;
     Ok(link)
 }

@@ -30,15 +30,28 @@ fn payload<T: serde::de::DeserializeOwned>(query: &Query) -> Result<T, Refusal> 
     bridge::query_json(query, MAX_REQUEST_BYTES)
 }
 
+/// What a query turns into: a request for the intake, or an answer known at once.
+enum Asked {
+    Intake(Box<Request>),
+    Now(serde_json::Value),
+}
+
+impl From<Request> for Asked {
+    fn from(request: Request) -> Asked {
+        Asked::Intake(Box::new(request))
+    }
+}
+
 /// Starts an edge's queryables.
 pub fn serve(session: &Session, edge: &str, inbox: Inbox, store: Arc<Store>) {
-    let asking = |inbox: &Inbox, read: fn(&Query, &str) -> Result<Request, Refusal>, me: &str| {
+    let asking = |inbox: &Inbox, read: fn(&Query, &str) -> Result<Asked, Refusal>, me: &str| {
         let (inbox, me) = (inbox.clone(), me.to_string());
         move |query: Query| {
-            let (inbox, request) = (inbox.clone(), read(&query, &me));
+            let (inbox, asked) = (inbox.clone(), read(&query, &me));
             async move {
-                let answer = match request {
-                    Ok(request) => inbox.ask(request).await,
+                let answer = match asked {
+                    Ok(Asked::Intake(request)) => inbox.ask(*request).await,
+                    Ok(Asked::Now(value)) => Ok(value),
                     Err(refusal) => Err(refusal),
                 };
                 (query, answer)
@@ -76,54 +89,56 @@ async fn history(store: Arc<Store>, params: HistoryParams) -> Answer {
     }
 }
 
-fn delivery(query: &Query, me: &str) -> Result<Request, Refusal> {
+fn delivery(query: &Query, me: &str) -> Result<Asked, Refusal> {
     let delivery: Delivery = payload(query)?;
     delivery.check(me).map_err(Refusal::invalid)?;
-    Ok(Request::Receive(delivery.command()))
+    Ok(Request::Receive(delivery.command()).into())
 }
 
-fn settlement(query: &Query, _me: &str) -> Result<Request, Refusal> {
+fn settlement(query: &Query, _me: &str) -> Result<Asked, Refusal> {
     let settlement: Settlement = payload::<Settlement>(query)?.checked().map_err(Refusal::invalid)?;
-    Ok(Request::Settle { pending_id: settlement.pending_id, decision: settlement.decision })
+    Ok(Request::Settle { pending_id: settlement.pending_id, decision: settlement.decision }.into())
 }
 
-fn balance(query: &Query, me: &str) -> Result<Request, Refusal> {
+fn balance(query: &Query, me: &str) -> Result<Asked, Refusal> {
     let account = query.parameters().get("account").ok_or_else(|| Refusal::invalid("account: missing (?account=NAME)"))?;
     let account = own_name(account, me)?;
-    Ok(Request::Read(Box::new(move |ledger: &Ledger| match ledger.balance_view(&account) {
+    let read = move |ledger: &Ledger| match ledger.balance_view(&account) {
         Some(view) => Ok(json!({"balance": view, "seq": ledger.head().seq})),
         None => Err(Refusal::not_found(format!("account: {account} does not exist on {}", ledger.node_id()))),
-    })))
+    };
+    Ok(Request::Read(Box::new(read)).into())
 }
 
-fn accounts(query: &Query, _me: &str) -> Result<Request, Refusal> {
+fn accounts(query: &Query, _me: &str) -> Result<Asked, Refusal> {
     let page = PageParams::parse(|k| query.parameters().get(k)).map_err(Refusal::invalid)?;
-    Ok(Request::Read(Box::new(move |ledger: &Ledger| Ok(queries::accounts_page(ledger, &page)))))
+    Ok(Request::Read(Box::new(move |ledger: &Ledger| Ok(queries::accounts_page(ledger, &page)))).into())
 }
 
-fn transfers(query: &Query, _me: &str) -> Result<Request, Refusal> {
+fn transfers(query: &Query, _me: &str) -> Result<Asked, Refusal> {
     let side = query.parameters().get("side").unwrap_or("out").to_string();
     let page = PageParams::parse(|k| query.parameters().get(k)).map_err(Refusal::invalid)?;
-    Ok(Request::Read(Box::new(move |ledger: &Ledger| queries::transfers_page(ledger, &side, &page).map_err(Refusal::invalid))))
+    Ok(Request::Read(Box::new(move |ledger: &Ledger| queries::transfers_page(ledger, &side, &page).map_err(Refusal::invalid))).into())
 }
 
-fn pending(query: &Query, me: &str) -> Result<Request, Refusal> {
+fn pending(query: &Query, me: &str) -> Result<Asked, Refusal> {
     let limit = query.parameters().get("limit").and_then(|l| l.parse().ok()).unwrap_or(queries::MAX_ANSWER_ROWS);
     let account = query.parameters().get("account").map(|a| own_name(a, me)).transpose()?;
-    Ok(Request::Read(Box::new(move |ledger: &Ledger| {
-        Ok(json!({"pending": queries::holds_json(ledger, account.as_deref(), limit), "seq": ledger.head().seq}))
-    })))
+    let read =
+        move |ledger: &Ledger| Ok(json!({"pending": queries::holds_json(ledger, account.as_deref(), limit), "seq": ledger.head().seq}));
+    Ok(Request::Read(Box::new(read)).into())
 }
 
 /// An operator's command: a device command's JSON, answered with the ledger's reply (a
-/// command that does not parse is answered with its rejection, as a device would be).
-fn operator_command(query: &Query, _me: &str) -> Result<Request, Refusal> {
+/// command that does not parse is answered at once with its rejection, as a device would
+/// be).
+fn operator_command(query: &Query, _me: &str) -> Result<Asked, Refusal> {
     let bytes = payload_bytes(query).map_err(|r| Refusal::invalid(r.error.replacen("payload", "command", 1)))?;
     match command::parse(&bytes, MAX_OPERATOR_BATCH) {
-        Ok(command) => Ok(Request::Operator(command)),
+        Ok(command) => Ok(Request::Operator(command).into()),
         Err(rejection) => {
             let reply = Reply::rejected(command::peek_id(&bytes).as_deref(), rejection);
-            Ok(Request::Read(Box::new(move |_: &Ledger| Ok(serde_json::to_value(reply).expect("reply serializes")))))
+            Ok(Asked::Now(serde_json::to_value(reply).expect("reply serializes")))
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use super::committer::CommitListener;
 use crate::core::journal::{hex, Chain, Entry};
+use crate::error::NodeError;
 use crate::metrics::{gauge, Metrics};
 use crate::store::Store;
 use bridge::zenoh::qos::CongestionControl;
@@ -55,18 +56,20 @@ impl EdgeLink {
     }
 }
 
-/// Runs the shipping tasks on `session` until it closes: pushes, ranges, status and acks.
+/// Runs the shipping tasks on `session`: pushes, ranges, status and acks. Returns when the
+/// journal publisher cannot be declared, or when the committer stops feeding it.
 pub async fn ship(
     session: bridge::zenoh::Session,
     edge: String,
     store: Arc<Store>,
     link: EdgeLink,
     mut pushed: tokio::sync::mpsc::Receiver<Vec<Entry>>,
-) {
-    let publisher = match session.declare_publisher(keys::journal_entries(&edge)).congestion_control(CongestionControl::Block).await {
-        Ok(p) => p,
-        Err(e) => return tracing::error!("zenoh publisher: {e}"),
-    };
+) -> Result<(), NodeError> {
+    let publisher = session
+        .declare_publisher(keys::journal_entries(&edge))
+        .congestion_control(CongestionControl::Block)
+        .await
+        .map_err(|e| NodeError::Zenoh(format!("zenoh: cannot declare the journal publisher of {edge}: {e}")))?;
     tokio::spawn(serve_range(session.clone(), edge.clone(), store));
     tokio::spawn(serve_status(session.clone(), edge.clone(), link.clone()));
     tokio::spawn(follow_acks(session.clone(), edge.clone(), link.acked.clone()));
@@ -75,6 +78,7 @@ pub async fn ship(
             tracing::warn!("journal push failed: {e}");
         }
     }
+    Err(NodeError::Stopped { part: "journal shipping", why: "the committer no longer feeds it".to_string() })
 }
 
 fn frame_of(entries: &[Entry]) -> Vec<u8> {

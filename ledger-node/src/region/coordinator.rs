@@ -15,7 +15,7 @@
 use super::replicas::Replicas;
 use crate::books::queries;
 use crate::clock::now_ms;
-use crate::core::address::{NodeId, TransferKey};
+use crate::core::address::{qualified, NodeId, TransferKey};
 use crate::core::money::format_minor;
 use crate::core::reply::{Code, Reply};
 use crate::core::transfer::{decision_of, Delivery, Settlement};
@@ -37,8 +37,6 @@ pub const RETRY_FIRST: Duration = Duration::from_millis(100);
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often a region looks for transfers when nothing woke it.
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
-/// A settled transfer whose replica still shows it pending after this is driven again (the
-/// source's settlement entry has not replicated yet; doing it again is harmless).
 /// Largest delivery a region relays.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// A settled transfer whose replica still shows it pending after this is driven again (the
@@ -132,7 +130,7 @@ impl Coordinator {
                 let delivery = Delivery {
                     source: edge.clone(),
                     id: id.clone(),
-                    debit: format!("{}@{edge}", hold.debit),
+                    debit: qualified(&hold.debit, edge),
                     credit: hold.remote.clone().expect("outgoing holds have a destination"),
                     asset: hold.asset.clone(),
                     amount: format_minor(hold.amount, scale),

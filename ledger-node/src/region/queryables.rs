@@ -4,7 +4,7 @@
 
 use super::replicas::Replicas;
 use crate::books::queries::{self, HistoryParams, PageParams};
-use crate::core::address::Address;
+use crate::core::address::{Address, NodeId};
 use crate::core::journal::hex;
 use crate::core::Ledger;
 use crate::store::Store;
@@ -74,7 +74,7 @@ fn history_of(region: &str, replicas: &Replicas, query: &Query) -> Result<(Strin
     let mut params = HistoryParams::parse(|k| query.parameters().get(k)).map_err(Refusal::invalid)?;
     let address = Address::split(&params.account);
     let edge = match address.node {
-        Some(edge) if edge.starts_with(&format!("{region}/")) => edge.to_string(),
+        Some(edge) if NodeId::parse(edge).is_some_and(|e| e.is_edge() && e.region() == region) => edge.to_string(),
         _ => {
             return Err(Refusal::invalid(format!(
                 "account: {:?} must name an edge of {region}, like wallet:alice@{region}/edge-1",

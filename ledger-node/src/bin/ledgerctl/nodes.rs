@@ -161,8 +161,7 @@ impl Nodes {
             .recv_async()
             .await
             .map_err(|_| Fail::unreachable(format!("{selector}: no answer: is {edge} running and connected?")))?;
-        let sample =
-            reply.result().map_err(|e| Fail::refused(format!("{selector}: {}", String::from_utf8_lossy(&e.payload().to_bytes()))))?;
+        let sample = reply.result().map_err(|e| Fail::refused(format!("{selector}: {}", bridge::refusal_of(&e.payload().to_bytes()))))?;
         let frame = bridge::decode_frame(&sample.payload().to_bytes()).map_err(|e| Fail::differs(format!("{edge}: {e}")))?;
         frame
             .into_iter()
