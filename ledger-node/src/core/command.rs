@@ -6,7 +6,7 @@
 //! op. A journal entry holds either (`Journaled`).
 
 use super::address::valid_address;
-use super::reply::{Code, Rejection, Status};
+use super::reply::{excerpt, quoted, Code, Rejection, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -229,7 +229,11 @@ fn parse_value(value: Value, at: &str, max_batch_ops: usize, top: bool) -> Resul
         other => {
             return Err(Rejection::new(
                 Code::UnknownOp,
-                format!("{}op: {other:?} is not one of open_account, close_account, transfer, hold, post, void, batch, balance", at),
+                format!(
+                    "{}op: {} is not one of open_account, close_account, transfer, hold, post, void, batch, balance",
+                    at,
+                    quoted(other)
+                ),
             ))
         }
     };
@@ -273,8 +277,10 @@ impl Fields<'_> {
     fn account(&mut self, field: &str) -> Result<String, Rejection> {
         let address = self.string(field)?;
         if !valid_address(&address) {
-            return Err(self
-                .invalid(field, format!("{address:?} is not an account address (name of [a-z0-9_.:-], 1 to 96 long, optionally @node)")));
+            return Err(self.invalid(
+                field,
+                format!("{} is not an account address (name of [a-z0-9_.:-], 1 to 96 long, optionally @node)", quoted(&address)),
+            ));
         }
         Ok(address)
     }
@@ -283,7 +289,7 @@ impl Fields<'_> {
         let code = self.string(field)?;
         let ok = (3..=12).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
         if !ok {
-            return Err(self.invalid(field, format!("{code:?} is not an asset code (3 to 12 of A-Z, 0-9)")));
+            return Err(self.invalid(field, format!("{} is not an asset code (3 to 12 of A-Z, 0-9)", quoted(&code))));
         }
         Ok(code)
     }
@@ -293,7 +299,7 @@ impl Fields<'_> {
             Some(Value::String(s)) => Ok(s),
             Some(Value::Number(n)) => Err(Rejection::new(
                 Code::InvalidAmount,
-                format!("{}{field}: {n} must be a decimal string like \"4.50\", not a JSON number", self.at),
+                format!("{}{field}: {} must be a decimal string like \"4.50\", not a JSON number", self.at, excerpt(&n.to_string())),
             )),
             Some(_) => Err(Rejection::new(Code::InvalidAmount, format!("{}{field}: must be a decimal string like \"4.50\"", self.at))),
             None => Err(Rejection::new(Code::MissingField, format!("{}{field}: missing", self.at))),
@@ -338,7 +344,12 @@ impl Fields<'_> {
             let flag = match item.as_str() {
                 Some("no_overdraft") => Flag::NoOverdraft,
                 Some("issuance") => Flag::Issuance,
-                _ => return Err(self.invalid(&format!("flags[{i}]"), format!("{item} is not one of \"no_overdraft\", \"issuance\""))),
+                _ => {
+                    return Err(self.invalid(
+                        &format!("flags[{i}]"),
+                        format!("{} is not one of \"no_overdraft\", \"issuance\"", excerpt(&item.to_string())),
+                    ))
+                }
             };
             if !flags.contains(&flag) {
                 flags.push(flag);
@@ -418,5 +429,32 @@ mod tests {
         assert_eq!(peek_id(br#"{"id":"abc","op":"nope"}"#), Some("abc".to_string()));
         assert_eq!(peek_id(br#"{"id":5}"#), None);
         assert_eq!(peek_id(b"not json"), None);
+    }
+
+    #[test]
+    fn a_rejection_quotes_only_a_short_prefix_of_bad_input() {
+        use crate::core::reply::{MAX_MESSAGE_BYTES, MAX_QUOTED_BYTES};
+        let long = "9".repeat(60_000);
+        let bad = [
+            format!(r#"{{"id":"1","op":"{long}"}}"#),
+            format!(r#"{{"id":"1","op":"transfer","debit":"{long}","credit":"b","amount":"1","asset":"EUR"}}"#),
+            format!(r#"{{"id":"1","op":"transfer","debit":"a","credit":"b","amount":{long},"asset":"EUR"}}"#),
+            format!(r#"{{"id":"1","op":"transfer","debit":"a","credit":"b","amount":"1","asset":"{long}"}}"#),
+            format!(r#"{{"id":"1","op":"open_account","account":"a","asset":"EUR","flags":["{long}"]}}"#),
+        ];
+        for json in &bad {
+            let e = parse(json.as_bytes(), 10).unwrap_err();
+            assert!(
+                e.message.len() <= MAX_MESSAGE_BYTES && e.message.len() < MAX_QUOTED_BYTES + 200,
+                "{} bytes: {}",
+                e.message.len(),
+                e.message
+            );
+            let number = json.contains("\"amount\":9");
+            assert!(number || e.message.contains("(60000 bytes)") || e.message.contains("(60002 bytes)"), "says how long: {}", e.message);
+        }
+        let e = Rejection::new(Code::InvalidField, format!("amount: {long}"));
+        assert_eq!(e.message.len(), MAX_MESSAGE_BYTES);
+        assert!(e.message.starts_with("amount: ") && e.message.ends_with('…'));
     }
 }

@@ -9,7 +9,7 @@ use super::command::{Command, Flag, Movement, Op};
 use super::holds::{Hold, HoldState};
 use super::ledger::Ledger;
 use super::money::{format_minor, AssetSpec, Minor};
-use super::reply::{BalanceView, Code, OpResult, Rejection, Reply, Resolution, Status};
+use super::reply::{quoted, BalanceView, Code, OpResult, Rejection, Reply, Resolution, Status};
 
 impl Ledger {
     /// Checks one device op and applies its changes (reply `seq` still 0). On `Err` the
@@ -245,7 +245,7 @@ impl Ledger {
 
     /// A command amount in minor units of `spec`, or `invalid_amount` naming `field`.
     pub(super) fn amount(&self, spec: AssetSpec, text: &str, field: &str) -> Result<Minor, Rejection> {
-        self.assets.parse_amount(spec, text).map_err(|e| Rejection::new(Code::InvalidAmount, format!("{field}: {text:?} {e}")))
+        self.assets.parse_amount(spec, text).map_err(|e| Rejection::new(Code::InvalidAmount, format!("{field}: {} {e}", quoted(text))))
     }
 
     /// The node of an address when it is not this one.

@@ -99,6 +99,12 @@ impl Code {
     }
 }
 
+/// Longest rejection message. A rejection is recorded under its id (in memory and on
+/// disk) and sent back: what a stranger's input can make the node keep is bounded here.
+pub const MAX_MESSAGE_BYTES: usize = 512;
+/// Most bytes of a device's input quoted back in a message.
+pub const MAX_QUOTED_BYTES: usize = 64;
+
 /// A refused command: the code and a message naming the field and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -107,9 +113,47 @@ pub struct Rejection {
 }
 
 impl Rejection {
+    /// The message is cut to `MAX_MESSAGE_BYTES`; it starts with the field, which stays.
     pub fn new(code: Code, message: impl Into<String>) -> Rejection {
-        Rejection { code, message: message.into() }
+        let mut message = message.into();
+        truncate(&mut message, MAX_MESSAGE_BYTES);
+        Rejection { code, message }
     }
+}
+
+/// Input quoted in a message: as a JSON-style string, cut to `MAX_QUOTED_BYTES` with its
+/// full length said when it is longer.
+pub fn quoted(text: &str) -> String {
+    if text.len() <= MAX_QUOTED_BYTES {
+        return format!("{text:?}");
+    }
+    let mut head = text.to_string();
+    truncate(&mut head, MAX_QUOTED_BYTES);
+    format!("{head:?}… ({} bytes)", text.len())
+}
+
+/// Input shown as it is (a JSON number or value), cut like `quoted`.
+pub fn excerpt(text: &str) -> String {
+    if text.len() <= MAX_QUOTED_BYTES {
+        return text.to_string();
+    }
+    let mut head = text.to_string();
+    truncate(&mut head, MAX_QUOTED_BYTES);
+    format!("{head} ({} bytes)", text.len())
+}
+
+/// Cuts `text` to at most `max` bytes, on a character boundary, marking the cut with `…`.
+pub fn truncate(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mark = "…";
+    let mut end = max.saturating_sub(mark.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(mark);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 
 use super::address::{valid_address, valid_node, Address, TransferKey};
 use super::command::{valid_id, Movement, NodeCommand, NodeOp};
-use super::reply::{Code, Reply, Status};
+use super::reply::{truncate, Code, Reply, Status};
 use serde::{Deserialize, Serialize};
 
 /// Longest decision message carried back to a source.
@@ -86,15 +86,5 @@ pub fn decision_of(reply: Reply) -> Result<Reply, String> {
         (_, _, Code::IdConflict) => Err(format!("the destination holds other content under this id: {}", reply.message)),
         (Status::Committed | Status::Rejected, Some(_), _) => Ok(reply),
         _ => Err(format!("not a recorded decision: {} {}", reply.code.as_str(), reply.message)),
-    }
-}
-
-fn truncate(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
     }
 }
