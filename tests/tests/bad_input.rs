@@ -164,3 +164,46 @@ async fn every_rejection_code_is_reachable_and_the_node_keeps_serving() {
     assert_eq!(p.seen, expected, "every code of the closed list was produced");
     assert!(node.is_running(), "the node survived all of it");
 }
+
+/// A message with MQTT 5 properties (here a user property) that reaches an MQTT 3.1.1
+/// subscriber is sent without them: 3.1.1 has no properties. It once panicked the 3.1.1
+/// listener, after which no 3.1.1 device could connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_property_never_reaches_or_breaks_a_311_connection() {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let node = NodeProcess::start(NodeOptions { with_v5: true, ..NodeOptions::default() });
+    let mut victim = Device::connect(node.port, "victim").await;
+
+    let mut options = MqttOptions::new("v5-sender", "127.0.0.1", node.port_v5.unwrap());
+    options.set_keep_alive(std::time::Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let properties = PublishProperties { user_properties: vec![("k".to_string(), "v".to_string())], ..PublishProperties::default() };
+    let deadline = tokio::time::Instant::now() + harness::REPLY_DEADLINE;
+    let mut sent = false;
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await.expect("PUBACK before deadline").expect("v5 connection") {
+            Event::Incoming(Packet::ConnAck(_)) if !sent => {
+                let payload = br#"{"note":"with a property"}"#.to_vec();
+                client
+                    .publish_with_properties("ledger/v1/reply/victim", QoS::AtLeastOnce, false, payload, properties.clone())
+                    .await
+                    .unwrap();
+                sent = true;
+            }
+            Event::Incoming(Packet::PubAck(_)) => break,
+            _ => {}
+        }
+    }
+    let got = victim.next_unsolicited(harness::REPLY_DEADLINE).await.expect("the 3.1.1 subscriber gets the payload");
+    assert_eq!(got["note"], "with a property");
+
+    // The 3.1.1 listener still serves: the subscriber, and a device connecting afterwards.
+    let reply = victim.request(cmd::open("after-1", "wallet:victim", "EUR", &[])).await;
+    assert_eq!(reply["code"], "ok", "{reply}");
+    let late = Device::connect(node.port, "late").await;
+    let reply = late.request(cmd::open("after-2", "wallet:late", "EUR", &[])).await;
+    assert_eq!(reply["code"], "ok", "{reply}");
+}
