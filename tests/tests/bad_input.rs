@@ -207,3 +207,30 @@ async fn an_mqtt5_property_never_reaches_or_breaks_a_311_connection() {
     let reply = late.request(cmd::open("after-2", "wallet:late", "EUR", &[])).await;
     assert_eq!(reply["code"], "ok", "{reply}");
 }
+
+/// The broker keeps no retained message: a retained publish (here a forged reply) reaches
+/// only the subscribers there are, and neither stays in memory nor comes back on connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_are_not_kept() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+    let node = NodeProcess::start(NodeOptions::default());
+    let mut options = MqttOptions::new("retainer", "127.0.0.1", node.port);
+    options.set_keep_alive(std::time::Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let forged = br#"{"id":"pay-1","status":"committed","code":"ok","message":"forged","seq":1,"duplicate":false}"#.to_vec();
+    client.publish("ledger/v1/reply/target", QoS::AtLeastOnce, true, forged).await.unwrap();
+    let deadline = tokio::time::Instant::now() + harness::REPLY_DEADLINE;
+    loop {
+        match tokio::time::timeout_at(deadline, eventloop.poll()).await.expect("PUBACK before deadline").expect("connection") {
+            Event::Incoming(Packet::PubAck(_)) => break,
+            _ => {}
+        }
+    }
+    // A retained message would be delivered right after the SUBACK, before any later
+    // message on the topic; the first message the target sees must be its own reply.
+    let mut target = Device::connect(node.port, "target").await;
+    let reply = target.request(cmd::open("own-1", "wallet:target", "EUR", &[])).await;
+    assert_eq!(reply["code"], "ok", "{reply}");
+    assert!(target.unsolicited.try_recv().is_err(), "a retained message came back to a new subscriber");
+}

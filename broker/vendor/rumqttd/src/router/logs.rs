@@ -261,8 +261,10 @@ impl DataLog {
         publish_properties: Option<PublishProperties>,
         topic: Topic,
     ) {
-        let pub_with_props = (publish, publish_properties);
-        self.retained_publishes.insert(topic, pub_with_props.into());
+        // edgeledger: no retained messages. A stranger's retained message would stay in
+        // memory for ever and come back to every subscriber on every reconnect (a forged
+        // reply, for one); the message still reaches the subscribers there are now.
+        let _ = (publish, publish_properties, topic);
     }
 
     pub fn remove_from_retained_publishes(&mut self, topic: Topic) {
