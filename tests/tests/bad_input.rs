@@ -222,9 +222,9 @@ async fn retained_messages_are_not_kept() {
     client.publish("ledger/v1/reply/target", QoS::AtLeastOnce, true, forged).await.unwrap();
     let deadline = tokio::time::Instant::now() + harness::REPLY_DEADLINE;
     loop {
-        match tokio::time::timeout_at(deadline, eventloop.poll()).await.expect("PUBACK before deadline").expect("connection") {
-            Event::Incoming(Packet::PubAck(_)) => break,
-            _ => {}
+        let event = tokio::time::timeout_at(deadline, eventloop.poll()).await.expect("PUBACK before deadline").expect("connection");
+        if let Event::Incoming(Packet::PubAck(_)) = event {
+            break;
         }
     }
     // A retained message would be delivered right after the SUBACK, before any later
