@@ -5,8 +5,8 @@
 //! Owns the broker's setup only. It must not interpret payloads or know ledger semantics;
 //! the node reads commands through a local link and decides everything itself.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use config::NodeConfig;
 use rumqttd::{Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
 use std::collections::HashMap;
@@ -29,7 +29,8 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
     for (i, device) in node.devices.iter().enumerate() {
         credentials.insert(device.id.clone(), node.device_password_hash(i)?);
     }
-    let credentials = Arc::new(Credentials { hashes: credentials, verified: Mutex::new(HashMap::new()) });
+    let credentials =
+        Arc::new(Credentials { hashes: credentials, verified: Mutex::new(HashMap::new()), checker: PasswordChecker::start() });
     let listener = |name: &str, addr: SocketAddr| {
         let mut connections = ConnectionSettings {
             connection_timeout_ms: node.mqtt.connection_timeout_ms,
@@ -43,10 +44,11 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
             let credentials = credentials.clone();
             connections.set_auth_handler(move |client_id: String, username: String, password: String| {
                 let credentials = credentials.clone();
-                // Argon2 takes tens of milliseconds by design; on the listener's own
-                // single-threaded runtime it would stall every connection of that listener.
                 async move {
-                    tokio::task::spawn_blocking(move || credentials.authenticate(&client_id, &username, &password)).await.unwrap_or(false)
+                    if let Some(decided) = credentials.decide_cheaply(&client_id, &username, &password) {
+                        return decided;
+                    }
+                    credentials.checker.check(credentials.clone(), username, password).await
                 }
             });
         }
@@ -75,31 +77,88 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
     })
 }
 
-/// Device password hashes, and the passwords already verified (as BLAKE3 digests), so that
-/// a reconnecting device does not pay for argon2 again.
+/// Threads that check passwords (argon2), for all listeners together.
+pub const PASSWORD_CHECKERS: usize = 2;
+/// Logins waiting for a password check; beyond this a login is refused at once (the device
+/// tries again), so a flood of logins costs neither memory nor a growing queue.
+pub const PASSWORD_QUEUE: usize = 64;
+
+type Check = (Arc<Credentials>, String, String, tokio::sync::oneshot::Sender<bool>);
+
+/// Argon2 takes tens of milliseconds and 19 MiB by design. It runs on a few threads of its
+/// own, so that at most `PASSWORD_CHECKERS` checks (and their memory) exist at once, and not
+/// on a listener's single-threaded runtime, which it would stall.
+struct PasswordChecker {
+    queue: flume::Sender<Check>,
+}
+
+impl PasswordChecker {
+    fn start() -> PasswordChecker {
+        let (queue, checks) = flume::bounded::<Check>(PASSWORD_QUEUE);
+        for i in 0..PASSWORD_CHECKERS {
+            let checks = checks.clone();
+            std::thread::Builder::new()
+                .name(format!("password-{i}"))
+                .spawn(move || {
+                    let mut memory = Vec::new();
+                    for (credentials, username, password, answer) in checks.iter() {
+                        let _ = answer.send(credentials.check_password(&username, &password, &mut memory));
+                    }
+                })
+                .expect("password checker thread");
+        }
+        PasswordChecker { queue }
+    }
+
+    /// Whether `password` is `username`'s; false at once when too many logins wait.
+    async fn check(&self, credentials: Arc<Credentials>, username: String, password: String) -> bool {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        if self.queue.try_send((credentials, username.clone(), password, answer)).is_err() {
+            tracing::warn!(username, "login refused: too many logins wait for a password check");
+            return false;
+        }
+        answered.await.unwrap_or(false)
+    }
+}
+
+/// Device password hashes, and the passwords already verified (as BLAKE3 digests, one per
+/// configured device, never for a failed login), so that a reconnecting device does not pay
+/// for argon2 again.
 struct Credentials {
     hashes: HashMap<String, String>,
     verified: Mutex<HashMap<String, [u8; 32]>>,
+    checker: PasswordChecker,
 }
 
 impl Credentials {
     /// A device is let in when its client id is its username and the password matches the
     /// configured hash. Binding the client id to the username keeps one device one identity.
+    #[cfg(test)]
     fn authenticate(&self, client_id: &str, username: &str, password: &str) -> bool {
+        self.decide_cheaply(client_id, username, password).unwrap_or_else(|| self.check_password(username, password, &mut Vec::new()))
+    }
+
+    /// The answer when it needs no argon2: a client id that is not the username, an unknown
+    /// device, or the password this device last logged in with. `None`: check the hash.
+    fn decide_cheaply(&self, client_id: &str, username: &str, password: &str) -> Option<bool> {
         if client_id != username {
             tracing::warn!(client_id, username, "login refused: client id must equal the username");
-            return false;
+            return Some(false);
         }
-        let Some(phc) = self.hashes.get(username) else {
+        if !self.hashes.contains_key(username) {
             tracing::warn!(username, "login refused: unknown device");
-            return false;
-        };
-        let digest = *blake3::hash(password.as_bytes()).as_bytes();
-        if self.verified.lock().expect("lock").get(username) == Some(&digest) {
-            return true;
+            return Some(false);
         }
-        let ok = verify_password(phc, password);
+        let digest = *blake3::hash(password.as_bytes()).as_bytes();
+        (self.verified.lock().expect("lock").get(username) == Some(&digest)).then_some(true)
+    }
+
+    /// Checks the password against the device's argon2 hash; remembers it when it matches.
+    fn check_password(&self, username: &str, password: &str, memory: &mut Vec<Block>) -> bool {
+        let Some(phc) = self.hashes.get(username) else { return false };
+        let ok = verify_password_in(phc, password, memory);
         if ok {
+            let digest = *blake3::hash(password.as_bytes()).as_bytes();
             self.verified.lock().expect("lock").insert(username.to_string(), digest);
         } else {
             tracing::warn!(username, "login refused: wrong password");
@@ -109,10 +168,30 @@ impl Credentials {
 }
 
 pub fn verify_password(phc: &str, password: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(hash) => Argon2::default().verify_password(password.as_bytes(), &hash).is_ok(),
-        Err(_) => false,
+    verify_password_in(phc, password, &mut Vec::new())
+}
+
+/// `verify_password` with argon2's working memory (19 MiB at the default cost) in `memory`,
+/// kept by the caller from one check to the next: a checker thread holds one buffer for
+/// its whole life instead of asking the allocator for a fresh one per login, which the
+/// allocator did not give back.
+fn verify_password_in(phc: &str, password: &str, memory: &mut Vec<Block>) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else { return false };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else { return false };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm) else { return false };
+    let Ok(version) = hash.version.map(Version::try_from).transpose() else { return false };
+    let Ok(params) = Params::try_from(&hash) else { return false };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else { return false };
+    memory.resize(params.block_count(), Block::default());
+    let mut computed = [0u8; Output::MAX_LENGTH];
+    let computed = &mut computed[..expected.len()];
+    let argon2 = Argon2::new(algorithm, version.unwrap_or_default(), params);
+    if argon2.hash_password_into_with_memory(password.as_bytes(), salt, computed, &mut memory[..]).is_err() {
+        return false;
     }
+    // `Output`'s equality is constant-time.
+    Output::new(computed).is_ok_and(|computed| computed == expected)
 }
 
 /// An argon2id PHC string for `password`, with a fresh random salt.
@@ -154,7 +233,11 @@ mod tests {
         assert!(phc.starts_with("$argon2id$"));
         assert!(verify_password(&phc, "s3cret"));
         assert!(!verify_password(&phc, "s3cret!"));
-        let creds = Credentials { hashes: HashMap::from([("t1".to_string(), phc)]), verified: Mutex::new(HashMap::new()) };
+        let creds = Credentials {
+            hashes: HashMap::from([("t1".to_string(), phc)]),
+            verified: Mutex::new(HashMap::new()),
+            checker: PasswordChecker::start(),
+        };
         assert!(creds.authenticate("t1", "t1", "s3cret"));
         assert!(creds.authenticate("t1", "t1", "s3cret"), "again, from the cache");
         assert!(!creds.authenticate("t1", "t1", "s3cret!"), "the cache holds only the right password");

@@ -234,3 +234,33 @@ async fn retained_messages_are_not_kept() {
     assert_eq!(reply["code"], "ok", "{reply}");
     assert!(target.unsolicited.try_recv().is_err(), "a retained message came back to a new subscriber");
 }
+
+/// A flood of wrong-password logins for a real device id costs the node a bounded amount
+/// of memory (argon2 takes 19 MiB per check: two checker threads, each with one reused
+/// buffer, and a bounded queue), and the device still logs in with its password afterwards.
+/// It once grew the node by gigabytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_flood_costs_bounded_memory() {
+    let hash = broker::hash_password("right");
+    let extra = format!("[[devices]]\nid = \"till-1\"\npassword_hash = \"{hash}\"\nmay_debit = [\"*\"]\nmay_issue = true\n");
+    let node = NodeProcess::start(NodeOptions { extra_toml: extra, ..NodeOptions::default() });
+    let before = node.rss_bytes();
+    const ATTEMPTS: usize = 200;
+    let mut attempts = tokio::task::JoinSet::new();
+    for _ in 0..ATTEMPTS {
+        let port = node.port;
+        attempts.spawn(async move { Device::connect_as(port, "till-1", Some(("till-1", "wrong"))).await.is_err() });
+    }
+    let mut peak = before;
+    let mut refused = 0;
+    while let Some(done) = attempts.join_next().await {
+        refused += usize::from(done.expect("attempt task"));
+        peak = peak.max(node.rss_bytes());
+    }
+    assert_eq!(refused, ATTEMPTS, "every wrong password is refused");
+    let grown = peak.saturating_sub(before) / (1024 * 1024);
+    assert!(grown < 128, "the node grew by {grown} MiB under {ATTEMPTS} wrong-password logins");
+    let till = Device::connect_as(node.port, "till-1", Some(("till-1", "right"))).await.expect("the device still logs in");
+    let reply = till.request(cmd::open("after-flood", "wallet:till-1", "EUR", &[])).await;
+    assert_eq!(reply["code"], "ok", "{reply}");
+}
