@@ -8,6 +8,7 @@
 
 use crate::core::money::format_minor;
 use crate::core::reply::{Code, Resolution, Status};
+use crate::core::transfer::Delivery;
 use crate::core::{Account, Hold, HoldState, Ledger, Received};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -39,17 +40,12 @@ pub struct OutgoingRow {
     pub state: String,
 }
 
-/// A cross-node transfer as its destination recorded it.
+/// A cross-node transfer as its destination recorded it: the delivery as it arrived, and
+/// the decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IncomingRow {
-    pub source: String,
-    pub id: String,
-    /// `name@source`
-    pub debit: String,
-    /// `name@destination`
-    pub credit: String,
-    pub asset: String,
-    pub amount: String,
+    #[serde(flatten)]
+    pub transfer: Delivery,
     /// `committed` (credited) or `rejected`.
     pub status: Status,
     pub code: Code,
@@ -263,7 +259,7 @@ pub fn compare_transfers(
     let mut decisions: BTreeMap<(&str, &str, &str), &IncomingRow> = BTreeMap::new();
     for (destination, rows) in incoming {
         for row in rows {
-            decisions.insert((destination.as_str(), row.source.as_str(), row.id.as_str()), row);
+            decisions.insert((destination.as_str(), row.transfer.source.as_str(), row.transfer.id.as_str()), row);
         }
     }
     let mut matched: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
@@ -307,9 +303,9 @@ pub fn compare_transfers(
             };
             matched.insert(key);
             let fields = [
-                ("amount", row.amount.as_str(), decision.amount.as_str()),
-                ("asset", row.asset.as_str(), decision.asset.as_str()),
-                ("credit", row.to.as_str(), decision.credit.as_str()),
+                ("amount", row.amount.as_str(), decision.transfer.amount.as_str()),
+                ("asset", row.asset.as_str(), decision.transfer.asset.as_str()),
+                ("credit", row.to.as_str(), decision.transfer.credit.as_str()),
             ];
             for (field, at_source, at_destination) in fields {
                 if !same_value(at_source, at_destination) {
@@ -363,8 +359,8 @@ pub fn compare_transfers(
             source: src,
             destination: dst,
             decision: decision_name(row),
-            amount: row.amount.clone(),
-            asset: row.asset.clone(),
+            amount: row.transfer.amount.clone(),
+            asset: row.transfer.asset.clone(),
         });
     }
     out
@@ -412,17 +408,15 @@ impl OutgoingRow {
 
 impl IncomingRow {
     pub fn of(r: &Received) -> IncomingRow {
-        IncomingRow {
+        let transfer = Delivery {
             source: r.source.clone(),
             id: r.id.clone(),
             debit: r.movement.debit.clone(),
             credit: r.movement.credit.clone(),
             asset: r.movement.asset.clone(),
             amount: r.movement.amount.clone(),
-            status: r.recorded.reply.status,
-            code: r.recorded.reply.code,
-            seq: r.recorded.reply.seq,
-        }
+        };
+        IncomingRow { transfer, status: r.recorded.reply.status, code: r.recorded.reply.code, seq: r.recorded.reply.seq }
     }
 }
 
@@ -434,7 +428,7 @@ pub fn rows_of(ledger: &Ledger) -> (Vec<AccountRow>, Vec<OutgoingRow>, Vec<Incom
     let mut outgoing: Vec<OutgoingRow> = ledger.cross_node_holds().map(|(id, h)| OutgoingRow::of(ledger, id, h)).collect();
     outgoing.sort_by(|a, b| a.id.cmp(&b.id));
     let mut incoming: Vec<IncomingRow> = ledger.received_all().map(IncomingRow::of).collect();
-    incoming.sort_by(|a, b| (&a.source, &a.id).cmp(&(&b.source, &b.id)));
+    incoming.sort_by_key(|row| row.transfer.key());
     (accounts, outgoing, incoming)
 }
 
@@ -470,17 +464,15 @@ mod tests {
 
     fn inc(source: &str, id: &str, credit: &str, amount: &str, status: Status) -> IncomingRow {
         let code = if status == Status::Committed { Code::Ok } else { Code::UnknownAccount };
-        IncomingRow {
+        let transfer = Delivery {
             source: source.into(),
             id: id.into(),
             debit: format!("wallet:a@{source}"),
             credit: credit.into(),
             asset: "EUR".into(),
             amount: amount.into(),
-            status,
-            code,
-            seq: Some(1),
-        }
+        };
+        IncomingRow { transfer, status, code, seq: Some(1) }
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub const MAX_MESSAGE_BYTES: usize = 512;
 
 /// A cross-node transfer as the destination sees it. `id` is the source's command id; with
 /// `source` it names the transfer everywhere.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     pub source: String,
     pub id: String,

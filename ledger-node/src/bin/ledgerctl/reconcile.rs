@@ -110,7 +110,7 @@ pub async fn run(nodes: &Nodes, scope: &[String]) -> Result<Output, Fail> {
         others.extend(rows.iter().filter_map(|r| ledger::core::address::Address::split(&r.to).node.map(str::to_string)));
     }
     for rows in incoming.values() {
-        others.extend(rows.iter().map(|r| r.source.clone()));
+        others.extend(rows.iter().map(|r| r.transfer.source.clone()));
     }
     for other in others.difference(&edges.iter().cloned().collect()) {
         if let Err(fail) = read_books(nodes, other, &mut outgoing, &mut incoming, &bar).await {
