@@ -39,8 +39,12 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
             auth: None,
             external_auth: None,
             dynamic_filters: true,
+            topic_policy: None,
         };
         if !credentials.hashes.is_empty() {
+            // With devices configured, each one uses its own topics only (SPEC §5); the
+            // open default (no devices) keeps every topic open.
+            connections.topic_policy = Some(rumqttd::TopicPolicy::new(device_topics));
             let credentials = credentials.clone();
             connections.set_auth_handler(move |client_id: String, username: String, password: String| {
                 let credentials = credentials.clone();
@@ -214,6 +218,19 @@ fn getrandom(buf: &mut [u8]) {
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf)).expect("/dev/urandom is readable");
 }
 
+/// What a device (client id = device id) may do: publish on its own command topic, and
+/// subscribe to its own reply topic or filters under it (MQTT 5 response topics). Nothing
+/// else: not another device's topics, not `#`, not `$SYS`.
+pub fn device_topics(device: &str, access: rumqttd::TopicAccess, topic: &str) -> bool {
+    match access {
+        rumqttd::TopicAccess::Publish => topic.strip_prefix(COMMAND_PREFIX) == Some(device),
+        rumqttd::TopicAccess::Subscribe => {
+            let own = topic.strip_prefix(REPLY_PREFIX).and_then(|rest| rest.strip_prefix(device));
+            matches!(own, Some(rest) if rest.is_empty() || rest.starts_with('/'))
+        }
+    }
+}
+
 /// The device id of a command topic `ledger/v1/cmd/{device_id}`.
 pub fn device_of(topic: &str) -> Option<&str> {
     topic.strip_prefix(COMMAND_PREFIX).filter(|d| config::valid_device_id(d))
@@ -243,6 +260,28 @@ mod tests {
         assert!(!creds.authenticate("t1", "t1", "s3cret!"), "the cache holds only the right password");
         assert!(!creds.authenticate("t2", "t1", "s3cret"), "client id must be the username");
         assert!(!creds.authenticate("t9", "t9", "s3cret"));
+    }
+
+    #[test]
+    fn a_device_uses_its_own_topics_only() {
+        use rumqttd::TopicAccess::{Publish, Subscribe};
+        assert!(device_topics("till-1", Publish, "ledger/v1/cmd/till-1"));
+        assert!(device_topics("till-1", Subscribe, "ledger/v1/reply/till-1"));
+        assert!(device_topics("till-1", Subscribe, "ledger/v1/reply/till-1/v5/42"));
+        for (access, topic) in [
+            (Publish, "ledger/v1/cmd/till-2"),
+            (Publish, "ledger/v1/cmd/till-1/x"),
+            (Publish, "ledger/v1/reply/till-1"),
+            (Publish, "ledger/v1/wake"),
+            (Subscribe, "ledger/v1/reply/till-10"),
+            (Subscribe, "ledger/v1/reply/+"),
+            (Subscribe, "ledger/v1/#"),
+            (Subscribe, "#"),
+            (Subscribe, "$SYS/#"),
+            (Subscribe, "ledger/v1/cmd/till-1"),
+        ] {
+            assert!(!device_topics("till-1", access, topic), "{access:?} {topic}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! replies (MQTT 3.1.1 or 5 with correlation data), and waking the reader. rumqttd's link
 //! details (notifications, cursors, raw v5 packets) stay in this file.
 
-use crate::{device_of, random_hex, reply_topic, Broker, COMMAND_FILTER, COMMAND_PREFIX};
+use crate::{device_of, random_hex, reply_topic, Broker, COMMAND_FILTER};
 use bytes::Bytes;
 use rumqttd::local::{LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish, PublishProperties};
@@ -97,9 +97,10 @@ impl CommandReader {
                     Some(p) => (p.response_topic, p.correlation_data),
                     None => (None, None),
                 };
-                // A response topic may not point into command topics (the node would read its
-                // own reply as a command) nor hold wildcards; such a reply goes to the default.
-                let response_topic = response_topic.filter(|t| usable_response_topic(t));
+                // A response topic must lie under the device's own reply topic (SPEC §5), where
+                // no other device may subscribe, and hold no wildcards; otherwise the reply
+                // goes to the device's reply topic.
+                let response_topic = response_topic.filter(|t| usable_response_topic(device, t));
                 let v5 = response_topic.is_some() || correlation.is_some();
                 let reply_to = ReplyTarget { topic: response_topic.unwrap_or_else(|| reply_topic(device)), correlation, v5 };
                 Ok(Inbound::Command(DeviceCommand { device: device.to_string(), payload: forward.publish.payload, reply_to }))
@@ -181,8 +182,8 @@ impl Waker {
     }
 }
 
-fn usable_response_topic(topic: &str) -> bool {
-    !topic.is_empty() && !topic.starts_with(COMMAND_PREFIX) && !topic.contains(['+', '#'])
+fn usable_response_topic(device: &str, topic: &str) -> bool {
+    crate::device_topics(device, rumqttd::TopicAccess::Subscribe, topic) && !topic.contains(['+', '#'])
 }
 
 fn poll_once<F: std::future::Future>(future: F) -> F::Output {

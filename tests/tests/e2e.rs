@@ -183,9 +183,9 @@ async fn mqtt5_response_topic_and_correlation_data_are_honoured() {
     let mut options = MqttOptions::new("v5-device", "127.0.0.1", node.port_v5.unwrap());
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(options, 64);
-    client.subscribe("app/replies/42", QoS::AtLeastOnce).await.unwrap();
+    client.subscribe("ledger/v1/reply/v5-device/42", QoS::AtLeastOnce).await.unwrap();
     let properties = PublishProperties {
-        response_topic: Some("app/replies/42".to_string()),
+        response_topic: Some("ledger/v1/reply/v5-device/42".to_string()),
         correlation_data: Some(b"corr-7".to_vec().into()),
         ..PublishProperties::default()
     };
@@ -203,7 +203,7 @@ async fn mqtt5_response_topic_and_correlation_data_are_honoured() {
                 published = true;
             }
             Event::Incoming(Packet::Publish(p)) => {
-                assert_eq!(&p.topic[..], b"app/replies/42");
+                assert_eq!(&p.topic[..], b"ledger/v1/reply/v5-device/42");
                 let reply: Value = serde_json::from_slice(&p.payload).unwrap();
                 assert_eq!((reply["id"].as_str(), code(&reply)), (Some("v5-open"), "ok"), "{reply}");
                 let correlation = p.properties.and_then(|props| props.correlation_data);

@@ -13,7 +13,7 @@ use crate::clock::now_ms;
 use crate::core::reply::Code;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
@@ -107,6 +107,20 @@ impl Collector for ScrapeGauges {
     }
 }
 
+/// Counters the embedded broker keeps, read on each scrape.
+#[derive(Debug)]
+struct BrokerCounters;
+
+impl Collector for BrokerCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let refused = rumqttd::REFUSED_BY_TOPIC_POLICY.load(Ordering::Relaxed) as u64;
+        let counter = ConstCounter::new(refused);
+        let help = "Publishes and subscriptions the broker refused: a device used a topic that is not its own.";
+        let metric = encoder.encode_descriptor("edgeledger_topic_policy_refused", help, None, counter.metric_type())?;
+        counter.encode(metric)
+    }
+}
+
 /// One node's metrics.
 pub struct Metrics {
     node: String,
@@ -172,6 +186,7 @@ impl Metrics {
             registry.register("edgeledger_journal_head_seq", help, metrics.journal_head.clone());
             let help = "Cross-node transfers sent from this node and not decided yet";
             registry.register("edgeledger_transfers_in_flight", help, metrics.transfers_out_pending.clone());
+            registry.register_collector(Box::new(BrokerCounters));
             metrics.gauges.callbacks.lock().expect("gauges").push(Box::new(move |out| {
                 let connections = (rumqttd::CONNECTIONS.load(Ordering::Relaxed) as u64).saturating_sub(own_links);
                 gauge(out, "edgeledger_mqtt_connections", "MQTT connections open now.", [(vec![], connections)]);

@@ -32,6 +32,38 @@ pub use self::router::shared_subs::Strategy;
 /// Connections the router holds now (network clients and local links), for metrics.
 pub static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// edgeledger: publishes and subscriptions a `TopicPolicy` refused since start.
+pub static REFUSED_BY_TOPIC_POLICY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// edgeledger: what a network client asks to do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicAccess {
+    Publish,
+    Subscribe,
+}
+
+/// edgeledger: which topics a network client may publish on and which filters it may
+/// subscribe to, by client id (local links are not subject to it). Upstream rumqttd has
+/// no topic ACL (issues #495, #1005).
+#[derive(Clone)]
+pub struct TopicPolicy(Arc<dyn Fn(&str, TopicAccess, &str) -> bool + Send + Sync>);
+
+impl TopicPolicy {
+    pub fn new(allows: impl Fn(&str, TopicAccess, &str) -> bool + Send + Sync + 'static) -> TopicPolicy {
+        TopicPolicy(Arc::new(allows))
+    }
+
+    pub fn allows(&self, client_id: &str, access: TopicAccess, topic: &str) -> bool {
+        (self.0)(client_id, access, topic)
+    }
+}
+
+impl fmt::Debug for TopicPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TopicPolicy")
+    }
+}
+
 mod link;
 pub mod protocol;
 mod router;
@@ -157,6 +189,9 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    /// edgeledger: the topics each client of this listener may use (none: any).
+    #[serde(skip)]
+    pub topic_policy: Option<TopicPolicy>,
 }
 
 impl ConnectionSettings {
@@ -182,6 +217,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
+            .field("topic_policy", &self.topic_policy.is_some())
             .finish()
     }
 }

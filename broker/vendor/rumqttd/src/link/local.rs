@@ -49,6 +49,8 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // edgeledger: none for local links
+    topic_policy: Option<crate::TopicPolicy>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,7 +64,13 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            topic_policy: None,
         }
+    }
+
+    pub fn topic_policy(mut self, topic_policy: Option<crate::TopicPolicy>) -> Self {
+        self.topic_policy = topic_policy;
+        self
     }
 
     pub fn tenant_id(mut self, tenant_id: Option<String>) -> Self {
@@ -111,6 +119,7 @@ impl<'a> LinkBuilder<'a> {
         connection
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
+        connection.topic_policy = self.topic_policy;
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();

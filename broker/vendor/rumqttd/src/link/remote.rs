@@ -68,6 +68,7 @@ impl<P: Protocol> RemoteLink<P> {
         connect_packet: Packet,
         dynamic_filters: bool,
         assigned_client_id: Option<String>,
+        topic_policy: Option<crate::TopicPolicy>,
     ) -> Result<RemoteLink<P>, Error> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
@@ -93,7 +94,14 @@ impl<P: Protocol> RemoteLink<P> {
         // the Will Delay Interval has passed or the Session ends, whichever happens first
         let will_delay_interval = min(session_expiry, delay_interval);
 
+        // edgeledger: a last will is a publish the router makes for the client later; one on
+        // a topic the client may not publish on is dropped here.
+        let lastwill = lastwill.filter(|will| {
+            let topic = std::str::from_utf8(&will.topic).unwrap_or("");
+            topic_policy.as_ref().is_none_or(|p| p.allows(client_id, crate::TopicAccess::Publish, topic))
+        });
         let (link_tx, link_rx, notification) = LinkBuilder::new(client_id, router_tx)
+            .topic_policy(topic_policy)
             .tenant_id(tenant_id)
             .clean_session(clean_session)
             .last_will(lastwill)

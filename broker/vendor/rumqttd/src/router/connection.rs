@@ -33,6 +33,8 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    /// edgeledger: the topics this (network) client may use; none for local links
+    pub(crate) topic_policy: Option<crate::TopicPolicy>,
 }
 
 impl Connection {
@@ -66,6 +68,7 @@ impl Connection {
             topic_aliases: HashMap::new(),
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
+            topic_policy: None,
         }
     }
 

@@ -566,6 +566,32 @@ impl Router {
                     let qos = publish.qos;
                     let pkid = publish.pkid;
 
+                    // edgeledger: a publish on a topic the client may not use changes
+                    // nothing: acknowledged as not authorized (MQTT 3.1.1 has no code for
+                    // it), never appended; QoS 2 ends the connection instead.
+                    let policy = self.connections.get(id).and_then(|c| c.topic_policy.clone());
+                    if let Some(policy) = policy {
+                        let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+                        if !policy.allows(&client_id, crate::TopicAccess::Publish, topic) {
+                            crate::REFUSED_BY_TOPIC_POLICY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            warn!(topic, "publish refused by the topic policy");
+                            match qos {
+                                QoS::AtLeastOnce => {
+                                    let puback = PubAck { pkid, reason: PubAckReason::NotAuthorized };
+                                    self.ackslog.get_mut(id).unwrap().puback(puback);
+                                    force_ack = true;
+                                }
+                                QoS::ExactlyOnce => {
+                                    disconnect = true;
+                                    disconnect_reason = Some(DisconnectReasonCode::NotAuthorized);
+                                    break;
+                                }
+                                QoS::AtMostOnce => {}
+                            }
+                            continue;
+                        }
+                    }
+
                     // Prepare acks for the above publish
                     // If any of the publish in the batch results in force flush,
                     // set global force flush flag. Force flush is triggered when the
@@ -659,6 +685,17 @@ impl Router {
 
                         info!("Adding subscription on topic {}", f.path);
                         let connection = self.connections.get_mut(id).unwrap();
+
+                        // edgeledger: a filter the client may not subscribe to is refused
+                        // (0x80 in both protocol versions) and subscribes to nothing.
+                        if let Some(policy) = &connection.topic_policy {
+                            if !policy.allows(&client_id, crate::TopicAccess::Subscribe, &f.path) {
+                                crate::REFUSED_BY_TOPIC_POLICY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                warn!(filter = f.path, "subscription refused by the topic policy");
+                                return_codes.push(SubscribeReasonCode::Failure);
+                                continue;
+                            }
+                        }
 
                         if let Err(e) = validate_subscription(connection, f) {
                             warn!(reason = ?e,"Subscription cannot be validated: {}", e);
