@@ -16,6 +16,8 @@ pub use zenoh;
 pub const MAX_FRAME_ENTRIES: usize = 1_000;
 /// Largest encoded entry accepted from the wire.
 pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+/// Largest request payload (a delivery, a settlement, an operator command) a node reads.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// How long a range query may take before it is asked again.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 

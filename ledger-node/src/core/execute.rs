@@ -60,7 +60,7 @@ impl Ledger {
                             format!("timeout_s: {t} is above the maximum of {}", self.limits.max_hold_timeout_s),
                         ))
                     }
-                    Some(t) => Some(now_ms + t * 1000),
+                    Some(t) => Some(now_ms.saturating_add(t.saturating_mul(1000))),
                     None => None,
                 };
                 let change = Change::HoldPlaced {

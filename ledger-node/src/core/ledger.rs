@@ -261,10 +261,8 @@ impl Ledger {
         self.apply_recorded(body.seq, &body.changes)?;
         self.head = Head { seq: body.seq, ts_ms: body.ts_ms };
         if body.reply.is_some() {
-            let fingerprint = match &body.command {
-                Journaled::Device(command) => fingerprint(body.device.as_deref(), command),
-                Journaled::Node(command) => fingerprint(body.device.as_deref(), command),
-            };
+            // `Journaled` serializes as the command it holds: the same bytes as when it ran.
+            let fingerprint = fingerprint(body.device.as_deref(), &body.command);
             self.remember_accepted(body, fingerprint);
         }
         Ok(())

@@ -124,22 +124,21 @@ impl Rejection {
 /// Input quoted in a message: as a JSON-style string, cut to `MAX_QUOTED_BYTES` with its
 /// full length said when it is longer.
 pub fn quoted(text: &str) -> String {
-    if text.len() <= MAX_QUOTED_BYTES {
-        return format!("{text:?}");
-    }
-    let mut head = text.to_string();
-    truncate(&mut head, MAX_QUOTED_BYTES);
-    format!("{head:?}… ({} bytes)", text.len())
+    cut_for_message(text, |shown| format!("{shown:?}"))
 }
 
 /// Input shown as it is (a JSON number or value), cut like `quoted`.
 pub fn excerpt(text: &str) -> String {
+    cut_for_message(text, str::to_string)
+}
+
+fn cut_for_message(text: &str, show: impl Fn(&str) -> String) -> String {
     if text.len() <= MAX_QUOTED_BYTES {
-        return text.to_string();
+        return show(text);
     }
     let mut head = text.to_string();
     truncate(&mut head, MAX_QUOTED_BYTES);
-    format!("{head} ({} bytes)", text.len())
+    format!("{} ({} bytes)", show(&head), text.len())
 }
 
 /// Cuts `text` to at most `max` bytes, on a character boundary, marking the cut with `…`.

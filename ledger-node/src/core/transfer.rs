@@ -4,11 +4,8 @@
 
 use super::address::{valid_address, valid_node, Address, TransferKey};
 use super::command::{valid_id, Movement, NodeCommand, NodeOp};
-use super::reply::{truncate, Code, Reply, Status};
+use super::reply::{truncate, Code, Reply, Status, MAX_MESSAGE_BYTES};
 use serde::{Deserialize, Serialize};
-
-/// Longest decision message carried back to a source.
-pub const MAX_MESSAGE_BYTES: usize = 512;
 
 /// A cross-node transfer as the destination sees it. `id` is the source's command id; with
 /// `source` it names the transfer everywhere.
@@ -69,7 +66,8 @@ pub struct Settlement {
 }
 
 impl Settlement {
-    /// Checks a settlement from the network and bounds the message it carries.
+    /// Checks a settlement from the network and bounds the message it carries (as long as
+    /// a rejection's own message may be).
     pub fn checked(mut self) -> Result<Settlement, String> {
         if !valid_id(&self.pending_id) {
             return Err("pending_id: not a command id".to_string());

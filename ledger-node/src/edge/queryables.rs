@@ -13,14 +13,12 @@ use crate::core::Ledger;
 use crate::store::Store;
 use bridge::zenoh::query::Query;
 use bridge::zenoh::Session;
-use bridge::{keys, serve_json, Answer, Refusal};
+use bridge::{keys, serve_json, Answer, Refusal, MAX_REQUEST_BYTES};
 use serde_json::json;
 use std::sync::Arc;
 
 /// Most ops in one operator batch command.
 pub const MAX_OPERATOR_BATCH: usize = 100;
-/// Largest request payload a node reads.
-pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 
 fn payload_bytes(query: &Query) -> Result<Vec<u8>, Refusal> {
     bridge::query_bytes(query, MAX_REQUEST_BYTES)
@@ -133,7 +131,7 @@ fn pending(query: &Query, me: &str) -> Result<Asked, Refusal> {
 /// command that does not parse is answered at once with its rejection, as a device would
 /// be).
 fn operator_command(query: &Query, _me: &str) -> Result<Asked, Refusal> {
-    let bytes = payload_bytes(query).map_err(|r| Refusal::invalid(r.error.replacen("payload", "command", 1)))?;
+    let bytes = payload_bytes(query)?;
     match command::parse(&bytes, MAX_OPERATOR_BATCH) {
         Ok(command) => Ok(Request::Operator(command).into()),
         Err(rejection) => {

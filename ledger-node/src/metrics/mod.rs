@@ -17,6 +17,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -92,8 +93,7 @@ impl Collector for ScrapeGauges {
             callback(&mut families);
         }
         for family in families {
-            let metric_type = ConstGauge::new(0u64).metric_type();
-            let mut metric = encoder.encode_descriptor(family.name, family.help, None, metric_type)?;
+            let mut metric = encoder.encode_descriptor(family.name, family.help, None, MetricType::Gauge)?;
             match family.samples.as_slice() {
                 [(labels, value)] if labels.is_empty() => ConstGauge::new(*value).encode(metric)?,
                 samples => {

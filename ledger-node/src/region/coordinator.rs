@@ -37,8 +37,6 @@ pub const RETRY_FIRST: Duration = Duration::from_millis(100);
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often a region looks for transfers when nothing woke it.
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
-/// Largest delivery a region relays.
-pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 /// A settled transfer whose replica still shows it pending after this is driven again (the
 /// source's settlement entry has not replicated yet; doing it again is harmless).
 pub const RESETTLE_AFTER: Duration = Duration::from_secs(30);
@@ -225,7 +223,7 @@ impl Coordinator {
 
     /// A delivery for one of this region's edges, from another region's coordinator.
     async fn relay(&self, query: &Query) -> Answer {
-        let delivery: Delivery = bridge::query_json(query, MAX_REQUEST_BYTES)?;
+        let delivery: Delivery = bridge::query_json(query, bridge::MAX_REQUEST_BYTES)?;
         let destination = NodeId::parse(delivery.destination()).filter(|d| d.is_edge() && d.region() == self.region);
         let Some(destination) = destination else {
             return Err(Refusal::not_found(format!("credit: {} is not an edge of region {}", delivery.destination(), self.region)));
