@@ -1,12 +1,20 @@
 //! The link between nodes: zenoh sessions opened from the node config, the `ledger/v1/`
 //! key-expression scheme, and the framing of journal entries on the wire.
 //!
-//! Owns transport only. It must not interpret ledger entries (verifying and applying them
+//! Every link is mutual TLS checked against the deployment's CA, with zenoh access control
+//! derived from the node config (`access`), unless a config explicitly asks for plain TCP
+//! on loopback. `pki` makes the CA and the certificates.
+//!
+//! Owns transport and identity only. It must not interpret ledger entries (verifying and applying them
 //! is the ledger node's job) and must not rely on zenoh's in-memory caches for ledger data:
 //! everything it carries can be asked for again from the sender's redb.
 
-use config::{NodeConfig, Role};
+pub mod access;
+pub mod pki;
+mod session;
+
 use serde::{Deserialize, Serialize};
+pub use session::{open, open_client};
 use std::fmt;
 use std::time::Duration;
 
@@ -99,61 +107,6 @@ pub mod keys {
     pub fn transfer_settle(edge: &str) -> String {
         format!("ledger/v1/transfer/{edge}/settle")
     }
-}
-
-/// Opens the zenoh session a node config describes. Multicast and gossip scouting are off:
-/// a node talks to the endpoints it is given and no others.
-pub async fn open(node: &NodeConfig) -> Result<zenoh::Session, String> {
-    let section = node.zenoh.as_ref().ok_or("zenoh: no [zenoh] section in the config")?;
-    let mode = section.mode.clone().unwrap_or_else(|| match node.node.role {
-        Role::Edge => "peer".to_string(),
-        Role::Region => "router".to_string(),
-    });
-    let mut config = zenoh::Config::default();
-    let set =
-        |config: &mut zenoh::Config, key: &str, value: String| config.insert_json5(key, &value).map_err(|e| format!("zenoh.{key}: {e}"));
-    set(&mut config, "mode", json(&mode))?;
-    // An edge with no listen endpoint still needs one for zenoh; keep it on loopback.
-    let listen = if section.listen.is_empty() { vec!["tcp/127.0.0.1:0".to_string()] } else { section.listen.clone() };
-    set(&mut config, "listen/endpoints", serde_json::to_string(&listen).expect("strings"))?;
-    set(&mut config, "connect/endpoints", serde_json::to_string(&section.connect).expect("strings"))?;
-    // Keep trying the region after a partition instead of giving up, and soon.
-    set(&mut config, "connect/exit_on_failure", "false".to_string())?;
-    set(&mut config, "connect/timeout_ms", "-1".to_string())?;
-    set(&mut config, "connect/retry", "{period_init_ms: 250, period_max_ms: 2000, period_increase_factor: 2}".to_string())?;
-    set(&mut config, "scouting/multicast/enabled", "false".to_string())?;
-    set(&mut config, "scouting/gossip/enabled", "false".to_string())?;
-    if let Some(ca) = &section.tls_root_ca {
-        set(&mut config, "transport/link/tls/root_ca_certificate", json(&ca.display().to_string()))?;
-    }
-    if let Some(cert) = &section.tls_certificate {
-        set(&mut config, "transport/link/tls/listen_certificate", json(&cert.display().to_string()))?;
-        set(&mut config, "transport/link/tls/connect_certificate", json(&cert.display().to_string()))?;
-    }
-    if let Some(key) = &section.tls_private_key {
-        set(&mut config, "transport/link/tls/listen_private_key", json(&key.display().to_string()))?;
-        set(&mut config, "transport/link/tls/connect_private_key", json(&key.display().to_string()))?;
-    }
-    zenoh::open(config).await.map_err(|e| format!("zenoh: cannot open a session: {e}"))
-}
-
-/// Opens a client session for operator tools. Fails when no endpoint can be reached
-/// within `timeout`.
-pub async fn open_client(endpoints: &[String], timeout: Duration) -> Result<zenoh::Session, String> {
-    let mut config = zenoh::Config::default();
-    let set =
-        |config: &mut zenoh::Config, key: &str, value: String| config.insert_json5(key, &value).map_err(|e| format!("zenoh {key}: {e}"));
-    set(&mut config, "mode", json("client"))?;
-    set(&mut config, "connect/endpoints", serde_json::to_string(endpoints).expect("strings"))?;
-    set(&mut config, "connect/timeout_ms", timeout.as_millis().to_string())?;
-    set(&mut config, "connect/exit_on_failure", "true".to_string())?;
-    set(&mut config, "scouting/multicast/enabled", "false".to_string())?;
-    set(&mut config, "scouting/gossip/enabled", "false".to_string())?;
-    zenoh::open(config).await.map_err(|e| format!("cannot connect to {}: {e}", endpoints.join(", ")))
-}
-
-fn json(text: &str) -> String {
-    serde_json::to_string(text).expect("a string serializes")
 }
 
 /// Why a node refused a query. It travels as a zenoh error reply whose payload is
@@ -257,7 +210,7 @@ pub fn query_json<T: serde::de::DeserializeOwned>(query: &zenoh::query::Query, m
     serde_json::from_slice(&bytes).map_err(|e| Refusal::invalid(format!("payload: {e}")))
 }
 
-/// Answers every query on `key` with what `answer` resolves to (a refusal as an error
+/// Answers every query on `key` (a key without wildcards) with what `answer` resolves to (a refusal as an error
 /// reply), each query in its own task so that a slow answer holds up no other. Runs until
 /// the session closes.
 pub async fn serve_json<F, Fut>(session: zenoh::Session, key: String, answer: F)
@@ -269,12 +222,19 @@ where
         Ok(q) => q,
         Err(e) => return tracing::error!("zenoh queryable {key}: {e}"),
     };
+    // Answers carry the queryable's own key, not the (perhaps wildcard) key asked: the
+    // asker can tell which node answered.
+    let own_key = match zenoh::key_expr::KeyExpr::try_from(key.clone()) {
+        Ok(k) => k,
+        Err(e) => return tracing::error!("zenoh queryable {key}: {e}"),
+    };
     while let Ok(query) = queryable.recv_async().await {
         let pending = answer(query);
+        let own_key = own_key.clone();
         tokio::spawn(async move {
             let (query, answer) = pending.await;
             let sent = match answer {
-                Ok(value) => query.reply(query.key_expr().clone(), value.to_string()).await,
+                Ok(value) => query.reply(own_key, value.to_string()).await,
                 Err(refusal) => query.reply_err(serde_json::to_string(&refusal).expect("a refusal serializes")).await,
             };
             if let Err(e) = sent {

@@ -57,14 +57,27 @@ pub struct ZenohSection {
     /// Endpoints to connect to (an edge: its region's router).
     #[serde(default)]
     pub connect: Vec<String>,
-    /// TLS: the CA that signs peers' certificates, and this node's own certificate and key
-    /// (PEM files), for `tls/...` endpoints.
+    /// Mutual TLS: the CA that signs every node's and operator's certificate, and this
+    /// node's own certificate (common name = the node id) and key (PEM files). Required
+    /// for `tls/...` endpoints, the only kind allowed unless `insecure_plaintext`.
     #[serde(default)]
     pub tls_root_ca: Option<PathBuf>,
     #[serde(default)]
     pub tls_certificate: Option<PathBuf>,
     #[serde(default)]
     pub tls_private_key: Option<PathBuf>,
+    /// Plain `tcp/` endpoints on loopback, with no authentication and no access control:
+    /// for a single machine only. Default false.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// Operators (certificate common name `operator:NAME`) who may read books and send
+    /// commands through this node.
+    #[serde(default)]
+    pub operators: Vec<String>,
+    /// A region: the other regions that may relay cross-region transfers to it and serve
+    /// relays to it (each lists this region in turn).
+    #[serde(default)]
+    pub peer_regions: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -126,6 +139,10 @@ pub struct MqttSection {
     pub reply_segment_bytes: usize,
     #[serde(default = "default_reply_segment_count")]
     pub reply_segment_count: usize,
+    /// MQTT has no TLS of its own yet: a listener on an address other than loopback needs
+    /// this set, to say that device links are on a trusted network or behind a TLS proxy.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -247,6 +264,7 @@ impl Default for MqttSection {
             segment_count: default_segment_count(),
             reply_segment_bytes: default_reply_segment_bytes(),
             reply_segment_count: default_reply_segment_count(),
+            insecure_plaintext: false,
         }
     }
 }
@@ -355,6 +373,7 @@ impl NodeConfig {
             if z.listen.is_empty() && z.connect.is_empty() {
                 return Err(err("zenoh.connect", "a zenoh link needs at least one listen or connect endpoint"));
             }
+            validate_zenoh_security(z, self.node.role)?;
         }
         if !self.replication.edges.is_empty() && self.node.role != Role::Region {
             return Err(err("replication.edges", "only a region keeps replicas of edges"));
@@ -375,6 +394,22 @@ impl NodeConfig {
                 if listeners[i].is_some() && listeners[i] == listeners[j] {
                     return Err(err(keys[i], format!("same address as {}", keys[j])));
                 }
+            }
+        }
+        // Strangers on a network must not reach an open broker by accident.
+        for (i, addr) in listeners.iter().enumerate() {
+            let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) else { continue };
+            if !self.mqtt.insecure_plaintext {
+                return Err(err(
+                    keys[i],
+                    format!("{addr} is not loopback and MQTT has no TLS here: set mqtt.insecure_plaintext = true if device links are on a trusted network or behind a TLS proxy"),
+                ));
+            }
+            if self.devices.is_empty() {
+                return Err(err(
+                    "devices",
+                    format!("{} listens on {addr}: list the devices that may log in (any client could act as any device)", keys[i]),
+                ));
             }
         }
         // The packet limit covers topic and properties too; leave room for them.
@@ -493,6 +528,73 @@ impl NodeConfig {
     }
 }
 
+/// Either mutual TLS everywhere, or plain TCP on loopback when explicitly allowed: no link
+/// between nodes is unauthenticated by accident.
+fn validate_zenoh_security(z: &ZenohSection, role: Role) -> Result<(), ConfigError> {
+    for (key, list) in [("zenoh.listen", &z.listen), ("zenoh.connect", &z.connect)] {
+        for (i, endpoint) in list.iter().enumerate() {
+            let (proto, addr) = endpoint.split_once('/').expect("checked before");
+            let host = endpoint_host(addr);
+            match (proto, z.insecure_plaintext) {
+                ("tls", true) => {
+                    return Err(err(format!("{key}[{i}]"), "insecure_plaintext = true allows tcp/ endpoints only; drop it to use tls/"))
+                }
+                ("tcp", false) => {
+                    return Err(err(
+                        format!("{key}[{i}]"),
+                        format!("{endpoint:?} is plain TCP: use tls/ with tls_root_ca, tls_certificate and tls_private_key, or set insecure_plaintext = true (loopback only)"),
+                    ))
+                }
+                ("tcp", true) if !is_loopback(host) => {
+                    return Err(err(
+                        format!("{key}[{i}]"),
+                        format!("{endpoint:?}: insecure_plaintext is for loopback addresses only (127.0.0.1, ::1, localhost)"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    if !z.insecure_plaintext {
+        for (key, value) in [
+            ("zenoh.tls_root_ca", &z.tls_root_ca),
+            ("zenoh.tls_certificate", &z.tls_certificate),
+            ("zenoh.tls_private_key", &z.tls_private_key),
+        ] {
+            if value.is_none() {
+                return Err(err(key, "missing: tls/ links need the CA, this node's certificate and its key (see `ledger-node pki`)"));
+            }
+        }
+    }
+    for (i, name) in z.operators.iter().enumerate() {
+        let ok =
+            (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b));
+        if !ok {
+            return Err(err(format!("zenoh.operators[{i}]"), format!("{name:?} must be 1 to 64 characters a-z, 0-9, '-', '_', '.'")));
+        }
+    }
+    if !z.peer_regions.is_empty() && role != Role::Region {
+        return Err(err("zenoh.peer_regions", "only a region relays to other regions"));
+    }
+    for (i, region) in z.peer_regions.iter().enumerate() {
+        validate_node_id(region, Role::Region).map_err(|m| err(format!("zenoh.peer_regions[{i}]"), m))?;
+    }
+    Ok(())
+}
+
+/// The host of `HOST:PORT` or `[V6]:PORT`, with any `#...` or `?...` suffix dropped.
+fn endpoint_host(addr: &str) -> &str {
+    let addr = addr.split(['#', '?']).next().unwrap_or(addr);
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 fn parse_major_amount(text: &str) -> Result<Decimal, String> {
     let bad = || format!("{text:?} must be a positive decimal string like \"1000000\"");
     let (int, frac) = text.split_once('.').unwrap_or((text, "0"));
@@ -571,7 +673,7 @@ mod tests {
             ("[node]\nid = \"eu\"\nrole = \"region\"\n", "zenoh"),
             ("[node]\nid = \"eu\"\nrole = \"region\"\n[zenoh]\nlisten = [\"udp/1.2.3.4:1\"]\n", "zenoh.listen[0]"),
             (
-                "[node]\nid = \"eu\"\nrole = \"region\"\n[zenoh]\nlisten = [\"tcp/127.0.0.1:1\"]\n[replication]\nedges = [\"us/nyc-1\"]\n",
+                "[node]\nid = \"eu\"\nrole = \"region\"\n[zenoh]\nlisten = [\"tcp/127.0.0.1:1\"]\ninsecure_plaintext = true\n[replication]\nedges = [\"us/nyc-1\"]\n",
                 "replication.edges[0]",
             ),
             ("[node]\nid = \"eu/a\"\n[replication]\nedges = [\"eu/b\"]\n", "replication.edges"),
@@ -582,6 +684,31 @@ mod tests {
                 "devices[0].password_hash_env",
             ),
         ];
+        let tls = "tls_root_ca = \"ca.pem\"\ntls_certificate = \"n.pem\"\ntls_private_key = \"n.key\"\n";
+        let zenoh_cases = [
+            ("[zenoh]\nconnect = [\"tcp/127.0.0.1:7447\"]\n".to_string(), "zenoh.connect[0]"),
+            ("[zenoh]\nconnect = [\"tcp/10.0.0.5:7447\"]\ninsecure_plaintext = true\n".to_string(), "zenoh.connect[0]"),
+            ("[zenoh]\nconnect = [\"tcp/0.0.0.0:7447\"]\ninsecure_plaintext = true\n".to_string(), "zenoh.connect[0]"),
+            ("[zenoh]\nconnect = [\"tls/127.0.0.1:7447\"]\ninsecure_plaintext = true\n".to_string(), "zenoh.connect[0]"),
+            ("[zenoh]\nconnect = [\"tls/10.0.0.5:7447\"]\ntls_root_ca = \"ca.pem\"\n".to_string(), "zenoh.tls_certificate"),
+            (format!("[zenoh]\nconnect = [\"tls/10.0.0.5:7447\"]\noperators = [\"Admin\"]\n{tls}"), "zenoh.operators[0]"),
+            (format!("[zenoh]\nconnect = [\"tls/10.0.0.5:7447\"]\npeer_regions = [\"us\"]\n{tls}"), "zenoh.peer_regions"),
+        ];
+        for (zenoh, key) in zenoh_cases {
+            let text = format!("[node]\nid = \"eu/a\"\n{zenoh}");
+            let e = NodeConfig::from_toml(&text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+        }
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$l7HYIJQL878BkuIc+pgdIg$9rXNRqg7odHFRsc3ALl3jfkZujifpvmikkHHadtf3SE";
+        let open = "[node]\nid = \"eu/a\"\n[mqtt]\nlisten_v4 = \"0.0.0.0:1883\"\n";
+        assert_eq!(NodeConfig::from_toml(open).unwrap_err().key, "mqtt.listen_v4");
+        let no_devices = format!("{open}insecure_plaintext = true\n");
+        assert_eq!(NodeConfig::from_toml(&no_devices).unwrap_err().key, "devices");
+        NodeConfig::from_toml(&format!("{no_devices}[[devices]]\nid = \"t\"\npassword_hash = \"{hash}\"\n")).unwrap();
+        for ok in ["tcp/127.0.0.1:7447", "tcp/[::1]:7447", "tcp/localhost:7447"] {
+            let text = format!("[node]\nid = \"eu/a\"\n[zenoh]\nconnect = [\"{ok}\"]\ninsecure_plaintext = true\n");
+            NodeConfig::from_toml(&text).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
         for (text, key) in cases {
             let e = NodeConfig::from_toml(text).unwrap_err();
             assert_eq!(e.key, key, "{text}: {e}");

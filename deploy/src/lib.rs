@@ -6,6 +6,7 @@
 //! Owns the layout of a local topology only; it must not hold ledger logic. Every node it
 //! starts is a plain `ledger-node --config FILE` process, as in production.
 
+use bridge::pki::{Identity, IdentityFiles};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -48,23 +49,73 @@ pub fn ports(base: Option<u16>) -> ([u16; 2], [u16; 4], [u16; 6]) {
     }
 }
 
-/// Writes the config of every node under `dir` (data in `dir/NODE/`) and returns the plan,
-/// regions first (edges connect to them).
+/// The operator whose certificate the local topology issues (`operator:admin`).
+pub const OPERATOR: &str = "admin";
+
+/// Where the local topology keeps its CA and certificates.
+pub fn pki_dir(dir: &Path) -> PathBuf {
+    dir.join("pki")
+}
+
+/// The `[zenoh]` lines of `node`'s identity under the topology's PKI.
+fn tls_lines(dir: &Path, node: &str) -> String {
+    let files = Identity::Node(node.to_string()).files(&pki_dir(dir));
+    format!(
+        "tls_root_ca = \"{}\"\ntls_certificate = \"{}\"\ntls_private_key = \"{}\"\noperators = [\"{OPERATOR}\"]\n",
+        files.ca.display(),
+        files.cert.display(),
+        files.key.display()
+    )
+}
+
+/// Makes the topology's CA and a certificate for every node and for the operator, unless
+/// they exist (a second run keeps them).
+pub fn ensure_pki(dir: &Path) -> Result<IdentityFiles, String> {
+    let mut identities: Vec<Identity> = REGIONS.iter().chain(EDGES.iter()).map(|id| Identity::Node(id.to_string())).collect();
+    identities.push(Identity::Operator(OPERATOR.to_string()));
+    bridge::pki::ensure(&pki_dir(dir), &identities, &[]).map_err(|e| format!("pki: {e}"))?;
+    Ok(Identity::Operator(OPERATOR.to_string()).files(&pki_dir(dir)))
+}
+
+/// The lines that point `ledgerctl` at the topology as its operator: both regions' zenoh
+/// endpoints and the operator's identity, with absolute paths.
+pub fn ledgerctl_env(dir: &Path, base: Option<u16>) -> Result<String, String> {
+    let files = Identity::Operator(OPERATOR.to_string()).files(&pki_dir(dir));
+    let absolute = |p: &Path| std::fs::canonicalize(p).map_err(|e| format!("{}: {e}", p.display()));
+    let (zenoh, _, _) = ports(base);
+    Ok(format!(
+        "export LEDGERCTL_CONNECT=tls/127.0.0.1:{},tls/127.0.0.1:{}\nexport LEDGERCTL_CA={}\nexport LEDGERCTL_CERT={}\nexport LEDGERCTL_KEY={}\n",
+        zenoh[0],
+        zenoh[1],
+        absolute(&files.ca)?.display(),
+        absolute(&files.cert)?.display(),
+        absolute(&files.key)?.display()
+    ))
+}
+
+/// Writes the PKI and the config of every node under `dir` (data in `dir/NODE/`) and
+/// returns the plan, regions first (edges connect to them). Every zenoh link is mutual
+/// TLS with access control; `dir/ledgerctl.env` points `ledgerctl` at the topology.
 pub fn plan(dir: &Path, base: Option<u16>) -> Result<Vec<NodePlan>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    ensure_pki(dir)?;
+    let env = dir.join("ledgerctl.env");
+    std::fs::write(&env, ledgerctl_env(dir, base)?).map_err(|e| format!("cannot write {}: {e}", env.display()))?;
     let (zenoh, mqtt, metrics) = ports(base);
     let mut nodes = Vec::new();
     for (i, region) in REGIONS.iter().enumerate() {
         let edges: Vec<String> = EDGES.iter().filter(|e| e.starts_with(&format!("{region}/"))).map(|e| format!("\"{e}\"")).collect();
-        let connect = if i == 0 { String::new() } else { format!("\"tcp/127.0.0.1:{}\"", zenoh[0]) };
+        let connect = if i == 0 { String::new() } else { format!("\"tls/127.0.0.1:{}\"", zenoh[0]) };
+        let peer = REGIONS[1 - i];
         let toml = format!(
             "# Region {region} of the local topology (written by ledger-local).\n\
              [node]\nid = \"{region}\"\nrole = \"region\"\ndata_dir = \"{data}\"\n\n\
-             [zenoh]\nlisten = [\"tcp/127.0.0.1:{port}\"]\nconnect = [{connect}]\n\n\
+             [zenoh]\nlisten = [\"tls/127.0.0.1:{port}\"]\nconnect = [{connect}]\npeer_regions = [\"{peer}\"]\n{tls}\n\
              [replication]\nedges = [{edges}]\n\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
             data = dir.join(NodePlan::file_name(region)).display(),
             port = zenoh[i],
+            tls = tls_lines(dir, region),
             edges = edges.join(", "),
             metrics = metrics[i],
         );
@@ -77,11 +128,12 @@ pub fn plan(dir: &Path, base: Option<u16>) -> Result<Vec<NodePlan>, String> {
              # connect: a loopback demo. See config/edge.toml for devices and every other key.\n\
              [node]\nid = \"{edge}\"\nrole = \"edge\"\ndata_dir = \"{data}\"\n\n\
              [mqtt]\nlisten_v4 = \"127.0.0.1:{port}\"\n\n\
-             [zenoh]\nconnect = [\"tcp/127.0.0.1:{region_port}\"]\n\n\
+             [zenoh]\nconnect = [\"tls/127.0.0.1:{region_port}\"]\n{tls}\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
             data = dir.join(NodePlan::file_name(edge)).display(),
             port = mqtt[i],
             region_port = zenoh[region],
+            tls = tls_lines(dir, edge),
             metrics = metrics[2 + i],
         );
         nodes.push(write_node(dir, edge, false, mqtt[i], metrics[2 + i], &toml)?);
@@ -183,7 +235,8 @@ mod tests {
         assert_eq!(ports.len(), 12);
         assert!(ports.iter().all(|p| (30_000..30_000 + PORTS_USED).contains(p)));
         let nyc = std::fs::read_to_string(dir.join("us-nyc-1.toml")).unwrap();
-        assert!(nyc.contains("connect = [\"tcp/127.0.0.1:30001\"]"), "{nyc}");
+        assert!(nyc.contains("connect = [\"tls/127.0.0.1:30001\"]"), "{nyc}");
+        assert!(dir.join("pki/us-nyc-1.key").exists() && dir.join("pki/operators/admin.pem").exists());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -2,7 +2,7 @@
 //! `ledgerctl` opens accounts and reads status, a device pays across regions over MQTT,
 //! `ledgerctl reconcile` reports nothing, and every node's /metrics and /health answer.
 
-use harness::{cmd, eventually, ledgerctl, Device};
+use harness::{cmd, eventually, run_ledgerctl, Device};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -78,12 +78,32 @@ async fn readme_demo_runs_and_metrics_answer() {
     })
     .await
     .unwrap();
-    assert!(banner.contains("us/sf-1") && banner.contains(&format!("tcp/127.0.0.1:{}", zenoh_eu[0])), "{banner}");
-    let eu = zenoh_eu[0];
+    assert!(banner.contains("us/sf-1") && banner.contains(&format!("tls/127.0.0.1:{}", zenoh_eu[0])), "{banner}");
+    // README: `. local-topology/ledgerctl.env` points ledgerctl at both regions as the operator.
+    let env = std::fs::read_to_string(dir.path().join("topology").join("ledgerctl.env")).unwrap();
+    let vars: Vec<(String, String)> =
+        env.lines().filter_map(|l| l.strip_prefix("export ")?.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    assert_eq!(vars.len(), 4, "{env}");
+    let mut flags = Vec::new();
+    for (name, value) in &vars {
+        let flag = match name.as_str() {
+            "LEDGERCTL_CONNECT" => "--connect",
+            "LEDGERCTL_CA" => "--ca",
+            "LEDGERCTL_CERT" => "--cert",
+            _ => "--key",
+        };
+        flags.push(flag.to_string());
+        flags.push(value.clone());
+    }
+    let ledgerctl = |args: &[&str]| {
+        let mut all = flags.clone();
+        all.extend(args.iter().map(|a| a.to_string()));
+        async move { run_ledgerctl(&all).await }
+    };
 
     // `ledgerctl status`: all six nodes, each replica level with its edge.
     eventually("every node in ledgerctl status", Duration::from_secs(30), || async {
-        let (code, text, _) = ledgerctl(eu, &["--json", "status"]).await;
+        let (code, text, _) = ledgerctl(&["--json", "status"]).await;
         let status: serde_json::Value = serde_json::from_str(&text).ok()?;
         (code == 0 && status["nodes"].as_object()?.len() == 6).then_some(())
     })
@@ -91,7 +111,7 @@ async fn readme_demo_runs_and_metrics_answer() {
     for (address, flag) in
         [("issuer:bank@eu/berlin-1", "issuance"), ("wallet:alice@eu/berlin-1", "no_overdraft"), ("merchant:cafe@us/nyc-1", "no_overdraft")]
     {
-        let (code, text, err) = ledgerctl(eu, &["account", "open", address, "--asset", "EUR", "--flag", flag]).await;
+        let (code, text, err) = ledgerctl(&["account", "open", address, "--asset", "EUR", "--flag", flag]).await;
         assert_eq!(code, 0, "{text}{err}");
     }
     let till = Device::connect(mqtt[0], "till-1").await;
@@ -99,13 +119,13 @@ async fn readme_demo_runs_and_metrics_answer() {
     assert_eq!(till.request(cmd::transfer("coffee", "wallet:alice", "merchant:cafe@us/nyc-1", "4.50", "EUR")).await["status"], "pending");
     till.publish("not json").await;
     eventually("the coffee credited in New York", Duration::from_secs(30), || async {
-        let (code, text, _) = ledgerctl(eu, &["--json", "balance", "merchant:cafe@us/nyc-1"]).await;
+        let (code, text, _) = ledgerctl(&["--json", "balance", "merchant:cafe@us/nyc-1"]).await;
         let answer: serde_json::Value = serde_json::from_str(&text).ok()?;
         (code == 0 && answer["balance"]["posted"] == "4.50").then_some(())
     })
     .await;
     let (code, text, err) = eventually("a clean reconcile", Duration::from_secs(30), || async {
-        let out = ledgerctl(eu, &["reconcile"]).await;
+        let out = ledgerctl(&["reconcile"]).await;
         (out.0 == 0).then_some(out)
     })
     .await;

@@ -15,6 +15,14 @@ USAGE:
     ledger-node check-config FILE     validate FILE; names the offending key
     ledger-node hash-password [PW]    print an argon2 hash for a device password
                                       (reads the password from stdin when PW is absent)
+    ledger-node pki DIR NAME... [--host HOST]...
+                                      make the deployment's CA in DIR (ca.pem, ca.key)
+                                      unless it is there, and a certificate and key for
+                                      each NAME that has none: a node id (eu,
+                                      eu/berlin-1: DIR/eu-berlin-1.pem, .key) or
+                                      operator:NAME (DIR/operators/NAME.pem, .key).
+                                      Node certificates name localhost, 127.0.0.1, ::1
+                                      and every --host (a DNS name or an address)
     ledger-node --help                this text
 
 Logging: RUST_LOG (default: info,rumqttd=off; the broker's own logs cost a formatted
@@ -53,7 +61,44 @@ fn main() -> ExitCode {
             println!("{}", broker::hash_password(line.trim_end_matches(['\r', '\n'])));
             ExitCode::SUCCESS
         }
+        ["pki", dir, rest @ ..] => pki(dir, rest),
         _ => fail(&format!("unknown arguments: {}\n\n{HELP}", args.join(" "))),
+    }
+}
+
+fn pki(dir: &str, args: &[&str]) -> ExitCode {
+    use bridge::pki::{ensure, Identity, Issued};
+    let mut identities = Vec::new();
+    let mut hosts = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match (*arg, rest.clone().next()) {
+            ("--host", Some(host)) => {
+                hosts.push(host.to_string());
+                rest.next();
+            }
+            ("--host", None) => return fail("pki: --host needs a host name or address"),
+            (name, _) => match Identity::parse(name) {
+                Ok(identity) => identities.push(identity),
+                Err(e) => return fail(&format!("pki: {e}")),
+            },
+        }
+    }
+    if identities.is_empty() {
+        return fail("pki: name at least one node id or operator:NAME");
+    }
+    match ensure(std::path::Path::new(dir), &identities, &hosts) {
+        Ok(issued) => {
+            println!("CA: {}/ca.pem (its key ca.key stays with whoever issues certificates)", dir);
+            for (identity, issued) in identities.iter().zip(issued) {
+                match issued {
+                    Issued::New(files) => println!("{identity}: issued {} and {}", files.cert.display(), files.key.display()),
+                    Issued::Kept(files) => println!("{identity}: kept {} (already there)", files.cert.display()),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("pki: {e}")),
     }
 }
 

@@ -127,7 +127,8 @@ impl NodeProcess {
         let child = Command::new(node_binary())
             .arg("--config")
             .arg(&self.config_path)
-            .env("RUST_LOG", "warn")
+            // EDGELEDGER_TEST_NODE_LOG: the nodes' RUST_LOG when debugging a test.
+            .env("RUST_LOG", std::env::var("EDGELEDGER_TEST_NODE_LOG").unwrap_or_else(|_| "warn".to_string()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -177,6 +178,10 @@ impl NodeProcess {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default()
     }
@@ -185,6 +190,11 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
+        // EDGELEDGER_TEST_KEEP_LOGS=DIR: keep every node's log when debugging a test.
+        if let Ok(keep) = std::env::var("EDGELEDGER_TEST_KEEP_LOGS") {
+            let name = self.config_path.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let _ = std::fs::copy(self.log_path(), Path::new(&keep).join(format!("{name}.log")));
+        }
     }
 }
 
@@ -275,19 +285,101 @@ where
     }
 }
 
-/// An operator's zenoh session, connected straight to a node's endpoint.
-pub async fn operator_session(zenoh_port: u16) -> bridge::zenoh::Session {
-    let mut config = bridge::zenoh::Config::default();
-    let set = |config: &mut bridge::zenoh::Config, k: &str, v: &str| config.insert_json5(k, v).unwrap();
-    set(&mut config, "mode", "\"client\"");
-    set(&mut config, "connect/endpoints", &format!("[\"tcp/127.0.0.1:{zenoh_port}\"]"));
-    set(&mut config, "scouting/multicast/enabled", "false");
-    bridge::zenoh::open(config).await.expect("operator session")
+/// An operator's zenoh sessions: one per endpoint, asked all at once (each region answers
+/// for its own nodes only). Derefs to the first session.
+pub struct Ops {
+    sessions: Vec<bridge::zenoh::Session>,
+}
+
+impl std::ops::Deref for Ops {
+    type Target = bridge::zenoh::Session;
+    fn deref(&self) -> &bridge::zenoh::Session {
+        &self.sessions[0]
+    }
+}
+
+impl Ops {
+    /// The first answer to `selector` through any session; the last failure when none answered.
+    pub async fn ask_json(&self, selector: &str, payload: Option<String>, timeout: Duration) -> Result<Value, bridge::AskError> {
+        let mut asks = tokio::task::JoinSet::new();
+        for session in &self.sessions {
+            let (session, selector, payload) = (session.clone(), selector.to_string(), payload.clone());
+            asks.spawn(async move { bridge::ask_json(&session, &selector, payload, timeout).await });
+        }
+        let mut last = None;
+        while let Some(Ok(answer)) = asks.join_next().await {
+            match answer {
+                Ok(value) => return Ok(value),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one session"))
+    }
+}
+
+/// An operator's plain-TCP zenoh session, connected straight to a node's endpoint (a node
+/// with `insecure_plaintext`).
+pub async fn operator_session(zenoh_port: u16) -> Ops {
+    let endpoint = format!("tcp/127.0.0.1:{zenoh_port}");
+    let session = bridge::open_client(&[endpoint], Duration::from_secs(10), None).await.expect("operator session");
+    Ops { sessions: vec![session] }
+}
+
+/// An operator's mutual-TLS sessions to each of `ports`, with `identity`.
+pub async fn operator_tls(ports: &[u16], identity: &bridge::pki::IdentityFiles) -> Ops {
+    let mut sessions = Vec::new();
+    for port in ports {
+        let endpoint = format!("tls/127.0.0.1:{port}");
+        sessions.push(bridge::open_client(&[endpoint], Duration::from_secs(10), Some(identity)).await.expect("operator session"));
+    }
+    Ops { sessions }
 }
 
 /// One JSON answer from a queryable (None if nobody answered in time).
-pub async fn ask(session: &bridge::zenoh::Session, selector: &str) -> Option<Value> {
-    bridge::ask_json(session, selector, None, Duration::from_secs(2)).await.ok()
+pub async fn ask(ops: &Ops, selector: &str) -> Option<Value> {
+    ops.ask_json(selector, None, Duration::from_secs(2)).await.ok()
+}
+
+/// The CA and certificates of a test deployment, in a directory of its own: every node
+/// named, and the operator `operator:ops`.
+pub struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+/// The operator every test deployment knows.
+pub const OPERATOR: &str = "ops";
+
+impl TestPki {
+    pub fn new(nodes: &[&str]) -> TestPki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut identities: Vec<bridge::pki::Identity> = nodes.iter().map(|n| bridge::pki::Identity::Node(n.to_string())).collect();
+        identities.push(bridge::pki::Identity::Operator(OPERATOR.to_string()));
+        bridge::pki::ensure(dir.path(), &identities, &[]).expect("test PKI");
+        TestPki { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn files(&self, identity: &str) -> bridge::pki::IdentityFiles {
+        bridge::pki::Identity::parse(identity).expect("an identity").files(self.dir.path())
+    }
+
+    pub fn operator(&self) -> bridge::pki::IdentityFiles {
+        self.files(&format!("operator:{OPERATOR}"))
+    }
+
+    /// The `[zenoh]` lines that give `node` its identity and let the operator in.
+    pub fn zenoh_tls(&self, node: &str) -> String {
+        let f = self.files(node);
+        format!(
+            "tls_root_ca = \"{}\"\ntls_certificate = \"{}\"\ntls_private_key = \"{}\"\noperators = [\"{OPERATOR}\"]\n",
+            f.ca.display(),
+            f.cert.display(),
+            f.key.display()
+        )
+    }
 }
 
 /// Waiters for replies by command id; other messages (notices, id-less replies) queue up.
@@ -471,28 +563,34 @@ pub fn load_ledger(db_dir: &Path, node_id: &str) -> Result<ledger::core::Ledger,
 }
 
 /// Two regions (`eu`, `us`; `us` connects to `eu`) with two edges each
-/// (`eu/berlin-1`, `eu/paris-1`, `us/nyc-1`, `us/sf-1`). Every edge reaches its region
-/// through its own `TcpProxy`, so a test can cut any edge off.
+/// (`eu/berlin-1`, `eu/paris-1`, `us/nyc-1`, `us/sf-1`), every zenoh link mutual TLS with
+/// access control. Every edge reaches its region through its own `TcpProxy`, so a test can
+/// cut any edge off.
 pub struct Topology {
     pub regions: BTreeMap<String, (NodeProcess, u16)>,
     pub edges: BTreeMap<String, (NodeProcess, TcpProxy)>,
+    pub pki: TestPki,
 }
 
 pub const EDGES: [&str; 4] = ["eu/berlin-1", "eu/paris-1", "us/nyc-1", "us/sf-1"];
+pub const REGIONS: [&str; 2] = ["eu", "us"];
 
 impl Topology {
     pub fn start() -> Topology {
+        let pki = TestPki::new(&[&REGIONS[..], &EDGES[..]].concat());
         let mut regions = BTreeMap::new();
         let mut first_port = None;
-        for region in ["eu", "us"] {
+        for region in REGIONS {
             let port = free_port();
-            let connect = first_port.map(|p: u16| format!("connect = [\"tcp/127.0.0.1:{p}\"]\n")).unwrap_or_default();
+            let connect = first_port.map(|p: u16| format!("connect = [\"tls/127.0.0.1:{p}\"]\n")).unwrap_or_default();
             let edges: Vec<String> = EDGES.iter().filter(|e| e.starts_with(&format!("{region}/"))).map(|e| format!("\"{e}\"")).collect();
+            let peer = REGIONS.iter().find(|r| **r != region).expect("two regions");
             let node = NodeProcess::start(NodeOptions {
                 node_id: Some(region.into()),
                 region_zenoh_port: Some(port),
                 extra_toml: format!(
-                    "[zenoh]\nlisten = [\"tcp/127.0.0.1:{port}\"]\n{connect}\n[replication]\nedges = [{}]\n",
+                    "[zenoh]\nlisten = [\"tls/127.0.0.1:{port}\"]\n{connect}peer_regions = [\"{peer}\"]\n{}\n[replication]\nedges = [{}]\n",
+                    pki.zenoh_tls(region),
                     edges.join(", ")
                 ),
                 ..NodeOptions::default()
@@ -506,12 +604,45 @@ impl Topology {
             let proxy = TcpProxy::start(region_port);
             let node = NodeProcess::start(NodeOptions {
                 node_id: Some(edge.into()),
-                extra_toml: format!("[zenoh]\nconnect = [\"tcp/127.0.0.1:{}\"]\n", proxy.port),
+                extra_toml: format!("[zenoh]\nconnect = [\"tls/127.0.0.1:{}\"]\n{}", proxy.port, pki.zenoh_tls(edge)),
                 ..NodeOptions::default()
             });
             edges.insert(edge.to_string(), (node, proxy));
         }
-        Topology { regions, edges }
+        Topology { regions, edges, pki }
+    }
+
+    /// The operator, connected to both regions.
+    pub async fn operator(&self) -> Ops {
+        let ports: Vec<u16> = REGIONS.iter().map(|r| self.region_port(r)).collect();
+        operator_tls(&ports, &self.pki.operator()).await
+    }
+
+    /// A client session to `region`'s router under `identity`'s certificate (a node id or
+    /// `operator:NAME` of this deployment's CA).
+    pub async fn session_as(&self, region: &str, identity: &str) -> Result<bridge::zenoh::Session, String> {
+        let endpoint = format!("tls/127.0.0.1:{}", self.region_port(region));
+        bridge::open_client(&[endpoint], Duration::from_secs(5), Some(&self.pki.files(identity))).await
+    }
+
+    /// `ledgerctl` as the operator, through both regions.
+    pub async fn ledgerctl(&self, args: &[&str]) -> (i32, String, String) {
+        let connect: Vec<String> = REGIONS.iter().map(|r| format!("tls/127.0.0.1:{}", self.region_port(r))).collect();
+        let files = self.pki.operator();
+        let mut all = vec!["--connect".to_string(), connect.join(",")];
+        for (flag, path) in [("--ca", &files.ca), ("--cert", &files.cert), ("--key", &files.key)] {
+            all.push(flag.to_string());
+            all.push(path.display().to_string());
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        run_ledgerctl(&all).await
+    }
+
+    /// `ledgerctl --json reconcile` through both regions: exit code and the report.
+    pub async fn reconcile_report(&self) -> (i32, Value) {
+        let (code, stdout, stderr) = self.ledgerctl(&["--json", "reconcile"]).await;
+        let report = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("reconcile printed no JSON ({e}): {stdout}\n{stderr}"));
+        (code, report)
     }
 
     pub fn edge(&mut self, id: &str) -> &mut NodeProcess {
@@ -533,7 +664,7 @@ impl Topology {
     /// SPEC §8 invariant 6, asked over zenoh: each region's replica has its edges' head,
     /// no region has a transfer in flight, no edge a cross-node hold pending. Returns what
     /// is still off, or None when everything agrees.
-    pub async fn differences(&self, ops: &bridge::zenoh::Session) -> Option<String> {
+    pub async fn differences(&self, ops: &Ops) -> Option<String> {
         for edge in EDGES {
             let region = edge.split('/').next().unwrap();
             let head = ask(ops, &format!("ledger/v1/status/{edge}")).await.map(|s| s["head"].clone());
@@ -606,23 +737,25 @@ pub fn ledgerctl_binary() -> PathBuf {
     node_binary().with_file_name("ledgerctl")
 }
 
-/// Runs `ledgerctl --connect tcp/127.0.0.1:PORT ARGS…`; returns its exit code, stdout and
-/// stderr. Killed if the test gives up on it.
+/// Runs `ledgerctl --connect tcp/127.0.0.1:PORT ARGS…` (a plaintext node); returns its
+/// exit code, stdout and stderr.
 pub async fn ledgerctl(port: u16, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--connect".to_string(), format!("tcp/127.0.0.1:{port}")];
+    all.extend(args.iter().map(|a| a.to_string()));
+    run_ledgerctl(&all).await
+}
+
+/// Runs `ledgerctl ARGS…`; killed if the test gives up on it.
+pub async fn run_ledgerctl(args: &[String]) -> (i32, String, String) {
     let out = tokio::process::Command::new(ledgerctl_binary())
-        .arg("--connect")
-        .arg(format!("tcp/127.0.0.1:{port}"))
         .args(args)
+        .env_remove("LEDGERCTL_CONNECT")
+        .env_remove("LEDGERCTL_CA")
+        .env_remove("LEDGERCTL_CERT")
+        .env_remove("LEDGERCTL_KEY")
         .kill_on_drop(true)
         .output()
         .await
         .expect("ledgerctl runs");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-/// `ledgerctl --json reconcile`: exit code and the report.
-pub async fn reconcile_report(port: u16) -> (i32, Value) {
-    let (code, stdout, stderr) = ledgerctl(port, &["--json", "reconcile"]).await;
-    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("reconcile printed no JSON ({e}): {stdout}\n{stderr}"));
-    (code, report)
 }

@@ -2,7 +2,7 @@
 //! end to end from the MQTT command to the final notice, through partitions, and through
 //! SIGKILLs of a region and an edge under cross-region load.
 
-use harness::{ask, check_cross_node_books, cmd, eventually, operator_session, Device, Topology, EDGES};
+use harness::{ask, check_cross_node_books, cmd, eventually, Device, Topology, EDGES};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -87,7 +87,7 @@ fn rand_suffix() -> u128 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_cross_edges_and_regions_end_to_end() {
     let mut topology = Topology::start();
-    let ops = operator_session(topology.region_port("eu")).await;
+    let ops = topology.operator().await;
     let mut devices = open_books(&mut topology).await;
     let berlin = devices.get_mut("eu/berlin-1").unwrap();
 
@@ -160,7 +160,7 @@ async fn payments_cross_edges_and_regions_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_wait_out_partitions_and_finish_after_healing() {
     let mut topology = Topology::start();
-    let ops = operator_session(topology.region_port("eu")).await;
+    let ops = topology.operator().await;
     let mut devices = open_books(&mut topology).await;
 
     // The source and one destination are cut off from their regions.
@@ -206,7 +206,7 @@ async fn transfers_wait_out_partitions_and_finish_after_healing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_a_region_and_an_edge_under_cross_region_load() {
     let mut topology = Topology::start();
-    let ops = operator_session(topology.region_port("eu")).await;
+    let ops = topology.operator().await;
     let devices = open_books(&mut topology).await;
     const N: usize = 150;
     let seed = (rand_suffix() % 1000) as usize;

@@ -1,7 +1,7 @@
 //! Journal replication, real processes on loopback: a region follows its edge over zenoh,
 //! through a partition, and refuses a tampered journal.
 
-use harness::{ask, cmd, eventually, free_port, operator_session, Device, NodeOptions, NodeProcess, TcpProxy};
+use harness::{ask, cmd, eventually, free_port, operator_session, Device, NodeOptions, NodeProcess, Ops, TcpProxy};
 use ledger::core::command::{Command, Flag, Movement, Op};
 use ledger::core::journal::Chain;
 use serde_json::Value;
@@ -14,7 +14,10 @@ fn region(zenoh_port: u16, edges: &[&str]) -> NodeProcess {
     NodeProcess::start(NodeOptions {
         node_id: Some("eu".into()),
         region_zenoh_port: Some(zenoh_port),
-        extra_toml: format!("[zenoh]\nlisten = [\"tcp/127.0.0.1:{zenoh_port}\"]\n\n[replication]\nedges = [{}]\n", edges.join(", ")),
+        extra_toml: format!(
+            "[zenoh]\nlisten = [\"tcp/127.0.0.1:{zenoh_port}\"]\ninsecure_plaintext = true\n\n[replication]\nedges = [{}]\n",
+            edges.join(", ")
+        ),
         ..NodeOptions::default()
     })
 }
@@ -22,12 +25,12 @@ fn region(zenoh_port: u16, edges: &[&str]) -> NodeProcess {
 fn edge(id: &str, region_port: u16) -> NodeProcess {
     NodeProcess::start(NodeOptions {
         node_id: Some(id.into()),
-        extra_toml: format!("[zenoh]\nconnect = [\"tcp/127.0.0.1:{region_port}\"]\n"),
+        extra_toml: format!("[zenoh]\nconnect = [\"tcp/127.0.0.1:{region_port}\"]\ninsecure_plaintext = true\n"),
         ..NodeOptions::default()
     })
 }
 
-async fn replica(ops: &bridge::zenoh::Session, edge: &str) -> Option<Value> {
+async fn replica(ops: &Ops, edge: &str) -> Option<Value> {
     let status = ask(ops, "ledger/v1/status/eu").await?;
     status["edges"].as_array()?.iter().find(|e| e["edge"] == edge).cloned()
 }

@@ -64,14 +64,22 @@ fn main() -> ExitCode {
     println!("{:<13} {:<7} {:<28} METRICS", "NODE", "ROLE", "LISTENS");
     for (node, _) in &topology.nodes {
         let (role, listens) = if node.region {
-            ("region", format!("zenoh tcp/127.0.0.1:{}", node.port))
+            ("region", format!("zenoh tls/127.0.0.1:{}", node.port))
         } else {
             ("edge", format!("mqtt 127.0.0.1:{}", node.port))
         };
         println!("{:<13} {role:<7} {listens:<28} http://127.0.0.1:{}/metrics", node.id, node.metrics_port);
     }
-    let connect = topology.nodes[0].0.port;
-    println!("operators: ledgerctl --connect tcp/127.0.0.1:{connect} status   (Ctrl-C stops every node)");
+    println!("zenoh links: mutual TLS with access control; CA and certificates in {}", deploy::pki_dir(&dir).display());
+    match deploy::ledgerctl_env(&dir, base) {
+        Ok(env) => print!(
+            "operators: point ledgerctl at both regions as operator:{} with\n  . {}\nwhich sets\n{env}",
+            deploy::OPERATOR,
+            dir.join("ledgerctl.env").display()
+        ),
+        Err(e) => return fail(&e),
+    }
+    println!("then: ledgerctl status   (Ctrl-C stops every node)");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let stopped_by = runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");

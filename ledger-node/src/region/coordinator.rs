@@ -69,6 +69,8 @@ struct Flight {
 /// A region's driver of the cross-node transfers its edges send.
 pub struct Coordinator {
     region: String,
+    /// The regions whose relays this one takes (`zenoh.peer_regions`); empty: any other.
+    peer_regions: Vec<String>,
     session: Session,
     replicas: Replicas,
     wake: Arc<Notify>,
@@ -76,8 +78,8 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(region: &str, session: Session, replicas: Replicas, wake: Arc<Notify>) -> Arc<Coordinator> {
-        Arc::new(Coordinator { region: region.to_string(), session, replicas, wake, flights: Mutex::new(BTreeMap::new()) })
+    pub fn new(region: &str, peer_regions: Vec<String>, session: Session, replicas: Replicas, wake: Arc<Notify>) -> Arc<Coordinator> {
+        Arc::new(Coordinator { region: region.to_string(), peer_regions, session, replicas, wake, flights: Mutex::new(BTreeMap::new()) })
     }
 
     /// Drives transfers for ever: wakes when a replica grows, or every `SCAN_INTERVAL`.
@@ -229,6 +231,15 @@ impl Coordinator {
             return Err(Refusal::not_found(format!("credit: {} is not an edge of region {}", delivery.destination(), self.region)));
         };
         delivery.check(destination.as_str()).map_err(Refusal::invalid)?;
+        // A relay carries a transfer from another region's edge: never one of ours (our
+        // edges' transfers are in our replicas), never from a region we do not trade with.
+        let source_region = NodeId::parse(&delivery.source).map(|s| s.region().to_string());
+        let from_peer = source_region
+            .as_deref()
+            .is_some_and(|r| r != self.region && (self.peer_regions.is_empty() || self.peer_regions.iter().any(|p| p == r)));
+        if !from_peer {
+            return Err(Refusal::invalid(format!("source: {} is not an edge of a peer region of {}", delivery.source, self.region)));
+        }
         let payload = serde_json::to_string(&delivery).expect("delivery serializes");
         ask_json(&self.session, &keys::transfer_deliver(destination.as_str()), Some(payload), QUERY_TIMEOUT).await.map_err(|e| match e {
             bridge::AskError::Refused { refusal, .. } => refusal,

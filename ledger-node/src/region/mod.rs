@@ -53,7 +53,8 @@ pub fn start(config: NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Node
             for edge in config.replication.edges.clone() {
                 tokio::spawn(follow_edge(session.clone(), edge, store.clone(), replicas.clone(), grown.clone(), fatal_tasks.clone()));
             }
-            let coordinator = Coordinator::new(&config.node.id, session.clone(), replicas.clone(), grown);
+            let peer_regions = config.zenoh.as_ref().map(|z| z.peer_regions.clone()).unwrap_or_default();
+            let coordinator = Coordinator::new(&config.node.id, peer_regions, session.clone(), replicas.clone(), grown);
             metrics.add_gauges(coordinator.gauges());
             // The runtime's heartbeat: /health turns 503 when it stops turning.
             let beat = metrics.clone();

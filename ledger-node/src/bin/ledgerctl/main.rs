@@ -31,6 +31,15 @@ struct Cli {
     /// zenoh endpoint(s) of any node or router (comma-separated)
     #[arg(long, global = true, env = "LEDGERCTL_CONNECT", default_value = "tcp/127.0.0.1:7447", value_delimiter = ',')]
     connect: Vec<String>,
+    /// The deployment's CA certificate (PEM), for tls/ endpoints
+    #[arg(long, global = true, env = "LEDGERCTL_CA")]
+    ca: Option<PathBuf>,
+    /// This operator's certificate (PEM; common name operator:NAME), for tls/ endpoints
+    #[arg(long, global = true, env = "LEDGERCTL_CERT")]
+    cert: Option<PathBuf>,
+    /// This operator's private key (PEM), for tls/ endpoints
+    #[arg(long, global = true, env = "LEDGERCTL_KEY")]
+    key: Option<PathBuf>,
     /// Print one JSON document instead of tables
     #[arg(long, global = true)]
     json: bool,
@@ -163,7 +172,12 @@ async fn run(cli: Cli) -> Result<Output, Fail> {
     if let Command::Verify { db: Some(path), .. } = &cli.command {
         return verify::offline(path);
     }
-    let nodes = Nodes::connect(&cli.connect, Duration::from_secs(cli.timeout.max(1))).await?;
+    let identity = match (cli.ca.clone(), cli.cert.clone(), cli.key.clone()) {
+        (Some(ca), Some(cert), Some(key)) => Some(bridge::pki::IdentityFiles { ca, cert, key }),
+        (None, None, None) => None,
+        _ => return Err(Fail::usage("--ca, --cert and --key go together (or LEDGERCTL_CA, LEDGERCTL_CERT, LEDGERCTL_KEY)")),
+    };
+    let nodes = Nodes::connect(&cli.connect, Duration::from_secs(cli.timeout.max(1)), identity.as_ref()).await?;
     match cli.command {
         Command::Status => status(&nodes).await,
         Command::Account(AccountCommand::Open { address, asset, flags, overdraft_limit, id }) => {

@@ -26,11 +26,11 @@ pub struct Nodes {
 }
 
 impl Nodes {
-    pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Nodes, Fail> {
+    pub async fn connect(endpoints: &[String], timeout: Duration, identity: Option<&bridge::pki::IdentityFiles>) -> Result<Nodes, Fail> {
         let mut sessions = Vec::new();
         let mut failures = Vec::new();
         for endpoint in endpoints {
-            match bridge::open_client(std::slice::from_ref(endpoint), timeout).await {
+            match bridge::open_client(std::slice::from_ref(endpoint), timeout, identity).await {
                 Ok(session) => sessions.push(session),
                 Err(e) => failures.push(e),
             }
@@ -99,9 +99,10 @@ impl Nodes {
             answers.extend(bridge::ask_all(session, "ledger/v1/status/**", self.timeout).await.map_err(Fail::unreachable)?);
         }
         let mut out = BTreeMap::new();
-        for (_, answer) in answers {
+        for (key, answer) in answers {
             if let Ok(status) = answer {
-                if let Some(node) = status["node"].as_str() {
+                // A node answers for itself only: its status on its own key.
+                if let Some(node) = status["node"].as_str().filter(|node| key == bridge::keys::status(node)) {
                     out.insert(node.to_string(), status);
                 }
             }
@@ -151,18 +152,35 @@ impl Nodes {
     /// Journal entries of `edge` from `from`, as its range queryable serves them.
     pub async fn journal(&self, edge: &str, from: u64) -> Result<Vec<Entry>, Fail> {
         let selector = format!("{}?from={from};limit={}", bridge::keys::journal_range(edge), bridge::MAX_FRAME_ENTRIES);
-        let replies = self.sessions[0]
-            .get(&selector)
-            .congestion_control(bridge::zenoh::qos::CongestionControl::Block)
-            .timeout(self.timeout)
-            .await
-            .map_err(|e| Fail::unreachable(format!("{selector}: {e}")))?;
-        let reply = replies
-            .recv_async()
-            .await
-            .map_err(|_| Fail::unreachable(format!("{selector}: no answer: is {edge} running and connected?")))?;
-        let sample = reply.result().map_err(|e| Fail::refused(format!("{selector}: {}", bridge::refusal_of(&e.payload().to_bytes()))))?;
-        let frame = bridge::decode_frame(&sample.payload().to_bytes()).map_err(|e| Fail::differs(format!("{edge}: {e}")))?;
+        // Through every session at once: only the edge's own region routes to it.
+        let mut asks = tokio::task::JoinSet::new();
+        for session in &self.sessions {
+            let (session, selector, timeout) = (session.clone(), selector.clone(), self.timeout);
+            asks.spawn(async move {
+                let replies = session
+                    .get(&selector)
+                    .congestion_control(bridge::zenoh::qos::CongestionControl::Block)
+                    .timeout(timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let reply = replies.recv_async().await.map_err(|_| "no answer".to_string())?;
+                Ok::<_, String>(
+                    reply.result().map(|s| s.payload().to_bytes().into_owned()).map_err(|e| bridge::refusal_of(&e.payload().to_bytes())),
+                )
+            });
+        }
+        let mut answer = None;
+        while let Some(done) = asks.join_next().await {
+            if let Ok(Ok(found)) = done {
+                answer = Some(found);
+                break;
+            }
+        }
+        let Some(answer) = answer else {
+            return Err(Fail::unreachable(format!("{selector}: no answer: is {edge} running and connected?")));
+        };
+        let payload = answer.map_err(|refusal| Fail::refused(format!("{selector}: {refusal}")))?;
+        let frame = bridge::decode_frame(&payload).map_err(|e| Fail::differs(format!("{edge}: {e}")))?;
         frame
             .into_iter()
             .map(|(seq, bytes)| Entry::decode(seq, &bytes).map_err(|e| Fail::differs(format!("{edge}: entry {seq}: {e}"))))

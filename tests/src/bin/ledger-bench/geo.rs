@@ -55,13 +55,15 @@ async fn run_async(opts: &GeoOpts) -> Result<(), String> {
     let _region = NodeProcess::start(NodeOptions {
         node_id: Some("eu".into()),
         region_zenoh_port: Some(zenoh_port),
-        extra_toml: format!("[zenoh]\nlisten = [\"tcp/127.0.0.1:{zenoh_port}\"]\n\n[replication]\nedges = [\"eu/bench-1\"]\n"),
+        extra_toml: format!(
+            "[zenoh]\nlisten = [\"tcp/127.0.0.1:{zenoh_port}\"]\ninsecure_plaintext = true\n\n[replication]\nedges = [\"eu/bench-1\"]\n"
+        ),
         ..NodeOptions::default()
     });
     let proxy = TcpProxy::start(zenoh_port);
     let edge = NodeProcess::start(NodeOptions {
         node_id: Some("eu/bench-1".into()),
-        extra_toml: format!("[zenoh]\nconnect = [\"tcp/127.0.0.1:{}\"]\n", proxy.port),
+        extra_toml: format!("[zenoh]\nconnect = [\"tcp/127.0.0.1:{}\"]\ninsecure_plaintext = true\n", proxy.port),
         ..NodeOptions::default()
     });
     eprintln!("geo: region and edge up");
