@@ -58,7 +58,25 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
         }
         (name.to_string(), ServerSettings { name: name.to_string(), listen: addr, tls: None, next_connection_delay_ms: 0, connections })
     };
-    let one = |name: &str, addr: Option<SocketAddr>| addr.map(|a| HashMap::from([listener(name, a)]));
+    let tls = match (&node.mqtt.tls_certificate, &node.mqtt.tls_private_key) {
+        (Some(cert), Some(key)) => {
+            Some(rumqttd::TlsConfig::Rustls { capath: None, certpath: cert.display().to_string(), keypath: key.display().to_string() })
+        }
+        _ => None,
+    };
+    // A protocol's plain and TLS listeners, each only when configured.
+    let servers = |plain: (&str, Option<SocketAddr>), secure: (&str, Option<SocketAddr>)| {
+        let mut servers = HashMap::new();
+        if let Some(addr) = plain.1 {
+            servers.extend([listener(plain.0, addr)]);
+        }
+        if let Some(addr) = secure.1 {
+            let (name, mut settings) = listener(secure.0, addr);
+            settings.tls = tls.clone();
+            servers.insert(name, settings);
+        }
+        (!servers.is_empty()).then_some(servers)
+    };
     // rumqttd keeps a log per subscribed filter. The command log is large, so that a busy
     // ledger does not lose commands; every other log (a device's replies) is small, so that
     // memory stays near max_connections * reply_segment_bytes * reply_segment_count.
@@ -74,11 +92,39 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
     Ok(Config {
         id: 0,
         router,
-        v4: one("mqtt-3.1.1", node.mqtt.listen_v4),
-        v5: one("mqtt-5", node.mqtt.listen_v5),
-        ws: one("websocket", node.mqtt.listen_ws),
+        v4: servers(("mqtt-3.1.1", node.mqtt.listen_v4), ("mqtt-3.1.1-tls", node.mqtt.listen_tls)),
+        v5: servers(("mqtt-5", node.mqtt.listen_v5), ("mqtt-5-tls", node.mqtt.listen_v5_tls)),
+        ws: servers(("websocket", node.mqtt.listen_ws), ("websocket-tls", None)),
         ..Config::default()
     })
+}
+
+/// The TLS listeners' certificate and key parse (PEM, a key the broker can use), checked
+/// before start-up so that the error names the key and file: rumqttd itself would only log
+/// it and run without the listener.
+pub fn check_tls_files(node: &NodeConfig) -> Result<(), config::ConfigError> {
+    let tls_listeners = node.mqtt.listeners().iter().any(|(_, addr, tls)| *tls && addr.is_some());
+    let (Some(cert), Some(key)) = (&node.mqtt.tls_certificate, &node.mqtt.tls_private_key) else { return Ok(()) };
+    if !tls_listeners {
+        return Ok(());
+    }
+    let bad = |k: &str, path: &std::path::Path, why: String| config::ConfigError {
+        key: k.to_string(),
+        message: format!("{}: {why}", path.display()),
+    };
+    let cert_pem = std::fs::read(cert).map_err(|e| bad("mqtt.tls_certificate", cert, e.to_string()))?;
+    let certs = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("mqtt.tls_certificate", cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("mqtt.tls_certificate", cert, "no PEM certificate in it".into()));
+    }
+    let key_pem = std::fs::read(key).map_err(|e| bad("mqtt.tls_private_key", key, e.to_string()))?;
+    match rustls_pemfile::private_key(&mut &key_pem[..]) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(bad("mqtt.tls_private_key", key, "no PEM private key in it".into())),
+        Err(e) => Err(bad("mqtt.tls_private_key", key, e.to_string())),
+    }
 }
 
 /// Threads that check passwords (argon2), for all listeners together.

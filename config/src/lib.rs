@@ -117,6 +117,17 @@ pub struct MqttSection {
     /// MQTT over websockets (3.1.1).
     #[serde(default)]
     pub listen_ws: Option<SocketAddr>,
+    /// MQTT 3.1.1 over TLS (8883 by convention), with `tls_certificate` and `tls_private_key`.
+    #[serde(default)]
+    pub listen_tls: Option<SocketAddr>,
+    /// MQTT 5 over TLS.
+    #[serde(default)]
+    pub listen_v5_tls: Option<SocketAddr>,
+    /// The broker's certificate chain and private key (PEM) for the TLS listeners.
+    #[serde(default)]
+    pub tls_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_private_key: Option<PathBuf>,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Above this the broker drops the connection without a reply; keep it above
@@ -256,6 +267,10 @@ impl Default for MqttSection {
             listen_v4: default_listen_v4(),
             listen_v5: None,
             listen_ws: None,
+            listen_tls: None,
+            listen_v5_tls: None,
+            tls_certificate: None,
+            tls_private_key: None,
             max_connections: default_max_connections(),
             max_packet_bytes: default_max_packet_bytes(),
             max_inflight: default_max_inflight(),
@@ -266,6 +281,19 @@ impl Default for MqttSection {
             reply_segment_count: default_reply_segment_count(),
             insecure_plaintext: false,
         }
+    }
+}
+
+impl MqttSection {
+    /// Every listener: its config key, address, and whether it is TLS.
+    pub fn listeners(&self) -> [(&'static str, Option<SocketAddr>, bool); 5] {
+        [
+            ("mqtt.listen_v4", self.listen_v4, false),
+            ("mqtt.listen_v5", self.listen_v5, false),
+            ("mqtt.listen_ws", self.listen_ws, false),
+            ("mqtt.listen_tls", self.listen_tls, true),
+            ("mqtt.listen_v5_tls", self.listen_v5_tls, true),
+        ]
     }
 }
 
@@ -352,9 +380,12 @@ impl NodeConfig {
     /// Semantic checks beyond the TOML shape.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_node_id(&self.node.id, self.node.role).map_err(|m| err("node.id", m))?;
-        let no_mqtt = self.mqtt.listen_v4.is_none() && self.mqtt.listen_v5.is_none() && self.mqtt.listen_ws.is_none();
+        let no_mqtt = self.mqtt.listeners().iter().all(|(_, addr, _)| addr.is_none());
         if no_mqtt && self.node.role == Role::Edge {
-            return Err(err("mqtt.listen_v4", "no MQTT listener: set at least one of listen_v4, listen_v5, listen_ws"));
+            return Err(err(
+                "mqtt.listen_v4",
+                "no MQTT listener: set at least one of listen_v4, listen_v5, listen_ws, listen_tls, listen_v5_tls",
+            ));
         }
         if let Some(z) = &self.zenoh {
             if let Some(mode) = &z.mode {
@@ -387,28 +418,36 @@ impl NodeConfig {
         if self.node.role == Role::Region && self.zenoh.is_none() {
             return Err(err("zenoh", "a region needs a [zenoh] section to reach its edges"));
         }
-        let listeners = [self.mqtt.listen_v4, self.mqtt.listen_v5, self.mqtt.listen_ws];
-        let keys = ["mqtt.listen_v4", "mqtt.listen_v5", "mqtt.listen_ws"];
+        let listeners = self.mqtt.listeners();
         for i in 0..listeners.len() {
             for j in 0..i {
-                if listeners[i].is_some() && listeners[i] == listeners[j] {
-                    return Err(err(keys[i], format!("same address as {}", keys[j])));
+                if listeners[i].1.is_some() && listeners[i].1 == listeners[j].1 {
+                    return Err(err(listeners[i].0, format!("same address as {}", listeners[j].0)));
+                }
+            }
+        }
+        if let Some((key, _, _)) = listeners.iter().find(|(_, addr, tls)| *tls && addr.is_some()) {
+            for (file_key, value) in
+                [("mqtt.tls_certificate", &self.mqtt.tls_certificate), ("mqtt.tls_private_key", &self.mqtt.tls_private_key)]
+            {
+                if value.is_none() {
+                    return Err(err(file_key, format!("missing: {key} needs the broker's certificate and key (PEM files)")));
                 }
             }
         }
         // Strangers on a network must not reach an open broker by accident.
-        for (i, addr) in listeners.iter().enumerate() {
+        for (key, addr, tls) in listeners {
             let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) else { continue };
-            if !self.mqtt.insecure_plaintext {
+            if !tls && !self.mqtt.insecure_plaintext {
                 return Err(err(
-                    keys[i],
-                    format!("{addr} is not loopback and MQTT has no TLS here: set mqtt.insecure_plaintext = true if device links are on a trusted network or behind a TLS proxy"),
+                    key,
+                    format!("{addr} is not loopback and not TLS: use listen_tls / listen_v5_tls, or set mqtt.insecure_plaintext = true if device links are on a trusted network or behind a TLS proxy"),
                 ));
             }
             if self.devices.is_empty() {
                 return Err(err(
                     "devices",
-                    format!("{} listens on {addr}: list the devices that may log in (any client could act as any device)", keys[i]),
+                    format!("{key} listens on {addr}: list the devices that may log in (any client could act as any device)"),
                 ));
             }
         }

@@ -68,6 +68,8 @@ pub struct NodeOptions {
     pub node_id: Option<String>,
     /// A region node: no MQTT; readiness is its zenoh port accepting connections.
     pub region_zenoh_port: Option<u16>,
+    /// An MQTT 3.1.1-over-TLS listener with this certificate and key (PEM files).
+    pub mqtt_tls: Option<bridge::pki::IdentityFiles>,
 }
 
 /// A `ledger-node` child process with its own data directory. Killed on drop.
@@ -76,6 +78,7 @@ pub struct NodeProcess {
     pub port: u16,
     pub port_v5: Option<u16>,
     pub port_ws: Option<u16>,
+    pub port_tls: Option<u16>,
     /// The port whose accepting means the node is up (MQTT for an edge, zenoh for a region).
     ready_port: u16,
     pub config_path: PathBuf,
@@ -109,11 +112,19 @@ impl NodeProcess {
         if let Some(p) = port_ws {
             toml += &format!("listen_ws = \"127.0.0.1:{p}\"\n");
         }
+        let port_tls = options.mqtt_tls.as_ref().map(|_| free_port());
+        if let (Some(p), Some(files)) = (port_tls, &options.mqtt_tls) {
+            toml += &format!(
+                "listen_tls = \"127.0.0.1:{p}\"\ntls_certificate = \"{}\"\ntls_private_key = \"{}\"\n",
+                files.cert.display(),
+                files.key.display()
+            );
+        }
         toml += &format!("\n[ledger]\n{}\n\n[commit]\n{}\n\n{}\n", options.ledger_toml, options.commit_toml, options.extra_toml);
         let config_path = dir.join("node.toml");
         std::fs::write(&config_path, toml).expect("write config");
         let ready_port = options.region_zenoh_port.unwrap_or(port);
-        NodeProcess { dir: dir.to_path_buf(), port, port_v5, port_ws, ready_port, config_path, child: None, _tempdir: None }
+        NodeProcess { dir: dir.to_path_buf(), port, port_v5, port_ws, port_tls, ready_port, config_path, child: None, _tempdir: None }
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -137,7 +148,7 @@ impl NodeProcess {
         self.child = Some(child);
         // Every listener runs in its own broker thread: wait for all of them.
         let deadline = Instant::now() + START_DEADLINE;
-        for port in [Some(self.ready_port), self.port_v5, self.port_ws].into_iter().flatten() {
+        for port in [Some(self.ready_port), self.port_v5, self.port_ws, self.port_tls].into_iter().flatten() {
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
                 if let Some(status) = self.child.as_mut().unwrap().try_wait().expect("try_wait") {
@@ -382,6 +393,21 @@ impl TestPki {
     }
 }
 
+/// A TLS client configuration (ring) that trusts the certificates in `ca` only.
+pub fn tls_client(ca: &Path) -> Result<rustls::ClientConfig, String> {
+    let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &pem[..]) {
+        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
 /// Waiters for replies by command id; other messages (notices, id-less replies) queue up.
 type Waiters = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
 
@@ -402,7 +428,19 @@ impl Device {
 
     /// Connects with optional (username, password); client id is the device id.
     pub async fn connect_as(port: u16, device_id: &str, credentials: Option<(&str, &str)>) -> Result<Device, String> {
+        Device::connect_over(port, device_id, credentials, None).await
+    }
+
+    /// Connects over TLS, trusting the CA certificates in the PEM file `ca` only.
+    pub async fn connect_tls(port: u16, device_id: &str, credentials: Option<(&str, &str)>, ca: &Path) -> Result<Device, String> {
+        Device::connect_over(port, device_id, credentials, Some(ca)).await
+    }
+
+    async fn connect_over(port: u16, device_id: &str, credentials: Option<(&str, &str)>, ca: Option<&Path>) -> Result<Device, String> {
         let mut options = MqttOptions::new(device_id, "127.0.0.1", port);
+        if let Some(ca) = ca {
+            options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls_client(ca)?))));
+        }
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         options.set_inflight(1000);

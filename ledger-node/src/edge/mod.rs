@@ -20,7 +20,7 @@ use config::NodeConfig;
 use inbox::Inbox;
 use intake::{Intake, IntakeLimits};
 use shipping::EdgeLink;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,10 +55,9 @@ pub fn start(config: &NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Nod
     let (commands, replies) = broker::link::command_link(&mut mqtt)?;
     fatal.spawn("broker", move || mqtt.start().map_err(|e| NodeError::Broker(e.to_string())))?;
 
-    let listeners = [("mqtt 3.1.1", config.mqtt.listen_v4), ("mqtt 5", config.mqtt.listen_v5), ("websocket", config.mqtt.listen_ws)];
-    for (kind, addr) in listeners {
+    for (key, addr, _) in config.mqtt.listeners() {
         if let Some(addr) = addr {
-            println!("ledger-node {}: {kind} on {addr}", config.node.id);
+            println!("ledger-node {}: {} on {addr}", config.node.id, key.trim_start_matches("mqtt."));
         }
     }
     if let Some(addr) = config.metrics.listen {
@@ -113,14 +112,13 @@ fn start_zenoh(
     Ok(link)
 }
 
-/// rumqttd logs a bind failure and carries on without the listener; find out first.
+/// rumqttd logs a bind failure or a bad certificate and carries on without the listener;
+/// find out first, naming the key.
 fn check_listeners(config: &NodeConfig) -> Result<(), NodeError> {
-    let listeners: [(&'static str, Option<SocketAddr>); 3] =
-        [("mqtt.listen_v4", config.mqtt.listen_v4), ("mqtt.listen_v5", config.mqtt.listen_v5), ("mqtt.listen_ws", config.mqtt.listen_ws)];
-    for (key, addr) in listeners {
+    for (key, addr, _) in config.mqtt.listeners() {
         if let Some(addr) = addr {
             TcpListener::bind(addr).map_err(|e| NodeError::Listen { key, addr, reason: e.to_string() })?;
         }
     }
-    Ok(())
+    broker::check_tls_files(config).map_err(|e| NodeError::Config(e.to_string()))
 }

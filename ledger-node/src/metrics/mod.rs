@@ -239,7 +239,8 @@ impl Metrics {
         self.gauges.callbacks.lock().expect("gauges").push(gauges);
     }
 
-    /// `Ok(body)` when the node is alive, `Err(body)` when its main loop stalled.
+    /// `Ok(body)` when the node is alive, `Err(body)` when its main loop stalled or an MQTT
+    /// listener stopped accepting.
     pub fn health(&self) -> Result<String, String> {
         let stalled = now_ms().saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed));
         let body = |status: &str| {
@@ -247,6 +248,9 @@ impl Metrics {
         };
         if stalled > HEALTH_STALL.as_millis() as u64 {
             Err(body("stalled"))
+        } else if rumqttd::LISTENERS_DOWN.load(Ordering::Relaxed) > 0 {
+            // A listener that stopped accepting is a port devices can no longer reach.
+            Err(body("listener_down"))
         } else {
             Ok(body("ok"))
         }

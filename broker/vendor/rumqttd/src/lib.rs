@@ -32,6 +32,10 @@ pub use self::router::shared_subs::Strategy;
 /// Connections the router holds now (network clients and local links), for metrics.
 pub static CONNECTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// edgeledger: listeners whose accept loop ended (an error or a panic): each is a port no
+/// device can connect to any more, which the node's `/health` reports.
+pub static LISTENERS_DOWN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// edgeledger: publishes and subscriptions a `TopicPolicy` refused since start.
 pub static REFUSED_BY_TOPIC_POLICY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 

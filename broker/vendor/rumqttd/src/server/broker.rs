@@ -207,6 +207,7 @@ impl Broker {
                 let server_thread = thread::Builder::new().name(config.name.clone());
                 let mut server = Server::new(config, self.router_tx.clone(), V4);
                 let handle = server_thread.spawn(move || {
+                    let _down_on_exit = ListenerDown;
                     let mut runtime = tokio::runtime::Builder::new_current_thread();
                     let runtime = runtime.enable_all().build().unwrap();
 
@@ -225,6 +226,7 @@ impl Broker {
                 let server_thread = thread::Builder::new().name(config.name.clone());
                 let mut server = Server::new(config, self.router_tx.clone(), V5);
                 let handle = server_thread.spawn(move || {
+                    let _down_on_exit = ListenerDown;
                     let mut runtime = tokio::runtime::Builder::new_current_thread();
                     let runtime = runtime.enable_all().build().unwrap();
 
@@ -250,6 +252,7 @@ impl Broker {
                 //TODO: Add support for V5 procotol with websockets. Registered in config or on ServerSettings
                 let mut server = Server::new(config, self.router_tx.clone(), V4);
                 let handle = server_thread.spawn(move || {
+                    let _down_on_exit = ListenerDown;
                     let mut runtime = tokio::runtime::Builder::new_current_thread();
                     let runtime = runtime.enable_all().build().unwrap();
 
@@ -331,6 +334,16 @@ impl Broker {
     }
 }
 
+/// edgeledger patch: counts a listener thread that ends (its accept loop returned an error
+/// or panicked) in `LISTENERS_DOWN`; the loop itself never returns otherwise.
+struct ListenerDown;
+
+impl Drop for ListenerDown {
+    fn drop(&mut self) {
+        crate::LISTENERS_DOWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[derive(Copy, Clone)]
 pub enum LinkType {
     #[cfg(feature = "websocket")]
@@ -365,24 +378,21 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         }
     }
 
-    // Depending on TLS or not create a new Network
-    async fn tls_accept(&self, stream: TcpStream) -> Result<(Box<dyn N>, Option<String>), Error> {
-        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
-        match &self.config.tls {
-            Some(c) => {
-                let (tenant_id, network) = TLSAcceptor::new(c)?.accept(stream).await?;
-                Ok((network, tenant_id))
-            }
-            None => Ok((Box::new(stream), None)),
-        }
-        #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
-        Ok((Box::new(stream), None))
-    }
-
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
         let listener = TcpListener::bind(&self.config.listen).await?;
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
         let mut count: usize = 0;
+
+        // edgeledger patch: the TLS acceptor is made once (a bad certificate fails the
+        // start, not every connection), and every handshake runs in the connection's own
+        // task under the connection timeout: a client that opens TCP and never completes a
+        // TLS or websocket handshake holds up no other client.
+        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+        let acceptor = match &self.config.tls {
+            Some(c) => Some(Arc::new(TLSAcceptor::new(c)?)),
+            None => None,
+        };
+        let handshake_timeout = Duration::from_millis(self.config.connections.connection_timeout_ms.into());
 
         let config = Arc::new(self.config.connections.clone());
         info!(
@@ -407,66 +417,61 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 warn!(error=?e, "Unable to set TCP_NODELAY");
             }
 
-            let (network, tenant_id) = match self.tls_accept(stream).await {
-                Ok(o) => o,
-                Err(e) => {
-                    error!(error=?e, "Tls accept error");
-                    continue;
-                }
-            };
-
-            info!(
-                name=?self.config.name, ?addr, count, tenant=?tenant_id, "accept"
-            );
+            info!(name=?self.config.name, ?addr, count, "accept");
 
             let config = config.clone();
             let router_tx = self.router_tx.clone();
             count += 1;
 
             let protocol = self.protocol.clone();
-            match link_type {
-                #[cfg(feature = "websocket")]
-                LinkType::Websocket => {
-                    let stream = match accept_hdr_async(network, WSCallback).await {
-                        Ok(s) => Box::new(WsStream::new(s)),
-                        Err(e) => {
-                            error!(error=?e, "Websocket failed handshake");
-                            continue;
+            let awaiting_will_handler = self.awaiting_will_handler.clone();
+            #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+            let acceptor = acceptor.clone();
+            task::spawn(async move {
+                let handshake = async {
+                    #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+                    let (network, tenant_id): (Box<dyn N>, Option<String>) = match acceptor {
+                        Some(acceptor) => {
+                            let (tenant_id, network) = acceptor.accept(stream).await?;
+                            (network, tenant_id)
                         }
+                        None => (Box::new(stream), None),
                     };
-                    task::spawn(
-                        remote(
-                            config,
-                            tenant_id.clone(),
-                            router_tx,
-                            stream,
-                            protocol,
-                            self.awaiting_will_handler.clone(),
-                        )
-                        .instrument(tracing::info_span!(
-                            "websocket_link",
-                            client_id = field::Empty,
-                            connection_id = field::Empty
-                        )),
-                    )
-                }
-                LinkType::Remote => task::spawn(
-                    remote(
-                        config,
-                        tenant_id.clone(),
-                        router_tx,
-                        network,
-                        protocol,
-                        self.awaiting_will_handler.clone(),
-                    )
-                    .instrument(tracing::error_span!(
+                    #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
+                    let (network, tenant_id): (Box<dyn N>, Option<String>) = (Box::new(stream), None);
+                    let network: Box<dyn N> = match link_type {
+                        #[cfg(feature = "websocket")]
+                        LinkType::Websocket => match accept_hdr_async(network, WSCallback).await {
+                            Ok(s) => Box::new(WsStream::new(s)),
+                            Err(e) => {
+                                error!(error=?e, "Websocket failed handshake");
+                                return Ok(None);
+                            }
+                        },
+                        LinkType::Remote => network,
+                    };
+                    Ok::<_, Error>(Some((network, tenant_id)))
+                };
+                let (network, tenant_id) = match time::timeout(handshake_timeout, handshake).await {
+                    Ok(Ok(Some(accepted))) => accepted,
+                    Ok(Ok(None)) => return,
+                    Ok(Err(e)) => return error!(error=?e, ?addr, "Tls accept error"),
+                    Err(_) => return warn!(?addr, "handshake not done within the connection timeout"),
+                };
+                let span = match link_type {
+                    #[cfg(feature = "websocket")]
+                    LinkType::Websocket => tracing::info_span!("websocket_link", client_id = field::Empty, connection_id = field::Empty),
+                    LinkType::Remote => tracing::error_span!(
                         "remote_link",
                         ?tenant_id,
                         client_id = field::Empty,
                         connection_id = field::Empty,
-                    )),
-                ),
-            };
+                    ),
+                };
+                remote(config, tenant_id, router_tx, network, protocol, awaiting_will_handler)
+                    .instrument(span)
+                    .await
+            });
 
             time::sleep(delay).await;
         }

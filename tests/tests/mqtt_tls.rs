@@ -1,0 +1,61 @@
+//! Devices over TLS: the broker's TLS listener takes a device that trusts the deployment's
+//! CA and its password travels encrypted; a client that does not trust the certificate, a
+//! plain-MQTT client on the TLS port and a client that opens TCP and never finishes its
+//! handshake change nothing for anybody else, and the listener stays up (`/health` 200).
+
+use harness::{cmd, free_port, Device, NodeOptions, NodeProcess, TestPki};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+const PASSWORD: &str = "till-secret";
+
+fn health(port: u16) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_connect_over_tls_and_broken_handshakes_hold_up_nobody() {
+    let pki = TestPki::new(&["test/edge-1"]);
+    let metrics = free_port();
+    let hash = broker::hash_password(PASSWORD);
+    let node = NodeProcess::start(NodeOptions {
+        mqtt_tls: Some(pki.files("test/edge-1")),
+        extra_toml: format!(
+            "[[devices]]\nid = \"till-1\"\npassword_hash = \"{hash}\"\nmay_debit = [\"*\"]\nmay_issue = true\n\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"
+        ),
+        ..NodeOptions::default()
+    });
+    let tls_port = node.port_tls.unwrap();
+    let ca = pki.files("test/edge-1").ca;
+
+    // Stalled clients first: one opens TCP and sends nothing, one speaks plain MQTT to the
+    // TLS port. Neither may hold up the device that comes next.
+    let stalled = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    let mut plain = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    plain.write_all(b"\x10\x10\x00\x04MQTT\x04\x02\x00\x1e\x00\x04evil").unwrap();
+
+    let till = Device::connect_tls(tls_port, "till-1", Some(("till-1", PASSWORD)), &ca).await.expect("a TLS device connects");
+    assert_eq!(till.request(cmd::open("o1", "issuer", "EUR", &["issuance"])).await["code"], "ok");
+    assert_eq!(till.request(cmd::open("o2", "wallet:a", "EUR", &[])).await["code"], "ok");
+    assert_eq!(till.request(cmd::transfer("t1", "issuer", "wallet:a", "5.00", "EUR")).await["code"], "ok");
+
+    // A client trusting another CA refuses the broker's certificate; a wrong password over
+    // TLS is refused like any other.
+    let other = TestPki::new(&["test/edge-1"]);
+    assert!(Device::connect_tls(tls_port, "till-1", Some(("till-1", PASSWORD)), &other.files("test/edge-1").ca).await.is_err());
+    assert!(Device::connect_tls(tls_port, "till-1", Some(("till-1", "wrong")), &ca).await.is_err());
+
+    // The same device again (taking over its session): the listener is still up and healthy.
+    let second = Device::connect_tls(tls_port, "till-1", Some(("till-1", PASSWORD)), &ca).await.expect("reconnects");
+    let balance = second.request(cmd::balance("b1", "wallet:a")).await;
+    assert_eq!(balance["balance"]["posted"], "5.00", "{balance}");
+    let response = health(metrics);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    drop((stalled, plain));
+}
