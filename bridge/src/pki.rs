@@ -119,8 +119,18 @@ pub enum Issued {
 /// is there. Returns whether it made one.
 pub fn ensure_ca(dir: &Path) -> Result<bool, PkiError> {
     let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
-    if cert.exists() && key.exists() {
-        return Ok(false);
+    match (cert.exists(), key.exists()) {
+        (true, true) => return Ok(false),
+        // A node's directory holds ca.pem without the CA's key: making a new CA there
+        // would replace the one every peer trusts.
+        (true, false) => {
+            return Err(PkiError::BadName(format!(
+                "{} is here without ca.key: issue certificates where the CA's key is kept (or remove ca.pem to start a new CA)",
+                cert.display()
+            )))
+        }
+        (false, true) => return Err(PkiError::BadName(format!("{} is here without ca.pem: restore it, or remove ca.key to start a new CA", key.display()))),
+        (false, false) => {}
     }
     // Without a serial number rcgen derives one from the key's hash: unique per key.
     let key_pair = KeyPair::generate().map_err(cert_err)?;
@@ -222,6 +232,12 @@ mod tests {
         assert!(first.iter().all(|i| matches!(i, Issued::New(_))));
         let again = ensure(&dir, &ids, &[]).unwrap();
         assert!(again.iter().all(|i| matches!(i, Issued::Kept(_))));
+        // A directory with the CA certificate but not its key never gets a new CA.
+        let node_dir = dir.join("node");
+        std::fs::create_dir_all(&node_dir).unwrap();
+        std::fs::copy(dir.join("ca.pem"), node_dir.join("ca.pem")).unwrap();
+        assert!(ensure(&node_dir, &[Identity::Node("eu/x".into())], &[]).is_err());
+        assert_eq!(std::fs::read(node_dir.join("ca.pem")).unwrap(), std::fs::read(dir.join("ca.pem")).unwrap());
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.join("eu.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "key readable by others: {mode:o}");
