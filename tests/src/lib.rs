@@ -614,21 +614,33 @@ pub const EDGES: [&str; 4] = ["eu/berlin-1", "eu/paris-1", "us/nyc-1", "us/sf-1"
 pub const REGIONS: [&str; 2] = ["eu", "us"];
 
 impl Topology {
+    /// Every zenoh link mutual TLS with access control.
     pub fn start() -> Topology {
+        Topology::start_with(true)
+    }
+
+    /// Plain TCP on loopback between the nodes (`insecure_plaintext`), for comparison.
+    pub fn start_plaintext() -> Topology {
+        Topology::start_with(false)
+    }
+
+    fn start_with(tls: bool) -> Topology {
         let pki = TestPki::new(&[&REGIONS[..], &EDGES[..]].concat());
+        let scheme = if tls { "tls" } else { "tcp" };
+        let security = |node: &str| if tls { pki.zenoh_tls(node) } else { "insecure_plaintext = true\n".to_string() };
         let mut regions = BTreeMap::new();
         let mut first_port = None;
         for region in REGIONS {
             let port = free_port();
-            let connect = first_port.map(|p: u16| format!("connect = [\"tls/127.0.0.1:{p}\"]\n")).unwrap_or_default();
+            let connect = first_port.map(|p: u16| format!("connect = [\"{scheme}/127.0.0.1:{p}\"]\n")).unwrap_or_default();
             let edges: Vec<String> = EDGES.iter().filter(|e| e.starts_with(&format!("{region}/"))).map(|e| format!("\"{e}\"")).collect();
             let peer = REGIONS.iter().find(|r| **r != region).expect("two regions");
             let node = NodeProcess::start(NodeOptions {
                 node_id: Some(region.into()),
                 region_zenoh_port: Some(port),
                 extra_toml: format!(
-                    "[zenoh]\nlisten = [\"tls/127.0.0.1:{port}\"]\n{connect}peer_regions = [\"{peer}\"]\n{}\n[replication]\nedges = [{}]\n",
-                    pki.zenoh_tls(region),
+                    "[zenoh]\nlisten = [\"{scheme}/127.0.0.1:{port}\"]\n{connect}peer_regions = [\"{peer}\"]\n{}\n[replication]\nedges = [{}]\n",
+                    security(region),
                     edges.join(", ")
                 ),
                 ..NodeOptions::default()
@@ -642,7 +654,7 @@ impl Topology {
             let proxy = TcpProxy::start(region_port);
             let node = NodeProcess::start(NodeOptions {
                 node_id: Some(edge.into()),
-                extra_toml: format!("[zenoh]\nconnect = [\"tls/127.0.0.1:{}\"]\n{}", proxy.port, pki.zenoh_tls(edge)),
+                extra_toml: format!("[zenoh]\nconnect = [\"{scheme}/127.0.0.1:{}\"]\n{}", proxy.port, security(edge)),
                 ..NodeOptions::default()
             });
             edges.insert(edge.to_string(), (node, proxy));

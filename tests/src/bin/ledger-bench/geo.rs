@@ -211,12 +211,19 @@ fn lag_histogram(commits: &[(u64, Instant)], polls: &[(Instant, u64)]) -> Histog
 pub struct CrossOpts {
     pub devices: usize,
     pub count: usize,
+    /// Plain TCP between nodes instead of mutual TLS with access control.
+    pub plaintext: bool,
 }
 
 pub fn parse_cross(args: &[String]) -> Result<CrossOpts, String> {
-    let mut opts = CrossOpts { devices: 1, count: 200 };
+    let mut opts = CrossOpts { devices: 1, count: 200, plaintext: false };
     let mut i = 0;
     while i < args.len() {
+        if args[i] == "--plaintext" {
+            opts.plaintext = true;
+            i += 1;
+            continue;
+        }
         let value = args.get(i + 1).ok_or_else(|| format!("{} needs a value", args[i]))?;
         let number: usize = value.parse().map_err(|_| format!("{}: {value:?} is not a whole number", args[i]))?;
         match args[i].as_str() {
@@ -237,7 +244,7 @@ pub fn run_cross(opts: &CrossOpts) -> Result<(), String> {
 /// Each device sends, waits for `pending`, then for the `pending_resolved` notice, and only
 /// then sends its next transfer: the latency of one payment through both regions.
 async fn run_cross_async(opts: &CrossOpts) -> Result<(), String> {
-    let mut topology = harness::Topology::start();
+    let mut topology = if opts.plaintext { harness::Topology::start_plaintext() } else { harness::Topology::start() };
     let nyc = Device::connect(topology.edge("us/nyc-1").port, "nyc-setup").await;
     nyc.request(cmd::open("o-m", "merchant:cafe", "EUR", &[])).await;
     let berlin_port = topology.edge("eu/berlin-1").port;

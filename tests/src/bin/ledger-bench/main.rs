@@ -41,12 +41,13 @@ ledger-bench: throughput and latency of edgeledger
 
 USAGE:
   ledger-bench mqtt [--clients K] [--inflight W] [--seconds S] [--rate R]
-                    [--connect HOST:PORT] [--ledger-only | --echo-only]
+                    [--connect HOST:PORT] [--ledger-only | --echo-only] [--tls]
       K device clients (default 32), each keeping up to W transfers in flight (default 16),
       measured for S seconds (default 10) after a 1 s warm-up. --rate R paces R commands/s
       in total (open loop, latency from the scheduled send time); default: as fast as replies
       come. Without --connect a ledger-node is spawned on a free port. Then the same workload
-      runs against a bare in-process broker that echoes 'committed' (the baseline).
+      runs against a bare in-process broker that echoes 'committed' (the baseline). --tls
+      (with --ledger-only): the spawned node's devices connect over MQTT-over-TLS.
   ledger-bench core [--transfers N] [--batches 1,100,1000]
       Ledger core + redb store without MQTT: N transfers (default 200000; at most 5000 per
       unit of batch size below 100, since every commit is an fsync), one durable commit
@@ -55,10 +56,11 @@ USAGE:
       A region following an edge over zenoh: replication lag at R payments/s (default
       5000) for S seconds (default 10), then a P-second partition (default 60) and the rate
       at which the backlog drains after it.
-  ledger-bench cross [--devices D] [--count N]
+  ledger-bench cross [--devices D] [--count N] [--plaintext]
       Cross-region payments on the 2 regions x 2 edges topology: D devices (default 1) on
       eu/berlin-1 each send N transfers (default 200) one after another to an account on
       us/nyc-1; the latency from command to the pending reply and to the final notice.
+      Zenoh links are mutual TLS with access control; --plaintext: plain TCP (loopback).
   ledger-bench --help
 ";
 
@@ -111,7 +113,13 @@ struct MqttOpts {
     connect: Option<(String, u16)>,
     ledger: bool,
     echo: bool,
+    /// The spawned node's devices connect over MQTT-over-TLS (`listen_tls`).
+    tls: bool,
 }
+
+/// With `mqtt --tls`: the client configuration every connection uses (it trusts the
+/// spawned node's CA only).
+static TLS_CLIENT: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
 
 struct CoreOpts {
     transfers: usize,
@@ -130,7 +138,7 @@ fn number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
 }
 
 fn parse_mqtt(args: &[String]) -> Result<MqttOpts, String> {
-    let mut opts = MqttOpts { clients: 32, inflight: 16, seconds: 10, rate: None, connect: None, ledger: true, echo: true };
+    let mut opts = MqttOpts { clients: 32, inflight: 16, seconds: 10, rate: None, connect: None, ledger: true, echo: true, tls: false };
     let (mut ledger_only, mut echo_only) = (false, false);
     let mut i = 0;
     while i < args.len() {
@@ -146,10 +154,14 @@ fn parse_mqtt(args: &[String]) -> Result<MqttOpts, String> {
                 opts.connect = Some((host.to_string(), number("--connect port", port)?));
             }
             "--ledger-only" => ledger_only = true,
+            "--tls" => opts.tls = true,
             "--echo-only" => echo_only = true,
             other => return Err(format!("mqtt: unknown argument {other:?}\n\n{USAGE}")),
         }
         i += 1;
+    }
+    if opts.tls && (opts.connect.is_some() || !ledger_only) {
+        return Err("--tls runs the spawned node only: use it with --ledger-only and without --connect".to_string());
     }
     if ledger_only && echo_only {
         return Err("--ledger-only and --echo-only exclude each other".to_string());
@@ -223,6 +235,9 @@ struct Conn {
 
 async fn connect(host: &str, port: u16, client_id: &str, inflight: usize) -> Result<Conn, String> {
     let mut options = MqttOptions::new(client_id, host, port);
+    if let Some(tls) = TLS_CLIENT.get() {
+        options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls.clone())));
+    }
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(1024 * 1024, 1024 * 1024);
     // rumqttc's own in-flight cap must never be what limits the workload: W is.
@@ -663,6 +678,17 @@ fn run_mqtt(runtime: &tokio::runtime::Runtime, opts: &MqttOpts) -> Result<(), St
     let ledger_stats = if opts.ledger {
         let (node, host, port) = match &opts.connect {
             Some((host, port)) => (None, host.clone(), *port),
+            None if opts.tls => {
+                let pki = harness::TestPki::new(&["test/edge-1"]);
+                let files = pki.files("test/edge-1");
+                let client = harness::tls_client(&files.ca)?;
+                TLS_CLIENT.set(std::sync::Arc::new(client)).map_err(|_| "TLS client set twice".to_string())?;
+                let node = harness::NodeProcess::start(harness::NodeOptions { mqtt_tls: Some(files), ..harness::NodeOptions::default() });
+                let port = node.port_tls.expect("a TLS listener");
+                // The node read its certificate at start; the PKI directory can go.
+                drop(pki);
+                (Some(node), "127.0.0.1".to_string(), port)
+            }
             None => {
                 let node = harness::NodeProcess::start(harness::NodeOptions::default());
                 let port = node.port;
