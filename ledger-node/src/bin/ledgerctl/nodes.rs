@@ -45,8 +45,20 @@ impl Nodes {
     }
 
     /// The first answer to `selector` through any session: a value, or the node's refusal.
-    /// `Err` when no node answered.
+    /// `Err` when no node answered. A question that found no route at once (no router knew
+    /// the node at that moment, as while a node's link re-forms) is asked once more.
     async fn first_answer(&self, selector: &str, payload: Option<String>) -> Result<Result<Value, Refusal>, String> {
+        let started = std::time::Instant::now();
+        match self.first_answer_once(selector, payload.clone()).await {
+            Err(_) if started.elapsed() < self.timeout / 2 => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                self.first_answer_once(selector, payload).await
+            }
+            answer => answer,
+        }
+    }
+
+    async fn first_answer_once(&self, selector: &str, payload: Option<String>) -> Result<Result<Value, Refusal>, String> {
         let mut asks = tokio::task::JoinSet::new();
         for session in &self.sessions {
             let (session, selector, payload, timeout) = (session.clone(), selector.to_string(), payload.clone(), self.timeout);
