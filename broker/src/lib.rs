@@ -1,6 +1,6 @@
 //! The embedded MQTT broker: rumqttd configured from the node config (MQTT 3.1.1, MQTT 5 and
 //! websocket listeners, limits, segment sizes) with device authentication against argon2
-//! hashes.
+//! hashes, a back-off per device id after wrong passwords, and TLS listeners.
 //!
 //! Owns the broker's setup only. It must not interpret payloads or know ledger semantics;
 //! the node reads commands through a local link and decides everything itself.
@@ -11,7 +11,9 @@ use config::NodeConfig;
 use rumqttd::{Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub mod link;
 
@@ -29,8 +31,12 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
     for (i, device) in node.devices.iter().enumerate() {
         credentials.insert(device.id.clone(), node.device_password_hash(i)?);
     }
-    let credentials =
-        Arc::new(Credentials { hashes: credentials, verified: Mutex::new(HashMap::new()), checker: PasswordChecker::start() });
+    let credentials = Arc::new(Credentials {
+        hashes: credentials,
+        verified: Mutex::new(HashMap::new()),
+        failures: Mutex::new(HashMap::new()),
+        checker: PasswordChecker::start(),
+    });
     let listener = |name: &str, addr: SocketAddr| {
         let mut connections = ConnectionSettings {
             connection_timeout_ms: node.mqtt.connection_timeout_ms,
@@ -177,7 +183,36 @@ impl PasswordChecker {
 struct Credentials {
     hashes: HashMap<String, String>,
     verified: Mutex<HashMap<String, [u8; 32]>>,
+    /// Wrong passwords in a row per configured device (never for unknown names, so it is
+    /// bounded by the device list).
+    failures: Mutex<HashMap<String, Backoff>>,
     checker: PasswordChecker,
+}
+
+/// Wrong passwords a device id may have in a row before its logins wait.
+pub const FREE_FAILURES: u32 = 3;
+/// The first wait after `FREE_FAILURES`; it doubles with each further failure, up to
+/// `MAX_BACKOFF`.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Logins refused because their device id was backing off, since start.
+pub static LOGINS_BACKED_OFF: AtomicU64 = AtomicU64::new(0);
+
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    in_a_row: u32,
+    until: Instant,
+}
+
+impl Backoff {
+    /// The wait after `in_a_row` wrong passwords: none for the first `FREE_FAILURES`.
+    fn wait(in_a_row: u32) -> Duration {
+        let doublings = in_a_row.saturating_sub(FREE_FAILURES).min(16);
+        if in_a_row < FREE_FAILURES {
+            return Duration::ZERO;
+        }
+        FIRST_BACKOFF.saturating_mul(1 << doublings).min(MAX_BACKOFF)
+    }
 }
 
 impl Credentials {
@@ -200,18 +235,34 @@ impl Credentials {
             return Some(false);
         }
         let digest = *blake3::hash(password.as_bytes()).as_bytes();
-        (self.verified.lock().expect("lock").get(username) == Some(&digest)).then_some(true)
+        if self.verified.lock().expect("lock").get(username) == Some(&digest) {
+            // The password this device last logged in with: no argon2, and no back-off, so
+            // that strangers guessing cannot lock a known device out.
+            return Some(true);
+        }
+        let backing_off = self.failures.lock().expect("lock").get(username).is_some_and(|b| Instant::now() < b.until);
+        if backing_off {
+            LOGINS_BACKED_OFF.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(username, "login refused: too many wrong passwords, backing off");
+            return Some(false);
+        }
+        None
     }
 
     /// Checks the password against the device's argon2 hash; remembers it when it matches.
     fn check_password(&self, username: &str, password: &str, memory: &mut Vec<Block>) -> bool {
         let Some(phc) = self.hashes.get(username) else { return false };
         let ok = verify_password_in(phc, password, memory);
+        let mut failures = self.failures.lock().expect("lock");
         if ok {
             let digest = *blake3::hash(password.as_bytes()).as_bytes();
             self.verified.lock().expect("lock").insert(username.to_string(), digest);
+            failures.remove(username);
         } else {
-            tracing::warn!(username, "login refused: wrong password");
+            let in_a_row = failures.get(username).map_or(0, |b| b.in_a_row).saturating_add(1);
+            let wait = Backoff::wait(in_a_row);
+            failures.insert(username.to_string(), Backoff { in_a_row, until: Instant::now() + wait });
+            tracing::warn!(username, in_a_row, wait_ms = wait.as_millis() as u64, "login refused: wrong password");
         }
         ok
     }
@@ -297,8 +348,9 @@ mod tests {
         assert!(verify_password(&phc, "s3cret"));
         assert!(!verify_password(&phc, "s3cret!"));
         let creds = Credentials {
-            hashes: HashMap::from([("t1".to_string(), phc)]),
+            hashes: HashMap::from([("t1".to_string(), phc.clone()), ("t2".to_string(), phc)]),
             verified: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             checker: PasswordChecker::start(),
         };
         assert!(creds.authenticate("t1", "t1", "s3cret"));
@@ -306,6 +358,30 @@ mod tests {
         assert!(!creds.authenticate("t1", "t1", "s3cret!"), "the cache holds only the right password");
         assert!(!creds.authenticate("t2", "t1", "s3cret"), "client id must be the username");
         assert!(!creds.authenticate("t9", "t9", "s3cret"));
+
+        // Wrong passwords for t2, a device that never logged in: after FREE_FAILURES the
+        // right one is refused too, without a check, until the wait is over.
+        for _ in 0..FREE_FAILURES {
+            assert!(!creds.authenticate("t2", "t2", "guess"));
+        }
+        assert_eq!(creds.decide_cheaply("t2", "t2", "s3cret"), Some(false), "backing off");
+        creds.failures.lock().unwrap().get_mut("t2").unwrap().until = Instant::now();
+        assert!(creds.authenticate("t2", "t2", "s3cret"), "after the wait");
+        assert!(!creds.failures.lock().unwrap().contains_key("t2"), "a success forgets the failures");
+        // t1 logged in before: guesses against it never lock it out.
+        for _ in 0..FREE_FAILURES + 2 {
+            assert!(!creds.authenticate("t1", "t1", "guess"));
+        }
+        assert!(creds.authenticate("t1", "t1", "s3cret"), "its known password passes the back-off");
+    }
+
+    #[test]
+    fn backoff_doubles_to_a_ceiling() {
+        assert_eq!(Backoff::wait(1), Duration::ZERO);
+        assert_eq!(Backoff::wait(FREE_FAILURES), FIRST_BACKOFF);
+        assert_eq!(Backoff::wait(FREE_FAILURES + 1), FIRST_BACKOFF * 2);
+        assert_eq!(Backoff::wait(FREE_FAILURES + 40), MAX_BACKOFF);
+        assert_eq!(Backoff::wait(u32::MAX), MAX_BACKOFF);
     }
 
     #[test]
