@@ -12,6 +12,7 @@
 pub mod access;
 pub mod pki;
 mod session;
+pub mod sign;
 
 use serde::{Deserialize, Serialize};
 pub use session::{open, open_client};

@@ -129,7 +129,12 @@ pub fn ensure_ca(dir: &Path) -> Result<bool, PkiError> {
                 cert.display()
             )))
         }
-        (false, true) => return Err(PkiError::BadName(format!("{} is here without ca.pem: restore it, or remove ca.key to start a new CA", key.display()))),
+        (false, true) => {
+            return Err(PkiError::BadName(format!(
+                "{} is here without ca.pem: restore it, or remove ca.key to start a new CA",
+                key.display()
+            )))
+        }
         (false, false) => {}
     }
     // Without a serial number rcgen derives one from the key's hash: unique per key.

@@ -63,6 +63,10 @@ impl Delivery {
 pub struct Settlement {
     pub pending_id: String,
     pub decision: Reply,
+    /// The destination's signature over its decision, when nodes have identities; opaque
+    /// here, checked by the source's shell before the hold is touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<serde_json::Value>,
 }
 
 impl Settlement {

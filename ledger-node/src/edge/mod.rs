@@ -10,6 +10,7 @@ pub mod inbox;
 pub mod intake;
 pub mod queryables;
 pub mod shipping;
+pub mod transfers;
 
 use crate::error::{Fatal, NodeError};
 use crate::metrics::Metrics;
@@ -101,11 +102,12 @@ fn start_zenoh(
         .enable_all()
         .build()
         .map_err(|e| NodeError::Start(format!("zenoh runtime: {e}")))?;
+    let keys = bridge::sign::NodeKeys::of(config).map_err(NodeError::Zenoh)?.map(Arc::new);
     let session = runtime.block_on(bridge::open(config)).map_err(NodeError::Zenoh)?;
     let (edge, shipped) = (config.node.id.clone(), link.clone());
     fatal.spawn("edge-link", move || {
         runtime.block_on(async move {
-            queryables::serve(&session, &edge, inbox, store.clone());
+            queryables::serve(&session, &edge, inbox, store.clone(), keys);
             shipping::ship(session, edge, store, shipped, pushed).await
         })
     })?;

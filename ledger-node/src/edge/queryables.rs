@@ -1,16 +1,17 @@
-//! An edge's zenoh queryables: deliveries and settlements from its region, operator reads
+//! An edge's zenoh queryables: deliveries and settlements from its region (`transfers`), operator reads
 //! of its books, operator commands. Each checks its input at the boundary and goes through
 //! the inbox, so it is answered in order with device commands and after their commit;
 //! history reads the journal from redb directly.
 
 use super::inbox::{Inbox, Request};
+use super::transfers;
 use crate::books::queries::{self, HistoryParams, PageParams};
 use crate::core::address::Address;
 use crate::core::command;
 use crate::core::reply::Reply;
-use crate::core::transfer::{Delivery, Settlement};
 use crate::core::Ledger;
 use crate::store::Store;
+use bridge::sign::NodeKeys;
 use bridge::zenoh::query::Query;
 use bridge::zenoh::Session;
 use bridge::{keys, serve_json, Answer, Refusal, MAX_REQUEST_BYTES};
@@ -22,10 +23,6 @@ pub const MAX_OPERATOR_BATCH: usize = 100;
 
 fn payload_bytes(query: &Query) -> Result<Vec<u8>, Refusal> {
     bridge::query_bytes(query, MAX_REQUEST_BYTES)
-}
-
-fn payload<T: serde::de::DeserializeOwned>(query: &Query) -> Result<T, Refusal> {
-    bridge::query_json(query, MAX_REQUEST_BYTES)
 }
 
 /// What a query turns into: a request for the intake, or an answer known at once.
@@ -40,8 +37,9 @@ impl From<Request> for Asked {
     }
 }
 
-/// Starts an edge's queryables.
-pub fn serve(session: &Session, edge: &str, inbox: Inbox, store: Arc<Store>) {
+/// Starts an edge's queryables; with `keys` it signs its decisions and checks the ones it
+/// settles on (`transfers`).
+pub fn serve(session: &Session, edge: &str, inbox: Inbox, store: Arc<Store>, keys: Option<Arc<NodeKeys>>) {
     let asking = |inbox: &Inbox, read: fn(&Query, &str) -> Result<Asked, Refusal>, me: &str| {
         let (inbox, me) = (inbox.clone(), me.to_string());
         move |query: Query| {
@@ -56,8 +54,22 @@ pub fn serve(session: &Session, edge: &str, inbox: Inbox, store: Arc<Store>) {
             }
         }
     };
-    tokio::spawn(serve_json(session.clone(), keys::transfer_deliver(edge), asking(&inbox, delivery, edge)));
-    tokio::spawn(serve_json(session.clone(), keys::transfer_settle(edge), asking(&inbox, settlement, edge)));
+    let (me, delivering, signing) = (edge.to_string(), inbox.clone(), keys.clone());
+    tokio::spawn(serve_json(session.clone(), keys::transfer_deliver(edge), move |query| {
+        let (me, inbox, keys) = (me.clone(), delivering.clone(), signing.clone());
+        async move {
+            let answer = transfers::deliver(&inbox, &me, keys.as_deref(), &query).await;
+            (query, answer)
+        }
+    }));
+    let (me, settling) = (edge.to_string(), inbox.clone());
+    tokio::spawn(serve_json(session.clone(), keys::transfer_settle(edge), move |query| {
+        let (me, inbox, keys) = (me.clone(), settling.clone(), keys.clone());
+        async move {
+            let answer = transfers::settle(&inbox, &me, keys, &query).await;
+            (query, answer)
+        }
+    }));
     tokio::spawn(serve_json(session.clone(), keys::balance(edge), asking(&inbox, balance, edge)));
     tokio::spawn(serve_json(session.clone(), keys::accounts(edge), asking(&inbox, accounts, edge)));
     tokio::spawn(serve_json(session.clone(), keys::transfers(edge), asking(&inbox, transfers, edge)));
@@ -85,17 +97,6 @@ async fn history(store: Arc<Store>, params: HistoryParams) -> Answer {
         Ok(Err(e)) => Err(Refusal::unavailable(e.to_string())),
         Err(e) => Err(Refusal::unavailable(e.to_string())),
     }
-}
-
-fn delivery(query: &Query, me: &str) -> Result<Asked, Refusal> {
-    let delivery: Delivery = payload(query)?;
-    delivery.check(me).map_err(Refusal::invalid)?;
-    Ok(Request::Receive(delivery.command()).into())
-}
-
-fn settlement(query: &Query, _me: &str) -> Result<Asked, Refusal> {
-    let settlement: Settlement = payload::<Settlement>(query)?.checked().map_err(Refusal::invalid)?;
-    Ok(Request::Settle { pending_id: settlement.pending_id, decision: settlement.decision }.into())
 }
 
 fn balance(query: &Query, me: &str) -> Result<Asked, Refusal> {

@@ -66,6 +66,12 @@ struct Flight {
     settled_at: Option<Instant>,
 }
 
+/// A destination's recorded decision and, with node identities, its signature over it.
+struct Decided {
+    reply: Reply,
+    proof: Option<Value>,
+}
+
 /// A region's driver of the cross-node transfers its edges send.
 pub struct Coordinator {
     region: String,
@@ -162,7 +168,7 @@ impl Coordinator {
                 Err(e) => self.failed(&key, e, &mut wait).await,
             }
         };
-        self.advance(&key, Stage::Settling, Some(decision.code));
+        self.advance(&key, Stage::Settling, Some(decision.reply.code));
         let mut wait = RETRY_FIRST;
         loop {
             match self.settle(&delivery, &decision).await {
@@ -170,7 +176,7 @@ impl Coordinator {
                 Err(e) => self.failed(&key, e, &mut wait).await,
             }
         }
-        self.advance(&key, Stage::Settled, Some(decision.code));
+        self.advance(&key, Stage::Settled, Some(decision.reply.code));
     }
 
     async fn failed(&self, key: &TransferKey, why: String, wait: &mut Duration) {
@@ -196,18 +202,20 @@ impl Coordinator {
 
     /// The destination's recorded decision: straight from it when it is one of our edges,
     /// through its region otherwise.
-    async fn deliver(&self, delivery: &Delivery) -> Result<Reply, String> {
+    async fn deliver(&self, delivery: &Delivery) -> Result<Decided, String> {
         let destination = NodeId::parse(delivery.destination()).ok_or_else(|| format!("credit: {} names no node", delivery.credit))?;
         let region = destination.region();
         let selector = if region == self.region { keys::transfer_deliver(destination.as_str()) } else { keys::transfer_relay(region) };
         let payload = serde_json::to_string(delivery).expect("delivery serializes");
-        let answer = ask_json(&self.session, &selector, Some(payload), QUERY_TIMEOUT).await.map_err(|e| e.to_string())?;
+        let mut answer = ask_json(&self.session, &selector, Some(payload), QUERY_TIMEOUT).await.map_err(|e| e.to_string())?;
+        // The destination's signature travels on to the source untouched.
+        let proof = answer.as_object_mut().and_then(|a| a.remove("proof"));
         let reply: Reply = serde_json::from_value(answer).map_err(|e| format!("decision: {e}"))?;
-        decision_of(reply)
+        Ok(Decided { reply: decision_of(reply)?, proof })
     }
 
-    async fn settle(&self, delivery: &Delivery, decision: &Reply) -> Result<(), String> {
-        let settlement = Settlement { pending_id: delivery.id.clone(), decision: decision.clone() };
+    async fn settle(&self, delivery: &Delivery, decided: &Decided) -> Result<(), String> {
+        let settlement = Settlement { pending_id: delivery.id.clone(), decision: decided.reply.clone(), proof: decided.proof.clone() };
         let payload = serde_json::to_string(&settlement).expect("settlement serializes");
         let answer =
             ask_json(&self.session, &keys::transfer_settle(&delivery.source), Some(payload), QUERY_TIMEOUT).await.map_err(|e| {

@@ -1,0 +1,166 @@
+//! Signed ledger messages: a node signs what it vouches for with the key of its X.509
+//! identity, and a receiver checks the signature against the signer's certificate, the
+//! certificate against the deployment's CA, and its common name against the node the
+//! message must come from. Defence in depth behind access control, which checks one hop
+//! only: a relaying node cannot forge what another node signed.
+//!
+//! Owns signing and checking bytes only; which messages are signed, and what the bytes
+//! are, is the caller's (see `decision_message`). Keys are ECDSA P-256 (`ledger-node pki`).
+
+use crate::pki::IdentityFiles;
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+use std::path::Path;
+
+/// Largest certificate a proof may carry (DER bytes).
+pub const MAX_CERT_BYTES: usize = 4096;
+/// Largest signature (an ASN.1 ECDSA P-256 signature is at most 72 bytes).
+pub const MAX_SIGNATURE_BYTES: usize = 128;
+
+/// A signature and the certificate of the key that made it, both hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    pub cert: String,
+    pub signature: String,
+}
+
+/// Signs with a node's key; holds its certificate to send along.
+pub struct Signer {
+    key: EcdsaKeyPair,
+    cert_der: Vec<u8>,
+    rng: SystemRandom,
+}
+
+impl Signer {
+    pub fn load(files: &IdentityFiles) -> Result<Signer, String> {
+        let cert_der = pem_block(&files.cert, "CERTIFICATE")?;
+        let key_der = pem_block(&files.key, "PRIVATE KEY")?;
+        let rng = SystemRandom::new();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &key_der, &rng)
+            .map_err(|e| format!("{}: not an ECDSA P-256 PKCS#8 key ({e}); `ledger-node pki` makes one", files.key.display()))?;
+        Ok(Signer { key, cert_der, rng })
+    }
+
+    pub fn sign(&self, message: &[u8]) -> Proof {
+        let signature = self.key.sign(&self.rng, message).expect("ECDSA signing with a valid key");
+        Proof { cert: hex(&self.cert_der), signature: hex(signature.as_ref()) }
+    }
+}
+
+/// Checks proofs against the deployment's CA.
+pub struct Verifier {
+    ca_der: Vec<u8>,
+}
+
+impl Verifier {
+    pub fn load(ca: &Path) -> Result<Verifier, String> {
+        let ca_der = pem_block(ca, "CERTIFICATE")?;
+        x509_parser::parse_x509_certificate(&ca_der).map_err(|e| format!("{}: not an X.509 certificate: {e}", ca.display()))?;
+        Ok(Verifier { ca_der })
+    }
+
+    /// Ok when `proof` signs `message` with the key of a certificate the CA issued to `signer`
+    /// (its common name), valid now.
+    pub fn verify(&self, proof: &Proof, signer: &str, message: &[u8]) -> Result<(), String> {
+        let cert_der = unhex(&proof.cert, MAX_CERT_BYTES).map_err(|e| format!("proof.cert: {e}"))?;
+        let signature = unhex(&proof.signature, MAX_SIGNATURE_BYTES).map_err(|e| format!("proof.signature: {e}"))?;
+        let (_, ca) = x509_parser::parse_x509_certificate(&self.ca_der).map_err(|e| format!("CA: {e}"))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| format!("proof.cert: not X.509: {e}"))?;
+        cert.verify_signature(Some(ca.public_key())).map_err(|_| "proof.cert: not issued by this deployment's CA".to_string())?;
+        if !cert.validity().is_valid() {
+            return Err("proof.cert: expired or not yet valid".to_string());
+        }
+        let name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or_default();
+        if name != signer {
+            return Err(format!("proof.cert: signed by {name:?}, not by {signer:?}"));
+        }
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, cert.public_key().subject_public_key.data.as_ref())
+            .verify(message, &signature)
+            .map_err(|_| format!("proof.signature: does not sign this message with {signer}'s key"))
+    }
+}
+
+/// A node's own signer and the CA's verifier, from its `[zenoh]` identity files; `None` for
+/// a node without identities (`insecure_plaintext`), which signs and checks nothing.
+pub struct NodeKeys {
+    pub signer: Signer,
+    pub verifier: Verifier,
+}
+
+impl NodeKeys {
+    pub fn of(node: &config::NodeConfig) -> Result<Option<NodeKeys>, String> {
+        let Some(z) = node.zenoh.as_ref().filter(|z| !z.insecure_plaintext) else { return Ok(None) };
+        let (Some(ca), Some(cert), Some(key)) = (&z.tls_root_ca, &z.tls_certificate, &z.tls_private_key) else {
+            return Err("zenoh.tls_root_ca, tls_certificate, tls_private_key: all three are needed".to_string());
+        };
+        let files = IdentityFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+        Ok(Some(NodeKeys { signer: Signer::load(&files)?, verifier: Verifier::load(ca)? }))
+    }
+}
+
+/// The bytes a destination signs for its decision on a cross-node transfer: which transfer
+/// (source and id), who decided, and what (status, code, the journal entry that holds it).
+pub fn decision_message(source: &str, id: &str, destination: &str, status: &str, code: &str, seq: Option<u64>) -> Vec<u8> {
+    let seq = seq.map_or(String::new(), |s| s.to_string());
+    format!("edgeledger/v1/decision\n{source}\n{id}\n{destination}\n{status}\n{code}\n{seq}\n").into_bytes()
+}
+
+/// The DER contents of the first PEM block labelled `label` in `path`.
+fn pem_block(path: &Path, label: &str) -> Result<Vec<u8>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    for pem in x509_parser::pem::Pem::iter_from_buffer(&text) {
+        let pem = pem.map_err(|e| format!("{}: not PEM: {e}", path.display()))?;
+        if pem.label == label {
+            return Ok(pem.contents);
+        }
+    }
+    Err(format!("{}: no {label} block", path.display()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+fn unhex(text: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
+    if text.len() % 2 != 0 || text.len() > max_bytes * 2 {
+        return Err(format!("must be hex of at most {max_bytes} bytes"));
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| "not hex".to_string())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{ensure, Identity};
+
+    #[test]
+    fn a_proof_checks_only_for_its_signer_message_and_ca() {
+        let dir = std::env::temp_dir().join(format!("edgeledger-sign-{}", std::process::id()));
+        let other = dir.join("other");
+        let ids = [Identity::Node("us/nyc-1".into()), Identity::Node("us/sf-1".into())];
+        ensure(&dir, &ids, &[]).unwrap();
+        ensure(&other, &ids, &[]).unwrap();
+        let nyc = Signer::load(&ids[0].files(&dir)).unwrap();
+        let verifier = Verifier::load(&dir.join("ca.pem")).unwrap();
+        let message = decision_message("eu/berlin-1", "pay-1", "us/nyc-1", "committed", "ok", Some(7));
+        let proof = nyc.sign(&message);
+        verifier.verify(&proof, "us/nyc-1", &message).unwrap();
+        // Another signer's name, another message, another CA's certificate: refused.
+        assert!(verifier.verify(&proof, "us/sf-1", &message).unwrap_err().contains("not by"));
+        let rejected = decision_message("eu/berlin-1", "pay-1", "us/nyc-1", "rejected", "unknown_account", Some(7));
+        assert!(verifier.verify(&proof, "us/nyc-1", &rejected).is_err());
+        let stranger = Signer::load(&ids[0].files(&other)).unwrap().sign(&message);
+        assert!(verifier.verify(&stranger, "us/nyc-1", &message).unwrap_err().contains("CA"));
+        // sf's valid certificate with nyc's signature: the key does not match the certificate.
+        let sf = Signer::load(&ids[1].files(&dir)).unwrap().sign(&message);
+        let mixed = Proof { cert: sf.cert.clone(), signature: proof.signature.clone() };
+        assert!(verifier.verify(&mixed, "us/sf-1", &message).is_err());
+        assert!(verifier.verify(&Proof { cert: "zz".into(), signature: proof.signature }, "us/nyc-1", &message).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
