@@ -127,7 +127,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(text: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
-    if text.len() % 2 != 0 || text.len() > max_bytes * 2 {
+    if !text.len().is_multiple_of(2) || text.len() > max_bytes * 2 {
         return Err(format!("must be hex of at most {max_bytes} bytes"));
     }
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| "not hex".to_string())).collect()
