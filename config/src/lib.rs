@@ -108,8 +108,8 @@ pub enum Role {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSection {
-    /// MQTT 3.1.1 listener.
-    #[serde(default = "default_listen_v4")]
+    /// MQTT 3.1.1 listener; `"off"` for none (it has a default, so leaving it out keeps it).
+    #[serde(default = "default_listen_v4", deserialize_with = "address_or_off")]
     pub listen_v4: Option<SocketAddr>,
     /// MQTT 5 listener.
     #[serde(default)]
@@ -207,6 +207,17 @@ pub struct DeviceEntry {
     /// May open issuance accounts and grant overdraft limits, i.e. create credit.
     #[serde(default)]
     pub may_issue: bool,
+}
+
+/// `"HOST:PORT"`, or `"off"` for no listener.
+fn address_or_off<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::custom(format!("{text:?} is neither an address like \"127.0.0.1:1883\" nor \"off\"")))
 }
 
 fn default_role() -> Role {
@@ -744,6 +755,10 @@ mod tests {
         let no_devices = format!("{open}insecure_plaintext = true\n");
         assert_eq!(NodeConfig::from_toml(&no_devices).unwrap_err().key, "devices");
         NodeConfig::from_toml(&format!("{no_devices}[[devices]]\nid = \"t\"\npassword_hash = \"{hash}\"\n")).unwrap();
+        let off = NodeConfig::from_toml("[node]\nid = \"eu/a\"\n[mqtt]\nlisten_v4 = \"off\"\nlisten_v5 = \"127.0.0.1:1884\"\n").unwrap();
+        assert_eq!(off.mqtt.listen_v4, None);
+        assert_eq!(NodeConfig::from_toml("[node]\nid = \"eu/a\"\n[mqtt]\nlisten_v4 = \"off\"\n").unwrap_err().key, "mqtt.listen_v4");
+        assert!(NodeConfig::from_toml("[node]\nid = \"eu/a\"\n[mqtt]\nlisten_v4 = \"nowhere\"\n").is_err());
         for ok in ["tcp/127.0.0.1:7447", "tcp/[::1]:7447", "tcp/localhost:7447"] {
             let text = format!("[node]\nid = \"eu/a\"\n[zenoh]\nconnect = [\"{ok}\"]\ninsecure_plaintext = true\n");
             NodeConfig::from_toml(&text).unwrap_or_else(|e| panic!("{ok}: {e}"));
