@@ -323,8 +323,27 @@ pub fn encode_frame<'a>(entries: impl IntoIterator<Item = (u64, &'a [u8])>) -> V
     out
 }
 
-/// Reads a frame back; refuses anything malformed or over the limits.
-pub fn decode_frame(mut frame: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, String> {
+/// The sequence number of a frame's trailer record: the sender's signed head (a proof over
+/// its last entry, see `sign::head_message`), never a journal entry.
+pub const PROOF_SEQ: u64 = u64::MAX;
+
+/// A decoded frame: `(seq, stored bytes)` records.
+pub type Records = Vec<(u64, Vec<u8>)>;
+
+/// A decoded frame's entries and, when it carried one, its trailer (the signed head).
+pub fn split_proof(mut frame: Records) -> (Records, Option<Vec<u8>>) {
+    match frame.last() {
+        Some((PROOF_SEQ, _)) => {
+            let (_, proof) = frame.pop().expect("a last record");
+            (frame, Some(proof))
+        }
+        _ => (frame, None),
+    }
+}
+
+/// Reads a frame back; refuses anything malformed or over the limits (a trailer is allowed
+/// beyond `MAX_FRAME_ENTRIES`, as the last record only).
+pub fn decode_frame(mut frame: &[u8]) -> Result<Records, String> {
     let mut out = Vec::new();
     while !frame.is_empty() {
         if frame.len() < 12 {
@@ -335,8 +354,12 @@ pub fn decode_frame(mut frame: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, String> {
         if len > MAX_ENTRY_BYTES || frame.len() < 12 + len {
             return Err(format!("frame: entry {seq} has a bad length {len}"));
         }
+        if out.last().is_some_and(|(last, _)| *last == PROOF_SEQ) {
+            return Err("frame: a record after the trailer".to_string());
+        }
         out.push((seq, frame[12..12 + len].to_vec()));
-        if out.len() > MAX_FRAME_ENTRIES {
+        let entries = out.len() - usize::from(seq == PROOF_SEQ);
+        if entries > MAX_FRAME_ENTRIES {
             return Err(format!("frame: more than {MAX_FRAME_ENTRIES} entries"));
         }
         frame = &frame[12 + len..];
@@ -356,6 +379,10 @@ mod tests {
         assert!(decode_frame(&frame[..frame.len() - 1]).is_err());
         assert!(decode_frame(&[0; 5]).is_err());
         assert_eq!(decode_frame(&[]).unwrap(), Vec::new());
+        let signed = encode_frame([(1, &b"one"[..]), (PROOF_SEQ, &b"proof"[..])]);
+        let (entries, proof) = split_proof(decode_frame(&signed).unwrap());
+        assert_eq!((entries, proof), (vec![(1, b"one".to_vec())], Some(b"proof".to_vec())));
+        assert!(decode_frame(&encode_frame([(PROOF_SEQ, &b"p"[..]), (2, &b"two"[..])])).is_err(), "nothing after the trailer");
     }
 
     #[test]

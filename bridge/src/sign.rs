@@ -100,6 +100,57 @@ impl NodeKeys {
     }
 }
 
+/// The bytes an edge signs for its journal head: the entry at `seq` has hash `hash` (and,
+/// through the hash chain, every entry before it is what the edge wrote).
+pub fn head_message(edge: &str, seq: u64, hash: &[u8]) -> Vec<u8> {
+    format!("edgeledger/v1/head\n{edge}\n{seq}\n{}\n", hex(hash)).into_bytes()
+}
+
+/// A signed journal head, as it travels in a frame's trailer and as a region keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHead {
+    pub edge: String,
+    pub seq: u64,
+    /// The entry's hash, hex.
+    pub hash: String,
+    pub proof: Proof,
+}
+
+impl SignedHead {
+    pub fn new(signer: &Signer, edge: &str, seq: u64, hash: &[u8]) -> SignedHead {
+        SignedHead { edge: edge.to_string(), seq, hash: hex(hash), proof: signer.sign(&head_message(edge, seq, hash)) }
+    }
+
+    /// Ok when `verifier`'s CA vouches that `edge` signed this head, and it is the head of
+    /// the entry `seq` with hash `hash`.
+    pub fn check(&self, verifier: &Verifier, edge: &str, seq: u64, hash: &[u8]) -> Result<(), String> {
+        if self.edge != edge || self.seq != seq || self.hash != hex(hash) {
+            return Err(format!(
+                "the signed head names {} entry {} {}, not {edge} entry {seq} {}",
+                self.edge,
+                self.seq,
+                self.hash,
+                hex(hash)
+            ));
+        }
+        verifier.verify(&self.proof, edge, &head_message(edge, seq, hash))
+    }
+
+    /// The signature alone, with the certificate it carries and no CA: for an offline
+    /// check of a stored head. Returns the signer's common name.
+    pub fn check_self_signed(&self) -> Result<String, String> {
+        let cert_der = unhex(&self.proof.cert, MAX_CERT_BYTES)?;
+        let signature = unhex(&self.proof.signature, MAX_SIGNATURE_BYTES)?;
+        let hash = unhex(&self.hash, 32)?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| format!("not X.509: {e}"))?;
+        let name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or_default().to_string();
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, cert.public_key().subject_public_key.data.as_ref())
+            .verify(&head_message(&self.edge, self.seq, &hash), &signature)
+            .map_err(|_| "the signature does not match its certificate's key".to_string())?;
+        Ok(name)
+    }
+}
+
 /// The bytes a destination signs for its decision on a cross-node transfer: which transfer
 /// (source and id), who decided, and what (status, code, the journal entry that holds it).
 pub fn decision_message(source: &str, id: &str, destination: &str, status: &str, code: &str, seq: Option<u64>) -> Vec<u8> {

@@ -107,8 +107,8 @@ fn start_zenoh(
     let (edge, shipped) = (config.node.id.clone(), link.clone());
     fatal.spawn("edge-link", move || {
         runtime.block_on(async move {
-            queryables::serve(&session, &edge, inbox, store.clone(), keys);
-            shipping::ship(session, edge, store, shipped, pushed).await
+            queryables::serve(&session, &edge, inbox, store.clone(), keys.clone());
+            shipping::ship(session, edge, store, shipped, pushed, keys).await
         })
     })?;
     Ok(link)

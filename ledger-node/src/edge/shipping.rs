@@ -3,6 +3,9 @@
 //! at once, and any range of the journal is served from redb, so a region that missed
 //! pushes fetches what it lacks. The region's acks say how far it has replicated.
 //!
+//! With node identities every frame ends in the edge's signature over its last entry (a
+//! `SignedHead`): through the hash chain it vouches for every entry before it.
+//!
 //! The edge never waits for its region: pushes that cannot be sent at once are dropped and
 //! the region fetches them from the edge's redb when it can.
 
@@ -11,8 +14,9 @@ use crate::core::journal::{hex, Chain, Entry};
 use crate::error::NodeError;
 use crate::metrics::{gauge, Metrics};
 use crate::store::Store;
+use bridge::sign::{NodeKeys, SignedHead};
 use bridge::zenoh::qos::CongestionControl;
-use bridge::{encode_frame, keys, Refusal, MAX_FRAME_ENTRIES};
+use bridge::{encode_frame, keys, Refusal, MAX_FRAME_ENTRIES, PROOF_SEQ};
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,30 +68,36 @@ pub async fn ship(
     store: Arc<Store>,
     link: EdgeLink,
     mut pushed: tokio::sync::mpsc::Receiver<Vec<Entry>>,
+    keys: Option<Arc<NodeKeys>>,
 ) -> Result<(), NodeError> {
     let publisher = session
         .declare_publisher(keys::journal_entries(&edge))
         .congestion_control(CongestionControl::Block)
         .await
         .map_err(|e| NodeError::Zenoh(format!("zenoh: cannot declare the journal publisher of {edge}: {e}")))?;
-    tokio::spawn(serve_range(session.clone(), edge.clone(), store));
+    tokio::spawn(serve_range(session.clone(), edge.clone(), store, keys.clone()));
     tokio::spawn(serve_status(session.clone(), edge.clone(), link.clone()));
     tokio::spawn(follow_acks(session.clone(), edge.clone(), link.acked.clone()));
     while let Some(entries) = pushed.recv().await {
-        if let Err(e) = publisher.put(frame_of(&entries)).await {
+        if let Err(e) = publisher.put(frame_of(&edge, &entries, keys.as_deref())).await {
             tracing::warn!("journal push failed: {e}");
         }
     }
     Err(NodeError::Stopped { part: "journal shipping", why: "the committer no longer feeds it".to_string() })
 }
 
-fn frame_of(entries: &[Entry]) -> Vec<u8> {
-    let encoded: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.seq, e.encode())).collect();
+/// A frame of `entries`; with keys, ending in the edge's signed head of its last entry.
+fn frame_of(edge: &str, entries: &[Entry], keys: Option<&NodeKeys>) -> Vec<u8> {
+    let mut encoded: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.seq, e.encode())).collect();
+    if let (Some(keys), Some(last)) = (keys, entries.last()) {
+        let head = SignedHead::new(&keys.signer, edge, last.seq, &last.hash);
+        encoded.push((PROOF_SEQ, serde_json::to_vec(&head).expect("a signed head serializes")));
+    }
     encode_frame(encoded.iter().map(|(seq, bytes)| (*seq, &bytes[..])))
 }
 
 /// Serves `?from=SEQ;limit=N` from the edge's redb: the source of truth for gap filling.
-async fn serve_range(session: bridge::zenoh::Session, edge: String, store: Arc<Store>) {
+async fn serve_range(session: bridge::zenoh::Session, edge: String, store: Arc<Store>, keys: Option<Arc<NodeKeys>>) {
     let queryable = match session.declare_queryable(keys::journal_range(&edge)).await {
         Ok(q) => q,
         Err(e) => return tracing::error!("zenoh queryable: {e}"),
@@ -99,7 +109,7 @@ async fn serve_range(session: bridge::zenoh::Session, edge: String, store: Arc<S
         let store = store.clone();
         let read = tokio::task::spawn_blocking(move || store.journal_range(from, u64::MAX, limit)).await;
         let sent = match read {
-            Ok(Ok(entries)) => query.reply(query.key_expr().clone(), frame_of(&entries)).await,
+            Ok(Ok(entries)) => query.reply(query.key_expr().clone(), frame_of(&edge, &entries, keys.as_deref())).await,
             Ok(Err(e)) => {
                 tracing::error!("journal range {from}+{limit}: {e}");
                 query.reply_err(json!(Refusal::unavailable(e.to_string())).to_string()).await

@@ -44,6 +44,7 @@ pub fn start(config: NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Node
     metrics.add_gauges(Box::new(move |out| replica_gauges(&watched, out)));
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| NodeError::Start(format!("region runtime: {e}")))?;
+    let keys = bridge::sign::NodeKeys::of(&config).map_err(NodeError::Zenoh)?.map(Arc::new);
     let session = runtime.block_on(bridge::open(&config)).map_err(NodeError::Zenoh)?;
     println!("ledger-node {}: ready, region of {} edges", config.node.id, config.replication.edges.len());
     let fatal_tasks = fatal.clone();
@@ -51,7 +52,15 @@ pub fn start(config: NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Node
         runtime.block_on(async move {
             let grown = Arc::new(tokio::sync::Notify::new());
             for edge in config.replication.edges.clone() {
-                tokio::spawn(follow_edge(session.clone(), edge, store.clone(), replicas.clone(), grown.clone(), fatal_tasks.clone()));
+                tokio::spawn(follow_edge(
+                    session.clone(),
+                    edge,
+                    store.clone(),
+                    replicas.clone(),
+                    grown.clone(),
+                    fatal_tasks.clone(),
+                    keys.clone(),
+                ));
             }
             let peer_regions = config.zenoh.as_ref().map(|z| z.peer_regions.clone()).unwrap_or_default();
             let coordinator = Coordinator::new(&config.node.id, peer_regions, session.clone(), replicas.clone(), grown);

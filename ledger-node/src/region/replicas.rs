@@ -2,7 +2,9 @@
 //! journal from where the replica ends, applies pushes as they come, verifies the hash
 //! chain, replays each entry into the replica's books, stores the entries durably and
 //! acknowledges. An entry that breaks the chain or does not apply is refused: neither
-//! stored nor kept, and replication of that edge stops there until an operator acts.
+//! stored nor kept, and replication of that edge stops there until an operator acts. With
+//! node identities a frame must end in the edge's signed head (`SignedHead`), which the
+//! region checks against the CA and keeps with the entries.
 
 use crate::clock::now_ms;
 use crate::core::journal::{hex, Chain, Entry};
@@ -10,8 +12,9 @@ use crate::core::Ledger;
 use crate::error::{Fatal, NodeError};
 use crate::metrics::{gauge, GaugeFamily};
 use crate::store::Store;
+use bridge::sign::{NodeKeys, SignedHead};
 use bridge::zenoh::qos::CongestionControl;
-use bridge::{decode_frame, keys, MAX_FRAME_ENTRIES, QUERY_TIMEOUT};
+use bridge::{decode_frame, keys, split_proof, MAX_FRAME_ENTRIES, QUERY_TIMEOUT};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -42,7 +45,9 @@ pub async fn follow_edge(
     replicas: Replicas,
     grown: Arc<tokio::sync::Notify>,
     fatal: Fatal,
+    keys: Option<Arc<NodeKeys>>,
 ) {
+    let link = Link { session: &session, edge: &edge, store: &store, replicas: &replicas, fatal: &fatal, keys: keys.as_deref() };
     // Pushes are only a fast path. A bounded FIFO would block zenoh's receive path when
     // full, and with it the range replies this task is waiting for; a ring drops the
     // oldest pushes instead, which the range fetch makes up for.
@@ -67,8 +72,8 @@ pub async fn follow_edge(
                 Some(frame) => frame,
                 None => break,
             };
-            let got = frame.len();
-            if got == 0 || !apply(&session, &edge, frame, &store, &replicas, &fatal).await {
+            let got = frame.0.len();
+            if got == 0 || !apply(&link, frame).await {
                 break;
             }
             grown.notify_one();
@@ -80,7 +85,7 @@ pub async fn follow_edge(
         match tokio::time::timeout(PULL_INTERVAL, subscriber.recv_async()).await {
             Ok(Ok(sample)) => {
                 if let Ok(frame) = decode_frame(&sample.payload().to_bytes()) {
-                    if apply(&session, &edge, frame, &store, &replicas, &fatal).await {
+                    if apply(&link, split_proof(frame)).await {
                         grown.notify_one();
                     }
                 }
@@ -91,12 +96,15 @@ pub async fn follow_edge(
     }
 }
 
-async fn fetch(session: &bridge::zenoh::Session, selector: &str) -> Option<Vec<(u64, Vec<u8>)>> {
+/// A frame's entries and its trailer (the edge's signed head), if any.
+type Frame = (bridge::Records, Option<Vec<u8>>);
+
+async fn fetch(session: &bridge::zenoh::Session, selector: &str) -> Option<Frame> {
     let replies = session.get(selector).congestion_control(CongestionControl::Block).timeout(QUERY_TIMEOUT).await.ok()?;
     let reply = replies.recv_async().await.ok()?;
     let sample = reply.result().ok()?;
     match decode_frame(&sample.payload().to_bytes()) {
-        Ok(frame) => Some(frame),
+        Ok(frame) => Some(split_proof(frame)),
         Err(e) => {
             tracing::warn!("{selector}: {e}");
             None
@@ -104,18 +112,52 @@ async fn fetch(session: &bridge::zenoh::Session, selector: &str) -> Option<Vec<(
     }
 }
 
+/// What `apply` works with for one edge.
+struct Link<'a> {
+    session: &'a bridge::zenoh::Session,
+    edge: &'a str,
+    store: &'a Arc<Store>,
+    replicas: &'a Replicas,
+    fatal: &'a Fatal,
+    keys: Option<&'a NodeKeys>,
+}
+
+/// With node identities: the frame is one run of consecutive entries and ends in the edge's
+/// signed head of its last entry, which (through the hash chain checked below) vouches for
+/// every entry in it. Returns the head to store, or why the frame is refused.
+fn signed_head(link: &Link, entries: &[(u64, Vec<u8>)], trailer: Option<&[u8]>) -> Result<Option<Vec<u8>>, String> {
+    let Some(keys) = link.keys else { return Ok(None) };
+    let Some((last_seq, last_bytes)) = entries.last() else { return Ok(None) };
+    if entries.windows(2).any(|w| w[1].0 != w[0].0 + 1) {
+        return Err("entries not consecutive".to_string());
+    }
+    let trailer = trailer.ok_or_else(|| format!("entries up to {last_seq} are not signed by {}", link.edge))?;
+    let head: SignedHead = serde_json::from_slice(trailer).map_err(|e| format!("signed head: {e}"))?;
+    let last = Entry::decode(*last_seq, last_bytes).map_err(|e| format!("entry {last_seq}: {e}"))?;
+    head.check(&keys.verifier, link.edge, *last_seq, &last.hash).map_err(|e| format!("entries up to {last_seq}: {e}"))?;
+    Ok(Some(trailer.to_vec()))
+}
+
 /// Verifies, replays and stores the entries of `frame` that continue the replica. Returns
 /// whether it made progress. Entries the replica already has are skipped (a push and a
 /// range may overlap); a gap leaves the rest for the next range fetch. An entry that breaks
-/// the chain or does not apply to the replica's books is refused: neither stored nor kept.
-async fn apply(
-    session: &bridge::zenoh::Session,
-    edge: &str,
-    frame: Vec<(u64, Vec<u8>)>,
-    store: &Arc<Store>,
-    replicas: &Replicas,
-    fatal: &Fatal,
-) -> bool {
+/// the chain or does not apply to the replica's books is refused: neither stored nor kept;
+/// so is a frame whose signature does not check (with node identities).
+async fn apply(link: &Link<'_>, (frame, trailer): Frame) -> bool {
+    let edge = link.edge;
+    let signed = match signed_head(link, &frame, trailer.as_deref()) {
+        Ok(signed) => signed,
+        Err(why) => {
+            let why = format!("frame refused: {why}");
+            tracing::error!(edge, "replication stopped: {why}");
+            if let Some(replica) = link.replicas.lock().expect("replicas").get_mut(edge) {
+                replica.refused.get_or_insert(why);
+            }
+            return false;
+        }
+    };
+    let (session, store, replicas, fatal) = (link.session, link.store, link.replicas, link.fatal);
+    let last_in_frame = frame.last().map(|(seq, _)| *seq);
     let (accepted, chain) = {
         let mut all = replicas.lock().expect("replicas");
         let Some(replica) = all.get_mut(edge) else { return false };
@@ -155,8 +197,10 @@ async fn apply(
     if accepted.is_empty() {
         return false;
     }
+    // The signed head is kept only with the entry it signs.
+    let signed = signed.filter(|_| accepted.last().map(|e| e.seq) == last_in_frame);
     let (store, edge_id) = (store.clone(), edge.to_string());
-    let stored = match tokio::task::spawn_blocking(move || store.append_replica(&edge_id, &accepted)).await {
+    let stored = match tokio::task::spawn_blocking(move || store.append_replica(&edge_id, &accepted, signed.as_deref())).await {
         Ok(result) => result.map_err(NodeError::Store),
         Err(e) => Err(NodeError::Stopped { part: "replica writer", why: e.to_string() }),
     };

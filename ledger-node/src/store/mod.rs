@@ -22,6 +22,8 @@ const IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("ids");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// A region's copies of its edges' journals, by (edge id, seq).
 const REPLICA: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("replica");
+/// A region's last signed head of each edge (JSON of `bridge::sign::SignedHead`).
+const REPLICA_SIGNED: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_signed_head");
 
 /// The file name of a node's database inside its data directory.
 pub const DB_FILE: &str = "ledger.redb";
@@ -93,6 +95,7 @@ impl Store {
             tx.open_table(JOURNAL)?;
             tx.open_table(IDS)?;
             tx.open_table(REPLICA)?;
+            tx.open_table(REPLICA_SIGNED)?;
         }
         tx.commit()?;
         Ok(())

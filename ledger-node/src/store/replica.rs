@@ -2,7 +2,7 @@
 //! at start, appending verified entries, and reading them back.
 
 use super::error::{Fault, StoreError};
-use super::{Store, REPLICA};
+use super::{Store, REPLICA, REPLICA_SIGNED};
 use crate::core::journal::{Chain, Entry};
 use crate::core::Ledger;
 use redb::{Durability, ReadableDatabase, ReadableTable};
@@ -25,8 +25,9 @@ impl Store {
         read().map_err(|f| self.fail(f))
     }
 
-    /// Appends verified entries to the replica of `edge` in one durable commit.
-    pub fn append_replica(&self, edge: &str, entries: &[Entry]) -> Result<(), StoreError> {
+    /// Appends verified entries to the replica of `edge` in one durable commit, with the
+    /// edge's signed head of the last of them when it sent one.
+    pub fn append_replica(&self, edge: &str, entries: &[Entry], signed_head: Option<&[u8]>) -> Result<(), StoreError> {
         let write = || -> Result<(), Fault> {
             let mut tx = self.db.begin_write()?;
             tx.set_durability(Durability::Immediate)?;
@@ -35,11 +36,29 @@ impl Store {
                 for entry in entries {
                     replica.insert((edge, entry.seq), entry.encode().as_slice())?;
                 }
+                if let Some(head) = signed_head {
+                    tx.open_table(REPLICA_SIGNED)?.insert(edge, head)?;
+                }
             }
             tx.commit()?;
             Ok(())
         };
         write().map_err(|f| self.fail(f))
+    }
+
+    /// The last signed head `edge` sent with entries this replica stored, if any (a file
+    /// written before heads were signed has none).
+    pub fn replica_signed_head(&self, edge: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let read = || -> Result<Option<Vec<u8>>, Fault> {
+            let tx = self.db.begin_read()?;
+            let table = match tx.open_table(REPLICA_SIGNED) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(table.get(edge)?.map(|v| v.value().to_vec()))
+        };
+        read().map_err(|f| self.fail(f))
     }
 
     /// The edges a region's file holds replicas of.

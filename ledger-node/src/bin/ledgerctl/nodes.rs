@@ -193,6 +193,7 @@ impl Nodes {
         };
         let payload = answer.map_err(|refusal| Fail::refused(format!("{selector}: {refusal}")))?;
         let frame = bridge::decode_frame(&payload).map_err(|e| Fail::differs(format!("{edge}: {e}")))?;
+        let (frame, _signed_head) = bridge::split_proof(frame);
         frame
             .into_iter()
             .map(|(seq, bytes)| Entry::decode(seq, &bytes).map_err(|e| Fail::differs(format!("{edge}: entry {seq}: {e}"))))

@@ -38,13 +38,39 @@ pub fn offline(path: &Path) -> Result<Output, Fail> {
     }
     for edge in store.replica_edges().map_err(io)? {
         let count = store.count(Some(&edge)).map_err(io)?;
-        let result = audit_file(&edge, count, &format!("replica of {edge}"), |from| store.replica_range(&edge, from, STEP));
+        let mut result = audit_file(&edge, count, &format!("replica of {edge}"), |from| store.replica_range(&edge, from, STEP));
+        if let Ok(summary) = &result {
+            let signed = store.replica_signed_head(&edge).map_err(io)?;
+            if let Err(why) = signed_head_matches(&edge, summary, signed.as_deref()) {
+                result = Err(why);
+            }
+        }
         checked.push(Checked { what: format!("{node}'s replica of {edge}"), result });
     }
     if checked.is_empty() {
         checked.push(Checked { what: format!("journal of {node}"), result: Audit::new(&node).finish() });
     }
     Ok(report(&format!("{} (node {node})", path.display()), checked, Vec::new()))
+}
+
+/// A region keeps the edge's signed head of the last entries it stored: the signature must
+/// match the certificate it carries, name the edge, and sign the replica's own last entry.
+/// (Offline there is no CA to check the certificate against; the region did when it took
+/// the entries.) A replica with no signed head was written without node identities.
+fn signed_head_matches(edge: &str, summary: &Summary, stored: Option<&[u8]>) -> Result<(), String> {
+    let Some(stored) = stored else { return Ok(()) };
+    let head: bridge::sign::SignedHead = serde_json::from_slice(stored).map_err(|e| format!("signed head: {e}"))?;
+    let signer = head.check_self_signed().map_err(|e| format!("signed head: {e}"))?;
+    if signer != edge || head.edge != edge {
+        return Err(format!("signed head: signed by {signer:?} for {:?}, not by {edge}", head.edge));
+    }
+    if head.seq != summary.entries || head.hash != summary.head_hash {
+        return Err(format!(
+            "signed head: {edge} signed entry {} {}, but the replica ends at {} {}",
+            head.seq, head.hash, summary.entries, summary.head_hash
+        ));
+    }
+    Ok(())
 }
 
 fn audit_file(
