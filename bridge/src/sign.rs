@@ -100,6 +100,12 @@ impl NodeKeys {
     }
 }
 
+/// The bytes a source's region signs for a delivery: it read the hold in the source's
+/// signed journal and vouches that the source holds this transfer.
+pub fn delivery_message(source: &str, id: &str, debit: &str, credit: &str, asset: &str, amount: &str) -> Vec<u8> {
+    format!("edgeledger/v1/delivery\n{source}\n{id}\n{debit}\n{credit}\n{asset}\n{amount}\n").into_bytes()
+}
+
 /// The bytes an edge signs for its journal head: the entry at `seq` has hash `hash` (and,
 /// through the hash chain, every entry before it is what the edge wrote).
 pub fn head_message(edge: &str, seq: u64, hash: &[u8]) -> Vec<u8> {

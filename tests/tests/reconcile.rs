@@ -4,6 +4,7 @@
 //! whose destination credited another amount than the source holds (both forged by a test
 //! that holds region eu's certificate and relays in the regions' protocol). After healing, reconcile reports nothing.
 
+use bridge::sign::{delivery_message, Signer};
 use harness::{cmd, eventually, Device, Topology};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -14,11 +15,16 @@ fn differences_of<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
     report["differences"].as_array().unwrap().iter().filter(|d| d["kind"] == kind).collect()
 }
 
-/// Relays `delivery` to region us as region eu would, until it is answered (a relay the
-/// destination did not answer in time is asked again, as the coordinator does).
-async fn relay(session: &bridge::zenoh::Session, delivery: &Value) -> Value {
+/// Relays `delivery` to region us as region eu would, signed with eu's key, until it is
+/// answered (a relay the destination did not answer in time is asked again, as the
+/// coordinator does).
+async fn relay(topology: &Topology, session: &bridge::zenoh::Session, delivery: &Value) -> Value {
+    let field = |k: &str| delivery[k].as_str().unwrap().to_string();
+    let message = delivery_message(&field("source"), &field("id"), &field("debit"), &field("credit"), &field("asset"), &field("amount"));
+    let mut signed = delivery.clone();
+    signed["proof"] = serde_json::to_value(Signer::load(&topology.pki.files("eu")).unwrap().sign(&message)).unwrap();
     eventually("the relayed delivery answered", SETTLE, || async {
-        bridge::ask_json(session, "ledger/v1/transfer/us/relay", Some(delivery.to_string()), Duration::from_secs(5)).await.ok()
+        bridge::ask_json(session, "ledger/v1/transfer/us/relay", Some(signed.to_string()), Duration::from_secs(5)).await.ok()
     })
     .await
 }
@@ -79,7 +85,7 @@ async fn reconcile_names_each_drift_and_reports_nothing_when_healed() {
     let ops = topology.session_as("us", "eu").await.unwrap();
     let forged = json!({"source": "eu/berlin-1", "id": "forged-1", "debit": "wallet:alice@eu/berlin-1",
         "credit": "merchant:cafe@us/nyc-1", "asset": "EUR", "amount": "7.00"});
-    let answer = relay(&ops, &forged).await;
+    let answer = relay(&topology, &ops, &forged).await;
     assert_eq!(answer["status"], "committed", "{answer}");
 
     // Drift 3: a mismatched amount. Berlin's region cannot see the hold (cut off) while a
@@ -89,7 +95,7 @@ async fn reconcile_names_each_drift_and_reports_nothing_when_healed() {
     assert_eq!(held["status"], "pending");
     let wrong = json!({"source": "eu/berlin-1", "id": "pay-2", "debit": "wallet:alice@eu/berlin-1",
         "credit": "merchant:cafe@us/nyc-1", "asset": "EUR", "amount": "4.00"});
-    let answer = relay(&ops, &wrong).await;
+    let answer = relay(&topology, &ops, &wrong).await;
     assert_eq!(answer["status"], "committed", "{answer}");
     topology.proxy("eu/berlin-1").heal();
 

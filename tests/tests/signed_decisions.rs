@@ -2,9 +2,10 @@
 //! decision its destination signed. The test plays a compromised region: it holds region
 //! eu's certificate and key, the edge connects to it as to its region, and access control
 //! lets it settle. It still cannot make the edge pay out on a decision the destination did
-//! not sign; the edge's own decisions come back signed by the edge.
+//! not sign; nor credit a delivery the source's region did not sign; the edge's own
+//! decisions come back signed by the edge.
 
-use bridge::sign::{decision_message, Signer, Verifier};
+use bridge::sign::{decision_message, delivery_message, Signer, Verifier};
 use harness::{cmd, free_port, Device, NodeOptions, NodeProcess, TestPki};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -16,7 +17,7 @@ async fn ask(session: &bridge::zenoh::Session, selector: &str, payload: Value) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_settles_only_on_a_decision_its_destination_signed() {
-    let pki = TestPki::new(&["eu", "eu/solo-1", "us/nyc-1"]);
+    let pki = TestPki::new(&["eu", "us", "eu/solo-1", "us/nyc-1"]);
     let region_port = free_port();
     // The test is region eu: a router with eu's identity and eu's access rules.
     let files = pki.files("eu");
@@ -78,10 +79,27 @@ async fn a_source_settles_only_on_a_decision_its_destination_signed() {
     let balance = till.request(cmd::balance("b2", "wallet:a")).await;
     assert_eq!((balance["balance"]["posted"].as_str(), balance["balance"]["pending_debits"].as_str()), (Some("6.00"), Some("0.00")));
 
-    // As a destination the edge signs its decisions with its own key.
+    // As a destination the edge credits only a delivery its source's region (us) signed.
+    let deliver = "ledger/v1/transfer/eu/solo-1/deliver";
     let delivery = json!({"source": "us/nyc-1", "id": "in-1", "debit": "wallet:x@us/nyc-1", "credit": "wallet:a@eu/solo-1",
         "asset": "EUR", "amount": "1.00"});
-    let answer = ask(&region, "ledger/v1/transfer/eu/solo-1/deliver", delivery).await.expect("a decision");
+    let vouched = delivery_message("us/nyc-1", "in-1", "wallet:x@us/nyc-1", "wallet:a@eu/solo-1", "EUR", "1.00");
+    let mut forged = delivery.clone();
+    let refused = ask(&region, deliver, forged.clone()).await.expect_err("an unsigned delivery");
+    assert!(refused.contains("proof: missing"), "{refused}");
+    forged["proof"] = signed_by("eu", &vouched);
+    let refused = ask(&region, deliver, forged.clone()).await.expect_err("signed by the wrong region");
+    assert!(refused.contains("not by \"us\""), "{refused}");
+    forged["proof"] = signed_by("us", &delivery_message("us/nyc-1", "in-1", "wallet:x@us/nyc-1", "wallet:a@eu/solo-1", "EUR", "100.00"));
+    let refused = ask(&region, deliver, forged).await.expect_err("a signature over another amount");
+    assert!(refused.contains("does not sign"), "{refused}");
+    let balance = till.request(cmd::balance("b3", "wallet:a")).await;
+    assert_eq!(balance["balance"]["posted"], "6.00", "nothing credited: {balance}");
+
+    // The genuine one is credited, and the edge signs its decision with its own key.
+    let mut delivery = delivery;
+    delivery["proof"] = signed_by("us", &vouched);
+    let answer = ask(&region, deliver, delivery).await.expect("a decision");
     assert_eq!(answer["status"], "committed", "{answer}");
     let proof = serde_json::from_value(answer["proof"].clone()).expect("a signed decision");
     let verifier = Verifier::load(&pki.files("eu").ca).unwrap();

@@ -415,6 +415,7 @@ impl IncomingRow {
             credit: r.movement.credit.clone(),
             asset: r.movement.asset.clone(),
             amount: r.movement.amount.clone(),
+            proof: None,
         };
         IncomingRow { transfer, status: r.recorded.reply.status, code: r.recorded.reply.code, seq: r.recorded.reply.seq }
     }
@@ -471,6 +472,7 @@ mod tests {
             credit: credit.into(),
             asset: "EUR".into(),
             amount: amount.into(),
+            proof: None,
         };
         IncomingRow { transfer, status, code, seq: Some(1) }
     }

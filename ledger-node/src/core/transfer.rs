@@ -19,6 +19,10 @@ pub struct Delivery {
     pub credit: String,
     pub asset: String,
     pub amount: String,
+    /// The source's region's signature over the delivery, when nodes have identities;
+    /// opaque here, checked by the destination's shell before anything is credited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<serde_json::Value>,
 }
 
 impl Delivery {

@@ -1,6 +1,7 @@
 //! An edge's side of cross-node transfers between nodes: it takes deliveries (as the
 //! destination) and settlements (as the source) from its region. With node identities
-//! (`[zenoh]` over TLS) the destination signs each decision it answers, and the source
+//! (`[zenoh]` over TLS) a destination credits only a delivery signed by the source's
+//! region, it signs each decision it answers, and the source
 //! posts or voids its hold only on a decision whose signature checks against the CA and
 //! names the hold's destination: neither a region nor anything between can make a source
 //! pay out on a decision its destination did not make.
@@ -8,7 +9,7 @@
 use super::inbox::{Inbox, Request};
 use crate::core::transfer::{Delivery, Settlement};
 use crate::core::Ledger;
-use bridge::sign::{decision_message, NodeKeys, Proof};
+use bridge::sign::{decision_message, delivery_message, NodeKeys, Proof};
 use bridge::zenoh::query::Query;
 use bridge::{Answer, Refusal, MAX_REQUEST_BYTES};
 use serde_json::Value;
@@ -18,6 +19,16 @@ use std::sync::Arc;
 pub async fn deliver(inbox: &Inbox, me: &str, keys: Option<&NodeKeys>, query: &Query) -> Answer {
     let delivery: Delivery = bridge::query_json(query, MAX_REQUEST_BYTES)?;
     delivery.check(me).map_err(Refusal::invalid)?;
+    if let Some(keys) = keys {
+        // The source's region vouches for it: it read the hold in the source's signed journal.
+        let region = delivery.source.split('/').next().unwrap_or_default();
+        let proof =
+            delivery.proof.clone().ok_or_else(|| Refusal::invalid("proof: missing: a delivery must be signed by the source's region"))?;
+        let proof: Proof = serde_json::from_value(proof).map_err(|e| Refusal::invalid(format!("proof: {e}")))?;
+        let d = &delivery;
+        let message = delivery_message(&d.source, &d.id, &d.debit, &d.credit, &d.asset, &d.amount);
+        keys.verifier.verify(&proof, region, &message).map_err(|e| Refusal::invalid(format!("delivery: {e}")))?;
+    }
     let (source, id) = (delivery.source.clone(), delivery.id.clone());
     let mut answer = inbox.ask(Request::Receive(delivery.command())).await?;
     if let Some(keys) = keys {

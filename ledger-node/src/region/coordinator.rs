@@ -20,6 +20,7 @@ use crate::core::money::format_minor;
 use crate::core::reply::{Code, Reply};
 use crate::core::transfer::{decision_of, Delivery, Settlement};
 use crate::metrics::{gauge, GaugeFamily, Gauges};
+use bridge::sign::{delivery_message, NodeKeys};
 use bridge::zenoh::query::Query;
 use bridge::zenoh::Session;
 use bridge::{ask_json, keys, serve_json, serve_json_now, Answer, Refusal, QUERY_TIMEOUT};
@@ -75,6 +76,9 @@ struct Decided {
 /// A region's driver of the cross-node transfers its edges send.
 pub struct Coordinator {
     region: String,
+    /// With node identities: signs each delivery (this region read the hold in the
+    /// source's signed journal).
+    keys: Option<Arc<NodeKeys>>,
     /// The regions whose relays this one takes (`zenoh.peer_regions`); empty: any other.
     peer_regions: Vec<String>,
     session: Session,
@@ -84,8 +88,16 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(region: &str, peer_regions: Vec<String>, session: Session, replicas: Replicas, wake: Arc<Notify>) -> Arc<Coordinator> {
-        Arc::new(Coordinator { region: region.to_string(), peer_regions, session, replicas, wake, flights: Mutex::new(BTreeMap::new()) })
+    pub fn new(
+        region: &str,
+        peer_regions: Vec<String>,
+        keys: Option<Arc<NodeKeys>>,
+        session: Session,
+        replicas: Replicas,
+        wake: Arc<Notify>,
+    ) -> Arc<Coordinator> {
+        let flights = Mutex::new(BTreeMap::new());
+        Arc::new(Coordinator { region: region.to_string(), keys, peer_regions, session, replicas, wake, flights })
     }
 
     /// Drives transfers for ever: wakes when a replica grows, or every `SCAN_INTERVAL`.
@@ -140,6 +152,7 @@ impl Coordinator {
                     credit: hold.remote.clone().expect("outgoing holds have a destination"),
                     asset: hold.asset.clone(),
                     amount: format_minor(hold.amount, scale),
+                    proof: None,
                 };
                 let flight = Flight {
                     delivery: delivery.clone(),
@@ -206,7 +219,13 @@ impl Coordinator {
         let destination = NodeId::parse(delivery.destination()).ok_or_else(|| format!("credit: {} names no node", delivery.credit))?;
         let region = destination.region();
         let selector = if region == self.region { keys::transfer_deliver(destination.as_str()) } else { keys::transfer_relay(region) };
-        let payload = serde_json::to_string(delivery).expect("delivery serializes");
+        let mut delivery = delivery.clone();
+        if let Some(keys) = &self.keys {
+            let d = &delivery;
+            let message = delivery_message(&d.source, &d.id, &d.debit, &d.credit, &d.asset, &d.amount);
+            delivery.proof = Some(serde_json::to_value(keys.signer.sign(&message)).expect("a proof serializes"));
+        }
+        let payload = serde_json::to_string(&delivery).expect("delivery serializes");
         let mut answer = ask_json(&self.session, &selector, Some(payload), QUERY_TIMEOUT).await.map_err(|e| e.to_string())?;
         // The destination's signature travels on to the source untouched.
         let proof = answer.as_object_mut().and_then(|a| a.remove("proof"));

@@ -63,7 +63,7 @@ pub fn start(config: NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Node
                 ));
             }
             let peer_regions = config.zenoh.as_ref().map(|z| z.peer_regions.clone()).unwrap_or_default();
-            let coordinator = Coordinator::new(&config.node.id, peer_regions, session.clone(), replicas.clone(), grown);
+            let coordinator = Coordinator::new(&config.node.id, peer_regions, keys.clone(), session.clone(), replicas.clone(), grown);
             metrics.add_gauges(coordinator.gauges());
             // The runtime's heartbeat: /health turns 503 when it stops turning.
             let beat = metrics.clone();
