@@ -1,6 +1,6 @@
 //! Identities of a deployment: its certificate authority, and the certificates it issues to
-//! nodes (common name = the node id, `eu` or `eu/berlin-1`) and to operators (common name
-//! `operator:NAME`). Zenoh's mutual TLS checks every link against the CA; the access rules
+//! nodes (common name = the node id, `eu` or `eu/berlin-1`), to operators (common name
+//! `operator:NAME`) and to devices that log in to MQTT with a certificate (`device:ID`). Zenoh's mutual TLS checks every link against the CA; the access rules
 //! (`access`) then name what each common name may do.
 //!
 //! Owns making and reading these files only, so that nobody needs openssl to start. It
@@ -18,6 +18,8 @@ pub const CA_VALIDITY: Duration = Duration::days(3650);
 pub const LEAF_VALIDITY: Duration = Duration::days(825);
 /// Operators' common names start with this; node ids cannot contain ':'.
 pub const OPERATOR_PREFIX: &str = "operator:";
+/// Devices' common names (MQTT client certificates) start with this.
+pub const DEVICE_PREFIX: &str = "device:";
 /// Host names every node certificate carries, so that loopback links verify.
 pub const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
@@ -28,11 +30,20 @@ pub enum Identity {
     Node(String),
     /// An operator's name: `admin`.
     Operator(String),
+    /// A device's id (`till-1`), for MQTT client certificates.
+    Device(String),
 }
 
 impl Identity {
     /// Parses `operator:NAME` or a node id (not validated here: the config does that).
     pub fn parse(text: &str) -> Result<Identity, PkiError> {
+        if let Some(id) = text.strip_prefix(DEVICE_PREFIX) {
+            let ok = (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            return match ok {
+                true => Ok(Identity::Device(id.to_string())),
+                false => Err(PkiError::BadName(format!("device id {id:?} must be 1 to 64 characters a-z, A-Z, 0-9, '-', '_', '.'"))),
+            };
+        }
         match text.strip_prefix(OPERATOR_PREFIX) {
             Some(name) if valid_operator_name(name) => Ok(Identity::Operator(name.to_string())),
             Some(name) => Err(PkiError::BadName(format!("operator name {name:?} must be 1 to 64 characters a-z, 0-9, '-', '_', '.'"))),
@@ -46,6 +57,7 @@ impl Identity {
         match self {
             Identity::Node(id) => id.clone(),
             Identity::Operator(name) => format!("{OPERATOR_PREFIX}{name}"),
+            Identity::Device(id) => format!("{DEVICE_PREFIX}{id}"),
         }
     }
 
@@ -54,6 +66,7 @@ impl Identity {
         let stem = match self {
             Identity::Node(id) => dir.join(id.replace('/', "-")),
             Identity::Operator(name) => dir.join("operators").join(name),
+            Identity::Device(id) => dir.join("devices").join(id),
         };
         IdentityFiles { ca: dir.join("ca.pem"), cert: stem.with_extension("pem"), key: stem.with_extension("key") }
     }
@@ -167,14 +180,14 @@ pub fn issue(dir: &Path, identity: &Identity, hosts: &[String]) -> Result<Issued
 
     let names: Vec<String> = match identity {
         Identity::Node(_) => LOOPBACK_HOSTS.iter().map(|h| h.to_string()).chain(hosts.iter().cloned()).collect(),
-        Identity::Operator(_) => Vec::new(),
+        Identity::Operator(_) | Identity::Device(_) => Vec::new(),
     };
     let mut params = CertificateParams::new(names).map_err(cert_err)?;
     params.distinguished_name.push(DnType::CommonName, identity.common_name());
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = match identity {
         Identity::Node(_) => vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-        Identity::Operator(_) => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        Identity::Operator(_) | Identity::Device(_) => vec![ExtendedKeyUsagePurpose::ClientAuth],
     };
     params.use_authority_key_identifier_extension = true;
     let now = OffsetDateTime::now_utc();

@@ -29,8 +29,20 @@ pub const REPLY_PREFIX: &str = "ledger/v1/reply/";
 pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
     let mut credentials = HashMap::new();
     for (i, device) in node.devices.iter().enumerate() {
-        credentials.insert(device.id.clone(), node.device_password_hash(i)?);
+        // A device with no password logs in with a client certificate only.
+        if device.password_hash.is_some() || device.password_hash_env.is_some() {
+            credentials.insert(device.id.clone(), node.device_password_hash(i)?);
+        }
     }
+    // With a client CA, a verified certificate named `device:ID` logs in as device ID.
+    let device_ids: std::collections::HashSet<String> = node.devices.iter().map(|d| d.id.clone()).collect();
+    let certificate_clients: Option<rumqttd::CertificateClients> = match &node.mqtt.tls_client_ca {
+        Some(_) if !device_ids.is_empty() => Some(Arc::new(move |name: &str| {
+            name.strip_prefix(DEVICE_CERT_PREFIX).filter(|id| device_ids.contains(*id)).map(str::to_string)
+        })),
+        _ => None,
+    };
+    let devices_listed = !node.devices.is_empty();
     let credentials = Arc::new(Credentials {
         hashes: credentials,
         verified: Mutex::new(HashMap::new()),
@@ -46,8 +58,9 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
             external_auth: None,
             dynamic_filters: true,
             topic_policy: None,
+            certificate_clients: certificate_clients.clone(),
         };
-        if !credentials.hashes.is_empty() {
+        if devices_listed {
             // With devices configured, each one uses its own topics only (SPEC §5); the
             // open default (no devices) keeps every topic open.
             connections.topic_policy = Some(rumqttd::TopicPolicy::new(device_topics));
@@ -66,7 +79,8 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
     };
     let tls = match (&node.mqtt.tls_certificate, &node.mqtt.tls_private_key) {
         (Some(cert), Some(key)) => {
-            Some(rumqttd::TlsConfig::Rustls { capath: None, certpath: cert.display().to_string(), keypath: key.display().to_string() })
+            let capath = node.mqtt.tls_client_ca.as_ref().map(|ca| ca.display().to_string());
+            Some(rumqttd::TlsConfig::Rustls { capath, certpath: cert.display().to_string(), keypath: key.display().to_string() })
         }
         _ => None,
     };
@@ -109,6 +123,16 @@ pub fn broker_config(node: &NodeConfig) -> Result<Config, config::ConfigError> {
 /// before start-up so that the error names the key and file: rumqttd itself would only log
 /// it and run without the listener.
 pub fn check_tls_files(node: &NodeConfig) -> Result<(), config::ConfigError> {
+    if let Some(ca) = &node.mqtt.tls_client_ca {
+        let pem = std::fs::read(ca)
+            .map_err(|e| config::ConfigError { key: "mqtt.tls_client_ca".into(), message: format!("{}: {e}", ca.display()) })?;
+        if rustls_pemfile::certs(&mut &pem[..]).next().is_none() {
+            return Err(config::ConfigError {
+                key: "mqtt.tls_client_ca".into(),
+                message: format!("{}: no PEM certificate in it", ca.display()),
+            });
+        }
+    }
     let tls_listeners = node.mqtt.listeners().iter().any(|(_, addr, tls)| *tls && addr.is_some());
     let (Some(cert), Some(key)) = (&node.mqtt.tls_certificate, &node.mqtt.tls_private_key) else { return Ok(()) };
     if !tls_listeners {
@@ -132,6 +156,10 @@ pub fn check_tls_files(node: &NodeConfig) -> Result<(), config::ConfigError> {
         Err(e) => Err(bad("mqtt.tls_private_key", key, e.to_string())),
     }
 }
+
+/// A device's client certificate names it `device:ID` (`ledger-node pki DIR device:ID`):
+/// never a node id or an operator.
+pub const DEVICE_CERT_PREFIX: &str = "device:";
 
 /// Threads that check passwords (argon2), for all listeners together.
 pub const PASSWORD_CHECKERS: usize = 2;

@@ -128,6 +128,10 @@ pub struct MqttSection {
     pub tls_certificate: Option<PathBuf>,
     #[serde(default)]
     pub tls_private_key: Option<PathBuf>,
+    /// With this CA (PEM), TLS clients may log in with a certificate it issued, common name
+    /// `device:ID`, instead of a password; the client id must be ID, a listed device.
+    #[serde(default)]
+    pub tls_client_ca: Option<PathBuf>,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Above this the broker drops the connection without a reply; keep it above
@@ -282,6 +286,7 @@ impl Default for MqttSection {
             listen_v5_tls: None,
             tls_certificate: None,
             tls_private_key: None,
+            tls_client_ca: None,
             max_connections: default_max_connections(),
             max_packet_bytes: default_max_packet_bytes(),
             max_inflight: default_max_inflight(),
@@ -437,7 +442,11 @@ impl NodeConfig {
                 }
             }
         }
-        if let Some((key, _, _)) = listeners.iter().find(|(_, addr, tls)| *tls && addr.is_some()) {
+        let tls_listener = listeners.iter().find(|(_, addr, tls)| *tls && addr.is_some());
+        if self.mqtt.tls_client_ca.is_some() && tls_listener.is_none() {
+            return Err(err("mqtt.tls_client_ca", "client certificates need a TLS listener (listen_tls or listen_v5_tls)"));
+        }
+        if let Some((key, _, _)) = tls_listener {
             for (file_key, value) in
                 [("mqtt.tls_certificate", &self.mqtt.tls_certificate), ("mqtt.tls_private_key", &self.mqtt.tls_private_key)]
             {
@@ -535,22 +544,29 @@ impl NodeConfig {
             if self.devices[..i].iter().any(|d| d.id == device.id) {
                 return Err(err(format!("devices[{i}].id"), format!("{} is listed twice", device.id)));
             }
-            match (&device.password_hash, &device.password_hash_env) {
+            let has_password = match (&device.password_hash, &device.password_hash_env) {
                 (Some(_), Some(_)) => {
                     return Err(err(format!("devices[{i}].password_hash_env"), "set password_hash or password_hash_env, not both"))
                 }
+                // It logs in with a client certificate only.
+                (None, None) if self.mqtt.tls_client_ca.is_some() => false,
                 (None, None) => {
-                    return Err(err(format!("devices[{i}].password_hash"), "missing: every listed device needs a password hash"))
+                    return Err(err(
+                        format!("devices[{i}].password_hash"),
+                        "missing: a listed device needs a password hash (or mqtt.tls_client_ca, to log in with a certificate)",
+                    ))
                 }
-                _ => {}
-            }
-            let hash = self.device_password_hash(i)?;
-            let complete = argon2::password_hash::PasswordHash::new(&hash).is_ok_and(|h| h.salt.is_some() && h.hash.is_some());
-            if !hash.starts_with("$argon2") || !complete {
-                return Err(err(
-                    format!("devices[{i}].password_hash"),
-                    "must be an argon2 PHC string ($argon2id$...); see `ledger-node hash-password`",
-                ));
+                _ => true,
+            };
+            if has_password {
+                let hash = self.device_password_hash(i)?;
+                let complete = argon2::password_hash::PasswordHash::new(&hash).is_ok_and(|h| h.salt.is_some() && h.hash.is_some());
+                if !hash.starts_with("$argon2") || !complete {
+                    return Err(err(
+                        format!("devices[{i}].password_hash"),
+                        "must be an argon2 PHC string ($argon2id$...); see `ledger-node hash-password`",
+                    ));
+                }
             }
             for (j, pattern) in device.may_debit.iter().enumerate() {
                 if pattern.is_empty() || pattern.len() > 96 {

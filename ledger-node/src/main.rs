@@ -19,8 +19,10 @@ USAGE:
                                       make the deployment's CA in DIR (ca.pem, ca.key)
                                       unless it is there, and a certificate and key for
                                       each NAME that has none: a node id (eu,
-                                      eu/berlin-1: DIR/eu-berlin-1.pem, .key) or
-                                      operator:NAME (DIR/operators/NAME.pem, .key).
+                                      eu/berlin-1: DIR/eu-berlin-1.pem, .key),
+                                      operator:NAME (DIR/operators/NAME.pem, .key)
+                                      or device:ID, an MQTT client certificate
+                                      (DIR/devices/ID.pem, .key).
                                       Node certificates name localhost, 127.0.0.1, ::1
                                       and every --host (a DNS name or an address)
     ledger-node --help                this text

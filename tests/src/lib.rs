@@ -70,6 +70,8 @@ pub struct NodeOptions {
     pub region_zenoh_port: Option<u16>,
     /// An MQTT 3.1.1-over-TLS listener with this certificate and key (PEM files).
     pub mqtt_tls: Option<bridge::pki::IdentityFiles>,
+    /// With `mqtt_tls`: devices may log in with client certificates from its CA.
+    pub mqtt_client_certs: bool,
 }
 
 /// A `ledger-node` child process with its own data directory. Killed on drop.
@@ -119,6 +121,9 @@ impl NodeProcess {
                 files.cert.display(),
                 files.key.display()
             );
+            if options.mqtt_client_certs {
+                toml += &format!("tls_client_ca = \"{}\"\n", files.ca.display());
+            }
         }
         toml += &format!("\n[ledger]\n{}\n\n[commit]\n{}\n\n{}\n", options.ledger_toml, options.commit_toml, options.extra_toml);
         let config_path = dir.join("node.toml");
@@ -393,13 +398,34 @@ impl TestPki {
     }
 }
 
-/// A TLS client configuration (ring) that trusts the certificates in `ca` only.
-pub fn tls_client(ca: &Path) -> Result<rustls::ClientConfig, String> {
+/// A TLS client configuration (ring) that trusts `files.ca` only and presents `files`'
+/// certificate (an MQTT client certificate).
+pub fn tls_client_with_cert(files: &bridge::pki::IdentityFiles) -> Result<rustls::ClientConfig, String> {
+    let roots = root_store(&files.ca)?;
+    let cert_pem = std::fs::read(&files.cert).map_err(|e| e.to_string())?;
+    let certs = rustls_pemfile::certs(&mut &cert_pem[..]).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+    let key_pem = std::fs::read(&files.key).map_err(|e| e.to_string())?;
+    let key = rustls_pemfile::private_key(&mut &key_pem[..]).map_err(|e| e.to_string())?.ok_or("no private key")?;
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| e.to_string())
+}
+
+fn root_store(ca: &Path) -> Result<rustls::RootCertStore, String> {
     let pem = std::fs::read(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut &pem[..]) {
         roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     }
+    Ok(roots)
+}
+
+/// A TLS client configuration (ring) that trusts the certificates in `ca` only.
+pub fn tls_client(ca: &Path) -> Result<rustls::ClientConfig, String> {
+    let roots = root_store(ca)?;
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -433,13 +459,23 @@ impl Device {
 
     /// Connects over TLS, trusting the CA certificates in the PEM file `ca` only.
     pub async fn connect_tls(port: u16, device_id: &str, credentials: Option<(&str, &str)>, ca: &Path) -> Result<Device, String> {
-        Device::connect_over(port, device_id, credentials, Some(ca)).await
+        Device::connect_over(port, device_id, credentials, Some(Arc::new(tls_client(ca)?))).await
     }
 
-    async fn connect_over(port: u16, device_id: &str, credentials: Option<(&str, &str)>, ca: Option<&Path>) -> Result<Device, String> {
+    /// Connects over TLS with a client certificate (and no password).
+    pub async fn connect_with_cert(port: u16, device_id: &str, files: &bridge::pki::IdentityFiles) -> Result<Device, String> {
+        Device::connect_over(port, device_id, None, Some(Arc::new(tls_client_with_cert(files)?))).await
+    }
+
+    async fn connect_over(
+        port: u16,
+        device_id: &str,
+        credentials: Option<(&str, &str)>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Device, String> {
         let mut options = MqttOptions::new(device_id, "127.0.0.1", port);
-        if let Some(ca) = ca {
-            options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::new(tls_client(ca)?))));
+        if let Some(tls) = tls {
+            options.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
         }
         options.set_keep_alive(Duration::from_secs(30));
         options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);

@@ -59,3 +59,45 @@ async fn devices_connect_over_tls_and_broken_handshakes_hold_up_nobody() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     drop((stalled, plain));
 }
+
+/// Devices with client certificates (`device:ID` from the deployment's CA): the certificate
+/// is the login, for exactly the client id it names and only for a listed device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_logs_in_as_the_device_it_names_only() {
+    let pki = TestPki::new(&["test/edge-1"]);
+    for device in ["meter-1", "meter-2", "ghost-9"] {
+        bridge::pki::issue(pki.path(), &bridge::pki::Identity::Device(device.into()), &[]).unwrap();
+    }
+    let hash = broker::hash_password(PASSWORD);
+    let node = NodeProcess::start(NodeOptions {
+        mqtt_tls: Some(pki.files("test/edge-1")),
+        mqtt_client_certs: true,
+        extra_toml: format!(
+            "[[devices]]\nid = \"meter-1\"\nmay_debit = [\"*\"]\nmay_issue = true\n\n\
+             [[devices]]\nid = \"meter-2\"\nmay_debit = [\"wallet:m2\"]\n\n\
+             [[devices]]\nid = \"till-1\"\npassword_hash = \"{hash}\"\nmay_debit = [\"*\"]\n"
+        ),
+        ..NodeOptions::default()
+    });
+    let port = node.port_tls.unwrap();
+    let meter = Device::connect_with_cert(port, "meter-1", &pki.files("device:meter-1")).await.expect("its certificate logs it in");
+    assert_eq!(meter.request(cmd::open("o1", "issuer", "EUR", &["issuance"])).await["code"], "ok");
+
+    // Another device's certificate, a device nobody listed, a node's certificate, and no
+    // certificate at all (meter-1 has no password): refused.
+    assert!(Device::connect_with_cert(port, "meter-1", &pki.files("device:meter-2")).await.is_err(), "meter-2's certificate as meter-1");
+    assert!(Device::connect_with_cert(port, "ghost-9", &pki.files("device:ghost-9")).await.is_err(), "an unlisted device");
+    assert!(Device::connect_with_cert(port, "test/edge-1", &pki.files("test/edge-1")).await.is_err(), "a node's certificate");
+    let ca = pki.files("test/edge-1").ca;
+    assert!(Device::connect_tls(port, "meter-1", Some(("meter-1", "anything")), &ca).await.is_err(), "meter-1 has no password");
+    // A certificate from another CA never completes the handshake.
+    let other = TestPki::new(&["test/edge-1"]);
+    bridge::pki::issue(other.path(), &bridge::pki::Identity::Device("meter-1".into()), &[]).unwrap();
+    let mut foreign = other.files("device:meter-1");
+    foreign.ca = ca.clone();
+    assert!(Device::connect_with_cert(port, "meter-1", &foreign).await.is_err(), "another CA's certificate");
+    // Password devices still log in with their password on the same listener.
+    let till = Device::connect_tls(port, "till-1", Some(("till-1", PASSWORD)), &ca).await.expect("password login");
+    assert_eq!(till.request(cmd::balance("b1", "issuer")).await["code"], "ok");
+    drop(meter);
+}

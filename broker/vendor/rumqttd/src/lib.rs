@@ -196,7 +196,14 @@ pub struct ConnectionSettings {
     /// edgeledger: the topics each client of this listener may use (none: any).
     #[serde(skip)]
     pub topic_policy: Option<TopicPolicy>,
+    /// edgeledger: maps a verified client certificate's common name to the client id it
+    /// may connect as (none: no certificate logins).
+    #[serde(skip)]
+    pub certificate_clients: Option<CertificateClients>,
 }
+
+/// edgeledger: a client certificate's common name → the client id it may use, if any.
+pub type CertificateClients = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 impl ConnectionSettings {
     pub fn set_auth_handler<F, O>(&mut self, auth_fn: F)

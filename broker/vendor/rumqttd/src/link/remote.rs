@@ -182,6 +182,7 @@ impl<P: Protocol> RemoteLink<P> {
 pub async fn mqtt_connect<P>(
     config: Arc<ConnectionSettings>,
     network: &mut Network<P>,
+    identity: Option<&str>,
 ) -> Result<Packet, Error>
 where
     P: Protocol,
@@ -203,7 +204,18 @@ where
 
     Span::current().record("client_id", &connect.client_id);
 
-    handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    match identity {
+        // edgeledger patch: a client certificate the CA verified identifies the client:
+        // its client id must be the one the certificate names, and a client may log in by
+        // certificate only when the settings list it. No password is needed then.
+        Some(name) => {
+            let allowed = config.certificate_clients.as_ref().and_then(|f| f(name));
+            if allowed.as_deref() != Some(connect.client_id.as_str()) {
+                return Err(Error::InvalidAuth);
+            }
+        }
+        None => handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?,
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.
@@ -285,6 +297,7 @@ mod tests {
 
     fn config() -> ConnectionSettings {
         ConnectionSettings {
+            certificate_clients: None,
             connection_timeout_ms: 0,
             max_payload_size: 0,
             max_inflight_count: 0,

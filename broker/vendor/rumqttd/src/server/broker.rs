@@ -430,15 +430,15 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             task::spawn(async move {
                 let handshake = async {
                     #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
-                    let (network, tenant_id): (Box<dyn N>, Option<String>) = match acceptor {
+                    let (network, identity): (Box<dyn N>, Option<String>) = match acceptor {
                         Some(acceptor) => {
-                            let (tenant_id, network) = acceptor.accept(stream).await?;
-                            (network, tenant_id)
+                            let (identity, network) = acceptor.accept(stream).await?;
+                            (network, identity)
                         }
                         None => (Box::new(stream), None),
                     };
                     #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
-                    let (network, tenant_id): (Box<dyn N>, Option<String>) = (Box::new(stream), None);
+                    let (network, identity): (Box<dyn N>, Option<String>) = (Box::new(stream), None);
                     let network: Box<dyn N> = match link_type {
                         #[cfg(feature = "websocket")]
                         LinkType::Websocket => match accept_hdr_async(network, WSCallback).await {
@@ -450,9 +450,9 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                         },
                         LinkType::Remote => network,
                     };
-                    Ok::<_, Error>(Some((network, tenant_id)))
+                    Ok::<_, Error>(Some((network, identity)))
                 };
-                let (network, tenant_id) = match time::timeout(handshake_timeout, handshake).await {
+                let (network, identity) = match time::timeout(handshake_timeout, handshake).await {
                     Ok(Ok(Some(accepted))) => accepted,
                     Ok(Ok(None)) => return,
                     Ok(Err(e)) => return error!(error=?e, ?addr, "Tls accept error"),
@@ -463,12 +463,13 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     LinkType::Websocket => tracing::info_span!("websocket_link", client_id = field::Empty, connection_id = field::Empty),
                     LinkType::Remote => tracing::error_span!(
                         "remote_link",
-                        ?tenant_id,
+                        ?identity,
                         client_id = field::Empty,
                         connection_id = field::Empty,
                     ),
                 };
-                remote(config, tenant_id, router_tx, network, protocol, awaiting_will_handler)
+                // edgeledger patch: no tenants; a client certificate's name is its identity.
+                remote(config, identity, router_tx, network, protocol, awaiting_will_handler)
                     .instrument(span)
                     .await
             });
@@ -503,7 +504,7 @@ impl Callback for WSCallback {
 /// sending a mqtt connection packet to make the server reach its concurrent connection limit).
 async fn remote<P: Protocol>(
     config: Arc<ConnectionSettings>,
-    tenant_id: Option<String>,
+    identity: Option<String>,
     router_tx: Sender<(ConnectionId, Event)>,
     stream: Box<dyn N>,
     protocol: P,
@@ -519,7 +520,8 @@ async fn remote<P: Protocol>(
     let dynamic_filters = config.dynamic_filters;
     let topic_policy = config.topic_policy.clone();
 
-    let connect_packet = match mqtt_connect(config, &mut network).await {
+    let tenant_id: Option<String> = None;
+    let connect_packet = match mqtt_connect(config, &mut network, identity.as_deref()).await {
         Ok(p) => p,
         Err(e) => {
             error!(error=?e, "Error while handling MQTT connect packet");

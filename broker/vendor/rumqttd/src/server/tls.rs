@@ -8,7 +8,7 @@ use {
 };
 
 use crate::TlsConfig;
-#[cfg(feature = "verify-client-cert")]
+#[cfg(feature = "use-rustls")]
 use tokio_rustls::rustls::{server::WebPkiClientVerifier, RootCertStore};
 #[cfg(feature = "use-rustls")]
 use {
@@ -84,6 +84,14 @@ fn extract_tenant_id(der: &[u8]) -> Result<Option<String>, Error> {
     Ok(Some(tenant_id))
 }
 
+/// edgeledger patch: the subject common name of a client certificate.
+#[cfg(feature = "use-rustls")]
+fn common_name(der: &[u8]) -> Result<String, Error> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| Error::CertificateParse)?;
+    let name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok());
+    name.map(str::to_string).ok_or(Error::CertificateParse)
+}
+
 #[allow(dead_code)]
 pub enum TLSAcceptor {
     #[cfg(feature = "use-rustls")]
@@ -121,19 +129,16 @@ impl TLSAcceptor {
             TLSAcceptor::Rustls { acceptor } => {
                 let stream = acceptor.accept(stream).await?;
 
-                #[cfg(feature = "verify-client-cert")]
-                let tenant_id = {
-                    let (_, session) = stream.get_ref();
-                    let peer_certificates = session
-                        .peer_certificates()
-                        .ok_or(Error::NoPeerCertificate)?;
-                    extract_tenant_id(&peer_certificates[0])?
+                // edgeledger patch: the value returned is the common name of the client's
+                // certificate, when it presented one the CA verified (not a tenant id).
+                let (_, session) = stream.get_ref();
+                let identity = match session.peer_certificates() {
+                    Some(certificates) if !certificates.is_empty() => Some(common_name(&certificates[0])?),
+                    _ => None,
                 };
-                #[cfg(not(feature = "verify-client-cert"))]
-                let tenant_id: Option<String> = None;
 
                 let network = Box::new(stream);
-                Ok((tenant_id, network))
+                Ok((identity, network))
             }
             #[cfg(feature = "use-native-tls")]
             TLSAcceptor::NativeTLS { acceptor } => {
@@ -182,19 +187,6 @@ impl TLSAcceptor {
         cert_path: &String,
         key_path: &String,
     ) -> Result<TLSAcceptor, Error> {
-        #[cfg(feature = "verify-client-cert")]
-        let Some(ca_path) = ca_path
-        else {
-            return Err(Error::CaFileNotFound(
-                "capath must be specified in config when verify-client-cert is enabled."
-                    .to_string(),
-            ));
-        };
-
-        #[cfg(not(feature = "verify-client-cert"))]
-        if ca_path.is_some() {
-            tracing::warn!("verify-client-cert feature is disabled, CA cert will be ignored and no client authentication is done.");
-        }
 
         let (certs, key) = {
             // Get certificates
@@ -212,9 +204,9 @@ impl TLSAcceptor {
 
         let builder = ServerConfig::builder();
 
-        // client authentication with a CA. CA isn't required otherwise
-        #[cfg(feature = "verify-client-cert")]
-        let builder = {
+        // edgeledger patch: with a CA, clients may present a certificate it issued (and
+        // are then identified by it); clients without one still log in with a password.
+        let builder = if let Some(ca_path) = ca_path {
             let ca_file = File::open(ca_path);
             let ca_file = ca_file.map_err(|_| Error::CaFileNotFound(ca_path.clone()))?;
             let ca_file = &mut BufReader::new(ca_file);
@@ -231,13 +223,13 @@ impl TLSAcceptor {
             // provided. We always provide a trust anchor, and don't provide any CRLs, so it is safe
             // to unwrap.
             let verifier = WebPkiClientVerifier::builder(Arc::new(store))
+                .allow_unauthenticated()
                 .build()
-                .unwrap();
+                .map_err(|_| Error::InvalidCACert(ca_path.to_string()))?;
             builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
         };
-
-        #[cfg(not(feature = "verify-client-cert"))]
-        let builder = builder.with_no_client_auth();
 
         let server_config = builder.with_single_cert(certs, key)?;
 
