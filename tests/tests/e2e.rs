@@ -180,38 +180,48 @@ async fn mqtt5_response_topic_and_correlation_data_are_honoured() {
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
     let node = NodeProcess::start(NodeOptions { with_v5: true, ..NodeOptions::default() });
-    let mut options = MqttOptions::new("v5-device", "127.0.0.1", node.port_v5.unwrap());
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    client.subscribe("ledger/v1/reply/v5-device/42", QoS::AtLeastOnce).await.unwrap();
-    let properties = PublishProperties {
-        response_topic: Some("ledger/v1/reply/v5-device/42".to_string()),
-        correlation_data: Some(b"corr-7".to_vec().into()),
-        ..PublishProperties::default()
-    };
-    let command = cmd::open("v5-open", "wallet:v5", "EUR", &[]);
-    let mut published = false;
-    let deadline = tokio::time::Instant::now() + REPLY_DEADLINE;
-    loop {
-        let event = tokio::time::timeout_at(deadline, eventloop.poll()).await.expect("reply before deadline").expect("connection");
-        match event {
-            Event::Incoming(Packet::SubAck(_)) if !published => {
-                client
-                    .publish_with_properties("ledger/v1/cmd/v5-device", QoS::AtLeastOnce, false, command.to_string(), properties.clone())
-                    .await
-                    .unwrap();
-                published = true;
+    // On the MQTT 5 listener, and on the 3.1.1 one, which takes MQTT 5 clients too.
+    for (port, id) in [(node.port_v5.unwrap(), "v5-open"), (node.port, "v5-open-on-v4-port")] {
+        let mut options = MqttOptions::new("v5-device", "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        client.subscribe("ledger/v1/reply/v5-device/42", QoS::AtLeastOnce).await.unwrap();
+        let properties = PublishProperties {
+            response_topic: Some("ledger/v1/reply/v5-device/42".to_string()),
+            correlation_data: Some(b"corr-7".to_vec().into()),
+            ..PublishProperties::default()
+        };
+        let command = cmd::open(id, &format!("wallet:{id}"), "EUR", &[]);
+        let mut published = false;
+        let deadline = tokio::time::Instant::now() + REPLY_DEADLINE;
+        loop {
+            let event = tokio::time::timeout_at(deadline, eventloop.poll()).await.expect("reply before deadline").expect("connection");
+            match event {
+                Event::Incoming(Packet::SubAck(_)) if !published => {
+                    client
+                        .publish_with_properties(
+                            "ledger/v1/cmd/v5-device",
+                            QoS::AtLeastOnce,
+                            false,
+                            command.to_string(),
+                            properties.clone(),
+                        )
+                        .await
+                        .unwrap();
+                    published = true;
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    assert_eq!(&p.topic[..], b"ledger/v1/reply/v5-device/42");
+                    let reply: Value = serde_json::from_slice(&p.payload).unwrap();
+                    assert_eq!((reply["id"].as_str(), code(&reply)), (Some(id), "ok"), "{reply}");
+                    let correlation = p.properties.and_then(|props| props.correlation_data);
+                    assert_eq!(correlation.as_deref(), Some(&b"corr-7"[..]));
+                    break;
+                }
+                _ => {}
             }
-            Event::Incoming(Packet::Publish(p)) => {
-                assert_eq!(&p.topic[..], b"ledger/v1/reply/v5-device/42");
-                let reply: Value = serde_json::from_slice(&p.payload).unwrap();
-                assert_eq!((reply["id"].as_str(), code(&reply)), (Some("v5-open"), "ok"), "{reply}");
-                let correlation = p.properties.and_then(|props| props.correlation_data);
-                assert_eq!(correlation.as_deref(), Some(&b"corr-7"[..]));
-                break;
-            }
-            _ => {}
         }
+        let _ = client.disconnect().await;
     }
 }
 

@@ -745,6 +745,49 @@ pub enum Error {
     InsufficientBytes(usize),
 }
 
+/// edgeledger patch: MQTT 3.1.1 and MQTT 5 on one listener, as brokers commonly serve them.
+/// The protocol level in the client's CONNECT picks the codec for the whole connection;
+/// each connection starts from a clone of the server's value, which has read nothing.
+#[derive(Debug, Clone, Default)]
+pub struct AnyVersion {
+    level: Option<u8>,
+}
+
+impl AnyVersion {
+    pub fn new() -> AnyVersion {
+        AnyVersion::default()
+    }
+}
+
+impl Protocol for AnyVersion {
+    fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
+        let level = match self.level {
+            Some(level) => level,
+            None => {
+                // CONNECT: fixed header, then protocol name ("MQTT", length-prefixed), then
+                // the protocol level: 4 for 3.1.1, 5 for MQTT 5.
+                let fixed_header = v4::check(stream.iter(), max_size)?;
+                let at = fixed_header.fixed_header_len + 6;
+                // A frame too short to hold a level is not a CONNECT: 3.1.1's reader refuses it.
+                let level = stream.get(at).copied().filter(|_| at < fixed_header.frame_length()).unwrap_or(4);
+                self.level = Some(level);
+                level
+            }
+        };
+        match level {
+            5 => v5::V5.read_mut(stream, max_size),
+            _ => v4::V4.read_mut(stream, max_size),
+        }
+    }
+
+    fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error> {
+        match self.level {
+            Some(5) => v5::V5.write(packet, write),
+            _ => v4::V4.write(packet, write),
+        }
+    }
+}
+
 pub trait Protocol {
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error>;
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error>;

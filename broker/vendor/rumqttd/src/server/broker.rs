@@ -6,7 +6,7 @@ use crate::link::{bridge, timer};
 use crate::local::LinkBuilder;
 use crate::protocol::v4::V4;
 use crate::protocol::v5::V5;
-use crate::protocol::{Packet, Protocol};
+use crate::protocol::{AnyVersion, Packet, Protocol};
 #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
 use crate::server::tls::{self, TLSAcceptor};
 use crate::{meters, ConnectionSettings, Meter};
@@ -205,7 +205,8 @@ impl Broker {
         if let Some(v4_config) = &self.config.v4 {
             for (_, config) in v4_config.clone() {
                 let server_thread = thread::Builder::new().name(config.name.clone());
-                let mut server = Server::new(config, self.router_tx.clone(), V4);
+                // edgeledger patch: the "v4" listeners take MQTT 5 clients too (AnyVersion).
+                let mut server = Server::new(config, self.router_tx.clone(), AnyVersion::new());
                 let handle = server_thread.spawn(move || {
                     let _down_on_exit = ListenerDown;
                     let mut runtime = tokio::runtime::Builder::new_current_thread();
