@@ -14,7 +14,7 @@
 //! of the receiver are the boundary. Owns the rule set only; it must not open sessions.
 
 use crate::keys;
-use crate::pki::OPERATOR_PREFIX;
+use crate::pki::Identity;
 use config::{NodeConfig, Role};
 use serde_json::{json, Value};
 
@@ -69,8 +69,8 @@ fn operator_reads_via_region() -> Vec<String> {
     ["ledger/v1/status/**", "ledger/v1/query/**", "ledger/v1/command/**", "ledger/v1/journal/**"].map(String::from).to_vec()
 }
 
-pub fn operator_common_name(name: &str) -> String {
-    format!("{OPERATOR_PREFIX}{name}")
+fn operator_common_name(name: &str) -> String {
+    Identity::Operator(name.to_string()).common_name()
 }
 
 /// Every grant of `node` (a TLS node; plaintext nodes have no identities to check).

@@ -7,6 +7,7 @@
 //! pay out on a decision its destination did not make.
 
 use super::inbox::{Inbox, Request};
+use crate::core::address::{Address, NodeId};
 use crate::core::transfer::{Delivery, Settlement};
 use crate::core::Ledger;
 use bridge::sign::{decision_message, delivery_message, NodeKeys, Proof};
@@ -21,13 +22,10 @@ pub async fn deliver(inbox: &Inbox, me: &str, keys: Option<&NodeKeys>, query: &Q
     delivery.check(me).map_err(Refusal::invalid)?;
     if let Some(keys) = keys {
         // The source's region vouches for it: it read the hold in the source's signed journal.
-        let region = delivery.source.split('/').next().unwrap_or_default();
-        let proof =
-            delivery.proof.clone().ok_or_else(|| Refusal::invalid("proof: missing: a delivery must be signed by the source's region"))?;
-        let proof: Proof = serde_json::from_value(proof).map_err(|e| Refusal::invalid(format!("proof: {e}")))?;
+        let source = NodeId::parse(&delivery.source).ok_or_else(|| Refusal::invalid("source: not a node id"))?;
         let d = &delivery;
         let message = delivery_message(&d.source, &d.id, &d.debit, &d.credit, &d.asset, &d.amount);
-        keys.verifier.verify(&proof, region, &message).map_err(|e| Refusal::invalid(format!("delivery: {e}")))?;
+        check_proof(keys, d.proof.as_ref(), source.region(), &message, "delivery", "the source's region")?;
     }
     let (source, id) = (delivery.source.clone(), delivery.id.clone());
     let mut answer = inbox.ask(Request::Receive(delivery.command())).await?;
@@ -48,21 +46,26 @@ pub async fn settle(inbox: &Inbox, me: &str, keys: Option<Arc<NodeKeys>>, query:
         let destination = inbox.ask(Request::Read(Box::new(move |ledger: &Ledger| Ok(destination_of(ledger, &pending_id))))).await?;
         // No cross-node hold by that id: the ledger answers why, nothing to check.
         if let Some(destination) = destination.as_str() {
-            let proof =
-                settlement.proof.clone().ok_or_else(|| Refusal::invalid("proof: missing: a decision must be signed by its destination"))?;
-            let proof: Proof = serde_json::from_value(proof).map_err(|e| Refusal::invalid(format!("proof: {e}")))?;
             let reply = serde_json::to_value(&settlement.decision).expect("a reply serializes");
             let message = decision_bytes(me, &settlement.pending_id, destination, &reply);
-            keys.verifier.verify(&proof, destination, &message).map_err(|e| Refusal::invalid(format!("decision: {e}")))?;
+            check_proof(&keys, settlement.proof.as_ref(), destination, &message, "decision", "its destination")?;
         }
     }
     inbox.ask(Request::Settle { pending_id: settlement.pending_id, decision: settlement.decision }).await
 }
 
+/// Ok when `proof` (the opaque JSON a message carried) signs `message` as `signer`; the
+/// refusal names `what` was signed and by whom it must be.
+fn check_proof(keys: &NodeKeys, proof: Option<&Value>, signer: &str, message: &[u8], what: &str, by: &str) -> Result<(), Refusal> {
+    let proof = proof.ok_or_else(|| Refusal::invalid(format!("proof: missing: a {what} must be signed by {by}")))?;
+    let proof: Proof = serde_json::from_value(proof.clone()).map_err(|e| Refusal::invalid(format!("proof: {e}")))?;
+    keys.verifier.verify(&proof, signer, message).map_err(|e| Refusal::invalid(format!("{what}: {e}")))
+}
+
 /// The node a cross-node hold's credit lives on, or null.
 fn destination_of(ledger: &Ledger, pending_id: &str) -> Value {
-    let remote = ledger.hold(pending_id).and_then(|h| h.remote.clone());
-    let node = remote.as_deref().and_then(|r| r.split_once('@')).map(|(_, node)| node.to_string());
+    let remote = ledger.hold(pending_id).and_then(|h| h.remote.as_deref());
+    let node = remote.and_then(|r| Address::split(r).node).map(str::to_string);
     node.map_or(Value::Null, Value::String)
 }
 
