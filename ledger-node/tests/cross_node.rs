@@ -6,6 +6,7 @@
 
 use ledger::core::address::clearing_account;
 use ledger::core::command::{self, Movement, NodeCommand, NodeOp};
+use ledger::core::idempotency::IdKey;
 use ledger::core::money::Assets;
 use ledger::core::reply::{Code, Reply, Resolution, Status};
 use ledger::core::EntryBody;
@@ -110,7 +111,8 @@ impl Pair {
                 let reply =
                     self.device(json!({"id": id, "op": "transfer", "debit": "wallet", "credit": credit, "amount": amount, "asset": "EUR"}));
                 match reply.status {
-                    Status::Pending => self.sent.push(id),
+                    // Transfers are keyed by the sending device and its id.
+                    Status::Pending => self.sent.push(IdKey::new(Some("till"), &id).into_string()),
                     _ => assert_eq!(reply.code, Code::InsufficientFunds, "{reply:?}"),
                 }
             }
@@ -231,9 +233,9 @@ fn a_settlement_that_contradicts_the_first_is_refused() {
     pair.run(Step::Send { cents: 500, to_ghost: false });
     pair.run(Step::Deliver(0));
     pair.run(Step::Settle(0));
-    let mut forged = pair.destination.received(SOURCE, "t0").unwrap().reply.clone();
+    let mut forged = pair.destination.received(SOURCE, "till:t0").unwrap().reply.clone();
     forged.status = Status::Rejected;
-    let effects = pair.source.settle("t0", &forged, pair.now);
+    let effects = pair.source.settle("till:t0", &forged, pair.now);
     assert_eq!(effects.reply.unwrap().code, Code::PendingPosted);
     assert!(effects.entry.is_none());
     // A device cannot resolve a cross-node hold, nor reach a system account.

@@ -536,8 +536,8 @@ proptest! {
         // The journal alone restores the id record of every accepted command, batch ops too.
         for (id, reply) in &h.replies {
             if reply.code.as_str() == "ok" && reply.balance.is_none() {
-                prop_assert_eq!(rebuilt.recorded(id), h.ledger.recorded(id), "{}", id);
-                prop_assert!(rebuilt.recorded(id).is_some());
+                prop_assert_eq!(rebuilt.recorded(Some(DEVICE), id), h.ledger.recorded(Some(DEVICE), id), "{}", id);
+                prop_assert!(rebuilt.recorded(Some(DEVICE), id).is_some());
             }
         }
     }

@@ -141,7 +141,8 @@ async fn every_replied_payment_survives_sigkill_exactly_once() {
     let ledger = harness::load_ledger(&data_dir, "test/edge-1").expect("database loads, chain verifies, books balance");
     assert_eq!(ledger.head().seq, setup_entries + total as u64, "one journal entry per payment, no more");
     for (id, answer) in &answers {
-        let recorded = ledger.recorded(id).unwrap_or_else(|| panic!("{id} was answered but is not on disk"));
+        let payer = format!("payer-{}", id[1..].split('-').next().unwrap());
+        let recorded = ledger.recorded(Some(&payer), id).unwrap_or_else(|| panic!("{id} was answered but is not on disk"));
         assert_eq!(recorded.reply.seq, answer.reply["seq"].as_u64(), "{id}");
     }
 }

@@ -85,8 +85,11 @@ async fn holds_post_partially_void_and_notify_the_placing_device() {
         (Some("20.00"), Some("10.00"), Some("10.00"))
     );
 
-    // Another device posts it: the charger hears about it on its reply topic.
-    let posted = expect_ok(&terminal, cmd::post("p1", "h1", Some("6.25"))).await;
+    // Another device posts it, naming it as device:id (ids are scoped to their sender); the
+    // charger hears about it on its reply topic, under its own id.
+    let unknown = terminal.request(cmd::post("p0", "h1", Some("6.25"))).await;
+    assert_eq!(code(&unknown), "unknown_pending", "{unknown}");
+    let posted = expect_ok(&terminal, cmd::post("p1", "charger-9:h1", Some("6.25"))).await;
     assert_eq!((posted["posted"].as_str(), posted["released"].as_str()), (Some("6.25"), Some("3.75")));
     let notice = charger.next_unsolicited(REPLY_DEADLINE).await.expect("notice of the post");
     assert_eq!(notice["event"], "pending_resolved");
@@ -100,7 +103,7 @@ async fn holds_post_partially_void_and_notify_the_placing_device() {
     assert_eq!(balance(&terminal, "merchant:cafe").await["posted"], "6.25");
 
     // A hold resolves once.
-    let again = terminal.request(cmd::void("v1", "h1")).await;
+    let again = terminal.request(cmd::void("v1", "charger-9:h1")).await;
     assert_eq!(code(&again), "pending_posted");
 
     // A void releases everything.

@@ -3,6 +3,7 @@
 //! SIGKILLs of a region and an edge under cross-region load.
 
 use harness::{ask, check_cross_node_books, cmd, eventually, Device, Topology, EDGES};
+use ledger::core::idempotency::IdKey;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -241,8 +242,8 @@ async fn sigkill_of_a_region_and_an_edge_under_cross_region_load() {
     let berlin = harness::load_ledger(&dirs["eu/berlin-1"], "eu/berlin-1").unwrap();
     let nyc = harness::load_ledger(&dirs["us/nyc-1"], "us/nyc-1").unwrap();
     for id in &answered {
-        let source = if id.starts_with("bn") { &berlin } else { &nyc };
-        assert!(source.hold(id).is_some(), "answered transfer {id} is not on disk");
+        let (source, device) = if id.starts_with("bn") { (&berlin, "till-berlin") } else { (&nyc, "till-nyc") };
+        assert!(source.hold(IdKey::new(Some(device), id).as_str()).is_some(), "answered transfer {id} is not on disk");
     }
     assert_eq!(berlin.account("merchant:berlin").unwrap().posted, 2 * N as i64);
     assert_eq!(nyc.account("merchant:nyc").unwrap().posted, N as i64);

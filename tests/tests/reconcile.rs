@@ -89,11 +89,11 @@ async fn reconcile_names_each_drift_and_reports_nothing_when_healed() {
     assert_eq!(answer["status"], "committed", "{answer}");
 
     // Drift 3: a mismatched amount. Berlin's region cannot see the hold (cut off) while a
-    // forged delivery of the same transfer id with another amount reaches nyc first.
+    // forged delivery of the same transfer (key `device:id`) with another amount reaches nyc first.
     topology.proxy("eu/berlin-1").cut();
     let held = berlin.request(cmd::transfer("pay-2", "wallet:alice", "merchant:cafe@us/nyc-1", "4.50", "EUR")).await;
     assert_eq!(held["status"], "pending");
-    let wrong = json!({"source": "eu/berlin-1", "id": "pay-2", "debit": "wallet:alice@eu/berlin-1",
+    let wrong = json!({"source": "eu/berlin-1", "id": "till-berlin:pay-2", "debit": "wallet:alice@eu/berlin-1",
         "credit": "merchant:cafe@us/nyc-1", "asset": "EUR", "amount": "4.00"});
     let answer = relay(&topology, &ops, &wrong).await;
     assert_eq!(answer["status"], "committed", "{answer}");
@@ -113,7 +113,7 @@ async fn reconcile_names_each_drift_and_reports_nothing_when_healed() {
     assert_eq!((unknown[0]["amount"].as_str(), unknown[0]["decision"].as_str()), (Some("7.00"), Some("credited")));
     let mismatch = differences_of(&report, "transfer_mismatch");
     assert_eq!(mismatch.len(), 1, "{report}");
-    assert_eq!(mismatch[0]["id"], "pay-2");
+    assert_eq!(mismatch[0]["id"], "till-berlin:pay-2");
     assert_eq!(
         (mismatch[0]["field"].as_str(), mismatch[0]["at_source"].as_str(), mismatch[0]["at_destination"].as_str()),
         (Some("amount"), Some("4.50"), Some("4.00"))
@@ -121,12 +121,12 @@ async fn reconcile_names_each_drift_and_reports_nothing_when_healed() {
     // The source never settles a transfer its destination recorded with other content.
     let unsettled = differences_of(&report, "transfer_unsettled");
     assert_eq!(unsettled.len(), 1, "{report}");
-    assert_eq!(unsettled[0]["id"], "pay-2");
+    assert_eq!(unsettled[0]["id"], "till-berlin:pay-2");
     assert_eq!(report["differences"].as_array().unwrap().len(), 3, "nothing else differs: {report}");
     let (code, text, _) = topology.ledgerctl(&["reconcile"]).await;
     assert_eq!(code, 1);
     assert!(
-        text.contains("transfer pay-2 eu/berlin-1 -> us/nyc-1 amount")
+        text.contains("transfer till-berlin:pay-2 eu/berlin-1 -> us/nyc-1 amount")
             && text.contains("4.50 (source)")
             && text.contains("4.00 (destination)"),
         "{text}"

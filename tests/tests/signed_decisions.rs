@@ -42,18 +42,22 @@ async fn a_source_settles_only_on_a_decision_its_destination_signed() {
     assert_eq!(paid["status"], "pending", "{paid}");
 
     let settle = "ledger/v1/transfer/eu/solo-1/settle";
-    let decision = json!({"id": "pay-1", "status": "committed", "code": "ok", "message": "credited", "seq": 9, "duplicate": false});
-    let message = decision_message("eu/solo-1", "pay-1", "us/nyc-1", "committed", "ok", Some(9));
+    let decision = json!({"id": "till-1:pay-1", "status": "committed", "code": "ok", "message": "credited", "seq": 9, "duplicate": false});
+    let message = decision_message("eu/solo-1", "till-1:pay-1", "us/nyc-1", "committed", "ok", Some(9));
     // The edge must be reachable before the refusals below mean anything.
     let reachable = harness::eventually("the edge to answer its region", Duration::from_secs(30), || async {
-        ask(&region, settle, json!({"pending_id": "pay-1", "decision": decision})).await.err().filter(|e| e.contains("proof")).map(|_| ())
+        ask(&region, settle, json!({"pending_id": "till-1:pay-1", "decision": decision}))
+            .await
+            .err()
+            .filter(|e| e.contains("proof"))
+            .map(|_| ())
     });
     reachable.await;
 
     let signed_by = |who: &str, bytes: &[u8]| serde_json::to_value(Signer::load(&pki.files(who)).unwrap().sign(bytes)).unwrap();
     let stranger = TestPki::new(&["us/nyc-1"]);
     let foreign = serde_json::to_value(Signer::load(&stranger.files("us/nyc-1")).unwrap().sign(&message)).unwrap();
-    let rejected_bytes = decision_message("eu/solo-1", "pay-1", "us/nyc-1", "rejected", "unknown_account", Some(9));
+    let rejected_bytes = decision_message("eu/solo-1", "till-1:pay-1", "us/nyc-1", "rejected", "unknown_account", Some(9));
     let forgeries = [
         ("no proof", Value::Null, "proof: missing"),
         ("signed by the region itself", signed_by("eu", &message), "not by \"us/nyc-1\""),
@@ -61,7 +65,7 @@ async fn a_source_settles_only_on_a_decision_its_destination_signed() {
         ("a certificate from another CA", foreign, "CA"),
     ];
     for (what, proof, why) in forgeries {
-        let mut settlement = json!({"pending_id": "pay-1", "decision": decision});
+        let mut settlement = json!({"pending_id": "till-1:pay-1", "decision": decision});
         if !proof.is_null() {
             settlement["proof"] = proof;
         }
@@ -73,7 +77,7 @@ async fn a_source_settles_only_on_a_decision_its_destination_signed() {
     assert_eq!((balance["balance"]["posted"].as_str(), balance["balance"]["pending_debits"].as_str()), (Some("10.00"), Some("4.00")));
 
     // The destination's own signature over this decision: posted.
-    let settlement = json!({"pending_id": "pay-1", "decision": decision, "proof": signed_by("us/nyc-1", &message)});
+    let settlement = json!({"pending_id": "till-1:pay-1", "decision": decision, "proof": signed_by("us/nyc-1", &message)});
     let ack = ask(&region, settle, settlement).await.expect("a signed decision settles");
     assert_eq!(ack["code"], "ok", "{ack}");
     let balance = till.request(cmd::balance("b2", "wallet:a")).await;

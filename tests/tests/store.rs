@@ -68,7 +68,7 @@ fn a_clean_file_loads_and_balances() {
     let ledger = load(dir.path(), KWH3).unwrap();
     assert_eq!(ledger.head().seq, 4);
     assert_eq!(ledger.account("meter").unwrap().posted, 3250);
-    assert!(ledger.recorded("t2").is_some(), "the journal restores the ids of accepted commands");
+    assert!(ledger.recorded(Some("dev"), "t2").is_some(), "the journal restores the ids of accepted commands");
 }
 
 #[test]
@@ -111,6 +111,20 @@ fn another_nodes_file_is_refused() {
     booked(dir.path(), KWH3);
     let err = Store::open(dir.path(), "test/edge-2").err().unwrap().to_string();
     assert!(err.contains("belongs to node test/edge-1") && err.contains("ledger.redb"), "{err}");
+}
+
+#[test]
+fn a_file_of_the_format_before_device_scoped_ids_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    booked(dir.path(), KWH3);
+    {
+        let db = redb::Database::open(dir.path().join("ledger.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(redb::TableDefinition::<&str, &str>::new("meta")).unwrap().insert("format", "edgeledger-1").unwrap();
+        tx.commit().unwrap();
+    }
+    let err = Store::open(dir.path(), NODE).err().unwrap().to_string();
+    assert!(err.contains("format edgeledger-1") && err.contains("empty node.data_dir") && err.contains("ledger.redb"), "{err}");
 }
 
 #[test]

@@ -128,3 +128,31 @@ async fn a_device_cannot_read_other_devices_replies() {
     let reply: Value = serde_json::from_slice(&first.payload).unwrap();
     assert_eq!(reply["id"], "own-read", "{reply}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_are_scoped_to_the_device_that_sent_them() {
+    let node = node();
+    let (admin, dev_b) = setup(node.port).await;
+    assert_eq!(admin.request(cmd::transfer("f2", "issuer:eur", "wallet:a", "10.00", "EUR")).await["code"], "ok");
+    let dev_a = Device::connect_as(node.port, "dev-a", Some(("dev-a", PASSWORD))).await.unwrap();
+    // dev-a squats dev-b's next id first, with a payment of its own.
+    let a = dev_a.request(cmd::transfer("pay-1", "wallet:a", "merchant:m", "1.00", "EUR")).await;
+    let b = dev_b.request(cmd::transfer("pay-1", "wallet:b", "merchant:m", "2.00", "EUR")).await;
+    assert_eq!((a["code"].as_str(), b["code"].as_str()), (Some("ok"), Some("ok")), "{a} {b}");
+    assert_eq!(b["duplicate"], false, "{b}");
+    assert_ne!(a["seq"], b["seq"]);
+    assert_eq!(posted(&admin, "merchant:m").await, "3.00");
+    // Resends are each device's own.
+    let again = dev_b.request(cmd::transfer("pay-1", "wallet:b", "merchant:m", "2.00", "EUR")).await;
+    assert_eq!((again["duplicate"].as_bool(), &again["seq"]), (Some(true), &b["seq"]), "{again}");
+    // dev-a cannot void dev-b's hold by naming its id.
+    let held = dev_b.request(cmd::hold("h-1", "wallet:b", "merchant:m", "1.00", "EUR", None)).await;
+    assert_eq!(held["status"], "pending", "{held}");
+    let void = dev_a.request(cmd::void("v-1", "h-1")).await;
+    assert_eq!(void["code"], "unknown_pending", "{void}");
+    // Naming it in full finds it, and dev-a may still not touch wallet:b's hold.
+    let void = dev_a.request(cmd::void("v-2", "dev-b:h-1")).await;
+    assert_eq!(void["code"], "forbidden", "{void}");
+    let balance = dev_b.request(cmd::balance("r-1", "wallet:b")).await;
+    assert_eq!(balance["balance"]["pending_debits"], "1.00", "{balance}");
+}

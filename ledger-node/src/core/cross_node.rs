@@ -9,7 +9,7 @@ use super::change::{Change, Floor};
 use super::command::{Journaled, Movement, NodeCommand, NodeOp};
 use super::execute::not_system;
 use super::holds::HoldState;
-use super::idempotency::fingerprint;
+use super::idempotency::{fingerprint, IdKey};
 use super::ledger::{Effects, Ledger};
 use super::reply::{Code, Rejection, Reply, Resolution, Status};
 
@@ -42,7 +42,7 @@ impl Ledger {
         let (debit, amount) = self.check_debit(device, m, None)?;
         let clearing = self.ensure_clearing(&m.asset, node, undo, changes)?;
         let change = Change::HoldPlaced {
-            pending_id: id.to_string(),
+            pending_id: IdKey::new(device, id).into_string(),
             debit,
             credit: clearing,
             asset: m.asset.clone(),

@@ -7,6 +7,7 @@ use super::apply::Undo;
 use super::change::{Change, Floor};
 use super::command::{Command, Flag, Movement, Op};
 use super::holds::{Hold, HoldState};
+use super::idempotency::IdKey;
 use super::ledger::Ledger;
 use super::money::{format_minor, AssetSpec, Minor};
 use super::reply::{quoted, BalanceView, Code, OpResult, Rejection, Reply, Resolution, Status};
@@ -64,7 +65,7 @@ impl Ledger {
                     None => None,
                 };
                 let change = Change::HoldPlaced {
-                    pending_id: id.to_string(),
+                    pending_id: IdKey::new(device, id).into_string(),
                     debit,
                     credit,
                     asset: movement.asset.clone(),
@@ -79,7 +80,7 @@ impl Ledger {
                 Ok(reply)
             }
             Op::Post { pending_id, amount } => {
-                let hold = self.pending_hold(device, pending_id, now_ms)?;
+                let (key, hold) = self.pending_hold(device, pending_id, now_ms)?;
                 let spec = self.assets.get(&hold.asset).expect("hold asset is known");
                 let posted = match amount {
                     None => hold.amount,
@@ -95,7 +96,7 @@ impl Ledger {
                     }
                 };
                 let released = hold.amount - posted;
-                let change = self.resolution_of(pending_id, Resolution::Posted, posted);
+                let change = self.resolution_of(key.as_str(), Resolution::Posted, posted);
                 self.change(change, undo, changes)?;
                 let mut reply = Reply::ok(id, Status::Committed, 0, format!("pending {pending_id} posted"));
                 reply.posted = Some(format_minor(posted, spec.scale));
@@ -103,8 +104,8 @@ impl Ledger {
                 Ok(reply)
             }
             Op::Void { pending_id } => {
-                self.pending_hold(device, pending_id, now_ms)?;
-                let change = self.resolution_of(pending_id, Resolution::Voided, 0);
+                let (key, _) = self.pending_hold(device, pending_id, now_ms)?;
+                let change = self.resolution_of(key.as_str(), Resolution::Voided, 0);
                 self.change(change, undo, changes)?;
                 Ok(Reply::ok(id, Status::Committed, 0, format!("pending {pending_id} voided")))
             }
@@ -176,7 +177,7 @@ impl Ledger {
         }
         let mut results = Vec::with_capacity(ops.len());
         for (i, op) in ops.iter().enumerate() {
-            if self.ids.contains(&op.id) {
+            if self.ids.contains(IdKey::new(device, &op.id).as_str()) {
                 return Err(Rejection::new(Code::IdConflict, format!("ops[{i}].id: {:?} was already used", op.id)));
             }
             if let Op::Transfer(m) = &op.op {
@@ -253,11 +254,19 @@ impl Ledger {
         Address::split(address).remote_node(&self.node_id)
     }
 
-    fn pending_hold(&self, device: Option<&str>, pending_id: &str, now_ms: u64) -> Result<Hold, Rejection> {
-        let hold = self
-            .holds
-            .get(pending_id)
-            .ok_or_else(|| Rejection::new(Code::UnknownPending, format!("pending_id: no hold {pending_id:?} on this node")))?;
+    /// The pending hold a device names: one it placed itself (its own id), or another
+    /// device's as `device:id` (the key operators see). Either way only a device that may
+    /// debit the hold's account resolves it.
+    fn pending_hold(&self, device: Option<&str>, pending_id: &str, now_ms: u64) -> Result<(IdKey, Hold), Rejection> {
+        let own = IdKey::new(device, pending_id);
+        let other = IdKey::parse(pending_id).filter(|k| !k.principal().is_empty());
+        let key = [Some(own), other].into_iter().flatten().find(|k| self.holds.contains(k.as_str())).ok_or_else(|| {
+            Rejection::new(
+                Code::UnknownPending,
+                format!("pending_id: no hold {pending_id:?} of this device on this node (another device's hold is named device:id)"),
+            )
+        })?;
+        let hold = self.holds.get(key.as_str()).expect("found above");
         self.permit(device, &hold.debit, "pending_id")?;
         if let Some(remote) = &hold.remote {
             return Err(Rejection::new(
@@ -278,7 +287,7 @@ impl Ledger {
             HoldState::Pending if hold.expires_at_ms.is_some_and(|t| t <= now_ms) => {
                 Err(Rejection::new(Code::PendingExpired, format!("pending_id: {pending_id} has expired")))
             }
-            HoldState::Pending => Ok(hold.clone()),
+            HoldState::Pending => Ok((key, hold.clone())),
         }
     }
 

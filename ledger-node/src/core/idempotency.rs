@@ -1,11 +1,61 @@
 //! Every id takes effect once: the recorded result of each id, and the fingerprint that
 //! tells a resend (same content: the recorded reply again, marked `duplicate`) from a
-//! conflict (same id, other content: `id_conflict`).
+//! conflict (same id, other content: `id_conflict`). Ids are scoped to the device that
+//! chose them (`IdKey`): two devices may use the same id, and no device can take another's.
 
 use super::command::Command;
 use super::reply::Reply;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+
+/// An id as the ledger keys it: the principal that sent it (a device id, `~operator`) and
+/// the id it chose. Written `principal:id`; device ids and `~operator` hold no `:`, so the
+/// first `:` splits it. Holds, id records and cross-node transfer keys all use this form;
+/// devices see only their own id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdKey(String);
+
+impl IdKey {
+    pub fn new(principal: Option<&str>, id: &str) -> IdKey {
+        let principal = principal.unwrap_or("");
+        debug_assert!(!principal.contains(':'), "principals hold no ':'");
+        IdKey(format!("{principal}:{id}"))
+    }
+
+    /// Reads a key back from its written form (a hold's `pending_id`, a transfer key's id).
+    pub fn parse(text: &str) -> Option<IdKey> {
+        text.contains(':').then(|| IdKey(text.to_string()))
+    }
+
+    /// The principal that chose the id (empty when none was known).
+    pub fn principal(&self) -> &str {
+        self.0.split_once(':').map_or("", |(p, _)| p)
+    }
+
+    /// The id as its sender wrote it.
+    pub fn id(&self) -> &str {
+        sender_id(&self.0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Display for IdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id a device wrote, from a key in the ledger's form (`principal:id`).
+pub fn sender_id(key: &str) -> &str {
+    key.split_once(':').map_or(key, |(_, id)| id)
+}
 
 /// The recorded result of an id: what a resend with the same content gets back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use super::address::TransferKey;
 use super::change::{Change, EntryBody};
 use super::command::{Command, Journaled, NodeCommand, NodeOp, Op};
 use super::holds::{Hold, HoldState, Holds};
-use super::idempotency::{fingerprint, fingerprint_in_batch, IdIndex, Recorded};
+use super::idempotency::{fingerprint, fingerprint_in_batch, sender_id, IdIndex, IdKey, Recorded};
 use super::invariants::{check_books, check_totals, InvariantError};
 use super::money::{format_minor, Assets};
 use super::permissions::Permissions;
@@ -106,6 +106,7 @@ impl Ledger {
         self.accounts.iter()
     }
 
+    /// A hold by its key (`principal:id`, see `IdKey`).
     pub fn hold(&self, pending_id: &str) -> Option<&Hold> {
         self.holds.get(pending_id)
     }
@@ -139,13 +140,16 @@ impl Ledger {
         self.received.iter()
     }
 
-    pub fn recorded(&self, id: &str) -> Option<&Recorded> {
-        self.ids.get(id)
+    /// The recorded result of the id `principal` sent.
+    pub fn recorded(&self, principal: Option<&str>, id: &str) -> Option<&Recorded> {
+        self.ids.get(IdKey::new(principal, id).as_str())
     }
 
-    /// Restores an id record read back from storage at start-up.
-    pub fn restore_recorded(&mut self, id: String, recorded: Recorded) {
-        self.ids.insert(id, recorded);
+    /// Restores an id record read back from storage at start-up (`key` as `IdKey` writes
+    /// it).
+    pub fn restore_recorded(&mut self, key: String, recorded: Recorded) {
+        debug_assert!(IdKey::parse(&key).is_some(), "stored id records are keyed principal:id");
+        self.ids.insert(key, recorded);
     }
 
     /// Takes the assets an entry's opened accounts record (for an audit without config).
@@ -182,11 +186,12 @@ impl Ledger {
         }
 
         let fingerprint = fingerprint(device, &command);
-        if let Some(recorded) = self.ids.get(&command.id) {
+        let key = IdKey::new(device, &command.id);
+        if let Some(recorded) = self.ids.get(key.as_str()) {
             let reply = match recorded.resend(&fingerprint) {
                 Some(mut reply) => {
                     // A device that missed the notice learns the outcome from its resend.
-                    if let Some(HoldState::Resolved(r)) = self.holds.get(&command.id).map(|h| h.state) {
+                    if let Some(HoldState::Resolved(r)) = self.holds.get(key.as_str()).map(|h| h.state) {
                         reply.resolution = (reply.status == Status::Pending).then_some(r);
                     }
                     reply
@@ -219,8 +224,8 @@ impl Ledger {
                 self.rollback(undo);
                 let reply = Reply::rejected(Some(&command.id), rejection);
                 let recorded = Recorded { fingerprint, reply: reply.clone() };
-                self.ids.insert(command.id.clone(), recorded.clone());
-                effects.recorded.push((command.id, recorded));
+                self.ids.insert(key.as_str().to_string(), recorded.clone());
+                effects.recorded.push((key.into_string(), recorded));
                 effects.reply = Some(reply);
             }
         }
@@ -305,10 +310,12 @@ impl Ledger {
                         let status = if matches!(op.op, Op::Hold { .. }) { Status::Pending } else { Status::Committed };
                         let inner = Reply::ok(&op.id, status, body.seq, format!("{} committed in batch {}", op.op.name(), command.id));
                         let inner_fingerprint = fingerprint_in_batch(body.device.as_deref(), &command.id, op);
-                        self.ids.insert(op.id.clone(), Recorded { fingerprint: inner_fingerprint, reply: inner });
+                        let key = IdKey::new(body.device.as_deref(), &op.id);
+                        self.ids.insert(key.into_string(), Recorded { fingerprint: inner_fingerprint, reply: inner });
                     }
                 }
-                self.ids.insert(command.id.clone(), Recorded { fingerprint, reply: reply.clone() });
+                let key = IdKey::new(body.device.as_deref(), &command.id);
+                self.ids.insert(key.into_string(), Recorded { fingerprint, reply: reply.clone() });
             }
         }
     }
@@ -333,7 +340,8 @@ impl Ledger {
             out.push(Notice {
                 device: owner.clone(),
                 event: "pending_resolved",
-                pending_id: pending_id.clone(),
+                // The owner named the hold with its own id.
+                pending_id: sender_id(pending_id).to_string(),
                 resolution: *resolution,
                 amount: format_minor(*posted, scale),
                 seq,

@@ -27,7 +27,9 @@ const REPLICA_SIGNED: TableDefinition<&str, &[u8]> = TableDefinition::new("repli
 
 /// The file name of a node's database inside its data directory.
 pub const DB_FILE: &str = "ledger.redb";
-const FORMAT: &str = "edgeledger-1";
+/// `edgeledger-2`: ids are keyed per sender (`principal:id`) in holds, id records and
+/// cross-node transfer keys. Files of format 1 are refused (see `StoreError::Format`).
+const FORMAT: &str = "edgeledger-2";
 
 pub struct Store {
     db: Database,
