@@ -20,6 +20,17 @@ pub const START_DEADLINE: Duration = Duration::from_secs(60);
 pub const REPLY_DEADLINE: Duration = Duration::from_secs(20);
 
 /// A free TCP port on 127.0.0.1 (bound and released; the OS does not hand it out again soon).
+/// `GET path` from a node's metrics listener on `port`: the whole HTTP response.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

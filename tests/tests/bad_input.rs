@@ -267,3 +267,53 @@ async fn a_wrong_password_flood_costs_bounded_memory() {
     let reply = till.request(cmd::open("after-flood", "wallet:till-1", "EUR", &[])).await;
     assert_eq!(reply["code"], "ok", "{reply}");
 }
+
+/// An MQTT 3.1.1 CONNECT with a password, sent from `source` (any 127.0.0.0/8 address is
+/// this machine): whether the broker accepted it (CONNACK, return code 0).
+async fn login_from(source: [u8; 4], port: u16, client_id: &str, password: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let field = |text: &str| [&(text.len() as u16).to_be_bytes()[..], text.as_bytes()].concat();
+    let mut body = [&[0, 4][..], b"MQTT", &[4, 0xC2, 0, 30]].concat();
+    for text in [client_id, client_id, password] {
+        body.extend(field(text));
+    }
+    assert!(body.len() < 128, "one-byte remaining length");
+    let packet = [&[0x10, body.len() as u8][..], &body].concat();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((std::net::Ipv4Addr::from(source), 0).into()).unwrap();
+    let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.expect("tcp connect");
+    stream.write_all(&packet).await.unwrap();
+    let mut connack = [0u8; 4];
+    let read = tokio::time::timeout(harness::REPLY_DEADLINE, stream.read_exact(&mut connack)).await.expect("an answer in time");
+    read.is_ok() && connack == [0x20, 2, 0, 0]
+}
+
+/// Failed logins back off per source address as well as per device id: an address that
+/// keeps failing (here by guessing device ids, which costs no password check) waits even
+/// with a right password, while other addresses and devices already known go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_back_off_per_source_address() {
+    let hash = broker::hash_password("right");
+    let metrics = harness::free_port();
+    let extra = ["till-1", "till-2", "till-3"]
+        .map(|id| format!("[[devices]]\nid = \"{id}\"\npassword_hash = \"{hash}\"\nmay_debit = [\"*\"]\n\n"))
+        .concat()
+        + &format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n");
+    let node = NodeProcess::start(NodeOptions { extra_toml: extra, ..NodeOptions::default() });
+    const GUESSER: [u8; 4] = [127, 0, 0, 1];
+    const NEIGHBOUR: [u8; 4] = [127, 0, 0, 2];
+    assert!(login_from(GUESSER, node.port, "till-3", "right").await, "till-3 logs in before the guessing");
+    // 14 failures: the 10 free ones, then waits of 1, 2, 4 and 8 s; the last runs 16 s,
+    // longer than the rest of this test.
+    for i in 0..broker::FREE_ADDRESS_FAILURES + 4 {
+        assert!(!login_from(GUESSER, node.port, &format!("ghost-{i}"), "guess").await);
+    }
+    assert!(!login_from(GUESSER, node.port, "till-1", "right").await, "the guessing address waits, right password or not");
+    assert!(login_from(NEIGHBOUR, node.port, "till-1", "right").await, "another address is not held back");
+    assert!(login_from(GUESSER, node.port, "till-1", "right").await, "a password already verified passes the back-off");
+    assert!(login_from(GUESSER, node.port, "till-3", "right").await, "so does the device that logged in before");
+    assert!(!login_from(GUESSER, node.port, "till-2", "right").await, "a first login from the guessing address still waits");
+    let metrics = harness::http_get(metrics, "/metrics");
+    let backed_off = metrics.lines().find(|l| l.starts_with("edgeledger_logins_backed_off_total ")).expect("the metric");
+    assert_ne!(backed_off, "edgeledger_logins_backed_off_total 0", "{backed_off}");
+}

@@ -4,19 +4,13 @@
 //! handshake change nothing for anybody else, and the listener stays up (`/health` 200).
 
 use harness::{cmd, free_port, Device, NodeOptions, NodeProcess, TestPki};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::time::Duration;
 
 const PASSWORD: &str = "till-secret";
 
 fn health(port: u16) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+    harness::http_get(port, "/health")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -119,7 +119,7 @@ impl Collector for BrokerCounters {
         let metric = encoder.encode_descriptor("edgeledger_topic_policy_refused", help, None, counter.metric_type())?;
         counter.encode(metric)?;
         let backed_off = ConstCounter::new(broker::LOGINS_BACKED_OFF.load(Ordering::Relaxed));
-        let help = "Logins refused without a password check: their device id had too many wrong passwords in a row.";
+        let help = "Logins refused without a password check: their device id or source address had too many failed logins.";
         let metric = encoder.encode_descriptor("edgeledger_logins_backed_off", help, None, backed_off.metric_type())?;
         backed_off.encode(metric)
     }

@@ -86,8 +86,11 @@ pub type Cursor = (u64, u64);
 pub type ClientId = String;
 pub type AuthUser = String;
 pub type AuthPass = String;
+/// edgeledger patch: the handler also gets the client's source address, so that failed
+/// logins can back off per address as well as per client id.
+pub type AuthPeer = std::net::IpAddr;
 pub type AuthHandler = Arc<
-    dyn Fn(ClientId, AuthUser, AuthPass) -> Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+    dyn Fn(ClientId, AuthUser, AuthPass, AuthPeer) -> Pin<Box<dyn std::future::Future<Output = bool> + Send>>
         + Send
         + Sync,
 >;
@@ -162,7 +165,7 @@ pub struct ServerSettings {
 impl ServerSettings {
     pub fn set_auth_handler<F, O>(&mut self, auth_fn: F)
     where
-        F: Fn(ClientId, AuthUser, AuthPass) -> O + Send + Sync + 'static,
+        F: Fn(ClientId, AuthUser, AuthPass, AuthPeer) -> O + Send + Sync + 'static,
         O: IntoFuture<Output = bool> + 'static,
         O::IntoFuture: Send,
     {
@@ -208,12 +211,12 @@ pub type CertificateClients = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 impl ConnectionSettings {
     pub fn set_auth_handler<F, O>(&mut self, auth_fn: F)
     where
-        F: Fn(ClientId, AuthUser, AuthPass) -> O + Send + Sync + 'static,
+        F: Fn(ClientId, AuthUser, AuthPass, AuthPeer) -> O + Send + Sync + 'static,
         O: IntoFuture<Output = bool> + 'static,
         O::IntoFuture: Send,
     {
-        self.external_auth = Some(Arc::new(move |client_id, username, password| {
-            let auth = auth_fn(client_id, username, password).into_future();
+        self.external_auth = Some(Arc::new(move |client_id, username, password, peer| {
+            let auth = auth_fn(client_id, username, password, peer).into_future();
             Box::pin(auth)
         }));
     }

@@ -183,6 +183,7 @@ pub async fn mqtt_connect<P>(
     config: Arc<ConnectionSettings>,
     network: &mut Network<P>,
     identity: Option<&str>,
+    peer: std::net::IpAddr,
 ) -> Result<Packet, Error>
 where
     P: Protocol,
@@ -214,7 +215,7 @@ where
                 return Err(Error::InvalidAuth);
             }
         }
-        None => handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?,
+        None => handle_auth(config.clone(), login.as_ref(), &connect.client_id, peer).await?,
     }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
@@ -246,6 +247,7 @@ async fn handle_auth(
     config: Arc<ConnectionSettings>,
     login: Option<&Login>,
     client_id: &str,
+    peer: std::net::IpAddr,
 ) -> Result<(), Error> {
     if config.auth.is_none() && config.external_auth.is_none() {
         return Ok(());
@@ -265,6 +267,7 @@ async fn handle_auth(
             client_id.to_owned(),
             username.to_owned(),
             password.to_owned(),
+            peer,
         )
         .await
         {
@@ -317,7 +320,7 @@ mod tests {
     #[tokio::test]
     async fn no_login_no_auth() {
         let cfg = Arc::new(config());
-        let r = handle_auth(cfg, None, "").await;
+        let r = handle_auth(cfg, None, "", [127, 0, 0, 1].into()).await;
         assert!(r.is_ok());
     }
 
@@ -325,7 +328,7 @@ mod tests {
     async fn some_login_no_auth() {
         let cfg = Arc::new(config());
         let login = login();
-        let r = handle_auth(cfg, Some(&login), "").await;
+        let r = handle_auth(cfg, Some(&login), "", [127, 0, 0, 1].into()).await;
         assert!(r.is_ok());
     }
 
@@ -338,7 +341,7 @@ mod tests {
         let mut cfg = config();
         cfg.auth = Some(map);
 
-        let r = handle_auth(Arc::new(cfg), Some(&login), "").await;
+        let r = handle_auth(Arc::new(cfg), Some(&login), "", [127, 0, 0, 1].into()).await;
         assert!(r.is_ok());
     }
 
@@ -351,7 +354,7 @@ mod tests {
         let mut cfg = config();
         cfg.auth = Some(map);
 
-        let r = handle_auth(Arc::new(cfg), Some(&login), "").await;
+        let r = handle_auth(Arc::new(cfg), Some(&login), "", [127, 0, 0, 1].into()).await;
         assert!(r.is_err());
     }
 
@@ -362,13 +365,13 @@ mod tests {
         let mut map = HashMap::<String, String>::new();
         map.insert("wrong".to_owned(), "wrong".to_owned());
 
-        let dynamic = |_: String, _: String, _: String| async { true };
+        let dynamic = |_: String, _: String, _: String, _: std::net::IpAddr| async { true };
 
         let mut cfg = config();
         cfg.auth = Some(map);
         cfg.set_auth_handler(dynamic);
 
-        let r = handle_auth(Arc::new(cfg), Some(&login), "").await;
+        let r = handle_auth(Arc::new(cfg), Some(&login), "", [127, 0, 0, 1].into()).await;
         assert!(r.is_ok());
     }
 
@@ -379,20 +382,20 @@ mod tests {
         let mut map = HashMap::<String, String>::new();
         map.insert("wrong".to_owned(), "wrong".to_owned());
 
-        let dynamic = |_: String, _: String, _: String| async { false };
+        let dynamic = |_: String, _: String, _: String, _: std::net::IpAddr| async { false };
 
         let mut cfg = config();
         cfg.auth = Some(map);
         cfg.set_auth_handler(dynamic);
 
-        let r = handle_auth(Arc::new(cfg), Some(&login), "").await;
+        let r = handle_auth(Arc::new(cfg), Some(&login), "", [127, 0, 0, 1].into()).await;
         assert!(r.is_err());
     }
 
     #[tokio::test]
     async fn external_auth_clousre_or_fnptr_type_check_or_fail_compile() {
-        let closure = |_: String, _: String, _: String| async { false };
-        async fn fnptr(_: String, _: String, _: String) -> bool {
+        let closure = |_: String, _: String, _: String, _: std::net::IpAddr| async { false };
+        async fn fnptr(_: String, _: String, _: String, _: std::net::IpAddr) -> bool {
             true
         }
 

@@ -470,7 +470,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     ),
                 };
                 // edgeledger patch: no tenants; a client certificate's name is its identity.
-                remote(config, identity, router_tx, network, protocol, awaiting_will_handler)
+                remote(config, identity, addr.ip(), router_tx, network, protocol, awaiting_will_handler)
                     .instrument(span)
                     .await
             });
@@ -506,6 +506,7 @@ impl Callback for WSCallback {
 async fn remote<P: Protocol>(
     config: Arc<ConnectionSettings>,
     identity: Option<String>,
+    peer: std::net::IpAddr,
     router_tx: Sender<(ConnectionId, Event)>,
     stream: Box<dyn N>,
     protocol: P,
@@ -522,7 +523,7 @@ async fn remote<P: Protocol>(
     let topic_policy = config.topic_policy.clone();
 
     let tenant_id: Option<String> = None;
-    let connect_packet = match mqtt_connect(config, &mut network, identity.as_deref()).await {
+    let connect_packet = match mqtt_connect(config, &mut network, identity.as_deref(), peer).await {
         Ok(p) => p,
         Err(e) => {
             error!(error=?e, "Error while handling MQTT connect packet");
