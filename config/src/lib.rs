@@ -172,6 +172,10 @@ pub struct LedgerSection {
     pub max_amount: String,
     #[serde(default = "default_max_hold_timeout_s")]
     pub max_hold_timeout_s: u64,
+    /// Id records an edge keeps in RAM, most recent first; older ones are read back from
+    /// its file when a resend needs them.
+    #[serde(default = "default_id_cache_entries")]
+    pub id_cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -269,6 +273,9 @@ fn default_max_amount() -> String {
 fn default_max_hold_timeout_s() -> u64 {
     30 * 24 * 3600
 }
+fn default_id_cache_entries() -> usize {
+    100_000
+}
 fn default_max_batch() -> usize {
     2_000
 }
@@ -320,6 +327,7 @@ impl Default for LedgerSection {
             max_batch_ops: default_max_batch_ops(),
             max_amount: default_max_amount(),
             max_hold_timeout_s: default_max_hold_timeout_s(),
+            id_cache_entries: default_id_cache_entries(),
         }
     }
 }
@@ -357,6 +365,8 @@ fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub const MAX_COMMIT_BATCH: usize = 100_000;
 pub const MAX_COMMIT_WAIT_US: u64 = 1_000_000;
 pub const MAX_BATCH_OPS: usize = 1_000;
+/// Most id records an edge may keep in RAM (a few hundred bytes each).
+pub const MAX_ID_CACHE_ENTRIES: usize = 50_000_000;
 pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
 pub const MAX_SCALE: u32 = 8;
 pub const MAX_HOLD_TIMEOUT_S: u64 = 366 * 24 * 3600;
@@ -498,6 +508,9 @@ impl NodeConfig {
         }
         if self.ledger.max_command_bytes < 256 || self.ledger.max_command_bytes > MAX_COMMAND_BYTES {
             return Err(err("ledger.max_command_bytes", format!("must be between 256 and {MAX_COMMAND_BYTES}")));
+        }
+        if self.ledger.id_cache_entries == 0 || self.ledger.id_cache_entries > MAX_ID_CACHE_ENTRIES {
+            return Err(err("ledger.id_cache_entries", format!("must be between 1 and {MAX_ID_CACHE_ENTRIES}")));
         }
         if self.ledger.max_batch_ops == 0 || self.ledger.max_batch_ops > MAX_BATCH_OPS {
             return Err(err("ledger.max_batch_ops", format!("must be between 1 and {MAX_BATCH_OPS}")));

@@ -86,7 +86,7 @@ fn two_devices_use_the_same_id_and_each_gets_its_own_effect() {
     assert!(!c.duplicate && c.seq != a.seq, "{c:?}");
 
     // The journal alone rebuilds each device's records apart.
-    let rebuilt = node.rebuilt();
+    let mut rebuilt = node.rebuilt();
     for device in ["dev-a", "dev-b", "dev-c"] {
         assert_eq!(rebuilt.recorded(Some(device), "t-1"), node.ledger.recorded(Some(device), "t-1"), "{device}");
         assert!(rebuilt.recorded(Some(device), "t-1").is_some());

@@ -1,17 +1,24 @@
 //! The ledger core against a small reference model, over random command sequences:
 //! duplicates, id conflicts, holds with partial posts, voids and expiries, batches and
 //! overdraft attempts. After every step it checks SPEC §8 invariants 1, 2, 3 and 5 and that
-//! the core's balances equal the model's.
+//! the core's balances equal the model's. The core keeps only `ID_CACHE` id records in RAM
+//! and reads the rest back from an archive written one group late, as the node's committer
+//! writes its file: a resend of an id long evicted must still be a duplicate.
 
+mod common;
+
+use common::{Archive, Written};
 use ledger::core::command;
+use ledger::core::idempotency::IdRecord;
 use ledger::core::journal::{Chain, Entry, GENESIS};
 use ledger::core::money::Assets;
 use ledger::core::reply::Reply;
-use ledger::core::{Effects, Ledger, Limits, Permissions};
+use ledger::core::{Effects, EntryBody, Ledger, Limits, Permissions};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 const DEVICE: &str = "dev-1";
 const NODE: &str = "test/edge-1";
@@ -370,8 +377,21 @@ fn new_ledger() -> Ledger {
     Ledger::new(NODE, assets, Limits { max_batch_ops: 10, max_hold_timeout_s: 3600 }, Permissions::open())
 }
 
+/// Id records in RAM: fewer than one batch's ops, so that most lookups go to the archive.
+const ID_CACHE: usize = 3;
+
+/// A group applied and not yet committed.
+#[derive(Default)]
+struct Unwritten {
+    number: u64,
+    ids: Vec<(String, IdRecord)>,
+    bodies: Vec<EntryBody>,
+}
+
 struct Harness {
     ledger: Ledger,
+    written: Arc<Mutex<Written>>,
+    unwritten: Option<Unwritten>,
     model: Model,
     /// Entries sealed as the committer seals them.
     journal: Vec<Entry>,
@@ -385,8 +405,13 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
+        let written = Arc::new(Mutex::new(Written::default()));
+        let mut ledger = new_ledger();
+        ledger.archive_ids(ID_CACHE, Box::new(Archive(written.clone())));
         Harness {
-            ledger: new_ledger(),
+            ledger,
+            written,
+            unwritten: None,
             model: Model::default(),
             journal: Vec::new(),
             chain: Chain::default(),
@@ -403,10 +428,24 @@ impl Harness {
             let sealed = self.chain.seal(entry);
             self.journal.push(sealed);
         }
+        let group = self.unwritten.as_mut().expect("a group is open");
+        group.ids.extend(effects.recorded.iter().cloned());
+        group.bodies.extend(effects.entry.iter().cloned());
     }
 
-    /// What the shell does per group: expire what is due, then apply the command.
+    /// The committer's side: the open group becomes durable, and the ledger hears of it.
+    fn commit(&mut self) {
+        let Some(group) = self.unwritten.take() else { return };
+        self.written.lock().unwrap().commit(group.ids, group.bodies);
+        self.ledger.group_durable(group.number);
+    }
+
+    /// What the shell does per group: expire what is due, then apply the command. The
+    /// previous group is committed only now, while this one is applied (as the intake and
+    /// the committer overlap).
     fn send(&mut self, c: Value) {
+        let number = self.ledger.next_group();
+        let previous = self.unwritten.replace(Unwritten { number, ..Unwritten::default() });
         let expired = self.ledger.expire_due(self.now);
         for e in &expired {
             self.collect(e);
@@ -416,6 +455,10 @@ impl Harness {
         let parsed = command::parse(c.to_string().as_bytes(), 10).unwrap_or_else(|e| panic!("{c}: {e:?}"));
         let effects = self.ledger.submit(Some(DEVICE), parsed, self.now);
         self.collect(&effects);
+        // The previous group's commit returns while this one was applied.
+        let current = std::mem::replace(&mut self.unwritten, previous);
+        self.commit();
+        self.unwritten = current;
         let reply = effects.reply.clone().expect("every command gets a reply");
         let (status, code, seq, duplicate) = self.model.command(&c, self.now);
         let got_status = serde_json::to_value(reply.status).unwrap();
@@ -523,6 +566,10 @@ proptest! {
             }
         }
 
+        h.commit();
+        let (in_ram, stats) = h.ledger.id_cache();
+        prop_assert!(in_ram <= ID_CACHE, "{} id records in RAM", in_ram);
+        prop_assert!(stats.evictions > 0 || h.replies.len() <= ID_CACHE);
         // Rebuilding from the journal alone gives the same books.
         let mut rebuilt = new_ledger();
         let mut chain = Chain::default();

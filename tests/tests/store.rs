@@ -65,7 +65,7 @@ const KWH3: &str = "[[assets]]\ncode = \"KWH\"\nscale = 3\n";
 fn a_clean_file_loads_and_balances() {
     let dir = tempfile::tempdir().unwrap();
     booked(dir.path(), KWH3);
-    let ledger = load(dir.path(), KWH3).unwrap();
+    let mut ledger = load(dir.path(), KWH3).unwrap();
     assert_eq!(ledger.head().seq, 4);
     assert_eq!(ledger.account("meter").unwrap().posted, 3250);
     assert!(ledger.recorded(Some("dev"), "t2").is_some(), "the journal restores the ids of accepted commands");

@@ -32,7 +32,10 @@ impl Audit {
     pub fn new(node_id: &str) -> Audit {
         let assets = Assets::new(&[], |_| Decimal::from(i64::MAX));
         let limits = Limits { max_batch_ops: usize::MAX, max_hold_timeout_s: u64::MAX };
-        Audit { chain: Chain::default(), ledger: Ledger::new(node_id, assets, limits, Permissions::open()) }
+        let mut ledger = Ledger::new(node_id, assets, limits, Permissions::open());
+        // An audit checks chains and sums; it answers no command, so it keeps no id records.
+        ledger.forget_ids();
+        Audit { chain: Chain::default(), ledger }
     }
 
     /// The sequence number the next entry must carry.

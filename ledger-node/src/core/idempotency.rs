@@ -3,10 +3,11 @@
 //! conflict (same id, other content: `id_conflict`). Ids are scoped to the device that
 //! chose them (`IdKey`): two devices may use the same id, and no device can take another's.
 
-use super::command::Command;
-use super::reply::Reply;
+use super::change::EntryBody;
+use super::command::{Command, Journaled, Op};
+use super::reply::{Reply, Status};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 /// An id as the ledger keys it: the principal that sent it (a device id, `~operator`) and
 /// the id it chose. Written `principal:id`; device ids and `~operator` hold no `:`, so the
@@ -72,41 +73,178 @@ impl Recorded {
     }
 }
 
-/// Shards of the id index. One map of a million records stalls the node for most of a
-/// second each time it doubles; a thousand maps each grow a thousandth at a time.
-const ID_SHARDS: usize = 1024;
+/// Where the id records that left RAM are read back: the node's file. The core only reads
+/// through it (the shell writes every record in the same commit as its group), so its
+/// answers are those of the last durable commit; records of groups not yet durable stay in
+/// RAM until they are.
+pub trait IdArchive: Send {
+    fn lookup(&self, key: &str) -> Option<Recorded>;
+}
 
-/// Every id's recorded result, boxed so that growing a shard moves pointers, not replies.
-/// Ids are chosen by devices, so each shard's table keeps std's keyed (SipHash) hashing:
-/// crafted ids cannot pile into one bucket chain.
+/// The id records a node keeps in RAM: all of them (tools, tests, the default), none (a
+/// region's replicas, which never answer resends), or the most recent `capacity` with the
+/// rest in an `IdArchive`. A record is evicted only once the group that made it is durable,
+/// so an id is never treated as new: it is in RAM, or on disk.
 pub struct IdIndex {
-    shards: Vec<HashMap<String, Box<Recorded>>>,
+    map: HashMap<String, Cached>,
+    /// Insertion order, oldest first: what eviction takes.
+    order: VecDeque<String>,
+    mode: Keep,
+    /// Records of groups up to this one are durable (see `IdIndex::durable`).
+    durable_group: u64,
+    group: u64,
+    pub stats: IdCacheStats,
+}
+
+enum Keep {
+    All,
+    Nothing,
+    Recent { capacity: usize, archive: Box<dyn IdArchive> },
+}
+
+struct Cached {
+    recorded: Box<Recorded>,
+    group: u64,
+}
+
+/// Counters of the id cache since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IdCacheStats {
+    pub hits: u64,
+    /// Looked up in the archive (new ids, and ids evicted from RAM).
+    pub misses: u64,
+    pub evictions: u64,
 }
 
 impl Default for IdIndex {
     fn default() -> IdIndex {
-        IdIndex { shards: (0..ID_SHARDS).map(|_| HashMap::default()).collect() }
+        IdIndex::with(Keep::All)
     }
 }
 
 impl IdIndex {
-    /// The shard from the high bits; the shard's table uses the low ones.
-    fn shard(id: &str) -> usize {
-        (fnv1a(id.as_bytes()) >> 54) as usize % ID_SHARDS
+    fn with(mode: Keep) -> IdIndex {
+        IdIndex { map: HashMap::new(), order: VecDeque::new(), mode, durable_group: 0, group: 0, stats: IdCacheStats::default() }
     }
 
-    pub fn get(&self, id: &str) -> Option<&Recorded> {
-        self.shards[Self::shard(id)].get(id).map(|b| &**b)
+    /// Keeps no records: for ledgers that replay a journal and never answer commands.
+    pub fn none() -> IdIndex {
+        IdIndex::with(Keep::Nothing)
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        self.shards[Self::shard(id)].contains_key(id)
+    /// Keeps the most recent `capacity` records in RAM and reads older ones from `archive`.
+    pub fn recent(capacity: usize, archive: Box<dyn IdArchive>) -> IdIndex {
+        assert!(capacity > 0, "an id cache holds at least one record");
+        IdIndex { map: HashMap::with_capacity(capacity.min(1 << 20)), ..IdIndex::with(Keep::Recent { capacity, archive }) }
     }
 
-    pub fn insert(&mut self, id: String, recorded: Recorded) {
-        let shard = Self::shard(&id);
-        self.shards[shard].insert(id, Box::new(recorded));
+    /// The record of `key`: from RAM, or else from the archive.
+    pub fn get(&mut self, key: &str) -> Option<Recorded> {
+        if let Some(cached) = self.map.get(key) {
+            self.stats.hits += 1;
+            return Some((*cached.recorded).clone());
+        }
+        match &self.mode {
+            Keep::Recent { archive, .. } => {
+                self.stats.misses += 1;
+                archive.lookup(key)
+            }
+            Keep::All | Keep::Nothing => None,
+        }
     }
+
+    pub fn contains(&mut self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Remembers `key`'s record as made by the current group.
+    pub fn insert(&mut self, key: String, recorded: Recorded) {
+        let capacity = match &self.mode {
+            Keep::Nothing => return,
+            Keep::All => usize::MAX,
+            Keep::Recent { capacity, .. } => *capacity,
+        };
+        let cached = Cached { recorded: Box::new(recorded), group: self.group };
+        if self.map.insert(key.clone(), cached).is_none() {
+            self.order.push_back(key);
+        }
+        self.evict(capacity);
+    }
+
+    /// Starts the next group of commands; returns its number, which the shell reports
+    /// back through `durable` once the group's commit returned.
+    pub fn next_group(&mut self) -> u64 {
+        self.group += 1;
+        self.group
+    }
+
+    /// Groups up to `group` are on disk: their records may leave RAM.
+    pub fn durable(&mut self, group: u64) {
+        debug_assert!(group <= self.group, "a group is durable only after it was made");
+        self.durable_group = self.durable_group.max(group);
+        if let Keep::Recent { capacity, .. } = self.mode {
+            self.evict(capacity);
+        }
+    }
+
+    /// Drops the oldest records beyond `capacity` that are durable. A record not yet
+    /// durable stops eviction: the cache then holds at most the records of the groups in
+    /// flight beyond its capacity.
+    fn evict(&mut self, capacity: usize) {
+        while self.map.len() > capacity {
+            let Some(oldest) = self.order.front() else { break };
+            if self.map.get(oldest).is_some_and(|c| c.group > self.durable_group) {
+                break;
+            }
+            let oldest = self.order.pop_front().expect("checked");
+            self.map.remove(&oldest);
+            self.stats.evictions += 1;
+        }
+    }
+
+    /// Records held in RAM.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Whether every record stays in RAM (then the store restores the rejected ones).
+    pub fn keeps_all(&self) -> bool {
+        matches!(self.mode, Keep::All)
+    }
+
+    pub fn keeps_nothing(&self) -> bool {
+        matches!(self.mode, Keep::Nothing)
+    }
+}
+
+/// An id record as the store writes it, in the same commit as its group: a rejection in
+/// full (no journal entry holds it), or where in the journal an accepted command's reply is
+/// (`op`: the index of a batch's op, `None` for the command itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdRecord {
+    Rejected(Box<Recorded>),
+    Journaled { fingerprint: String, seq: u64, op: Option<usize> },
+}
+
+/// The recorded result of an accepted command (or of op `op` of a batch) from its journal
+/// entry: what a resend gets back. `None` when the entry holds no such command.
+pub fn journaled_recorded(body: &EntryBody, fingerprint: String, op: Option<usize>) -> Option<Recorded> {
+    let reply = body.reply.as_ref()?;
+    let Journaled::Device(command) = &body.command else { return None };
+    let reply = match (op, &command.op) {
+        (None, _) => reply.clone(),
+        (Some(i), Op::Batch { ops }) => {
+            let op = ops.get(i)?;
+            let status = if matches!(op.op, Op::Hold { .. }) { Status::Pending } else { Status::Committed };
+            Reply::ok(&op.id, status, body.seq, format!("{} committed in batch {}", op.op.name(), command.id))
+        }
+        (Some(_), _) => return None,
+    };
+    Some(Recorded { fingerprint, reply })
 }
 
 /// BLAKE3 over the device and the canonical JSON of the command, so that no device can
@@ -125,11 +263,3 @@ pub fn fingerprint(device: Option<&str>, command: &impl Serialize) -> String {
 pub fn fingerprint_in_batch(device: Option<&str>, batch_id: &str, op: &Command) -> String {
     fingerprint(device, &Command { id: format!("{batch_id}/{}", op.id), op: op.op.clone() })
 }
-
-/// FNV-1a, 64 bits: spreads ids over the id shards.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(FNV_OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME))
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;

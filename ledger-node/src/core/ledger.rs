@@ -12,7 +12,9 @@ use super::address::TransferKey;
 use super::change::{Change, EntryBody};
 use super::command::{Command, Journaled, NodeCommand, NodeOp, Op};
 use super::holds::{Hold, HoldState, Holds};
-use super::idempotency::{fingerprint, fingerprint_in_batch, sender_id, IdIndex, IdKey, Recorded};
+use super::idempotency::{
+    fingerprint, fingerprint_in_batch, journaled_recorded, sender_id, IdArchive, IdCacheStats, IdIndex, IdKey, IdRecord, Recorded,
+};
 use super::invariants::{check_books, check_totals, InvariantError};
 use super::money::{format_minor, Assets};
 use super::permissions::Permissions;
@@ -20,14 +22,14 @@ use super::received::{Received, ReceivedIndex};
 use super::reply::{BalanceView, Code, Notice, Rejection, Reply, Resolution, Status};
 
 /// Everything the shell must do for one command: persist `entry` and `recorded` in one
-/// durable commit, then publish `reply` and `notices`. `recorded` holds the id records that
-/// are not in the journal (rejections); an accepted command's record is its entry.
+/// durable commit, then publish `reply` and `notices`. `recorded` holds every id the
+/// command took: a rejection in full, an accepted command as a pointer into its entry.
 #[derive(Debug, Clone, Default)]
 pub struct Effects {
     pub reply: Option<Reply>,
     /// Sealed (serialized, hashed, chained) by the committer, off the intake's hot path.
     pub entry: Option<EntryBody>,
-    pub recorded: Vec<(String, Recorded)>,
+    pub recorded: Vec<(String, IdRecord)>,
     pub notices: Vec<Notice>,
 }
 
@@ -140,9 +142,41 @@ impl Ledger {
         self.received.iter()
     }
 
-    /// The recorded result of the id `principal` sent.
-    pub fn recorded(&self, principal: Option<&str>, id: &str) -> Option<&Recorded> {
+    /// The recorded result of the id `principal` sent, from RAM or the id archive.
+    pub fn recorded(&mut self, principal: Option<&str>, id: &str) -> Option<Recorded> {
         self.ids.get(IdKey::new(principal, id).as_str())
+    }
+
+    /// Keeps only the most recent `capacity` id records in RAM; older ones are read back
+    /// from `archive` (the node's file). Set before the journal is loaded.
+    pub fn archive_ids(&mut self, capacity: usize, archive: Box<dyn IdArchive>) {
+        debug_assert!(self.ids.is_empty(), "the id cache is chosen before any record");
+        self.ids = IdIndex::recent(capacity, archive);
+    }
+
+    /// Keeps no id records: a replica, or an audit, that never answers a command.
+    pub fn forget_ids(&mut self) {
+        self.ids = IdIndex::none();
+    }
+
+    /// Whether the store must restore rejected ids into RAM (all records stay there).
+    pub fn keeps_all_ids(&self) -> bool {
+        self.ids.keeps_all()
+    }
+
+    /// Starts a group of commands (see `IdIndex::next_group`).
+    pub fn next_group(&mut self) -> u64 {
+        self.ids.next_group()
+    }
+
+    /// Groups up to `group` are durable: their id records may leave RAM.
+    pub fn group_durable(&mut self, group: u64) {
+        self.ids.durable(group);
+    }
+
+    /// The id cache: records in RAM, and its counters since start.
+    pub fn id_cache(&self) -> (usize, IdCacheStats) {
+        (self.ids.len(), self.ids.stats)
     }
 
     /// Restores an id record read back from storage at start-up (`key` as `IdKey` writes
@@ -216,7 +250,7 @@ impl Ledger {
                 // The entry carries the reply: for an accepted command the journal is the id
                 // record, so a commit appends sequentially instead of scattering id writes.
                 let body = self.append_entry(now_ms, device, Journaled::Device(command), changes, Some(reply.clone()));
-                self.remember_accepted(&body, fingerprint);
+                effects.recorded = self.remember_accepted(&body, fingerprint);
                 effects.entry = Some(body);
                 effects.reply = Some(reply);
             }
@@ -225,7 +259,7 @@ impl Ledger {
                 let reply = Reply::rejected(Some(&command.id), rejection);
                 let recorded = Recorded { fingerprint, reply: reply.clone() };
                 self.ids.insert(key.as_str().to_string(), recorded.clone());
-                effects.recorded.push((key.into_string(), recorded));
+                effects.recorded.push((key.into_string(), IdRecord::Rejected(Box::new(recorded))));
                 effects.reply = Some(reply);
             }
         }
@@ -265,7 +299,8 @@ impl Ledger {
         }
         self.apply_recorded(body.seq, &body.changes)?;
         self.head = Head { seq: body.seq, ts_ms: body.ts_ms };
-        if body.reply.is_some() {
+        let receives = matches!(body.command, Journaled::Node(NodeCommand { op: NodeOp::Receive { .. }, .. }));
+        if body.reply.is_some() && (receives || !self.ids.keeps_nothing()) {
             // `Journaled` serializes as the command it holds: the same bytes as when it ran.
             let fingerprint = fingerprint(body.device.as_deref(), &body.command);
             self.remember_accepted(body, fingerprint);
@@ -295,27 +330,33 @@ impl Ledger {
         EntryBody { seq, ts_ms, device: device.map(str::to_string), command, changes, reply }
     }
 
-    /// Records the ids of an accepted command (and of the ops of a batch) from its entry.
-    pub(super) fn remember_accepted(&mut self, body: &EntryBody, fingerprint: String) {
-        let Some(reply) = &body.reply else { return };
+    /// Records the ids of an accepted command (and of the ops of a batch) from its entry;
+    /// returns them as the store keeps them.
+    pub(super) fn remember_accepted(&mut self, body: &EntryBody, fingerprint: String) -> Vec<(String, IdRecord)> {
+        let Some(reply) = &body.reply else { return Vec::new() };
         match &body.command {
             Journaled::Node(NodeCommand { id, op: NodeOp::Receive { source, movement } }) => {
                 let recorded = Recorded { fingerprint, reply: reply.clone() };
                 self.received.insert(Received { source: source.clone(), id: id.clone(), movement: movement.clone(), recorded });
+                Vec::new()
             }
-            Journaled::Node(_) => {}
+            Journaled::Node(_) => Vec::new(),
             Journaled::Device(command) => {
+                let device = body.device.as_deref();
+                let mut records = Vec::new();
                 if let Op::Batch { ops } = &command.op {
-                    for op in ops {
-                        let status = if matches!(op.op, Op::Hold { .. }) { Status::Pending } else { Status::Committed };
-                        let inner = Reply::ok(&op.id, status, body.seq, format!("{} committed in batch {}", op.op.name(), command.id));
-                        let inner_fingerprint = fingerprint_in_batch(body.device.as_deref(), &command.id, op);
-                        let key = IdKey::new(body.device.as_deref(), &op.id);
-                        self.ids.insert(key.into_string(), Recorded { fingerprint: inner_fingerprint, reply: inner });
+                    for (i, op) in ops.iter().enumerate() {
+                        records.push((IdKey::new(device, &op.id), fingerprint_in_batch(device, &command.id, op), Some(i)));
                     }
                 }
-                let key = IdKey::new(body.device.as_deref(), &command.id);
-                self.ids.insert(key.into_string(), Recorded { fingerprint, reply: reply.clone() });
+                records.push((IdKey::new(device, &command.id), fingerprint, None));
+                let mut out = Vec::with_capacity(records.len());
+                for (key, fingerprint, op) in records {
+                    let recorded = journaled_recorded(body, fingerprint.clone(), op).expect("the entry holds the command");
+                    self.ids.insert(key.as_str().to_string(), recorded);
+                    out.push((key.into_string(), IdRecord::Journaled { fingerprint, seq: body.seq, op }));
+                }
+                out
             }
         }
     }

@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use bridge::Answer;
 use broker::link::{ReplyLink, ReplyTarget};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +42,8 @@ pub enum ReplyTo {
 /// The effects of one group of commands, in arrival order, with where each answer goes.
 #[derive(Default)]
 pub struct Group {
+    /// The ledger's number for it (`Ledger::next_group`), reported back once durable.
+    pub number: u64,
     pub outcomes: Vec<(Option<ReplyTo>, Effects)>,
 }
 
@@ -57,6 +60,9 @@ pub struct Committer {
     replies: ReplyLink,
     listener: Option<Box<dyn CommitListener>>,
     metrics: Arc<Metrics>,
+    /// The last group number whose commit returned: the intake lets its id records leave
+    /// RAM (they are in the file now).
+    durable: Arc<AtomicU64>,
 }
 
 impl Committer {
@@ -66,8 +72,9 @@ impl Committer {
         replies: ReplyLink,
         listener: Option<Box<dyn CommitListener>>,
         metrics: Arc<Metrics>,
+        durable: Arc<AtomicU64>,
     ) -> Committer {
-        Committer { store, chain, replies, listener, metrics }
+        Committer { store, chain, replies, listener, metrics, durable }
     }
 
     /// Commits groups in order and answers each only after its commit returned. Returns when
@@ -86,6 +93,7 @@ impl Committer {
                     tracing::warn!(ms = started.elapsed().as_millis() as u64, commands = group.outcomes.len(), "slow commit");
                 }
             }
+            self.durable.store(group.number, Ordering::Release);
             self.answer(group)?;
         }
         Ok(())

@@ -13,7 +13,9 @@ use crate::core::reply::{Code, Rejection, Reply};
 use crate::core::{Effects, Ledger, OPERATOR};
 use crate::error::NodeError;
 use crate::metrics::Metrics;
+use crate::store::IdFault;
 use broker::link::{CommandReader, DeviceCommand, Inbound};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +61,16 @@ pub struct Intake {
     committer: SyncSender<Group>,
     inbox: Option<Receiver<Call>>,
     metrics: Arc<Metrics>,
+    /// The last group the committer made durable (see `Committer`).
+    durable: Arc<AtomicU64>,
+    /// Set when an id record could not be read back from the file.
+    id_fault: IdFault,
+}
+
+/// Where the intake learns which groups are durable and whether reading ids back failed.
+pub struct IdsDurable {
+    pub durable: Arc<AtomicU64>,
+    pub fault: IdFault,
 }
 
 impl Intake {
@@ -68,8 +80,10 @@ impl Intake {
         limits: IntakeLimits,
         committer: SyncSender<Group>,
         metrics: Arc<Metrics>,
+        ids: IdsDurable,
     ) -> Intake {
-        Intake { ledger, commands, limits, stats: IntakeStats::default(), committer, inbox: None, metrics }
+        let IdsDurable { durable, fault: id_fault } = ids;
+        Intake { ledger, commands, limits, stats: IntakeStats::default(), committer, inbox: None, metrics, durable, id_fault }
     }
 
     /// Also takes requests from other nodes (the zenoh side queues them and wakes us).
@@ -137,6 +151,8 @@ impl Intake {
     }
 
     fn process(&mut self, group: &mut Vec<Incoming>) -> Result<(), NodeError> {
+        self.ledger.group_durable(self.durable.load(Ordering::Acquire));
+        let number = self.ledger.next_group();
         let now = now_ms();
         let mut outcomes: Vec<(Option<ReplyTo>, Effects)> = self.ledger.expire_due(now).into_iter().map(|e| (None, e)).collect();
         for incoming in group.drain(..) {
@@ -165,6 +181,13 @@ impl Intake {
                 }
             }
         }
+        // An id that could not be read back may have been taken for new: stop before
+        // anything of this group is written or answered.
+        if let Some(fault) = self.id_fault.take() {
+            return Err(NodeError::Store(fault));
+        }
+        let (entries, stats) = self.ledger.id_cache();
+        self.metrics.id_cache(entries, stats);
         if outcomes.is_empty() {
             return Ok(());
         }
@@ -172,7 +195,7 @@ impl Intake {
         self.ledger.check_totals()?;
         self.stats.groups += 1;
         self.committer
-            .send(Group { outcomes })
+            .send(Group { number, outcomes })
             .map_err(|_| NodeError::Stopped { part: "committer", why: "it no longer takes groups".to_string() })
     }
 

@@ -28,9 +28,15 @@ use std::time::Duration;
 /// Starts an edge on `store`; its parts run until one of them reports to `fatal`.
 pub fn start(config: &NodeConfig, store: Store, fatal: &Fatal) -> Result<(), NodeError> {
     check_listeners(config)?;
-    let mut ledger = ledger_for(config);
-    let chain = store.load(&mut ledger)?;
     let store = Arc::new(store);
+    let mut ledger = ledger_for(config);
+    // Recent id records in RAM, every one in the file (SPEC §4: exact for every id ever).
+    let (archive, id_fault) = crate::store::StoreIds::new(store.clone());
+    ledger.archive_ids(config.ledger.id_cache_entries, Box::new(archive));
+    let chain = store.load(&mut ledger)?;
+    if let Some(fault) = id_fault.take() {
+        return Err(NodeError::Store(fault));
+    }
     tracing::info!(node = %config.node.id, db = %store.path().display(), head = ledger.head().seq, "ledger loaded");
 
     // The node's own broker links (commands, and the waker with zenoh) are not devices.
@@ -75,9 +81,10 @@ pub fn start(config: &NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Nod
     let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT);
     // A node that cannot commit must stop at once: it would only keep taking commands
     // (PUBACK) that it can never answer.
-    let committer = Committer::new(store, chain, replies, listener, metrics.clone());
+    let durable = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let committer = Committer::new(store, chain, replies, listener, metrics.clone(), durable.clone());
     fatal.spawn("committer", move || committer.run(groups_rx))?;
-    let intake = Intake::new(ledger, commands, limits, groups_tx, metrics);
+    let intake = Intake::new(ledger, commands, limits, groups_tx, metrics, intake::IdsDurable { durable, fault: id_fault });
     let intake = match inbox {
         Some(queued) => intake.with_inbox(queued),
         None => intake,

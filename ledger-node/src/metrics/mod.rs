@@ -143,6 +143,9 @@ pub struct Metrics {
     /// The journal's last sequence number, and cross-node transfers sent and not decided.
     journal_head: Gauge,
     transfers_out_pending: Gauge,
+    /// The id cache (`core::idempotency::IdIndex`): records in RAM, and its counters.
+    id_cache_entries: Gauge,
+    id_cache: [Counter; 3],
     /// When the node's main loop last showed life (ms since the epoch).
     heartbeat_ms: AtomicU64,
     gauges: Arc<ScrapeGauges>,
@@ -163,6 +166,8 @@ impl Metrics {
             commit_latency: Histogram::new(LATENCY_BUCKETS_S),
             journal_head: Gauge::default(),
             transfers_out_pending: Gauge::default(),
+            id_cache_entries: Gauge::default(),
+            id_cache: Default::default(),
             heartbeat_ms: AtomicU64::new(now_ms()),
             gauges: Arc::default(),
         };
@@ -190,6 +195,12 @@ impl Metrics {
             registry.register("edgeledger_journal_head_seq", help, metrics.journal_head.clone());
             let help = "Cross-node transfers sent from this node and not decided yet";
             registry.register("edgeledger_transfers_in_flight", help, metrics.transfers_out_pending.clone());
+            let help = "Id records held in RAM (ledger.id_cache_entries bounds it, beyond the groups not yet durable)";
+            registry.register("edgeledger_id_cache_entries", help, metrics.id_cache_entries.clone());
+            let [hits, misses, evictions] = metrics.id_cache.clone();
+            registry.register("edgeledger_id_cache_hits", "Ids found in RAM", hits);
+            registry.register("edgeledger_id_cache_misses", "Ids looked up in the file: new ids, and ids evicted from RAM", misses);
+            registry.register("edgeledger_id_cache_evictions", "Id records that left RAM (they stay in the file)", evictions);
             registry.register_collector(Box::new(BrokerCounters));
             metrics.gauges.callbacks.lock().expect("gauges").push(Box::new(move |out| {
                 let connections = (rumqttd::CONNECTIONS.load(Ordering::Relaxed) as u64).saturating_sub(own_links);
@@ -233,6 +244,14 @@ impl Metrics {
     pub fn books(&self, head: u64, transfers_out_pending: usize) {
         self.journal_head.set(i64::try_from(head).unwrap_or(i64::MAX));
         self.transfers_out_pending.set(i64::try_from(transfers_out_pending).unwrap_or(i64::MAX));
+    }
+
+    /// The id cache after a group: records in RAM and its counters since start.
+    pub fn id_cache(&self, entries: usize, stats: crate::core::idempotency::IdCacheStats) {
+        self.id_cache_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
+        for (counter, total) in self.id_cache.iter().zip([stats.hits, stats.misses, stats.evictions]) {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     pub fn heartbeat(&self) {

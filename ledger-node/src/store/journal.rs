@@ -2,27 +2,34 @@
 //! commit of each group, and reading ranges back (for replication and history).
 
 use super::error::{Fault, StoreError};
+use super::ids::{decode_record, encode_record};
 use super::{Store, IDS, JOURNAL, META};
+use crate::core::idempotency::IdRecord;
 use crate::core::journal::{hex, Chain, Entry};
-use crate::core::{Effects, Ledger, Recorded};
+use crate::core::{Effects, Ledger};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 
 impl Store {
-    /// Rebuilds `ledger` from the file: the id records of rejected commands, then every
-    /// journal entry in order (which restores the ids of accepted ones), verifying the hash
-    /// chain as it goes. Returns the chain's end, where the next entry links.
+    /// Rebuilds `ledger` from the file: every journal entry in order, verifying the hash
+    /// chain as it goes, and, for a ledger that keeps every id record in RAM, the records
+    /// of rejected commands (replay restores the accepted ones). Returns the chain's end,
+    /// where the next entry links.
     pub fn load(&self, ledger: &mut Ledger) -> Result<Chain, StoreError> {
         self.load_inner(ledger).map_err(|f| self.fail(f))
     }
 
     fn load_inner(&self, ledger: &mut Ledger) -> Result<Chain, Fault> {
         let tx = self.db.begin_read()?;
-        let ids = tx.open_table(IDS)?;
-        for row in ids.iter()? {
-            let (id, value) = row?;
-            let recorded: Recorded = serde_json::from_slice(value.value())
-                .map_err(|e| Fault::Corrupt(format!("id record {:?} cannot be read: {e}", id.value())))?;
-            ledger.restore_recorded(id.value().to_string(), recorded);
+        if ledger.keeps_all_ids() {
+            let ids = tx.open_table(IDS)?;
+            for row in ids.iter()? {
+                let (id, value) = row?;
+                let record =
+                    decode_record(value.value()).map_err(|e| Fault::Corrupt(format!("id record {:?} cannot be read: {e}", id.value())))?;
+                if let IdRecord::Rejected(recorded) = record {
+                    ledger.restore_recorded(id.value().to_string(), *recorded);
+                }
+            }
         }
         let journal = tx.open_table(JOURNAL)?;
         let mut chain = Chain::default();
@@ -68,9 +75,9 @@ impl Store {
                     journal.insert(entry.seq, entry.encode().as_slice())?;
                     sealed.push(entry);
                 }
-                for (id, recorded) in &effect.recorded {
+                for (id, record) in &effect.recorded {
                     bytes.clear();
-                    serde_json::to_writer(&mut bytes, recorded).expect("record serializes");
+                    encode_record(record, &mut bytes);
                     ids.insert(id.as_str(), bytes.as_slice())?;
                 }
             }

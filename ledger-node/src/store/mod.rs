@@ -7,11 +7,13 @@
 
 mod error;
 mod history;
+mod ids;
 mod journal;
 mod replica;
 
 pub use error::StoreError;
 pub use history::history;
+pub use ids::{IdFault, StoreIds};
 
 use error::Fault;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
