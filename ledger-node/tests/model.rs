@@ -567,7 +567,7 @@ proptest! {
         }
 
         h.commit();
-        let (in_ram, stats) = h.ledger.id_cache();
+        let (in_ram, _, stats) = h.ledger.id_cache();
         prop_assert!(in_ram <= ID_CACHE, "{} id records in RAM", in_ram);
         prop_assert!(stats.evictions > 0 || h.replies.len() <= ID_CACHE);
         // Rebuilding from the journal alone gives the same books.

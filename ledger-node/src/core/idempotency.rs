@@ -5,6 +5,7 @@
 
 use super::change::EntryBody;
 use super::command::{Command, Journaled, Op};
+use super::id_filter::IdFilter;
 use super::reply::{Reply, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -99,7 +100,12 @@ pub struct IdIndex {
 enum Keep {
     All,
     Nothing,
-    Recent { capacity: usize, archive: Box<dyn IdArchive> },
+    /// `filter` holds every key recorded, so that a new id needs no archive read.
+    Recent {
+        capacity: usize,
+        archive: Box<dyn IdArchive>,
+        filter: IdFilter,
+    },
 }
 
 struct Cached {
@@ -111,7 +117,9 @@ struct Cached {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IdCacheStats {
     pub hits: u64,
-    /// Looked up in the archive (new ids, and ids evicted from RAM).
+    /// Known new at once (the filter never saw them).
+    pub never_seen: u64,
+    /// Looked up in the archive (ids evicted from RAM, and the filter's false positives).
     pub misses: u64,
     pub evictions: u64,
 }
@@ -135,7 +143,8 @@ impl IdIndex {
     /// Keeps the most recent `capacity` records in RAM and reads older ones from `archive`.
     pub fn recent(capacity: usize, archive: Box<dyn IdArchive>) -> IdIndex {
         assert!(capacity > 0, "an id cache holds at least one record");
-        IdIndex { map: HashMap::with_capacity(capacity.min(1 << 20)), ..IdIndex::with(Keep::Recent { capacity, archive }) }
+        let mode = Keep::Recent { capacity, archive, filter: IdFilter::default() };
+        IdIndex { map: HashMap::with_capacity(capacity.min(1 << 20)), ..IdIndex::with(mode) }
     }
 
     /// The record of `key`: from RAM, or else from the archive.
@@ -145,6 +154,10 @@ impl IdIndex {
             return Some((*cached.recorded).clone());
         }
         match &self.mode {
+            Keep::Recent { filter, .. } if !filter.may_contain(key) => {
+                self.stats.never_seen += 1;
+                None
+            }
             Keep::Recent { archive, .. } => {
                 self.stats.misses += 1;
                 archive.lookup(key)
@@ -159,10 +172,13 @@ impl IdIndex {
 
     /// Remembers `key`'s record as made by the current group.
     pub fn insert(&mut self, key: String, recorded: Recorded) {
-        let capacity = match &self.mode {
+        let capacity = match &mut self.mode {
             Keep::Nothing => return,
             Keep::All => usize::MAX,
-            Keep::Recent { capacity, .. } => *capacity,
+            Keep::Recent { capacity, filter, .. } => {
+                filter.insert(&key);
+                *capacity
+            }
         };
         let cached = Cached { recorded: Box::new(recorded), group: self.group };
         if self.map.insert(key.clone(), cached).is_none() {
@@ -199,6 +215,22 @@ impl IdIndex {
             let oldest = self.order.pop_front().expect("checked");
             self.map.remove(&oldest);
             self.stats.evictions += 1;
+        }
+    }
+
+    /// Tells the filter of a key recorded in the archive (start-up: the records of
+    /// rejected commands, which no journal entry replays).
+    pub fn know(&mut self, key: &str) {
+        if let Keep::Recent { filter, .. } = &mut self.mode {
+            filter.insert(key);
+        }
+    }
+
+    /// Bytes of the "never seen" filter.
+    pub fn filter_bytes(&self) -> usize {
+        match &self.mode {
+            Keep::Recent { filter, .. } => filter.bytes(),
+            Keep::All | Keep::Nothing => 0,
         }
     }
 

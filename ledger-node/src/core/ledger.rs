@@ -164,6 +164,11 @@ impl Ledger {
         self.ids.keeps_all()
     }
 
+    /// Tells the id filter of a rejected command's id found in the file at start-up.
+    pub fn know_id(&mut self, key: &str) {
+        self.ids.know(key);
+    }
+
     /// Starts a group of commands (see `IdIndex::next_group`).
     pub fn next_group(&mut self) -> u64 {
         self.ids.next_group()
@@ -174,9 +179,10 @@ impl Ledger {
         self.ids.durable(group);
     }
 
-    /// The id cache: records in RAM, and its counters since start.
-    pub fn id_cache(&self) -> (usize, IdCacheStats) {
-        (self.ids.len(), self.ids.stats)
+    /// The id cache: records in RAM, bytes of its "never seen" filter, and its counters
+    /// since start.
+    pub fn id_cache(&self) -> (usize, usize, IdCacheStats) {
+        (self.ids.len(), self.ids.filter_bytes(), self.ids.stats)
     }
 
     /// Restores an id record read back from storage at start-up (`key` as `IdKey` writes

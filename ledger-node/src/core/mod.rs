@@ -11,6 +11,7 @@ pub mod command;
 pub mod cross_node;
 pub mod execute;
 pub mod holds;
+pub mod id_filter;
 pub mod idempotency;
 pub mod invariants;
 pub mod journal;

@@ -186,8 +186,8 @@ impl Intake {
         if let Some(fault) = self.id_fault.take() {
             return Err(NodeError::Store(fault));
         }
-        let (entries, stats) = self.ledger.id_cache();
-        self.metrics.id_cache(entries, stats);
+        let (entries, filter_bytes, stats) = self.ledger.id_cache();
+        self.metrics.id_cache(entries, filter_bytes, stats);
         if outcomes.is_empty() {
             return Ok(());
         }

@@ -145,7 +145,8 @@ pub struct Metrics {
     transfers_out_pending: Gauge,
     /// The id cache (`core::idempotency::IdIndex`): records in RAM, and its counters.
     id_cache_entries: Gauge,
-    id_cache: [Counter; 3],
+    id_filter_bytes: Gauge,
+    id_cache: [Counter; 4],
     /// When the node's main loop last showed life (ms since the epoch).
     heartbeat_ms: AtomicU64,
     gauges: Arc<ScrapeGauges>,
@@ -167,6 +168,7 @@ impl Metrics {
             journal_head: Gauge::default(),
             transfers_out_pending: Gauge::default(),
             id_cache_entries: Gauge::default(),
+            id_filter_bytes: Gauge::default(),
             id_cache: Default::default(),
             heartbeat_ms: AtomicU64::new(now_ms()),
             gauges: Arc::default(),
@@ -197,9 +199,13 @@ impl Metrics {
             registry.register("edgeledger_transfers_in_flight", help, metrics.transfers_out_pending.clone());
             let help = "Id records held in RAM (ledger.id_cache_entries bounds it, beyond the groups not yet durable)";
             registry.register("edgeledger_id_cache_entries", help, metrics.id_cache_entries.clone());
-            let [hits, misses, evictions] = metrics.id_cache.clone();
+            let help = "Bytes of the filter that tells new ids without reading the file";
+            registry.register("edgeledger_id_filter_bytes", help, metrics.id_filter_bytes.clone());
+            let [hits, never_seen, misses, evictions] = metrics.id_cache.clone();
             registry.register("edgeledger_id_cache_hits", "Ids found in RAM", hits);
-            registry.register("edgeledger_id_cache_misses", "Ids looked up in the file: new ids, and ids evicted from RAM", misses);
+            registry.register("edgeledger_id_cache_never_seen", "Ids the filter knew to be new, without reading the file", never_seen);
+            let help = "Ids looked up in the file: evicted from RAM, or the filter's false positives";
+            registry.register("edgeledger_id_cache_misses", help, misses);
             registry.register("edgeledger_id_cache_evictions", "Id records that left RAM (they stay in the file)", evictions);
             registry.register_collector(Box::new(BrokerCounters));
             metrics.gauges.callbacks.lock().expect("gauges").push(Box::new(move |out| {
@@ -247,9 +253,10 @@ impl Metrics {
     }
 
     /// The id cache after a group: records in RAM and its counters since start.
-    pub fn id_cache(&self, entries: usize, stats: crate::core::idempotency::IdCacheStats) {
+    pub fn id_cache(&self, entries: usize, filter_bytes: usize, stats: crate::core::idempotency::IdCacheStats) {
         self.id_cache_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
-        for (counter, total) in self.id_cache.iter().zip([stats.hits, stats.misses, stats.evictions]) {
+        self.id_filter_bytes.set(i64::try_from(filter_bytes).unwrap_or(i64::MAX));
+        for (counter, total) in self.id_cache.iter().zip([stats.hits, stats.never_seen, stats.misses, stats.evictions]) {
             counter.inc_by(total.saturating_sub(counter.get()));
         }
     }

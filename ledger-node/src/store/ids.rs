@@ -35,6 +35,11 @@ pub(super) fn encode_record(record: &IdRecord, out: &mut Vec<u8>) {
     }
 }
 
+/// Whether a stored record is a rejection's (no journal entry holds it).
+pub(super) fn is_rejection(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&REJECTED)
+}
+
 pub(super) fn decode_record(bytes: &[u8]) -> Result<IdRecord, String> {
     match bytes.split_first() {
         Some((&REJECTED, json)) => serde_json::from_slice(json).map(|r| IdRecord::Rejected(Box::new(r))).map_err(|e| e.to_string()),

@@ -2,7 +2,7 @@
 //! commit of each group, and reading ranges back (for replication and history).
 
 use super::error::{Fault, StoreError};
-use super::ids::{decode_record, encode_record};
+use super::ids::{decode_record, encode_record, is_rejection};
 use super::{Store, IDS, JOURNAL, META};
 use crate::core::idempotency::IdRecord;
 use crate::core::journal::{hex, Chain, Entry};
@@ -20,15 +20,20 @@ impl Store {
 
     fn load_inner(&self, ledger: &mut Ledger) -> Result<Chain, Fault> {
         let tx = self.db.begin_read()?;
-        if ledger.keeps_all_ids() {
-            let ids = tx.open_table(IDS)?;
-            for row in ids.iter()? {
-                let (id, value) = row?;
-                let record =
-                    decode_record(value.value()).map_err(|e| Fault::Corrupt(format!("id record {:?} cannot be read: {e}", id.value())))?;
-                if let IdRecord::Rejected(recorded) = record {
-                    ledger.restore_recorded(id.value().to_string(), *recorded);
-                }
+        let ids = tx.open_table(IDS)?;
+        for row in ids.iter()? {
+            let (id, value) = row?;
+            if !is_rejection(value.value()) {
+                continue; // replay restores the ids of accepted commands
+            }
+            if !ledger.keeps_all_ids() {
+                ledger.know_id(id.value());
+                continue;
+            }
+            let record =
+                decode_record(value.value()).map_err(|e| Fault::Corrupt(format!("id record {:?} cannot be read: {e}", id.value())))?;
+            if let IdRecord::Rejected(recorded) = record {
+                ledger.restore_recorded(id.value().to_string(), *recorded);
             }
         }
         let journal = tx.open_table(JOURNAL)?;

@@ -27,6 +27,10 @@ const REPLICA: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("repli
 /// A region's last signed head of each edge (JSON of `bridge::sign::SignedHead`).
 const REPLICA_SIGNED: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_signed_head");
 
+/// redb's page cache. Its default (1 GiB) would be most of an edge's memory once the file
+/// is large; the pages a node reads back are the tables' upper levels and recent entries.
+pub const DB_CACHE_BYTES: usize = 128 * 1024 * 1024;
+
 /// The file name of a node's database inside its data directory.
 pub const DB_FILE: &str = "ledger.redb";
 /// `edgeledger-2`: ids are keyed per sender (`principal:id`) in holds, id records and
@@ -44,7 +48,10 @@ impl Store {
         let path = data_dir.join(DB_FILE);
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Open { path: path.clone(), reason: format!("cannot create {}: {e}", data_dir.display()) })?;
-        let db = Database::create(&path).map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
+        let db = Database::builder()
+            .set_cache_size(DB_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
         let store = Store { db, path };
         store.claim(node_id).map_err(|f| store.fail(f))?;
         Ok(store)
