@@ -9,6 +9,7 @@ use super::id_filter::IdFilter;
 use super::reply::{Reply, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 /// An id as the ledger keys it: the principal that sent it (a device id, `~operator`) and
 /// the id it chose. Written `principal:id`; device ids and `~operator` hold no `:`, so the
@@ -87,9 +88,11 @@ pub trait IdArchive: Send {
 /// rest in an `IdArchive`. A record is evicted only once the group that made it is durable,
 /// so an id is never treated as new: it is in RAM, or on disk.
 pub struct IdIndex {
-    map: HashMap<String, Cached>,
+    /// Keys shared with `order`: one allocation per record. The node's map is allocated
+    /// for its capacity up front, so it never grows (and stalls) while serving.
+    map: HashMap<Arc<str>, Cached>,
     /// Insertion order, oldest first: what eviction takes.
-    order: VecDeque<String>,
+    order: VecDeque<Arc<str>>,
     mode: Keep,
     /// Records of groups up to this one are durable (see `IdIndex::durable`).
     durable_group: u64,
@@ -109,7 +112,7 @@ enum Keep {
 }
 
 struct Cached {
-    recorded: Box<Recorded>,
+    recorded: Recorded,
     group: u64,
 }
 
@@ -151,7 +154,7 @@ impl IdIndex {
     pub fn get(&mut self, key: &str) -> Option<Recorded> {
         if let Some(cached) = self.map.get(key) {
             self.stats.hits += 1;
-            return Some((*cached.recorded).clone());
+            return Some(cached.recorded.clone());
         }
         match &self.mode {
             Keep::Recent { filter, .. } if !filter.may_contain(key) => {
@@ -171,16 +174,17 @@ impl IdIndex {
     }
 
     /// Remembers `key`'s record as made by the current group.
-    pub fn insert(&mut self, key: String, recorded: Recorded) {
+    pub fn insert(&mut self, key: &str, recorded: Recorded) {
         let capacity = match &mut self.mode {
             Keep::Nothing => return,
             Keep::All => usize::MAX,
             Keep::Recent { capacity, filter, .. } => {
-                filter.insert(&key);
+                filter.insert(key);
                 *capacity
             }
         };
-        let cached = Cached { recorded: Box::new(recorded), group: self.group };
+        let cached = Cached { recorded, group: self.group };
+        let key: Arc<str> = key.into();
         if self.map.insert(key.clone(), cached).is_none() {
             self.order.push_back(key);
         }

@@ -189,7 +189,7 @@ impl Ledger {
     /// it).
     pub fn restore_recorded(&mut self, key: String, recorded: Recorded) {
         debug_assert!(IdKey::parse(&key).is_some(), "stored id records are keyed principal:id");
-        self.ids.insert(key, recorded);
+        self.ids.insert(&key, recorded);
     }
 
     /// Takes the assets an entry's opened accounts record (for an audit without config).
@@ -264,7 +264,7 @@ impl Ledger {
                 self.rollback(undo);
                 let reply = Reply::rejected(Some(&command.id), rejection);
                 let recorded = Recorded { fingerprint, reply: reply.clone() };
-                self.ids.insert(key.as_str().to_string(), recorded.clone());
+                self.ids.insert(key.as_str(), recorded.clone());
                 effects.recorded.push((key.into_string(), IdRecord::Rejected(Box::new(recorded))));
                 effects.reply = Some(reply);
             }
@@ -359,7 +359,7 @@ impl Ledger {
                 let mut out = Vec::with_capacity(records.len());
                 for (key, fingerprint, op) in records {
                     let recorded = journaled_recorded(body, fingerprint.clone(), op).expect("the entry holds the command");
-                    self.ids.insert(key.as_str().to_string(), recorded);
+                    self.ids.insert(key.as_str(), recorded);
                     out.push((key.into_string(), IdRecord::Journaled { fingerprint, seq: body.seq, op }));
                 }
                 out
