@@ -20,6 +20,7 @@
 //! Money is only ever decimal strings here; f64 appears in statistics only.
 
 mod geo;
+mod soak;
 
 use hdrhistogram::Histogram;
 use ledger::clock::now_ms;
@@ -61,6 +62,13 @@ USAGE:
       eu/berlin-1 each send N transfers (default 200) one after another to an account on
       us/nyc-1; the latency from command to the pending reply and to the final notice.
       Zenoh links are mutual TLS with access control; --plaintext: plain TCP (loopback).
+  ledger-bench soak [--transfers N] [--id-cache E] [--svg FILE]
+      An edge (embedded default, fresh data directory) driven by 32 MQTT clients x 16 in
+      flight until its journal holds N transfers (default 2000000), its RSS and redb file
+      size sampled every second; then SIGKILL and the time until the restarted node
+      answers a command. Prints RSS and file bytes per transfer from 1 M to N and draws
+      both against transfers in FILE (default soak.svg). --id-cache: the node's
+      ledger.id_cache_entries.
   ledger-bench --help
 ";
 
@@ -93,6 +101,7 @@ fn main() {
         "core" => parse_core(&args[1..]).and_then(|opts| run_core(&opts)),
         "geo" => geo::parse(&args[1..]).and_then(|opts| geo::run(&opts)),
         "cross" => geo::parse_cross(&args[1..]).and_then(|opts| geo::run_cross(&opts)),
+        "soak" => soak::parse(&args[1..]).and_then(|opts| soak::run(&opts)),
         other => Err(format!("unknown subcommand {other:?}\n\n{USAGE}")),
     };
     if let Err(e) = result {

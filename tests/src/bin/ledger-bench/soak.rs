@@ -1,0 +1,184 @@
+//! `ledger-bench soak`: an edge driven over MQTT until it has taken N transfers, its RSS and
+//! file size sampled every second; then SIGKILL, and the time until the restarted node
+//! answers a command. Prints the figures and draws RSS and file size against transfers in
+//! an SVG.
+
+use super::{run_workload, MqttOpts};
+use harness::{cmd, Device, NodeOptions, NodeProcess};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct SoakOpts {
+    pub transfers: u64,
+    pub id_cache: Option<usize>,
+    pub svg: String,
+}
+
+pub fn parse(args: &[String]) -> Result<SoakOpts, String> {
+    let mut opts = SoakOpts { transfers: 2_000_000, id_cache: None, svg: "soak.svg".to_string() };
+    let mut i = 0;
+    while i < args.len() {
+        let value = args.get(i + 1).ok_or_else(|| format!("{} needs a value", args[i]))?;
+        match args[i].as_str() {
+            "--transfers" => opts.transfers = value.parse().map_err(|_| format!("--transfers: {value:?} is not a whole number"))?,
+            "--id-cache" => opts.id_cache = Some(value.parse().map_err(|_| format!("--id-cache: {value:?} is not a whole number"))?),
+            "--svg" => opts.svg = value.clone(),
+            other => return Err(format!("soak: unknown option {other}")),
+        }
+        i += 2;
+    }
+    Ok(opts)
+}
+
+/// One sample: transfers committed (the journal head), RSS and file size in bytes.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    head: u64,
+    rss: u64,
+    file: u64,
+}
+
+/// Longest one stretch of load runs before the soak looks at the head again.
+const STRETCH_S: u64 = 20;
+
+pub fn run(opts: &SoakOpts) -> Result<(), String> {
+    let metrics = harness::free_port();
+    let ledger_toml = opts.id_cache.map_or(String::new(), |n| format!("id_cache_entries = {n}"));
+    let extra_toml = format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n");
+    let node = Arc::new(Mutex::new(NodeProcess::start(NodeOptions { ledger_toml, extra_toml, ..NodeOptions::default() })));
+    let port = node.lock().expect("node").port;
+    let db = node.lock().expect("node").db_path();
+    let samples = Arc::new(Mutex::new(Vec::<Sample>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (node, samples, stop) = (node.clone(), samples.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let head = journal_head(metrics);
+                let rss = node.lock().expect("node").rss_bytes();
+                let file = std::fs::metadata(&db).map_or(0, |m| m.len());
+                samples.lock().expect("samples").push(Sample { head, rss, file });
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut stretch = 0;
+    while journal_head(metrics) < opts.transfers {
+        let mqtt = MqttOpts {
+            clients: 32,
+            inflight: 16,
+            seconds: STRETCH_S,
+            rate: None,
+            connect: Some(("127.0.0.1".to_string(), port)),
+            ledger: true,
+            echo: false,
+            tls: false,
+        };
+        let run = format!("soak{stretch}-{}", broker::random_hex(4));
+        runtime.block_on(run_workload("soak", "127.0.0.1", port, &mqtt, &run))?;
+        stretch += 1;
+        eprintln!("soak: {} transfers after {:.0} s", journal_head(metrics), started.elapsed().as_secs_f64());
+    }
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().map_err(|_| "sampler thread panicked".to_string())?;
+    let samples = samples.lock().expect("samples").clone();
+
+    // SIGKILL, restart, and time until a command is answered.
+    let restarted = Instant::now();
+    node.lock().expect("node").restart();
+    let answered = runtime.block_on(async {
+        let device = Device::connect(port, "soak-after-restart").await;
+        device.request(cmd::balance("soak-restart-read", "issuer:eur")).await
+    });
+    let restart = restarted.elapsed();
+    if answered["status"] != "committed" {
+        return Err(format!("the restarted node answered {answered}"));
+    }
+    report(opts, &samples, restart)
+}
+
+fn journal_head(metrics_port: u16) -> u64 {
+    let text = harness::http_get(metrics_port, "/metrics");
+    text.lines().find_map(|l| l.strip_prefix("edgeledger_journal_head_seq ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+/// The last sample at or before `head` transfers.
+fn at(samples: &[Sample], head: u64) -> Option<Sample> {
+    samples.iter().rev().find(|s| s.head <= head).copied()
+}
+
+fn report(opts: &SoakOpts, samples: &[Sample], restart: Duration) -> Result<(), String> {
+    let last = *samples.last().ok_or("no samples")?;
+    let first_million = at(samples, 1_000_000).filter(|s| s.head > 500_000);
+    let per_transfer = |a: Sample, b: Sample, f: fn(&Sample) -> u64| (f(&b) as f64 - f(&a) as f64) / (b.head - a.head).max(1) as f64;
+    println!("soak: {} transfers, {} samples; restart to an answer {:.2} s", last.head, samples.len(), restart.as_secs_f64());
+    if let Some(m) = first_million {
+        println!(
+            "soak: RSS {:.0} MiB at {} transfers, {:.0} MiB at {}: {:.1} bytes per transfer between; file {:.1} bytes per transfer between",
+            m.rss as f64 / 1048576.0,
+            m.head,
+            last.rss as f64 / 1048576.0,
+            last.head,
+            per_transfer(m, last, |s| s.rss),
+            per_transfer(m, last, |s| s.file),
+        );
+    }
+    println!(
+        "soak: file {:.0} MiB, {:.0} bytes per transfer overall",
+        last.file as f64 / 1048576.0,
+        last.file as f64 / last.head.max(1) as f64
+    );
+    println!(
+        "RESULT soak transfers={} rss_mib={:.0} file_mib={:.0} restart_ms={}",
+        last.head,
+        last.rss as f64 / 1048576.0,
+        last.file as f64 / 1048576.0,
+        restart.as_millis()
+    );
+    std::fs::write(&opts.svg, svg(samples)).map_err(|e| format!("{}: {e}", opts.svg))?;
+    println!("soak: picture in {}", opts.svg);
+    Ok(())
+}
+
+/// RSS and file size (MiB) against transfers, as two polylines on one chart.
+fn svg(samples: &[Sample]) -> String {
+    let (w, h, margin) = (800.0, 400.0, 60.0);
+    let max_x = samples.iter().map(|s| s.head).max().unwrap_or(1).max(1) as f64;
+    let max_y = samples.iter().map(|s| s.rss.max(s.file)).max().unwrap_or(1).max(1) as f64 / 1048576.0;
+    let point = |x: u64, y: u64| {
+        let px = margin + (x as f64 / max_x) * (w - 2.0 * margin);
+        let py = h - margin - (y as f64 / 1048576.0 / max_y) * (h - 2.0 * margin);
+        format!("{px:.1},{py:.1}")
+    };
+    let line = |f: fn(&Sample) -> u64| samples.iter().map(|s| point(s.head, f(s))).collect::<Vec<_>>().join(" ");
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<line x1="{margin}" y1="{b}" x2="{r}" y2="{b}" stroke="black"/>
+<line x1="{margin}" y1="{margin}" x2="{margin}" y2="{b}" stroke="black"/>
+<text x="{cx}" y="{tx}" text-anchor="middle">transfers (0 to {max_x:.0})</text>
+<text x="12" y="{cy}" transform="rotate(-90 12 {cy})" text-anchor="middle">MiB (0 to {max_y:.0})</text>
+<polyline fill="none" stroke="#c0392b" stroke-width="2" points="{rss}"/>
+<polyline fill="none" stroke="#2980b9" stroke-width="2" points="{file}"/>
+<text x="{lx}" y="{margin}" fill="#c0392b">RSS</text>
+<text x="{lx}" y="{ly}" fill="#2980b9">redb file</text>
+</svg>
+"##,
+        b = h - margin,
+        r = w - margin,
+        cx = w / 2.0,
+        tx = h - 20.0,
+        cy = h / 2.0,
+        lx = w - margin - 70.0,
+        ly = margin + 16.0,
+        rss = line(|s| s.rss),
+        file = line(|s| s.file),
+    );
+    out
+}
