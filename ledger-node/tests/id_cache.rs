@@ -122,3 +122,31 @@ fn a_record_stays_in_ram_until_its_group_is_durable() {
     assert!(node.ledger.id_cache().0 <= 2, "{:?}", node.ledger.id_cache());
     assert_eq!(node.send(pay("x-2", "0.20")).code, Code::IdConflict);
 }
+
+#[test]
+fn a_restarted_ledger_knows_every_id_without_holding_them() {
+    let mut node = Node::new(4);
+    let first = node.send(pay("p-1", "1.00"));
+    for i in 0..20 {
+        node.send(pay(&format!("fill-{i}"), "0.01"));
+    }
+    node.commit_all();
+    // Start again from the journal, as `Store::load` does: old entries only teach the filter.
+    let assets = Assets::new(&[], |_| Decimal::from(1000));
+    let mut restarted = Ledger::new("eu/berlin-1", assets, Limits { max_batch_ops: 10, max_hold_timeout_s: 3600 }, Permissions::open());
+    restarted.archive_ids(4, Box::new(Archive(node.written.clone())));
+    let mut bodies: Vec<_> = node.written.lock().unwrap().bodies.values().cloned().collect();
+    bodies.sort_by_key(|b| b.seq);
+    restarted.replaying_to(bodies.last().unwrap().seq);
+    for body in &bodies {
+        restarted.replay(body).unwrap();
+    }
+    assert!(restarted.id_cache().0 <= 4, "{:?}", restarted.id_cache());
+    node.ledger = restarted;
+    let again = node.send(pay("p-1", "1.00"));
+    assert_eq!(again, Reply { duplicate: true, ..first });
+    let fresh = node.send(pay("p-new", "1.00"));
+    assert_eq!((fresh.code, fresh.duplicate), (Code::Ok, false));
+    let stats = node.ledger.id_cache().2;
+    assert!(stats.misses >= 1 && stats.never_seen >= 1, "{stats:?}");
+}

@@ -230,6 +230,15 @@ impl IdIndex {
         }
     }
 
+    /// The records RAM holds at most (beyond groups in flight); `None`: all of them.
+    pub fn capacity(&self) -> Option<usize> {
+        match &self.mode {
+            Keep::Recent { capacity, .. } => Some(*capacity),
+            Keep::Nothing => Some(0),
+            Keep::All => None,
+        }
+    }
+
     /// Bytes of the "never seen" filter.
     pub fn filter_bytes(&self) -> usize {
         match &self.mode {

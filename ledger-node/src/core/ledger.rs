@@ -69,6 +69,9 @@ pub struct Ledger {
     /// Whether this node has a zenoh link to send transfers across nodes.
     pub(super) cross_node: bool,
     pub(super) head: Head,
+    /// Replay rebuilds full id records only from this entry on: older ones would only be
+    /// evicted again, so for them the filter just learns their keys (see `replaying_to`).
+    pub(super) ids_from_seq: u64,
 }
 
 impl Ledger {
@@ -84,6 +87,7 @@ impl Ledger {
             received: ReceivedIndex::default(),
             cross_node: false,
             head: Head { seq: 0, ts_ms: 0 },
+            ids_from_seq: 0,
         }
     }
 
@@ -306,12 +310,36 @@ impl Ledger {
         self.apply_recorded(body.seq, &body.changes)?;
         self.head = Head { seq: body.seq, ts_ms: body.ts_ms };
         let receives = matches!(body.command, Journaled::Node(NodeCommand { op: NodeOp::Receive { .. }, .. }));
-        if body.reply.is_some() && (receives || !self.ids.keeps_nothing()) {
+        if body.seq < self.ids_from_seq && !receives {
+            self.know_accepted(body);
+        } else if body.reply.is_some() && (receives || !self.ids.keeps_nothing()) {
             // `Journaled` serializes as the command it holds: the same bytes as when it ran.
             let fingerprint = fingerprint(body.device.as_deref(), &body.command);
             self.remember_accepted(body, fingerprint);
         }
         Ok(())
+    }
+
+    /// Tells replay that the journal ends at `last_seq`: entries too old to stay in the id
+    /// cache only teach the filter their ids (no fingerprint, no record), which is most of
+    /// a long journal's start-up.
+    pub fn replaying_to(&mut self, last_seq: u64) {
+        if let Some(capacity) = self.ids.capacity() {
+            // A batch takes several records per entry: keep a margin of whole entries.
+            self.ids_from_seq = last_seq.saturating_sub(capacity as u64).saturating_add(1);
+        }
+    }
+
+    /// The ids an accepted entry took, for the filter only.
+    fn know_accepted(&mut self, body: &EntryBody) {
+        let (Some(_), Journaled::Device(command)) = (&body.reply, &body.command) else { return };
+        let device = body.device.as_deref();
+        if let Op::Batch { ops } = &command.op {
+            for op in ops {
+                self.ids.know(IdKey::new(device, &op.id).as_str());
+            }
+        }
+        self.ids.know(IdKey::new(device, &command.id).as_str());
     }
 
     /// The sequence number the next entry will carry.

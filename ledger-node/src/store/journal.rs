@@ -37,6 +37,9 @@ impl Store {
             }
         }
         let journal = tx.open_table(JOURNAL)?;
+        if let Some((last, _)) = journal.last()? {
+            ledger.replaying_to(last.value());
+        }
         let mut chain = Chain::default();
         for row in journal.iter()? {
             let (seq, value) = row?;
