@@ -1,7 +1,9 @@
 //! The pure core: the ledger state machine and the types it speaks. No I/O: nothing here
 //! imports tokio, redb, zenoh, rumqttd or the shell, reads the clock or touches a file.
 //! Commands and the time go in; effects (replies, journal entries, id records, notices)
-//! come out. This is what the property tests hammer.
+//! come out. This is what the property tests hammer. One read port: id records that left
+//! RAM are read back through `idempotency::IdArchive`, which the shell implements over its
+//! file (tests, over a map); the core never writes through it.
 
 pub mod accounts;
 pub mod address;
