@@ -185,7 +185,8 @@ impl IdIndex {
         };
         let cached = Cached { recorded, group: self.group };
         let key: Arc<str> = key.into();
-        if self.map.insert(key.clone(), cached).is_none() {
+        // Keeping everything, nothing is ever evicted: no order to keep.
+        if self.map.insert(key.clone(), cached).is_none() && capacity != usize::MAX {
             self.order.push_back(key);
         }
         self.evict(capacity);

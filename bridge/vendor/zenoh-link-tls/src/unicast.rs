@@ -77,9 +77,18 @@ pub struct LinkUnicastTls {
 }
 
 
+/// edgeledger patch: a duplicate of the TLS stream's TCP descriptor, for shutting the
+/// connection down without touching the TLS state. Taken before the link is built, so that
+/// running out of descriptors refuses this one connection instead of panicking.
+fn duplicate_tcp(socket: &tokio_rustls::TlsStream<TcpStream>) -> std::io::Result<socket2::Socket> {
+    let (tcp_stream, _) = socket.get_ref();
+    socket2::SockRef::from(tcp_stream).try_clone()
+}
+
 impl LinkUnicastTls {
     fn new(
         socket: TlsStream<TcpStream>,
+        tcp: socket2::Socket,
         src_addr: SocketAddr,
         dst_addr: SocketAddr,
         auth_identifier: LinkAuthId,
@@ -133,9 +142,6 @@ impl LinkUnicastTls {
         }
 
         // Build the Tls object
-        let tcp = socket2::SockRef::from(tcp_stream)
-            .try_clone()
-            .expect("duplicating a connected socket's descriptor");
         let (reader, writer) = tokio::io::split(socket);
         LinkUnicastTls {
             reader: AsyncMutex::new(reader),
@@ -371,6 +377,7 @@ impl LinkManagerUnicastTrait for LinkManagerUnicastTls {
             .expect("server should have certificate chain");
 
         let tls_stream = TlsStream::Client(tls_stream);
+        let tcp = duplicate_tcp(&tls_stream).map_err(|e| zerror!("Can not duplicate the TLS link's socket: {}", e))?;
 
         let link = Arc::<LinkUnicastTls>::new_cyclic(|weak_link| {
             let mut expiration_manager = None;
@@ -386,6 +393,7 @@ impl LinkManagerUnicastTrait for LinkManagerUnicastTls {
             }
             LinkUnicastTls::new(
                 tls_stream,
+                tcp,
                 src_addr,
                 dst_addr,
                 auth_identifier.into(),
@@ -540,6 +548,14 @@ async fn accept_task(
                         }
 
                         tracing::debug!("Accepted TLS connection on {:?}: {:?}. {:?}.", src_addr, dst_addr, auth_identifier);
+                        let tls_stream = tokio_rustls::TlsStream::Server(tls_stream);
+                        let tcp = match duplicate_tcp(&tls_stream) {
+                            Ok(tcp) => tcp,
+                            Err(e) => {
+                                tracing::warn!("Can not duplicate the socket of TLS link {:?} => {:?}: {e}", src_addr, dst_addr);
+                                continue;
+                            }
+                        };
                         // Create the new link object
                         let link = Arc::<LinkUnicastTls>::new_cyclic(|weak_link| {
                             let mut expiration_manager = None;
@@ -554,7 +570,8 @@ async fn accept_task(
                                 ));
                             }
                             LinkUnicastTls::new(
-                                tokio_rustls::TlsStream::Server(tls_stream),
+                                tls_stream,
+                                tcp,
                                 src_addr,
                                 dst_addr,
                                 auth_identifier.into(),
