@@ -108,6 +108,12 @@ fn run(config: NodeConfig) -> ExitCode {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Past a file size limit (RLIMIT_FSIZE) the kernel sends SIGXFSZ, which kills by
+    // default; ignored, the write fails with EFBIG and the node refuses writes instead.
+    // SAFETY: sets a signal's disposition to SIG_IGN before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     match ledger::node::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),

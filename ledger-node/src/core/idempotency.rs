@@ -199,6 +199,14 @@ impl IdIndex {
         self.group
     }
 
+    /// Goes on numbering after `group`. Every record held so far came from the file, so it
+    /// is durable.
+    pub fn number_groups_after(&mut self, group: u64) {
+        debug_assert!(self.map.values().all(|c| c.group <= self.durable_group), "only durable records are renumbered");
+        self.group = self.group.max(group);
+        self.durable_group = self.durable_group.max(group);
+    }
+
     /// Groups up to `group` are on disk: their records may leave RAM.
     pub fn durable(&mut self, group: u64) {
         debug_assert!(group <= self.group, "a group is durable only after it was made");

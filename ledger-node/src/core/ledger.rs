@@ -178,6 +178,13 @@ impl Ledger {
         self.ids.next_group()
     }
 
+    /// Numbers this ledger's groups after `group`: a ledger rebuilt from the file in a
+    /// running node (after a failed write) goes on from the one it replaces, whose group
+    /// numbers the committer has already reported durable.
+    pub fn number_groups_after(&mut self, group: u64) {
+        self.ids.number_groups_after(group);
+    }
+
     /// Groups up to `group` are durable: their id records may leave RAM.
     pub fn group_durable(&mut self, group: u64) {
         self.ids.durable(group);
@@ -215,8 +222,14 @@ impl Ledger {
         self.holds.first_expiry().map(|(t, _)| *t)
     }
 
-    /// Applies one device command at time `now_ms`.
-    pub fn submit(&mut self, device: Option<&str>, command: Command, now_ms: u64) -> Effects {
+    /// The answer to a command that needs no write: a balance read, or a resend of an id
+    /// already recorded (`duplicate` or `id_conflict`). None: the command would change the
+    /// books. A node that cannot write answers only these (`disk_full` for the rest).
+    pub fn answer_without_writing(&mut self, device: Option<&str>, command: &Command) -> Option<Effects> {
+        self.answer_read_or_resend(device, command, &IdKey::new(device, &command.id))
+    }
+
+    fn answer_read_or_resend(&mut self, device: Option<&str>, command: &Command, key: &IdKey) -> Option<Effects> {
         if let Op::Balance { account } = &command.op {
             let reply = match self.balance(device, account) {
                 Ok(view) => {
@@ -226,28 +239,32 @@ impl Ledger {
                 }
                 Err(rejection) => Reply::rejected(Some(&command.id), rejection),
             };
-            return Effects::reply_only(reply);
+            return Some(Effects::reply_only(reply));
         }
-
-        let fingerprint = fingerprint(device, &command);
-        let key = IdKey::new(device, &command.id);
-        if let Some(recorded) = self.ids.get(key.as_str()) {
-            let reply = match recorded.resend(&fingerprint) {
-                Some(mut reply) => {
-                    // A device that missed the notice learns the outcome from its resend.
-                    if let Some(HoldState::Resolved(r)) = self.holds.get(key.as_str()).map(|h| h.state) {
-                        reply.resolution = (reply.status == Status::Pending).then_some(r);
-                    }
-                    reply
+        let recorded = self.ids.get(key.as_str())?;
+        let reply = match recorded.resend(&fingerprint(device, command)) {
+            Some(mut reply) => {
+                // A device that missed the notice learns the outcome from its resend.
+                if let Some(HoldState::Resolved(r)) = self.holds.get(key.as_str()).map(|h| h.state) {
+                    reply.resolution = (reply.status == Status::Pending).then_some(r);
                 }
-                None => Reply::rejected(
-                    Some(&command.id),
-                    Rejection::new(Code::IdConflict, format!("id: {:?} was already used for a different command", command.id)),
-                ),
-            };
-            return Effects::reply_only(reply);
-        }
+                reply
+            }
+            None => Reply::rejected(
+                Some(&command.id),
+                Rejection::new(Code::IdConflict, format!("id: {:?} was already used for a different command", command.id)),
+            ),
+        };
+        Some(Effects::reply_only(reply))
+    }
 
+    /// Applies one device command at time `now_ms`.
+    pub fn submit(&mut self, device: Option<&str>, command: Command, now_ms: u64) -> Effects {
+        let key = IdKey::new(device, &command.id);
+        if let Some(answer) = self.answer_read_or_resend(device, &command, &key) {
+            return answer;
+        }
+        let fingerprint = fingerprint(device, &command);
         let now_ms = now_ms.max(self.head.ts_ms);
         let mut undo = Vec::new();
         let mut changes = Vec::new();

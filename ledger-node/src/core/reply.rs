@@ -39,10 +39,13 @@ pub enum Code {
     AmountExceedsPending,
     IdConflict,
     Overflow,
+    /// The node could not write (disk full, a file size limit, a failing disk). Not
+    /// recorded: the same id resent once the node writes again takes effect then.
+    DiskFull,
 }
 
 impl Code {
-    pub const ALL: [Code; 24] = [
+    pub const ALL: [Code; 25] = [
         Code::Ok,
         Code::InvalidJson,
         Code::PayloadTooLarge,
@@ -67,6 +70,7 @@ impl Code {
         Code::AmountExceedsPending,
         Code::IdConflict,
         Code::Overflow,
+        Code::DiskFull,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -95,6 +99,7 @@ impl Code {
             Code::AmountExceedsPending => "amount_exceeds_pending",
             Code::IdConflict => "id_conflict",
             Code::Overflow => "overflow",
+            Code::DiskFull => "disk_full",
         }
     }
 }

@@ -1,10 +1,13 @@
 //! The durability rule, in one place: a group's effects are written in one durable redb
 //! commit, and only after that commit returned are its replies and notices published. A
-//! node that cannot commit stops without answering the group.
+//! commit the disk refuses is answered `disk_full`, as is every group after it until the
+//! intake has rebuilt its books from the file (`disk`); any other failure to commit stops
+//! the node without answering the group.
 //!
 //! The committer tells a `CommitListener` (journal shipping, when the edge has a region)
 //! about each commit; it knows nothing else about it.
 
+use super::disk::{self, Restart, WriteFailures};
 use crate::core::journal::{Chain, Entry};
 use crate::core::Effects;
 use crate::error::NodeError;
@@ -44,6 +47,8 @@ pub enum ReplyTo {
 pub struct Group {
     /// The ledger's number for it (`Ledger::next_group`), reported back once durable.
     pub number: u64,
+    /// The first group of books rebuilt after a refused write.
+    pub restart: Option<Restart>,
     pub outcomes: Vec<(Option<ReplyTo>, Effects)>,
 }
 
@@ -63,6 +68,17 @@ pub struct Committer {
     /// The last group number whose commit returned: the intake lets its id records leave
     /// RAM (they are in the file now).
     durable: Arc<AtomicU64>,
+    failures: Arc<WriteFailures>,
+    /// A commit failed and the intake has not sent its rebuilt books yet: every group is
+    /// answered `disk_full` unwritten.
+    refusing: bool,
+}
+
+/// Where the committer reports what became durable, and what could not.
+pub struct Reports {
+    /// The last group number whose commit returned.
+    pub durable: Arc<AtomicU64>,
+    pub failures: Arc<WriteFailures>,
 }
 
 impl Committer {
@@ -72,19 +88,40 @@ impl Committer {
         replies: ReplyLink,
         listener: Option<Box<dyn CommitListener>>,
         metrics: Arc<Metrics>,
-        durable: Arc<AtomicU64>,
+        reports: Reports,
     ) -> Committer {
-        Committer { store, chain, replies, listener, metrics, durable }
+        let Reports { durable, failures } = reports;
+        Committer { store, chain, replies, listener, metrics, durable, failures, refusing: false }
     }
 
     /// Commits groups in order and answers each only after its commit returned. Returns when
     /// the intake hangs up, or with the error that makes the node stop without replying.
     pub fn run(mut self, groups: Receiver<Group>) -> Result<(), NodeError> {
         for group in groups {
+            if let Some(restart) = group.restart {
+                assert_eq!(restart.after, self.failures.count(), "books rebuilt after the last refused write only");
+                self.chain = restart.chain;
+                self.refusing = false;
+            }
+            if self.refusing {
+                self.refuse(group)?;
+                continue;
+            }
             if group.writes() {
                 // No reply leaves before this returns: a crash here loses only unanswered commands.
                 let started = Instant::now();
-                let sealed = self.store.commit(&mut self.chain, group.outcomes.iter().map(|(_, e)| e)).map_err(NodeError::Commit)?;
+                let sealed = match self.store.commit(&mut self.chain, group.outcomes.iter().map(|(_, e)| e)) {
+                    Ok(sealed) => sealed,
+                    Err(e) if e.is_write_failure() => {
+                        let failures = self.failures.raise();
+                        self.metrics.write_failed();
+                        tracing::error!(error = %e, failures, "the disk refused a commit; answering disk_full until a write succeeds");
+                        self.refusing = true;
+                        self.refuse(group)?;
+                        continue;
+                    }
+                    Err(e) => return Err(NodeError::Commit(e)),
+                };
                 self.metrics.commit(group.outcomes.len(), started.elapsed());
                 if let Some(listener) = &self.listener {
                     listener.committed(sealed, self.chain);
@@ -95,6 +132,24 @@ impl Committer {
             }
             self.durable.store(group.number, Ordering::Release);
             self.answer(group)?;
+        }
+        Ok(())
+    }
+
+    /// Answers a group that was not written: devices `disk_full`, other nodes `unavailable`.
+    /// Its replies and notices were made by books ahead of the file, so none of them leaves.
+    fn refuse(&mut self, group: Group) -> Result<(), NodeError> {
+        for (target, effects) in group.outcomes {
+            match target {
+                Some(ReplyTo::Device(target)) => {
+                    let id = effects.reply.as_ref().and_then(|r| r.id.as_deref());
+                    self.replies.publish(&target, disk::refusal(id).to_json())?;
+                }
+                Some(ReplyTo::Peer { answer, .. }) => {
+                    let _ = answer.send(Err(disk::peer_refusal()));
+                }
+                None => {}
+            }
         }
         Ok(())
     }

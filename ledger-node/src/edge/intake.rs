@@ -3,12 +3,17 @@
 //! totals, and hands each group to the committer. The committer writes a group durably and
 //! only then publishes its answers; the two run in their own threads, so that the next
 //! group is applied while the previous one is being fsynced. Groups commit and answer in
-//! order, so a reply never depends on a change that is not yet on disk.
+//! order, so a reply never depends on a change that is not yet on disk. After a refused
+//! write it rebuilds the books from the file and answers only what needs no write until a
+//! probe write succeeds (`disk`).
 
-use super::committer::{Group, ReplyTo};
+use super::books::{Books, Loaded};
+use super::committer::{Group, ReplyTo, Reports};
+use super::disk::{self, DiskMode, Restart, WriteFailures};
 use super::inbox::{Call, Request};
 use crate::clock::now_ms;
 use crate::core::command;
+use crate::core::journal::Chain;
 use crate::core::reply::{Code, Rejection, Reply};
 use crate::core::{Effects, Ledger, OPERATOR};
 use crate::error::NodeError;
@@ -65,25 +70,45 @@ pub struct Intake {
     durable: Arc<AtomicU64>,
     /// Set when an id record could not be read back from the file.
     id_fault: IdFault,
-}
-
-/// Where the intake learns which groups are durable and whether reading ids back failed.
-pub struct IdsDurable {
-    pub durable: Arc<AtomicU64>,
-    pub fault: IdFault,
+    /// The file, to load the books from again after a refused write.
+    books: Books,
+    failures: Arc<WriteFailures>,
+    /// The refused writes the books were rebuilt after.
+    failures_seen: u64,
+    mode: DiskMode,
+    /// Goes with the next group sent: the books were rebuilt.
+    restart: Option<Restart>,
+    last_group: u64,
 }
 
 impl Intake {
     pub fn new(
-        ledger: Ledger,
+        (loaded, books): (Loaded, Books),
         commands: CommandReader,
         limits: IntakeLimits,
         committer: SyncSender<Group>,
         metrics: Arc<Metrics>,
-        ids: IdsDurable,
+        reports: Reports,
     ) -> Intake {
-        let IdsDurable { durable, fault: id_fault } = ids;
-        Intake { ledger, commands, limits, stats: IntakeStats::default(), committer, inbox: None, metrics, durable, id_fault }
+        let Loaded { ledger, id_fault, .. } = loaded;
+        let Reports { durable, failures } = reports;
+        Intake {
+            ledger,
+            commands,
+            limits,
+            stats: IntakeStats::default(),
+            committer,
+            inbox: None,
+            metrics,
+            durable,
+            id_fault,
+            books,
+            failures_seen: failures.count(),
+            failures,
+            mode: DiskMode::Writing,
+            restart: None,
+            last_group: 0,
+        }
     }
 
     /// Also takes requests from other nodes (the zenoh side queues them and wakes us).
@@ -126,6 +151,10 @@ impl Intake {
     }
 
     fn until_next_expiry(&self) -> Duration {
+        if !self.mode.writes() {
+            // No hold expires while refusing writes: a due one must not spin the loop.
+            return IDLE_TICK;
+        }
         match self.ledger.next_expiry() {
             Some(at) => Duration::from_millis(at.saturating_sub(now_ms())).min(IDLE_TICK),
             None => IDLE_TICK,
@@ -151,10 +180,16 @@ impl Intake {
     }
 
     fn process(&mut self, group: &mut Vec<Incoming>) -> Result<(), NodeError> {
+        self.follow_disk()?;
         self.ledger.group_durable(self.durable.load(Ordering::Acquire));
         let number = self.ledger.next_group();
+        self.last_group = number;
         let now = now_ms();
-        let mut outcomes: Vec<(Option<ReplyTo>, Effects)> = self.ledger.expire_due(now).into_iter().map(|e| (None, e)).collect();
+        let writes = self.mode.writes();
+        let mut outcomes: Vec<(Option<ReplyTo>, Effects)> = match writes {
+            true => self.ledger.expire_due(now).into_iter().map(|e| (None, e)).collect(),
+            false => Vec::new(),
+        };
         for incoming in group.drain(..) {
             match incoming {
                 Incoming::Device(command) => {
@@ -182,9 +217,13 @@ impl Intake {
             }
         }
         // An id that could not be read back may have been taken for new: stop before
-        // anything of this group is written or answered.
+        // anything of this group is written or answered. Refusing writes, such an id was
+        // answered disk_full at worst: nothing was taken.
         if let Some(fault) = self.id_fault.take() {
-            return Err(NodeError::Store(fault));
+            if writes {
+                return Err(NodeError::Store(fault));
+            }
+            tracing::warn!(error = %fault, "an id record could not be read back while refusing writes");
         }
         let (entries, filter_bytes, stats) = self.ledger.id_cache();
         self.metrics.id_cache(entries, filter_bytes, stats);
@@ -195,11 +234,74 @@ impl Intake {
         self.ledger.check_totals()?;
         self.stats.groups += 1;
         self.committer
-            .send(Group { number, outcomes })
+            .send(Group { number, restart: self.restart.take(), outcomes })
             .map_err(|_| NodeError::Stopped { part: "committer", why: "it no longer takes groups".to_string() })
     }
 
+    /// After a write the disk refused, rebuilds the books from the file and refuses writes;
+    /// while refusing, probes now and then whether writes work again.
+    fn follow_disk(&mut self) -> Result<(), NodeError> {
+        let failures = self.failures.count();
+        if failures != self.failures_seen {
+            self.failures_seen = failures;
+            let chain = self.reload()?;
+            self.restart = Some(Restart { after: failures, chain });
+            self.mode = DiskMode::refusing(Instant::now());
+            self.metrics.refusing_writes(true);
+        }
+        if let DiskMode::Refusing { since, next_probe } = self.mode {
+            let now = Instant::now();
+            if now < next_probe {
+                return Ok(());
+            }
+            match self.books.store().probe_writes(disk::PROBE_BYTES) {
+                Ok(()) => {
+                    tracing::warn!(refused_for_s = since.elapsed().as_secs(), "the disk takes writes again; taking new commands");
+                    self.mode = DiskMode::Writing;
+                    self.metrics.refusing_writes(false);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "the disk still refuses writes");
+                    self.mode = DiskMode::Refusing { since, next_probe: now + disk::PROBE_EVERY };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the books again from the file: what is durable, nothing of the groups the
+    /// committer refused. Retries while the file cannot be opened for want of space; any
+    /// other failure stops the node.
+    fn reload(&mut self) -> Result<Chain, NodeError> {
+        // The old books go first: two copies would not fit where one barely does.
+        self.ledger = self.books.empty();
+        loop {
+            let loaded = self.books.store().reopen().map_err(NodeError::Store).and_then(|()| self.books.load());
+            match loaded {
+                Ok(Loaded { mut ledger, chain, id_fault }) => {
+                    ledger.number_groups_after(self.last_group);
+                    tracing::warn!(head = ledger.head().seq, "books reloaded from the file after a refused write");
+                    self.ledger = ledger;
+                    self.id_fault = id_fault;
+                    return Ok(chain);
+                }
+                Err(NodeError::Store(e)) if e.is_write_failure() => {
+                    tracing::error!(error = %e, "cannot load the books from the file again; retrying");
+                    std::thread::sleep(disk::PROBE_EVERY);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn handle_request(&mut self, request: Request, now: u64) -> (Effects, Option<bridge::Answer>) {
+        if !self.mode.writes() {
+            return match request {
+                Request::Read(read) => (Effects::default(), Some(read(&self.ledger))),
+                // Asked again until the node writes: a refusal is not a decision.
+                _ => (Effects::default(), Some(Err(disk::peer_refusal()))),
+            };
+        }
         match request {
             Request::Receive(command) => (self.ledger.receive(command, now), None),
             Request::Settle { pending_id, decision } => (self.ledger.settle(&pending_id, &decision, now), None),
@@ -219,6 +321,10 @@ impl Intake {
             return (None, Effects::reply_only(Reply::rejected(id.as_deref(), rejection)));
         }
         match command::parse(payload, self.limits.max_batch_ops) {
+            Ok(cmd) if !self.mode.writes() => {
+                let answer = self.ledger.answer_without_writing(Some(device), &cmd);
+                (Some(cmd.op.name()), answer.unwrap_or_else(|| Effects::reply_only(disk::refusal(Some(&cmd.id)))))
+            }
             Ok(cmd) => (Some(cmd.op.name()), self.ledger.submit(Some(device), cmd, now)),
             Err(rejection) => {
                 let id = command::peek_id(payload);

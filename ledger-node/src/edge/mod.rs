@@ -5,7 +5,9 @@
 //! `committer` (the durability rule, see `committer`), and with zenoh `edge-link` (a tokio
 //! runtime for shipping and queryables). Every one reports to `Fatal` when it stops.
 
+pub mod books;
 pub mod committer;
+pub mod disk;
 pub mod inbox;
 pub mod intake;
 pub mod queryables;
@@ -14,9 +16,9 @@ pub mod transfers;
 
 use crate::error::{Fatal, NodeError};
 use crate::metrics::Metrics;
-use crate::setup::ledger_for;
 use crate::store::Store;
-use committer::{CommitListener, Committer, GROUPS_IN_FLIGHT};
+use books::Books;
+use committer::{CommitListener, Committer, Reports, GROUPS_IN_FLIGHT};
 use config::NodeConfig;
 use inbox::Inbox;
 use intake::{Intake, IntakeLimits};
@@ -29,14 +31,9 @@ use std::time::Duration;
 pub fn start(config: &NodeConfig, store: Store, fatal: &Fatal) -> Result<(), NodeError> {
     check_listeners(config)?;
     let store = Arc::new(store);
-    let mut ledger = ledger_for(config);
-    // Recent id records in RAM, every one in the file (SPEC §4: exact for every id ever).
-    let (archive, id_fault) = crate::store::StoreIds::new(store.clone());
-    ledger.archive_ids(config.ledger.id_cache_entries, Box::new(archive));
-    let chain = store.load(&mut ledger)?;
-    if let Some(fault) = id_fault.take() {
-        return Err(NodeError::Store(fault));
-    }
+    let books = Books::new(config, store.clone());
+    let loaded = books.load()?;
+    let (ledger, chain) = (&loaded.ledger, loaded.chain);
     tracing::info!(node = %config.node.id, db = %store.path().display(), head = ledger.head().seq, "ledger loaded");
 
     // The node's own broker links (commands, and the waker with zenoh) are not devices.
@@ -52,7 +49,6 @@ pub fn start(config: &NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Nod
     // intake through the inbox; a second broker link wakes the intake for them.
     let (listener, inbox): (Option<Box<dyn CommitListener>>, _) = match &config.zenoh {
         Some(_) => {
-            ledger.enable_cross_node();
             let (inbox, queued) = Inbox::new(broker::link::Waker::new(&mut mqtt)?);
             let link = start_zenoh(config, store.clone(), chain, inbox, &metrics, fatal)?;
             (Some(Box::new(link)), Some(queued))
@@ -79,12 +75,12 @@ pub fn start(config: &NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Nod
         max_wait: Duration::from_micros(config.commit.max_wait_us),
     };
     let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT);
-    // A node that cannot commit must stop at once: it would only keep taking commands
-    // (PUBACK) that it can never answer.
-    let durable = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let committer = Committer::new(store, chain, replies, listener, metrics.clone(), durable.clone());
+    // What the committer made durable, and the writes the disk refused (see `disk`).
+    let (durable, failures) = (Arc::default(), Arc::default());
+    let reports = || Reports { durable: Arc::clone(&durable), failures: Arc::clone(&failures) };
+    let committer = Committer::new(store, chain, replies, listener, metrics.clone(), reports());
     fatal.spawn("committer", move || committer.run(groups_rx))?;
-    let intake = Intake::new(ledger, commands, limits, groups_tx, metrics, intake::IdsDurable { durable, fault: id_fault });
+    let intake = Intake::new((loaded, books), commands, limits, groups_tx, metrics, reports());
     let intake = match inbox {
         Some(queued) => intake.with_inbox(queued),
         None => intake,

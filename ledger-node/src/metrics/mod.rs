@@ -147,6 +147,9 @@ pub struct Metrics {
     id_cache_entries: Gauge,
     id_filter_bytes: Gauge,
     id_cache: [Counter; 4],
+    /// Commits the disk refused, and whether the node refuses new commands now (`edge::disk`).
+    write_failures: Counter,
+    refusing_writes: Gauge,
     /// When the node's main loop last showed life (ms since the epoch).
     heartbeat_ms: AtomicU64,
     gauges: Arc<ScrapeGauges>,
@@ -170,6 +173,8 @@ impl Metrics {
             id_cache_entries: Gauge::default(),
             id_filter_bytes: Gauge::default(),
             id_cache: Default::default(),
+            write_failures: Counter::default(),
+            refusing_writes: Gauge::default(),
             heartbeat_ms: AtomicU64::new(now_ms()),
             gauges: Arc::default(),
         };
@@ -207,6 +212,10 @@ impl Metrics {
             let help = "Ids looked up in the file: evicted from RAM, or the filter's false positives";
             registry.register("edgeledger_id_cache_misses", help, misses);
             registry.register("edgeledger_id_cache_evictions", "Id records that left RAM (they stay in the file)", evictions);
+            let help = "Commits the disk refused (full, a quota, a size limit, an I/O error); nothing of them was answered ok";
+            registry.register("edgeledger_write_failures", help, metrics.write_failures.clone());
+            let help = "1 while the node cannot write and answers new commands disk_full (reads and resends still answered)";
+            registry.register("edgeledger_refusing_writes", help, metrics.refusing_writes.clone());
             registry.register_collector(Box::new(BrokerCounters));
             metrics.gauges.callbacks.lock().expect("gauges").push(Box::new(move |out| {
                 let connections = (rumqttd::CONNECTIONS.load(Ordering::Relaxed) as u64).saturating_sub(own_links);
@@ -259,6 +268,16 @@ impl Metrics {
         for (counter, total) in self.id_cache.iter().zip([stats.hits, stats.never_seen, stats.misses, stats.evictions]) {
             counter.inc_by(total.saturating_sub(counter.get()));
         }
+    }
+
+    /// A commit the disk refused.
+    pub fn write_failed(&self) {
+        self.write_failures.inc();
+    }
+
+    /// Whether the node refuses new commands for want of a writable disk.
+    pub fn refusing_writes(&self, refusing: bool) {
+        self.refusing_writes.set(i64::from(refusing));
     }
 
     pub fn heartbeat(&self) {

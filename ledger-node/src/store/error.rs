@@ -30,6 +30,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A write the disk refused (full, a quota, a size limit, an I/O error): the node can
+    /// go on answering from what is durable and try again later. Not corruption.
+    pub fn is_write_failure(&self) -> bool {
+        matches!(self, StoreError::DiskFull { .. } | StoreError::Io { .. })
+    }
+
     pub fn path(&self) -> &Path {
         match self {
             StoreError::Open { path, .. }
@@ -83,8 +89,16 @@ pub enum Fault {
     Corrupt(String),
     Replay(String),
     Invariant(String),
-    Format { found: Option<String>, expected: &'static str },
-    WrongNode { found: String, expected: String },
+    Format {
+        found: Option<String>,
+        expected: &'static str,
+    },
+    WrongNode {
+        found: String,
+        expected: String,
+    },
+    /// The file is being (or could not be) opened again after a failed write.
+    Closed,
 }
 
 macro_rules! redb_faults {
@@ -127,6 +141,7 @@ impl Fault {
             Fault::Invariant(detail) => StoreError::Invariant { path, detail },
             Fault::Format { found, expected } => StoreError::Format { path, found, expected },
             Fault::WrongNode { found, expected } => StoreError::WrongNode { path, found, expected },
+            Fault::Closed => StoreError::Io { path, detail: "closed after a failed write; it opens again once writing works".to_string() },
         }
     }
 }

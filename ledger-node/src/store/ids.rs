@@ -56,7 +56,8 @@ pub(super) fn decode_record(bytes: &[u8]) -> Result<IdRecord, String> {
 impl Store {
     /// The recorded result of `key` as the last commit left it.
     pub fn id_record(&self, key: &str) -> Result<Option<Recorded>, Fault> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let ids = tx.open_table(IDS)?;
         let Some(value) = ids.get(key)? else { return Ok(None) };
         let record = decode_record(value.value()).map_err(|e| Fault::Corrupt(format!("id record {key:?} cannot be read: {e}")))?;

@@ -19,7 +19,8 @@ impl Store {
     }
 
     fn load_inner(&self, ledger: &mut Ledger) -> Result<Chain, Fault> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let ids = tx.open_table(IDS)?;
         for row in ids.iter()? {
             let (id, value) = row?;
@@ -66,12 +67,13 @@ impl Store {
     /// records, in one durable commit. On error the chain may have advanced past what is
     /// stored: the caller must stop. Returns the sealed entries, for shipping to the region.
     pub fn commit<'a>(&self, chain: &mut Chain, effects: impl IntoIterator<Item = &'a Effects>) -> Result<Vec<Entry>, StoreError> {
-        self.commit_inner(chain, effects).map_err(|f| self.fail(f))
+        self.write(|| self.commit_inner(chain, effects))
     }
 
     fn commit_inner<'a>(&self, chain: &mut Chain, effects: impl IntoIterator<Item = &'a Effects>) -> Result<Vec<Entry>, Fault> {
         let mut sealed = Vec::new();
-        let mut tx = self.db.begin_write()?;
+        let db = self.db()?;
+        let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         {
             let mut journal = tx.open_table(JOURNAL)?;
@@ -104,7 +106,8 @@ impl Store {
     /// Reads journal entries `from..=to` (inclusive), at most `limit` of them.
     pub fn journal_range(&self, from: u64, to: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let read = || -> Result<Vec<Entry>, Fault> {
-            let tx = self.db.begin_read()?;
+            let db = self.db()?;
+            let tx = db.begin_read()?;
             let journal = tx.open_table(JOURNAL)?;
             let mut out = Vec::new();
             for row in journal.range(from..=to)?.take(limit) {
@@ -124,7 +127,8 @@ impl Store {
         }
         let end = before - 1;
         let read = || -> Result<Vec<Entry>, Fault> {
-            let tx = self.db.begin_read()?;
+            let db = self.db()?;
+            let tx = db.begin_read()?;
             let mut out = Vec::new();
             match replica_of {
                 None => {

@@ -17,7 +17,10 @@ pub use ids::{IdFault, StoreIds};
 
 use error::Fault;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("ids");
@@ -26,6 +29,8 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const REPLICA: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("replica");
 /// A region's last signed head of each edge (JSON of `bridge::sign::SignedHead`).
 const REPLICA_SIGNED: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_signed_head");
+/// Filler that `Store::probe_writes` writes and removes again; empty between probes.
+const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
 
 /// redb's page cache. Its default (1 GiB) would be most of an edge's memory once the file
 /// is large; the pages a node reads back are the tables' upper levels and recent entries.
@@ -38,8 +43,23 @@ pub const DB_FILE: &str = "ledger.redb";
 const FORMAT: &str = "edgeledger-2";
 
 pub struct Store {
-    db: Database,
+    /// None only while `reopen` is closing and opening the file (or could not open it).
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+    /// A write failed: redb refuses every later operation (`PreviousIo`) until the file is
+    /// opened again.
+    write_failed: AtomicBool,
+}
+
+/// The open database, held for one operation: `reopen` waits for it.
+struct Open<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl Deref for Open<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("an Open is made only of an open database")
+    }
 }
 
 impl Store {
@@ -52,7 +72,7 @@ impl Store {
             .set_cache_size(DB_CACHE_BYTES)
             .create(&path)
             .map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
-        let store = Store { db, path };
+        let store = Store::of(db, path);
         store.claim(node_id).map_err(|f| store.fail(f))?;
         Ok(store)
     }
@@ -70,13 +90,73 @@ impl Store {
             }
             e => fail(e.to_string()),
         })?;
-        let store = Store { db, path: path.to_path_buf() };
+        let store = Store::of(db, path.to_path_buf());
         let node = store.identity().map_err(|f| store.fail(f))?;
         Ok((store, node))
     }
 
+    fn of(db: Database, path: PathBuf) -> Store {
+        Store { db: RwLock::new(Some(db)), path, write_failed: AtomicBool::new(false) }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn db(&self) -> Result<Open<'_>, Fault> {
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        match *db {
+            Some(_) => Ok(Open(db)),
+            None => Err(Fault::Closed),
+        }
+    }
+
+    /// Runs a write; a failure leaves the file to be opened again before the next one.
+    fn write<T>(&self, write: impl FnOnce() -> Result<T, Fault>) -> Result<T, StoreError> {
+        write().map_err(|f| {
+            self.write_failed.store(true, Ordering::Release);
+            self.fail(f)
+        })
+    }
+
+    /// Closes the file and opens it again: after a failed write redb answers nothing else
+    /// until then. The open repairs what the failed commit left (the last durable commit
+    /// stands). Operations in progress finish first; those that start meanwhile fail.
+    pub fn reopen(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        // A file is opened once per process: the old handle goes first.
+        *db = None;
+        let opened = Database::builder().set_cache_size(DB_CACHE_BYTES).create(&self.path).map_err(|e| self.fail(e.into()))?;
+        *db = Some(opened);
+        self.write_failed.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the file takes writes again: reopens it if a write failed, then commits
+    /// `bytes` of filler and removes it in a second commit, so that the space the next
+    /// groups need is there (inside the file) when this returns Ok.
+    pub fn probe_writes(&self, bytes: usize) -> Result<(), StoreError> {
+        if self.write_failed.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let filler = vec![0u8; bytes];
+        self.write(|| {
+            for keep in [true, false] {
+                let db = self.db()?;
+                let mut tx = db.begin_write()?;
+                tx.set_durability(Durability::Immediate)?;
+                {
+                    let mut probe = tx.open_table(PROBE)?;
+                    if keep {
+                        probe.insert("filler", filler.as_slice())?;
+                    } else {
+                        probe.remove("filler")?;
+                    }
+                }
+                tx.commit()?;
+            }
+            Ok(())
+        })
     }
 
     fn fail(&self, fault: Fault) -> StoreError {
@@ -85,7 +165,8 @@ impl Store {
 
     /// Records the node id on first use; refuses a file of another node.
     fn claim(&self, node_id: &str) -> Result<(), Fault> {
-        let mut tx = self.db.begin_write()?;
+        let db = self.db()?;
+        let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
         {
             let mut meta = tx.open_table(META)?;
@@ -114,7 +195,8 @@ impl Store {
 
     /// The node id of an existing file, after checking its format.
     fn identity(&self) -> Result<String, Fault> {
-        let tx = self.db.begin_read()?;
+        let db = self.db()?;
+        let tx = db.begin_read()?;
         let meta = tx.open_table(META).map_err(|e| Fault::Corrupt(format!("not an edgeledger database: {e}")))?;
         let node = meta.get("node_id")?.map(|v| v.value().to_string());
         let format = meta.get("format")?.map(|v| v.value().to_string());
@@ -127,7 +209,8 @@ impl Store {
     /// The head the last commit recorded (`seq:hash`), if any.
     pub fn recorded_head(&self) -> Result<Option<String>, StoreError> {
         let read = || -> Result<Option<String>, Fault> {
-            let tx = self.db.begin_read()?;
+            let db = self.db()?;
+            let tx = db.begin_read()?;
             let meta = tx.open_table(META)?;
             let head = meta.get("head")?.map(|v| v.value().to_string());
             Ok(head)
@@ -138,7 +221,8 @@ impl Store {
     /// Entries in the journal, or in a region's replica of `edge`.
     pub fn count(&self, replica_of: Option<&str>) -> Result<u64, StoreError> {
         let read = || -> Result<u64, Fault> {
-            let tx = self.db.begin_read()?;
+            let db = self.db()?;
+            let tx = db.begin_read()?;
             match replica_of {
                 None => Ok(tx.open_table(JOURNAL)?.len()?),
                 Some(edge) => {

@@ -11,7 +11,8 @@ impl Store {
     /// Rebuilds a region's replica of `edge` into `ledger`, verifying the chain; returns its end.
     pub fn load_replica(&self, edge: &str, ledger: &mut Ledger) -> Result<Chain, StoreError> {
         let mut read = || -> Result<Chain, Fault> {
-            let tx = self.db.begin_read()?;
+            let db = self.db()?;
+            let tx = db.begin_read()?;
             let replica = tx.open_table(REPLICA)?;
             let mut chain = Chain::default();
             for row in replica.range((edge, 0)..=(edge, u64::MAX))? {
@@ -29,7 +30,8 @@ impl Store {
     /// edge's signed head of the last of them when it sent one.
     pub fn append_replica(&self, edge: &str, entries: &[Entry], signed_head: Option<&[u8]>) -> Result<(), StoreError> {
         let write = || -> Result<(), Fault> {
-            let mut tx = self.db.begin_write()?;
+            let db = self.db()?;
+            let mut tx = db.begin_write()?;
             tx.set_durability(Durability::Immediate)?;
             {
                 let mut replica = tx.open_table(REPLICA)?;
@@ -50,7 +52,8 @@ impl Store {
     /// written before heads were signed has none).
     pub fn replica_signed_head(&self, edge: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let read = || -> Result<Option<Vec<u8>>, Fault> {
-            let tx = self.db.begin_read()?;
+            let db = self.db()?;
+            let tx = db.begin_read()?;
             let table = match tx.open_table(REPLICA_SIGNED) {
                 Ok(table) => table,
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -64,7 +67,8 @@ impl Store {
     /// The edges a region's file holds replicas of.
     pub fn replica_edges(&self) -> Result<Vec<String>, StoreError> {
         let read = || -> Result<Vec<String>, Fault> {
-            let tx = self.db.begin_read()?;
+            let db = self.db()?;
+            let tx = db.begin_read()?;
             let replica = tx.open_table(REPLICA)?;
             let mut edges: Vec<String> = Vec::new();
             loop {
@@ -86,7 +90,8 @@ impl Store {
     /// Reads entries `from..` of the replica of `edge`, at most `limit` of them.
     pub fn replica_range(&self, edge: &str, from: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let read = || -> Result<Vec<Entry>, Fault> {
-            let tx = self.db.begin_read()?;
+            let db = self.db()?;
+            let tx = db.begin_read()?;
             let replica = tx.open_table(REPLICA)?;
             let mut out = Vec::new();
             for row in replica.range((edge, from)..=(edge, u64::MAX))?.take(limit) {

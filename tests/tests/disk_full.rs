@@ -1,0 +1,127 @@
+//! A disk that refuses writes, for real: the running node's file size limit
+//! (RLIMIT_FSIZE, set on the process with prlimit) is lowered to the size its redb file
+//! has, so the file's next growth fails with EFBIG as it would on a full disk. The node
+//! must answer new commands `disk_full` without recording them, keep answering balances
+//! and resends (including ids long evicted from RAM), never acknowledge what it could not
+//! write, and take commands again by itself once the limit is lifted. Its file must then
+//! hold exactly what it answered `ok`.
+
+use harness::{cmd, load_ledger, Device, NodeOptions, NodeProcess};
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// Payments sent at most while waiting for the file to hit its limit (~3 KB each).
+const MAX_PAYMENTS: usize = 4_000;
+const PAYERS: usize = 4;
+/// How long the node may take to notice that writes work again (it probes every second).
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Sets the soft file size limit of process `pid` (None: unlimited, up to the hard limit).
+fn set_file_size_limit(pid: u32, bytes: Option<u64>) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit writes the current limits into `limit`, which outlives the call.
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_FSIZE, std::ptr::null(), &mut limit) };
+    assert_eq!(rc, 0, "prlimit (read): {}", std::io::Error::last_os_error());
+    limit.rlim_cur = bytes.map_or(limit.rlim_max, |b| b.min(limit.rlim_max));
+    // SAFETY: prlimit reads `limit`, which outlives the call, and writes nothing back.
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit (write): {}", std::io::Error::last_os_error());
+}
+
+fn payment(id: &str) -> Value {
+    let mut command = cmd::transfer(id, "wallet:alice", "merchant:cafe", "0.01", "EUR");
+    command["metadata"] = json!({ "receipt": "r".repeat(1_900) });
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_new_commands_answers_the_rest_and_recovers_by_itself() {
+    let mut node = NodeProcess::start(NodeOptions { ledger_toml: "id_cache_entries = 16".into(), ..NodeOptions::default() });
+    let device = Device::connect(node.port, "pos-1").await;
+    for (id, command) in [
+        ("o1", cmd::open("o1", "issuer", "EUR", &["issuance"])),
+        ("o2", cmd::open("o2", "wallet:alice", "EUR", &[])),
+        ("o3", cmd::open("o3", "merchant:cafe", "EUR", &[])),
+        ("f1", cmd::transfer("f1", "issuer", "wallet:alice", "1000.00", "EUR")),
+    ] {
+        assert_eq!(device.request(command).await["code"], "ok", "setup {id}");
+    }
+    let first = device.request(payment("p0")).await;
+    assert_eq!(first["code"], "ok", "{first}");
+
+    // From here on the file cannot grow. Four devices pay at once, so that groups are in
+    // flight behind the one the disk refuses: they must be refused too, not acknowledged.
+    let file_bytes = std::fs::metadata(node.db_path()).expect("db file").len();
+    set_file_size_limit(node.pid(), Some(file_bytes));
+    let mut payers = Vec::new();
+    for k in 0..PAYERS {
+        let port = node.port;
+        payers.push(tokio::spawn(async move {
+            let device = Device::connect(port, &format!("payer-{k}")).await;
+            let mut paid = 0u64;
+            for i in 0..MAX_PAYMENTS / PAYERS {
+                let id = format!("k{k}-{i}");
+                let reply = device.request(payment(&id)).await;
+                match reply["code"].as_str() {
+                    Some("ok") => paid += 1,
+                    Some("disk_full") => {
+                        assert_eq!(reply["status"], "rejected", "{reply}");
+                        assert!(reply["seq"].is_null(), "a refused command has no seq: {reply}");
+                        assert!(reply["message"].as_str().unwrap().contains("resend the same id later"), "{reply}");
+                        device.disconnect().await;
+                        return (paid, Some(id));
+                    }
+                    _ => panic!("unexpected reply {reply}"),
+                }
+            }
+            (paid, None)
+        }));
+    }
+    let mut paid = 1u64; // p0
+    let mut refused_ids = Vec::new();
+    for payer in payers {
+        let (n, refused) = payer.await.expect("payer");
+        paid += n;
+        refused_ids.push(refused.unwrap_or_else(|| panic!("the file never reached its limit of {file_bytes} bytes")));
+    }
+    let refused = refused_ids[0].clone();
+    assert!(node.is_running(), "a full disk does not stop the node; log:\n{}", node.log());
+
+    // Refusing: reads and resends answered from what is durable, anything new refused.
+    let balance = device.request(cmd::balance("b1", "merchant:cafe")).await;
+    assert_eq!(balance["code"], "ok", "{balance}");
+    assert_eq!(balance["balance"]["posted"], format!("{}.{:02}", paid / 100, paid % 100), "only what was answered ok: {balance}");
+    let resent = device.request(payment("p0")).await;
+    assert_eq!((&resent["code"], &resent["duplicate"], &resent["seq"]), (&json!("ok"), &json!(true), &first["seq"]), "{resent}");
+    let conflicting = device.request(cmd::transfer("p0", "wallet:alice", "merchant:cafe", "9.99", "EUR")).await;
+    assert_eq!(conflicting["code"], "id_conflict", "{conflicting}");
+    for id in [refused.as_str(), "new-1"] {
+        let reply = device.request(payment(id)).await;
+        assert_eq!(reply["code"], "disk_full", "{id} is still refused, not recorded: {reply}");
+    }
+
+    // Space returns: the node takes commands again by itself, and the id it refused
+    // takes effect now, once.
+    set_file_size_limit(node.pid(), None);
+    let deadline = Instant::now() + RECOVERY_DEADLINE;
+    let taken = loop {
+        let reply = device.request(payment(&refused)).await;
+        if reply["code"] == "ok" {
+            break reply;
+        }
+        assert_eq!(reply["code"], "disk_full", "{reply}");
+        assert!(Instant::now() < deadline, "the node did not write again within {RECOVERY_DEADLINE:?}; log:\n{}", node.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(taken["duplicate"], false, "the refused id was never recorded: {taken}");
+    paid += 1;
+    let again = device.request(payment(&refused)).await;
+    assert_eq!((&again["duplicate"], &again["seq"]), (&json!(true), &taken["seq"]), "{again}");
+    assert!(node.log().contains("refused a commit"), "the refused write is logged:\n{}", node.log());
+
+    // The file holds exactly what was answered ok, and verifies.
+    device.disconnect().await;
+    node.kill9();
+    let ledger = load_ledger(&node.dir.join("data"), "test/edge-1").expect("the file verifies after the refused writes");
+    assert_eq!(ledger.account("merchant:cafe").expect("merchant").posted, paid as i64, "one cent per payment answered ok");
+}
