@@ -3,7 +3,9 @@
 //! overdraft attempts. After every step it checks SPEC §8 invariants 1, 2, 3 and 5 and that
 //! the core's balances equal the model's. The core keeps only `ID_CACHE` id records in RAM
 //! and reads the rest back from an archive written one group late, as the node's committer
-//! writes its file: a resend of an id long evicted must still be a duplicate.
+//! writes its file: a resend of an id long evicted must still be a duplicate. The live
+//! tables written with each group (accounts, holds) must equal, after every step, a replay
+//! of the journal written so far, and a ledger restored from them must equal the core.
 
 mod common;
 
@@ -13,7 +15,7 @@ use ledger::core::idempotency::IdRecord;
 use ledger::core::journal::{Chain, Entry, GENESIS};
 use ledger::core::money::Assets;
 use ledger::core::reply::Reply;
-use ledger::core::{Effects, EntryBody, Ledger, Limits, Permissions};
+use ledger::core::{Effects, EntryBody, Ledger, Limits, LiveChanges, Permissions};
 use proptest::prelude::*;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
@@ -386,12 +388,15 @@ struct Unwritten {
     number: u64,
     ids: Vec<(String, IdRecord)>,
     bodies: Vec<EntryBody>,
+    live: LiveChanges,
 }
 
 struct Harness {
     ledger: Ledger,
     written: Arc<Mutex<Written>>,
     unwritten: Option<Unwritten>,
+    /// A replay of the entries written so far: what the live tables must equal.
+    replayed: Ledger,
     model: Model,
     /// Entries sealed as the committer seals them.
     journal: Vec<Entry>,
@@ -408,10 +413,14 @@ impl Harness {
         let written = Arc::new(Mutex::new(Written::default()));
         let mut ledger = new_ledger();
         ledger.archive_ids(ID_CACHE, Box::new(Archive(written.clone())));
+        ledger.track_live_changes();
+        let mut replayed = new_ledger();
+        replayed.forget_ids();
         Harness {
             ledger,
             written,
             unwritten: None,
+            replayed,
             model: Model::default(),
             journal: Vec::new(),
             chain: Chain::default(),
@@ -436,7 +445,18 @@ impl Harness {
     /// The committer's side: the open group becomes durable, and the ledger hears of it.
     fn commit(&mut self) {
         let Some(group) = self.unwritten.take() else { return };
-        self.written.lock().unwrap().commit(group.ids, group.bodies);
+        for body in &group.bodies {
+            self.replayed.replay(body).unwrap();
+        }
+        let mut written = self.written.lock().unwrap();
+        written.commit(group.ids, group.bodies);
+        written.commit_live(group.live);
+        // The live tables equal a replay of the journal as written.
+        let tables = written.live_state(self.replayed.head());
+        if let Some(difference) = tables.difference(&self.replayed.live_state()) {
+            panic!("live tables vs replay: {difference}");
+        }
+        drop(written);
         self.ledger.group_durable(group.number);
     }
 
@@ -455,6 +475,7 @@ impl Harness {
         let parsed = command::parse(c.to_string().as_bytes(), 10).unwrap_or_else(|e| panic!("{c}: {e:?}"));
         let effects = self.ledger.submit(Some(DEVICE), parsed, self.now);
         self.collect(&effects);
+        self.unwritten.as_mut().expect("a group is open").live = self.ledger.take_live_changes();
         // The previous group's commit returns while this one was applied.
         let current = std::mem::replace(&mut self.unwritten, previous);
         self.commit();
@@ -580,6 +601,13 @@ proptest! {
         for (name, a) in h.ledger.accounts() {
             prop_assert_eq!(rebuilt.account(name), Some(a));
         }
+        // A ledger restored from the live tables, as an edge starts, is the core's.
+        let tables = h.written.lock().unwrap().live_state(h.ledger.head());
+        let mut restored = new_ledger();
+        restored.restore_live(tables.head, tables.accounts, tables.holds, tables.received.into_values());
+        restored.check_invariants().unwrap();
+        prop_assert_eq!(restored.live_state().difference(&h.ledger.live_state()), None);
+        prop_assert_eq!(rebuilt.live_state().difference(&h.ledger.live_state()), None);
         // The journal alone restores the id record of every accepted command, batch ops too.
         for (id, reply) in &h.replies {
             if reply.code.as_str() == "ok" && reply.balance.is_none() {

@@ -38,7 +38,7 @@ fn booked(dir: &Path, assets: &str) {
     ];
     let effects: Vec<Effects> = commands.into_iter().map(|c| ledger.submit(Some("dev"), c, 1_000)).collect();
     assert!(effects.iter().all(|e| e.reply.as_ref().unwrap().code.as_str() == "ok"));
-    store.commit(&mut chain, &effects).unwrap();
+    store.commit(&mut chain, &effects, &ledger.take_live_changes()).unwrap();
 }
 
 fn load(dir: &Path, assets: &str) -> Result<Ledger, String> {

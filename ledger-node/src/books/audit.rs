@@ -7,7 +7,7 @@
 
 use crate::core::journal::{hex, Chain, Entry};
 use crate::core::money::Assets;
-use crate::core::{Ledger, Limits, Permissions};
+use crate::core::{Ledger, Limits, LiveState, Permissions};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
@@ -69,5 +69,10 @@ impl Audit {
 
     pub fn chain(&self) -> Chain {
         self.chain
+    }
+
+    /// The live state the journal rebuilds, to compare with a node's live tables.
+    pub fn live_state(&self) -> LiveState {
+        self.ledger.live_state()
     }
 }

@@ -172,14 +172,18 @@ impl Ledger {
 
     fn put_account(&mut self, name: &str, acct: Account, undo: &mut Vec<Undo>) {
         let before = self.accounts.set(name, Some(acct));
+        self.note_account(name);
         undo.push(Undo::Account(name.to_string(), before));
     }
 
     fn put_hold(&mut self, pending_id: &str, hold: Hold, undo: &mut Vec<Undo>) {
         let before = self.holds.set(pending_id, Some(hold));
+        self.note_hold(pending_id);
         undo.push(Undo::Hold(pending_id.to_string(), before));
     }
 
+    /// Undoes a command's changes. Their keys stay noted as changed (`live`): writing an
+    /// unchanged value is harmless.
     pub(super) fn rollback(&mut self, undo: Vec<Undo>) {
         for step in undo.into_iter().rev() {
             match step {

@@ -72,6 +72,8 @@ pub struct Ledger {
     /// Replay rebuilds full id records only from this entry on: older ones would only be
     /// evicted again, so for them the filter just learns their keys (see `replaying_to`).
     pub(super) ids_from_seq: u64,
+    /// What changed since the shell last took it (`live`); None: not noted.
+    pub(super) dirty: Option<super::live_changes::Dirty>,
 }
 
 impl Ledger {
@@ -88,6 +90,7 @@ impl Ledger {
             cross_node: false,
             head: Head { seq: 0, ts_ms: 0 },
             ids_from_seq: 0,
+            dirty: None,
         }
     }
 
@@ -389,6 +392,7 @@ impl Ledger {
             Journaled::Node(NodeCommand { id, op: NodeOp::Receive { source, movement } }) => {
                 let recorded = Recorded { fingerprint, reply: reply.clone() };
                 self.received.insert(Received { source: source.clone(), id: id.clone(), movement: movement.clone(), recorded });
+                self.note_received(&TransferKey::new(source, id));
                 Vec::new()
             }
             Journaled::Node(_) => Vec::new(),

@@ -7,7 +7,7 @@ use super::idempotency::Recorded;
 use std::collections::HashMap;
 
 /// A cross-node transfer this node received, and its recorded decision.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Received {
     pub source: String,
     pub id: String,

@@ -38,8 +38,10 @@ impl Books {
         ledger_for(&self.config)
     }
 
-    /// Replays the file's journal into a new ledger that keeps the recent id records in
-    /// RAM and reads the others from the file (SPEC §4: exact for every id ever).
+    /// Restores a new ledger from the file's live tables (no replay; a file written before
+    /// them is replayed once), keeping the recent id records in RAM and reading the others
+    /// from the file (SPEC §4: exact for every id ever). From then on the ledger notes what
+    /// each group changes, for the committer to write into the live tables.
     pub fn load(&self) -> Result<Loaded, NodeError> {
         let mut ledger = ledger_for(&self.config);
         let (archive, id_fault) = StoreIds::new(self.store.clone());
@@ -47,10 +49,11 @@ impl Books {
         if self.config.zenoh.is_some() {
             ledger.enable_cross_node();
         }
-        let chain = self.store.load(&mut ledger)?;
+        let chain = self.store.open_books(&mut ledger)?;
         if let Some(fault) = id_fault.take() {
             return Err(NodeError::Store(fault));
         }
+        ledger.track_live_changes();
         Ok(Loaded { ledger, chain, id_fault })
     }
 }

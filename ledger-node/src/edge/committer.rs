@@ -9,7 +9,7 @@
 
 use super::disk::{self, Restart, WriteFailures};
 use crate::core::journal::{Chain, Entry};
-use crate::core::Effects;
+use crate::core::{Effects, LiveChanges};
 use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -50,11 +50,13 @@ pub struct Group {
     /// The first group of books rebuilt after a refused write.
     pub restart: Option<Restart>,
     pub outcomes: Vec<(Option<ReplyTo>, Effects)>,
+    /// What the group changed in the live state, written in the same commit.
+    pub live: LiveChanges,
 }
 
 impl Group {
     fn writes(&self) -> bool {
-        self.outcomes.iter().any(|(_, e)| e.entry.is_some() || !e.recorded.is_empty())
+        !self.live.is_empty() || self.outcomes.iter().any(|(_, e)| e.entry.is_some() || !e.recorded.is_empty())
     }
 }
 
@@ -110,7 +112,7 @@ impl Committer {
             if group.writes() {
                 // No reply leaves before this returns: a crash here loses only unanswered commands.
                 let started = Instant::now();
-                let sealed = match self.store.commit(&mut self.chain, group.outcomes.iter().map(|(_, e)| e)) {
+                let sealed = match self.store.commit(&mut self.chain, group.outcomes.iter().map(|(_, e)| e), &group.live) {
                     Ok(sealed) => sealed,
                     Err(e) if e.is_write_failure() => {
                         let failures = self.failures.raise();

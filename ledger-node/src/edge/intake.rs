@@ -227,14 +227,16 @@ impl Intake {
         }
         let (entries, filter_bytes, stats) = self.ledger.id_cache();
         self.metrics.id_cache(entries, filter_bytes, stats);
+        let live = self.ledger.take_live_changes();
         if outcomes.is_empty() {
+            debug_assert!(live.is_empty(), "only a command or an expiry changes the books");
             return Ok(());
         }
         // A broken sum stops the node here, before any reply of this group can leave.
         self.ledger.check_totals()?;
         self.stats.groups += 1;
         self.committer
-            .send(Group { number, restart: self.restart.take(), outcomes })
+            .send(Group { number, restart: self.restart.take(), outcomes, live })
             .map_err(|_| NodeError::Stopped { part: "committer", why: "it no longer takes groups".to_string() })
     }
 

@@ -59,9 +59,9 @@ impl fmt::Display for StoreError {
             StoreError::WrongNode { found, expected, .. } => {
                 write!(f, "database {path} belongs to node {found}, but this node is {expected}; point node.data_dir elsewhere")
             }
-            StoreError::Format { found: Some(found), expected, .. } if found.starts_with("edgeledger-") => write!(
+            StoreError::Format { found: Some(found), expected, .. } if found == "edgeledger-1" => write!(
                 f,
-                "database {path} has format {found}, this release reads {expected} only (ids are now scoped per device); \
+                "database {path} has format {found}, this release reads {expected} and edgeledger-2 only (ids are now scoped per device); \
                  let the region catch up and in-flight transfers finish with the release that wrote it, keep the file \
                  for audit, and start this node with an empty node.data_dir"
             ),

@@ -6,7 +6,7 @@ use super::ids::{decode_record, encode_record, is_rejection};
 use super::{Store, IDS, JOURNAL, META};
 use crate::core::idempotency::IdRecord;
 use crate::core::journal::{hex, Chain, Entry};
-use crate::core::{Effects, Ledger};
+use crate::core::{Effects, Ledger, LiveChanges};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 
 impl Store {
@@ -64,13 +64,23 @@ impl Store {
     }
 
     /// Seals the entries of a group of commands onto `chain` and writes them, with the id
-    /// records, in one durable commit. On error the chain may have advanced past what is
+    /// records and the group's changes to the live tables, in one durable commit. On error the chain may have advanced past what is
     /// stored: the caller must stop. Returns the sealed entries, for shipping to the region.
-    pub fn commit<'a>(&self, chain: &mut Chain, effects: impl IntoIterator<Item = &'a Effects>) -> Result<Vec<Entry>, StoreError> {
-        self.write(|| self.commit_inner(chain, effects))
+    pub fn commit<'a>(
+        &self,
+        chain: &mut Chain,
+        effects: impl IntoIterator<Item = &'a Effects>,
+        live: &LiveChanges,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.write(|| self.commit_inner(chain, effects, live))
     }
 
-    fn commit_inner<'a>(&self, chain: &mut Chain, effects: impl IntoIterator<Item = &'a Effects>) -> Result<Vec<Entry>, Fault> {
+    fn commit_inner<'a>(
+        &self,
+        chain: &mut Chain,
+        effects: impl IntoIterator<Item = &'a Effects>,
+        live: &LiveChanges,
+    ) -> Result<Vec<Entry>, Fault> {
         let mut sealed = Vec::new();
         let db = self.db()?;
         let mut tx = db.begin_write()?;
@@ -99,6 +109,7 @@ impl Store {
             let mut meta = tx.open_table(META)?;
             meta.insert("head", format!("{}:{}", chain.seq, hex(&chain.hash)).as_str())?;
         }
+        super::live::write_changes(&tx, live)?;
         tx.commit()?;
         Ok(sealed)
     }

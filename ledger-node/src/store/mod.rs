@@ -9,6 +9,7 @@ mod error;
 mod history;
 mod ids;
 mod journal;
+mod live;
 mod replica;
 
 pub use error::StoreError;
@@ -38,9 +39,11 @@ pub const DB_CACHE_BYTES: usize = 128 * 1024 * 1024;
 
 /// The file name of a node's database inside its data directory.
 pub const DB_FILE: &str = "ledger.redb";
-/// `edgeledger-2`: ids are keyed per sender (`principal:id`) in holds, id records and
-/// cross-node transfer keys. Files of format 1 are refused (see `StoreError::Format`).
-const FORMAT: &str = "edgeledger-2";
+/// `edgeledger-3`: live tables (`live`) beside the journal. Files of format 2 are taken
+/// and marked 3 (an edge writes their live tables from a replay at its first start);
+/// format 1 (ids not yet keyed per sender) is refused (see `StoreError::Format`).
+const FORMAT: &str = "edgeledger-3";
+const FORMAT_BEFORE_LIVE_TABLES: &str = "edgeledger-2";
 
 pub struct Store {
     /// None only while `reopen` is closing and opening the file (or could not open it).
@@ -175,19 +178,28 @@ impl Store {
                 Some(found) if found != node_id => return Err(Fault::WrongNode { found, expected: node_id.to_string() }),
                 Some(_) => {
                     let format = meta.get("format")?.map(|v| v.value().to_string());
-                    if format.as_deref() != Some(FORMAT) {
-                        return Err(Fault::Format { found: format, expected: FORMAT });
+                    match format.as_deref() {
+                        Some(FORMAT) => {}
+                        // Marked at once: a release without live tables must not write it again.
+                        Some(FORMAT_BEFORE_LIVE_TABLES) => {
+                            meta.insert("format", FORMAT)?;
+                        }
+                        _ => return Err(Fault::Format { found: format, expected: FORMAT }),
                     }
                 }
                 None => {
                     meta.insert("node_id", node_id)?;
                     meta.insert("format", FORMAT)?;
+                    meta.insert(live::LIVE_KEY, live::COMPLETE)?;
                 }
             }
             tx.open_table(JOURNAL)?;
             tx.open_table(IDS)?;
             tx.open_table(REPLICA)?;
             tx.open_table(REPLICA_SIGNED)?;
+            tx.open_table(live::ACCOUNTS)?;
+            tx.open_table(live::HOLDS)?;
+            tx.open_table(live::RECEIVED)?;
         }
         tx.commit()?;
         Ok(())
@@ -201,7 +213,7 @@ impl Store {
         let node = meta.get("node_id")?.map(|v| v.value().to_string());
         let format = meta.get("format")?.map(|v| v.value().to_string());
         match (node, format.as_deref()) {
-            (Some(node), Some(FORMAT)) => Ok(node),
+            (Some(node), Some(FORMAT | FORMAT_BEFORE_LIVE_TABLES)) => Ok(node),
             (_, _) => Err(Fault::Format { found: format, expected: FORMAT }),
         }
     }

@@ -1,15 +1,22 @@
-//! What the core tests share: an id archive in memory that stands for the node's file.
+//! What the core tests share: an id archive and live tables in memory that stand for the
+//! node's file.
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
 
+use ledger::core::address::TransferKey;
 use ledger::core::idempotency::{journaled_recorded, IdArchive, IdRecord};
-use ledger::core::{EntryBody, Recorded};
-use std::collections::HashMap;
+use ledger::core::{Account, EntryBody, Head, Hold, LiveChanges, LiveState, Received, Recorded};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-/// What the store holds: id records and entries of the groups committed so far.
+/// What the store holds: id records, entries and live tables of the groups committed so far.
 #[derive(Default)]
 pub struct Written {
     pub ids: HashMap<String, IdRecord>,
     pub bodies: HashMap<u64, EntryBody>,
+    pub accounts: BTreeMap<String, Account>,
+    pub holds: BTreeMap<String, Hold>,
+    pub received: BTreeMap<TransferKey, Received>,
 }
 
 impl Written {
@@ -17,6 +24,28 @@ impl Written {
     pub fn commit(&mut self, ids: impl IntoIterator<Item = (String, IdRecord)>, bodies: impl IntoIterator<Item = EntryBody>) {
         self.ids.extend(ids);
         self.bodies.extend(bodies.into_iter().map(|b| (b.seq, b)));
+    }
+
+    /// Writes one group's changes into the live tables, as `Store::commit` does.
+    pub fn commit_live(&mut self, changes: LiveChanges) {
+        for (name, account) in changes.accounts {
+            match account {
+                Some(a) => self.accounts.insert(name, a),
+                None => self.accounts.remove(&name),
+            };
+        }
+        for (id, hold) in changes.holds {
+            match hold {
+                Some(h) => self.holds.insert(id, h),
+                None => self.holds.remove(&id),
+            };
+        }
+        self.received.extend(changes.received);
+    }
+
+    /// The live tables, at journal head `head`.
+    pub fn live_state(&self, head: Head) -> LiveState {
+        LiveState { head, accounts: self.accounts.clone(), holds: self.holds.clone(), received: self.received.clone() }
     }
 }
 

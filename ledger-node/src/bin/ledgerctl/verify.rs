@@ -27,7 +27,12 @@ pub fn offline(path: &Path) -> Result<Output, Fail> {
     let entries = store.count(None).map_err(io)?;
     if entries > 0 || node.contains('/') {
         let recorded = store.recorded_head().map_err(io)?;
-        let mut result = audit_file(&node, entries, &format!("journal of {node}"), |from| store.journal_range(from, u64::MAX, STEP));
+        let audit = audit_file(&node, entries, &format!("journal of {node}"), |from| store.journal_range(from, u64::MAX, STEP));
+        let mut result = audit.and_then(|audit| {
+            let summary = audit.finish()?;
+            live_tables_match(&store, &audit)?;
+            Ok(summary)
+        });
         if let (Ok(summary), Some(recorded)) = (&result, recorded) {
             let found = format!("{}:{}", summary.entries, summary.head_hash);
             if found != recorded {
@@ -38,7 +43,8 @@ pub fn offline(path: &Path) -> Result<Output, Fail> {
     }
     for edge in store.replica_edges().map_err(io)? {
         let count = store.count(Some(&edge)).map_err(io)?;
-        let mut result = audit_file(&edge, count, &format!("replica of {edge}"), |from| store.replica_range(&edge, from, STEP));
+        let mut result =
+            audit_file(&edge, count, &format!("replica of {edge}"), |from| store.replica_range(&edge, from, STEP)).and_then(|a| a.finish());
         if let Ok(summary) = &result {
             let signed = store.replica_signed_head(&edge).map_err(io)?;
             if let Err(why) = signed_head_matches(&edge, summary, signed.as_deref()) {
@@ -73,12 +79,23 @@ fn signed_head_matches(edge: &str, summary: &Summary, stored: Option<&[u8]>) -> 
     Ok(())
 }
 
+/// An edge's live tables (what it starts from) must hold exactly what its journal rebuilds.
+/// A file written before the tables existed has none yet: nothing to compare.
+fn live_tables_match(store: &Store, audit: &Audit) -> Result<(), String> {
+    let Some(tables) = store.live_state().map_err(|e| e.to_string())? else { return Ok(()) };
+    match tables.difference(&audit.live_state()) {
+        None => Ok(()),
+        Some(difference) => Err(format!("the live tables differ from the journal's replay: {difference}")),
+    }
+}
+
+/// Feeds every entry `read` returns to an audit, with a progress bar.
 fn audit_file(
     node: &str,
     count: u64,
     what: &str,
     mut read: impl FnMut(u64) -> Result<Vec<ledger::core::journal::Entry>, ledger::store::StoreError>,
-) -> Result<Summary, String> {
+) -> Result<Audit, String> {
     let mut audit = Audit::new(node);
     let bar = progress(count, what);
     loop {
@@ -92,7 +109,7 @@ fn audit_file(
         bar.inc(entries.len() as u64);
     }
     bar.finish_and_clear();
-    audit.finish()
+    Ok(audit)
 }
 
 /// Verifies a node over zenoh: an edge's journal, fetched range by range up to the head

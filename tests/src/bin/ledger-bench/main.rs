@@ -815,6 +815,8 @@ fn core_once(batch: usize, transfers: usize) -> Result<CoreResult, String> {
     let mut node_config = config::NodeConfig::embedded_default();
     node_config.node.id = CORE_NODE.to_string();
     let mut ledger = ledger::setup::ledger_for(&node_config);
+    // As on an edge: each commit also writes what the group changed into the live tables.
+    ledger.track_live_changes();
 
     // Setup, untimed: the issuer, the accounts, and funds that outlast any run.
     let wallets: Vec<String> = (0..CORE_ACCOUNTS).map(|i| format!("wallet:w{i}")).collect();
@@ -830,7 +832,7 @@ fn core_once(batch: usize, transfers: usize) -> Result<CoreResult, String> {
     for (i, w) in wallets.iter().enumerate() {
         setup.push(submit_ok(&mut ledger, transfer_cmd(format!("setup-fund{i}"), "issuer:eur", w, "1000000.00"), now)?);
     }
-    store.commit(&mut chain, &setup).map_err(|e| e.to_string())?;
+    store.commit(&mut chain, &setup, &ledger.take_live_changes()).map_err(|e| e.to_string())?;
     drop(setup);
 
     // Timed: like the node's intake, submit a group, then one durable commit for the group.
@@ -851,7 +853,7 @@ fn core_once(batch: usize, transfers: usize) -> Result<CoreResult, String> {
         group.push(effects);
         if group.len() == batch || i + 1 == transfers {
             let t = Instant::now();
-            store.commit(&mut chain, &group).map_err(|e| e.to_string())?;
+            store.commit(&mut chain, &group, &ledger.take_live_changes()).map_err(|e| e.to_string())?;
             commit += t.elapsed();
             commits += 1;
             group.clear();

@@ -1,0 +1,137 @@
+//! The live state as the shell keeps it in tables beside the journal (SPEC §10): what a
+//! group changed (accounts, holds, decisions on transfers received), written in the same
+//! commit as the group's entries, and how a ledger is restored from those tables at
+//! start-up instead of replaying the journal. `LiveState` is the whole of it in order, so
+//! that the tables and a replay of the journal can be compared (they must be equal).
+//!
+//! Only a ledger that asked for it (`track_live_changes`, an edge) notes what changed:
+//! replicas and audits replay without keeping the notes.
+
+use super::accounts::Account;
+use super::address::TransferKey;
+use super::holds::Hold;
+use super::ledger::{Head, Ledger};
+use super::live_changes::{Dirty, LiveChanges};
+use super::received::Received;
+use std::collections::BTreeMap;
+
+/// The live state of a ledger, in key order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveState {
+    pub head: Head,
+    pub accounts: BTreeMap<String, Account>,
+    pub holds: BTreeMap<String, Hold>,
+    pub received: BTreeMap<TransferKey, Received>,
+}
+
+impl LiveState {
+    /// The first difference from `other`, said for an operator; None when equal.
+    pub fn difference(&self, other: &LiveState) -> Option<String> {
+        if self.head != other.head {
+            return Some(format!("head {:?} vs {:?}", self.head, other.head));
+        }
+        first_difference("account", &self.accounts, &other.accounts)
+            .or_else(|| first_difference("hold", &self.holds, &other.holds))
+            .or_else(|| first_difference("received transfer", &self.received, &other.received))
+    }
+}
+
+fn first_difference<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+    what: &str,
+    a: &BTreeMap<K, V>,
+    b: &BTreeMap<K, V>,
+) -> Option<String> {
+    for key in a.keys().chain(b.keys()) {
+        match (a.get(key), b.get(key)) {
+            (Some(x), Some(y)) if x == y => {}
+            (x, y) => return Some(format!("{what} {key:?}: {x:?} vs {y:?}")),
+        }
+    }
+    None
+}
+
+impl Ledger {
+    /// Notes from now on what each group changes (see `take_live_changes`).
+    pub fn track_live_changes(&mut self) {
+        self.dirty = Some(Dirty::default());
+    }
+
+    pub(super) fn note_account(&mut self, name: &str) {
+        if let Some(dirty) = &mut self.dirty {
+            if !dirty.accounts.contains(name) {
+                dirty.accounts.insert(name.to_string());
+            }
+        }
+    }
+
+    pub(super) fn note_hold(&mut self, pending_id: &str) {
+        if let Some(dirty) = &mut self.dirty {
+            if !dirty.holds.contains(pending_id) {
+                dirty.holds.insert(pending_id.to_string());
+            }
+        }
+    }
+
+    pub(super) fn note_received(&mut self, key: &TransferKey) {
+        if let Some(dirty) = &mut self.dirty {
+            dirty.received.insert(key.clone());
+        }
+    }
+
+    /// What changed since the last call, with the values as they are now.
+    pub fn take_live_changes(&mut self) -> LiveChanges {
+        let Some(dirty) = &mut self.dirty else { return LiveChanges::default() };
+        let dirty = std::mem::take(dirty);
+        LiveChanges {
+            accounts: dirty
+                .accounts
+                .into_iter()
+                .map(|name| {
+                    let account = self.accounts.get(&name).cloned();
+                    (name, account)
+                })
+                .collect(),
+            holds: dirty
+                .holds
+                .into_iter()
+                .map(|id| {
+                    let hold = self.holds.get(&id).cloned();
+                    (id, hold)
+                })
+                .collect(),
+            received: dirty.received.into_iter().filter_map(|key| self.received.get(&key).cloned().map(|r| (key, r))).collect(),
+        }
+    }
+
+    /// The whole live state, in key order.
+    pub fn live_state(&self) -> LiveState {
+        LiveState {
+            head: self.head,
+            accounts: self.accounts.iter().map(|(n, a)| (n.clone(), a.clone())).collect(),
+            holds: self.holds.iter().map(|(id, h)| (id.clone(), h.clone())).collect(),
+            received: self.received.iter().map(|r| (TransferKey::new(&r.source, &r.id), r.clone())).collect(),
+        }
+    }
+
+    /// Restores the state the live tables hold, into a ledger with none yet: `head` and
+    /// every account, hold and decision. Nothing of it is noted as changed.
+    pub fn restore_live(
+        &mut self,
+        head: Head,
+        accounts: impl IntoIterator<Item = (String, Account)>,
+        holds: impl IntoIterator<Item = (String, Hold)>,
+        received: impl IntoIterator<Item = Received>,
+    ) {
+        assert!(self.head.seq == 0 && self.accounts.is_empty(), "live state is restored into an empty ledger");
+        self.head = head;
+        for (name, account) in accounts {
+            self.accounts.set(&name, Some(account));
+        }
+        for (id, hold) in holds {
+            self.holds.set(&id, Some(hold));
+        }
+        for r in received {
+            self.received.insert(r);
+        }
+    }
+}

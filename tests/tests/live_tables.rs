@@ -1,0 +1,181 @@
+//! The live tables in a real redb file (SPEC §10): an edge books a workload (holds posted,
+//! voided and expired, rejections, a batch) the way its intake and committer do, then
+//! starts again from the tables without replaying its journal; the books it gets equal a
+//! full replay. A file written before the tables existed is replayed once and gets them; a
+//! table that disagrees with the journal is found by `ledgerctl verify --db`.
+
+use harness::run_ledgerctl;
+use ledger::core::command::{self, Command};
+use ledger::core::{Effects, Ledger, LiveState};
+use ledger::store::{Store, StoreIds};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use serde_json::json;
+use std::sync::Arc;
+
+const NODE: &str = "test/edge-1";
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const LIVE_ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_accounts");
+const LIVE_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_holds");
+
+fn config() -> config::NodeConfig {
+    let mut config = config::NodeConfig::embedded_default();
+    config.node.id = NODE.to_string();
+    config
+}
+
+/// A ledger as an edge builds it: id archive over the file, books from the live tables.
+fn open_edge(store: &Arc<Store>) -> Result<(Ledger, ledger::core::journal::Chain), String> {
+    let mut ledger = ledger::setup::ledger_for(&config());
+    let (archive, _) = StoreIds::new(store.clone());
+    ledger.archive_ids(16, Box::new(archive));
+    let chain = store.open_books(&mut ledger).map_err(|e| e.to_string())?;
+    ledger.track_live_changes();
+    Ok((ledger, chain))
+}
+
+fn replayed(store: &Store) -> Ledger {
+    let mut ledger = ledger::setup::ledger_for(&config());
+    store.load(&mut ledger).expect("the journal replays");
+    ledger
+}
+
+fn parse(value: serde_json::Value) -> Command {
+    command::parse(value.to_string().as_bytes(), 10).unwrap_or_else(|e| panic!("{value}: {e:?}"))
+}
+
+/// Books `commands` in groups of three, expiring what is due first, as the intake does;
+/// each group is one commit with its live changes.
+fn book(store: &Store, ledger: &mut Ledger, chain: &mut ledger::core::journal::Chain, commands: Vec<serde_json::Value>, now: u64) {
+    for group in commands.chunks(3) {
+        let number = ledger.next_group();
+        let mut effects: Vec<Effects> = ledger.expire_due(now);
+        for c in group {
+            effects.push(ledger.submit(Some("pos-1"), parse(c.clone()), now));
+        }
+        store.commit(chain, &effects, &ledger.take_live_changes()).expect("commit");
+        ledger.group_durable(number);
+    }
+}
+
+fn workload() -> Vec<serde_json::Value> {
+    let mut commands = vec![
+        json!({"id": "o1", "op": "open_account", "account": "issuer", "asset": "EUR", "flags": ["issuance"]}),
+        json!({"id": "o2", "op": "open_account", "account": "wallet:alice", "asset": "EUR", "flags": []}),
+        json!({"id": "o3", "op": "open_account", "account": "merchant:cafe", "asset": "EUR", "flags": []}),
+        json!({"id": "o4", "op": "open_account", "account": "charger:7", "asset": "EUR", "flags": []}),
+        json!({"id": "f1", "op": "transfer", "debit": "issuer", "credit": "wallet:alice", "amount": "500.00", "asset": "EUR"}),
+        json!({"id": "h1", "op": "hold", "debit": "wallet:alice", "credit": "charger:7", "amount": "25.00", "asset": "EUR"}),
+        json!({"id": "h2", "op": "hold", "debit": "wallet:alice", "credit": "merchant:cafe", "amount": "5.00", "asset": "EUR"}),
+        json!({"id": "h3", "op": "hold", "debit": "wallet:alice", "credit": "merchant:cafe", "amount": "7.00", "asset": "EUR", "timeout_s": 1}),
+        json!({"id": "h4", "op": "hold", "debit": "wallet:alice", "credit": "merchant:cafe", "amount": "1.00", "asset": "EUR"}),
+        json!({"id": "p1", "op": "post", "pending_id": "h1", "amount": "18.40"}),
+        json!({"id": "v2", "op": "void", "pending_id": "h2"}),
+        json!({"id": "x1", "op": "transfer", "debit": "wallet:alice", "credit": "merchant:cafe", "amount": "9999.00", "asset": "EUR"}),
+        json!({"id": "b1", "op": "batch", "ops": [
+            {"id": "b1-a", "op": "transfer", "debit": "wallet:alice", "credit": "merchant:cafe", "amount": "1.00", "asset": "EUR"},
+            {"id": "b1-b", "op": "transfer", "debit": "wallet:alice", "credit": "charger:7", "amount": "2.00", "asset": "EUR"}
+        ]}),
+        json!({"id": "c1", "op": "close_account", "account": "charger:7"}),
+    ];
+    for i in 0..40 {
+        commands.push(json!({"id": format!("t{i}"), "op": "transfer", "debit": "wallet:alice", "credit": "merchant:cafe", "amount": "0.10", "asset": "EUR"}));
+    }
+    commands
+}
+
+fn assert_same(what: &str, a: &LiveState, b: &LiveState) {
+    if let Some(difference) = a.difference(b) {
+        panic!("{what}: {difference}");
+    }
+}
+
+#[test]
+fn an_edge_starts_from_its_live_tables_and_they_equal_a_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
+    let (mut ledger, mut chain) = open_edge(&store).unwrap();
+    book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
+    // h3 expires in the next group, 2 s later; h4 stays pending.
+    book(&store, &mut ledger, &mut chain, vec![json!({"id": "late", "op": "balance", "account": "wallet:alice"})], 1_700_000_002_000);
+    let before = ledger.live_state();
+    assert_eq!(ledger.hold("pos-1:h3").map(|h| h.is_pending()), Some(false), "h3 expired");
+    assert_eq!(ledger.hold("pos-1:h4").map(|h| h.is_pending()), Some(true));
+    drop(ledger);
+    drop(store);
+
+    let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
+    let (mut restarted, restarted_chain) = open_edge(&store).unwrap();
+    assert_same("restarted from the tables vs before", &restarted.live_state(), &before);
+    assert_same("replay vs tables", &replayed(&store).live_state(), &before);
+    assert_eq!(restarted_chain, chain, "the chain goes on where it ended");
+    // Ids are still exact without a replay: a resend is a duplicate, a new id is new.
+    let resend = restarted.submit(Some("pos-1"), parse(workload()[5].clone()), 1_700_000_003_000);
+    assert!(resend.reply.as_ref().unwrap().duplicate, "{:?}", resend.reply);
+    let post = restarted.submit(Some("pos-1"), parse(json!({"id": "p4", "op": "post", "pending_id": "h4"})), 1_700_000_003_000);
+    assert_eq!(post.reply.as_ref().unwrap().code.as_str(), "ok", "{:?}", post.reply);
+    let again = restarted.submit(Some("pos-1"), parse(json!({"id": "p5", "op": "post", "pending_id": "h2"})), 1_700_000_003_000);
+    assert_eq!(again.reply.as_ref().unwrap().code.as_str(), "pending_voided", "a resolved hold is still known");
+}
+
+#[test]
+fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
+        let (mut ledger, mut chain) = open_edge(&store).unwrap();
+        book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
+        ledger.live_state()
+    };
+    // What a release without live tables left: format 2, no tables.
+    {
+        let db = Database::open(dir.path().join("ledger.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut meta = tx.open_table(META).unwrap();
+            meta.insert("format", "edgeledger-2").unwrap();
+            meta.remove("live").unwrap();
+            tx.open_table(LIVE_ACCOUNTS).unwrap().retain(|_, _| false).unwrap();
+            tx.open_table(LIVE_HOLDS).unwrap().retain(|_, _| false).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
+    assert_eq!(store.live_state().unwrap(), None, "no tables yet");
+    let (ledger, _) = open_edge(&store).unwrap();
+    assert_same("replayed on the first start", &ledger.live_state(), &before);
+    assert_same("tables written from it", &store.live_state().unwrap().expect("tables now"), &before);
+    drop((ledger, store)); // the ledger's id archive holds the file too
+    let db = Database::open(dir.path().join("ledger.redb")).unwrap();
+    let format = db.begin_read().unwrap().open_table(META).unwrap().get("format").unwrap().map(|v| v.value().to_string());
+    assert_eq!(format.as_deref(), Some("edgeledger-3"), "marked, so that a release without tables refuses it");
+}
+
+#[tokio::test]
+async fn ledgerctl_verify_finds_a_live_table_that_disagrees_with_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
+        let (mut ledger, mut chain) = open_edge(&store).unwrap();
+        book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
+    }
+    let path = dir.path().join("ledger.redb");
+    let args = ["verify".to_string(), "--db".to_string(), path.display().to_string()];
+    let (code, out, err) = run_ledgerctl(&args).await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    // A hold removed from the table behind the journal's back.
+    {
+        let db = Database::open(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(LIVE_HOLDS).unwrap().remove("pos-1:h4").unwrap().expect("h4 is in the table");
+        tx.commit().unwrap();
+    }
+    let (code, out, err) = run_ledgerctl(&args).await;
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(out.contains("live tables differ") && out.contains("pos-1:h4"), "{out}{err}");
+    // The node refuses to start on it rather than serve wrong books: the pending amounts no
+    // longer match the holds.
+    let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
+    let err = open_edge(&store).err().expect("the node must not start");
+    assert!(err.contains("live tables") && err.contains("ledger.redb"), "{err}");
+}
