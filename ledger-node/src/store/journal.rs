@@ -85,6 +85,10 @@ impl Store {
         let db = self.db()?;
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
+        // The commit also records redb's allocator state (and takes two phases): after a
+        // crash the file opens at once instead of being walked page by page, which takes
+        // time in proportion to the file (1.5 s for 1.3 GB here).
+        tx.set_quick_repair(true);
         {
             let mut journal = tx.open_table(JOURNAL)?;
             let mut ids = tx.open_table(IDS)?;

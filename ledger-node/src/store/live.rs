@@ -91,11 +91,22 @@ impl Store {
             self.write(|| self.write_live_state(&state))?;
             return Ok(chain);
         }
+        let started = std::time::Instant::now();
         let (chain, head) = self.journal_end().map_err(|f| self.fail(f))?;
         let state = self.live_state_at(head).map_err(|f| self.fail(f))?;
-        self.know_ids(ledger).map_err(|f| self.fail(f))?;
+        let tables_read = started.elapsed();
+        let ids = self.know_ids(ledger).map_err(|f| self.fail(f))?;
+        let (accounts, holds) = (state.accounts.len(), state.holds.len());
         ledger.restore_live(state.head, state.accounts, state.holds, state.received.into_values());
         ledger.check_invariants().map_err(|e| self.fail(Fault::Invariant(format!("the live tables: {e}"))))?;
+        tracing::info!(
+            accounts,
+            holds,
+            ids,
+            tables_ms = tables_read.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "books opened from the live tables"
+        );
         Ok(chain)
     }
 
@@ -168,15 +179,17 @@ impl Store {
         Ok(LiveState { head, accounts, holds, received })
     }
 
-    /// Tells the ledger's id filter every id in the file.
-    fn know_ids(&self, ledger: &mut Ledger) -> Result<(), Fault> {
+    /// Tells the ledger's id filter every id in the file; returns how many.
+    fn know_ids(&self, ledger: &mut Ledger) -> Result<u64, Fault> {
         let db = self.db()?;
         let tx = db.begin_read()?;
+        let mut count = 0;
         for row in tx.open_table(IDS)?.iter()? {
             let (key, _) = row?;
             ledger.know_id(key.value());
+            count += 1;
         }
-        Ok(())
+        Ok(count)
     }
 
     /// Writes the whole live state into empty tables and marks them complete.

@@ -45,6 +45,19 @@ pub const DB_FILE: &str = "ledger.redb";
 const FORMAT: &str = "edgeledger-3";
 const FORMAT_BEFORE_LIVE_TABLES: &str = "edgeledger-2";
 
+/// How a node opens its file. After a crash (SIGKILL, power loss) redb may check the whole
+/// file before it opens; that takes time in proportion to the file, so it is logged.
+fn builder() -> redb::Builder {
+    let mut builder = Database::builder();
+    builder.set_cache_size(DB_CACHE_BYTES);
+    builder.set_repair_callback(|session| {
+        if session.progress() == 0.0 {
+            tracing::warn!("the database was not closed cleanly: redb is checking the file before it opens");
+        }
+    });
+    builder
+}
+
 pub struct Store {
     /// None only while `reopen` is closing and opening the file (or could not open it).
     db: RwLock<Option<Database>>,
@@ -71,10 +84,9 @@ impl Store {
         let path = data_dir.join(DB_FILE);
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Open { path: path.clone(), reason: format!("cannot create {}: {e}", data_dir.display()) })?;
-        let db = Database::builder()
-            .set_cache_size(DB_CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
+        let started = std::time::Instant::now();
+        let db = builder().create(&path).map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
+        tracing::info!(ms = started.elapsed().as_millis() as u64, "database opened");
         let store = Store::of(db, path);
         store.claim(node_id).map_err(|f| store.fail(f))?;
         Ok(store)
@@ -129,7 +141,7 @@ impl Store {
         let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
         // A file is opened once per process: the old handle goes first.
         *db = None;
-        let opened = Database::builder().set_cache_size(DB_CACHE_BYTES).create(&self.path).map_err(|e| self.fail(e.into()))?;
+        let opened = builder().create(&self.path).map_err(|e| self.fail(e.into()))?;
         *db = Some(opened);
         self.write_failed.store(false, Ordering::Release);
         Ok(())
