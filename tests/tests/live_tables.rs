@@ -6,6 +6,7 @@
 
 use harness::run_ledgerctl;
 use ledger::core::command::{self, Command};
+use ledger::core::id_filter::IdFilter;
 use ledger::core::{Effects, Ledger, LiveState};
 use ledger::store::{Store, StoreIds};
 use redb::{Database, ReadableDatabase, TableDefinition};
@@ -23,14 +24,21 @@ fn config() -> config::NodeConfig {
     config
 }
 
-/// A ledger as an edge builds it: id archive over the file, books from the live tables.
-fn open_edge(store: &Arc<Store>) -> Result<(Ledger, ledger::core::journal::Chain), String> {
+/// A ledger as an edge builds it: id archive over the file, books from the live tables;
+/// its id filter has learned the file's ids only once `learn_ids` was called with what
+/// this returns (the edge does it on a thread of its own).
+fn open_edge(store: &Arc<Store>) -> Result<(Ledger, ledger::core::journal::Chain, Option<IdFilter>), String> {
     let mut ledger = ledger::setup::ledger_for(&config());
     let (archive, _) = StoreIds::new(store.clone());
     ledger.archive_ids(16, Box::new(archive));
-    let chain = store.open_books(&mut ledger).map_err(|e| e.to_string())?;
+    let opened = store.open_books(&mut ledger).map_err(|e| e.to_string())?;
     ledger.track_live_changes();
-    Ok((ledger, chain))
+    Ok((ledger, opened.chain, opened.ids_to_learn))
+}
+
+fn learn_ids(store: &Store, ledger: &mut Ledger, mut filter: IdFilter) {
+    store.learn_ids(&mut filter).expect("the ids scan");
+    ledger.complete_id_filter(filter);
 }
 
 fn replayed(store: &Store) -> Ledger {
@@ -93,7 +101,7 @@ fn assert_same(what: &str, a: &LiveState, b: &LiveState) {
 fn an_edge_starts_from_its_live_tables_and_they_equal_a_replay() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
-    let (mut ledger, mut chain) = open_edge(&store).unwrap();
+    let (mut ledger, mut chain, _) = open_edge(&store).unwrap();
     book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
     // h3 expires in the next group, 2 s later; h4 stays pending.
     book(&store, &mut ledger, &mut chain, vec![json!({"id": "late", "op": "balance", "account": "wallet:alice"})], 1_700_000_002_000);
@@ -104,16 +112,29 @@ fn an_edge_starts_from_its_live_tables_and_they_equal_a_replay() {
     drop(store);
 
     let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
-    let (mut restarted, restarted_chain) = open_edge(&store).unwrap();
+    let (mut restarted, restarted_chain, to_learn) = open_edge(&store).unwrap();
     assert_same("restarted from the tables vs before", &restarted.live_state(), &before);
     assert_same("replay vs tables", &replayed(&store).live_state(), &before);
     assert_eq!(restarted_chain, chain, "the chain goes on where it ended");
-    // Ids are still exact without a replay: a resend is a duplicate, a new id is new.
-    let resend = restarted.submit(Some("pos-1"), parse(workload()[5].clone()), 1_700_000_003_000);
-    assert!(resend.reply.as_ref().unwrap().duplicate, "{:?}", resend.reply);
-    let post = restarted.submit(Some("pos-1"), parse(json!({"id": "p4", "op": "post", "pending_id": "h4"})), 1_700_000_003_000);
+    // Ids are exact without a replay, before the filter has learned the file's ids (every
+    // id not in RAM is looked up) and after.
+    let now = 1_700_000_003_000;
+    let mut to_learn = Some(to_learn.expect("started from the tables: the filter has the file's ids to learn"));
+    for round in ["before the filter is built", "after"] {
+        let resend = restarted.submit(Some("pos-1"), parse(workload()[5].clone()), now);
+        assert!(resend.reply.as_ref().unwrap().duplicate, "{round}: {:?}", resend.reply);
+        let conflict = restarted.submit(Some("pos-1"), parse(json!({"id": "t3", "op": "void", "pending_id": "h4"})), now);
+        assert_eq!(conflict.reply.as_ref().unwrap().code.as_str(), "id_conflict", "{round}");
+        if let Some(filter) = to_learn.take() {
+            learn_ids(&store, &mut restarted, filter);
+        }
+    }
+    let (_, _, stats) = restarted.id_cache();
+    assert!(stats.misses >= 2 && stats.never_seen == 0, "the first round read the file: {stats:?}");
+    let post = restarted.submit(Some("pos-1"), parse(json!({"id": "p4", "op": "post", "pending_id": "h4"})), now);
     assert_eq!(post.reply.as_ref().unwrap().code.as_str(), "ok", "{:?}", post.reply);
-    let again = restarted.submit(Some("pos-1"), parse(json!({"id": "p5", "op": "post", "pending_id": "h2"})), 1_700_000_003_000);
+    assert_eq!(restarted.id_cache().2.never_seen, 1, "a new id is told new by the filter");
+    let again = restarted.submit(Some("pos-1"), parse(json!({"id": "p5", "op": "post", "pending_id": "h2"})), now);
     assert_eq!(again.reply.as_ref().unwrap().code.as_str(), "pending_voided", "a resolved hold is still known");
 }
 
@@ -122,7 +143,7 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
     let dir = tempfile::tempdir().unwrap();
     let before = {
         let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
-        let (mut ledger, mut chain) = open_edge(&store).unwrap();
+        let (mut ledger, mut chain, _) = open_edge(&store).unwrap();
         book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
         ledger.live_state()
     };
@@ -141,7 +162,8 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
     }
     let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
     assert_eq!(store.live_state().unwrap(), None, "no tables yet");
-    let (ledger, _) = open_edge(&store).unwrap();
+    let (ledger, _, to_learn) = open_edge(&store).unwrap();
+    assert!(to_learn.is_none(), "a replay taught the filter every id");
     assert_same("replayed on the first start", &ledger.live_state(), &before);
     assert_same("tables written from it", &store.live_state().unwrap().expect("tables now"), &before);
     drop((ledger, store)); // the ledger's id archive holds the file too
@@ -155,7 +177,7 @@ async fn ledgerctl_verify_finds_a_live_table_that_disagrees_with_the_journal() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
-        let (mut ledger, mut chain) = open_edge(&store).unwrap();
+        let (mut ledger, mut chain, _) = open_edge(&store).unwrap();
         book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
     }
     let path = dir.path().join("ledger.redb");

@@ -5,7 +5,8 @@
 //! per id).
 //!
 //! Ids are chosen by devices: the hash is keyed per process (std's SipHash with random
-//! keys), so nobody can aim ids at one set of bits. The filter is rebuilt at start-up.
+//! keys), so nobody can aim ids at one set of bits. The filter is rebuilt at start-up, in
+//! the background (`sibling`, then `absorb`), while the node already answers.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -71,6 +72,19 @@ impl IdFilter {
         self.layers.iter().any(|layer| layer.probes(hash).all(|(word, mask)| layer.bits[word] & mask != 0))
     }
 
+    /// An empty filter with the same key, to be filled elsewhere and then `absorb`ed.
+    pub fn sibling(&self) -> IdFilter {
+        IdFilter { layers: vec![Layer::new(FIRST_LAYER_IDS)], hasher: self.hasher.clone() }
+    }
+
+    /// Takes every id `sibling` holds: afterwards this filter says "maybe" for them too.
+    /// The layer being filled stays last.
+    pub fn absorb(&mut self, sibling: IdFilter) {
+        let filling = self.layers.pop().expect("a filter has a layer");
+        self.layers.extend(sibling.layers.into_iter().filter(|l| l.count > 0));
+        self.layers.push(filling);
+    }
+
     /// Bytes the filter holds.
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|l| l.bits.len() * 8).sum()
@@ -91,6 +105,23 @@ mod tests {
         assert_eq!(filter.layers.len(), 2, "it grew a layer");
         assert!((0..n).all(|i| filter.may_contain(&format!("dev:{i}"))), "no false negative");
         let imagined = (0..100_000).filter(|i| filter.may_contain(&format!("other:{i}"))).count();
+        assert!(imagined < 3_000, "{imagined} false positives in 100000");
+    }
+
+    #[test]
+    fn a_sibling_filled_elsewhere_is_absorbed_whole() {
+        let mut live = IdFilter::default();
+        let mut built = live.sibling();
+        for i in 0..1_000 {
+            built.insert(&format!("old:{i}"));
+            live.insert(&format!("new:{i}"));
+        }
+        assert!(!live.may_contain("old:7"), "not yet absorbed");
+        live.absorb(built);
+        assert!((0..1_000).all(|i| live.may_contain(&format!("old:{i}")) && live.may_contain(&format!("new:{i}"))));
+        live.insert("after");
+        assert!(live.may_contain("after"));
+        let imagined = (0..100_000).filter(|i| live.may_contain(&format!("other:{i}"))).count();
         assert!(imagined < 3_000, "{imagined} false positives in 100000");
     }
 }

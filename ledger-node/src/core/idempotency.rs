@@ -103,11 +103,13 @@ pub struct IdIndex {
 enum Keep {
     All,
     Nothing,
-    /// `filter` holds every key recorded, so that a new id needs no archive read.
+    /// `filter` holds every key recorded, so that a new id needs no archive read; until
+    /// it is `complete` (built in the background at start-up) every miss reads the archive.
     Recent {
         capacity: usize,
         archive: Box<dyn IdArchive>,
         filter: IdFilter,
+        complete: bool,
     },
 }
 
@@ -146,7 +148,7 @@ impl IdIndex {
     /// Keeps the most recent `capacity` records in RAM and reads older ones from `archive`.
     pub fn recent(capacity: usize, archive: Box<dyn IdArchive>) -> IdIndex {
         assert!(capacity > 0, "an id cache holds at least one record");
-        let mode = Keep::Recent { capacity, archive, filter: IdFilter::default() };
+        let mode = Keep::Recent { capacity, archive, filter: IdFilter::default(), complete: true };
         IdIndex { map: HashMap::with_capacity(capacity.min(1 << 20)), ..IdIndex::with(mode) }
     }
 
@@ -157,7 +159,7 @@ impl IdIndex {
             return Some(cached.recorded.clone());
         }
         match &self.mode {
-            Keep::Recent { filter, .. } if !filter.may_contain(key) => {
+            Keep::Recent { filter, complete: true, .. } if !filter.may_contain(key) => {
                 self.stats.never_seen += 1;
                 None
             }
@@ -236,6 +238,27 @@ impl IdIndex {
     pub fn know(&mut self, key: &str) {
         if let Keep::Recent { filter, .. } = &mut self.mode {
             filter.insert(key);
+        }
+    }
+
+    /// From now on the filter knows only the keys recorded from here: until
+    /// `complete_filter` brings the older ones, a miss reads the archive. Returns the empty
+    /// filter to fill with those older keys (same hash key). None: no filter kept.
+    pub fn filter_to_build(&mut self) -> Option<IdFilter> {
+        match &mut self.mode {
+            Keep::Recent { filter, complete, .. } => {
+                *complete = false;
+                Some(filter.sibling())
+            }
+            Keep::All | Keep::Nothing => None,
+        }
+    }
+
+    /// Takes the filter of the older keys (`filter_to_build`): new ids are told at once again.
+    pub fn complete_filter(&mut self, built: IdFilter) {
+        if let Keep::Recent { filter, complete, .. } = &mut self.mode {
+            filter.absorb(built);
+            *complete = true;
         }
     }
 

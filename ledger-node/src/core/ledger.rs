@@ -12,6 +12,7 @@ use super::address::TransferKey;
 use super::change::{Change, EntryBody};
 use super::command::{Command, Journaled, NodeCommand, NodeOp, Op};
 use super::holds::{Hold, HoldState, Holds};
+use super::id_filter::IdFilter;
 use super::idempotency::{
     fingerprint, fingerprint_in_batch, journaled_recorded, sender_id, IdArchive, IdCacheStats, IdIndex, IdKey, IdRecord, Recorded,
 };
@@ -174,6 +175,16 @@ impl Ledger {
     /// Tells the id filter of a rejected command's id found in the file at start-up.
     pub fn know_id(&mut self, key: &str) {
         self.ids.know(key);
+    }
+
+    /// See `IdIndex::filter_to_build`: the id filter of the ids recorded before now is
+    /// built elsewhere (start-up without replay) and handed in with `complete_id_filter`.
+    pub fn id_filter_to_build(&mut self) -> Option<IdFilter> {
+        self.ids.filter_to_build()
+    }
+
+    pub fn complete_id_filter(&mut self, built: IdFilter) {
+        self.ids.complete_filter(built);
     }
 
     /// Starts a group of commands (see `IdIndex::next_group`).

@@ -2,13 +2,16 @@
 //! node after the disk refused a write (the books in RAM were then ahead of the file).
 //! Owns how a ledger is built from config and file; decides nothing about commands.
 
+use crate::core::id_filter::IdFilter;
 use crate::core::journal::Chain;
 use crate::core::Ledger;
 use crate::error::NodeError;
 use crate::setup::ledger_for;
 use crate::store::{IdFault, Store, StoreIds};
 use config::NodeConfig;
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
+use std::time::Instant;
 
 pub struct Books {
     config: NodeConfig,
@@ -22,6 +25,9 @@ pub struct Loaded {
     /// The end of the file's journal, where the next entry links.
     pub chain: Chain,
     pub id_fault: IdFault,
+    /// The id filter of the ids in the file, being built in the background; the ledger
+    /// takes it with `Ledger::complete_id_filter` (until then, misses read the file).
+    pub id_filter: Option<Receiver<IdFilter>>,
 }
 
 impl Books {
@@ -49,11 +55,38 @@ impl Books {
         if self.config.zenoh.is_some() {
             ledger.enable_cross_node();
         }
-        let chain = self.store.open_books(&mut ledger)?;
+        let opened = self.store.open_books(&mut ledger)?;
         if let Some(fault) = id_fault.take() {
             return Err(NodeError::Store(fault));
         }
         ledger.track_live_changes();
-        Ok(Loaded { ledger, chain, id_fault })
+        let id_filter = match opened.ids_to_learn {
+            Some(filter) => Some(self.learn_ids(filter)?),
+            None => None,
+        };
+        Ok(Loaded { ledger, chain: opened.chain, id_fault, id_filter })
+    }
+
+    /// Fills `filter` with every id in the file on a thread of its own: a scan in
+    /// proportion to history, which the node does not wait for.
+    fn learn_ids(&self, mut filter: IdFilter) -> Result<Receiver<IdFilter>, NodeError> {
+        let (built, receiver) = mpsc::sync_channel(1);
+        let store = self.store.clone();
+        let learn = move || {
+            let started = Instant::now();
+            match store.learn_ids(&mut filter) {
+                Ok(ids) => {
+                    tracing::info!(ids, ms = started.elapsed().as_millis() as u64, "id filter built");
+                    // The intake may have reloaded its books meanwhile: then nobody waits.
+                    let _ = built.send(filter);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot build the id filter; every new id is looked up in the file"),
+            }
+        };
+        std::thread::Builder::new()
+            .name("id-filter".into())
+            .spawn(learn)
+            .map_err(|e| NodeError::Start(format!("id-filter thread: {e}")))?;
+        Ok(receiver)
     }
 }

@@ -13,6 +13,7 @@ use super::disk::{self, DiskMode, Restart, WriteFailures};
 use super::inbox::{Call, Request};
 use crate::clock::now_ms;
 use crate::core::command;
+use crate::core::id_filter::IdFilter;
 use crate::core::journal::Chain;
 use crate::core::reply::{Code, Rejection, Reply};
 use crate::core::{Effects, Ledger, OPERATOR};
@@ -21,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::store::IdFault;
 use broker::link::{CommandReader, DeviceCommand, Inbound};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,8 @@ pub struct Intake {
     durable: Arc<AtomicU64>,
     /// Set when an id record could not be read back from the file.
     id_fault: IdFault,
+    /// The filter of the ids in the file, until it arrives (see `Books::load`).
+    id_filter: Option<Receiver<IdFilter>>,
     /// The file, to load the books from again after a refused write.
     books: Books,
     failures: Arc<WriteFailures>,
@@ -90,7 +93,7 @@ impl Intake {
         metrics: Arc<Metrics>,
         reports: Reports,
     ) -> Intake {
-        let Loaded { ledger, id_fault, .. } = loaded;
+        let Loaded { ledger, id_fault, id_filter, .. } = loaded;
         let Reports { durable, failures } = reports;
         Intake {
             ledger,
@@ -102,6 +105,7 @@ impl Intake {
             metrics,
             durable,
             id_fault,
+            id_filter,
             books,
             failures_seen: failures.count(),
             failures,
@@ -181,6 +185,7 @@ impl Intake {
 
     fn process(&mut self, group: &mut Vec<Incoming>) -> Result<(), NodeError> {
         self.follow_disk()?;
+        self.take_id_filter();
         self.ledger.group_durable(self.durable.load(Ordering::Acquire));
         let number = self.ledger.next_group();
         self.last_group = number;
@@ -240,6 +245,19 @@ impl Intake {
             .map_err(|_| NodeError::Stopped { part: "committer", why: "it no longer takes groups".to_string() })
     }
 
+    /// Hands the ledger the filter of the ids in the file once its thread has built it.
+    fn take_id_filter(&mut self) {
+        let Some(built) = &self.id_filter else { return };
+        match built.try_recv() {
+            Ok(filter) => {
+                self.ledger.complete_id_filter(filter);
+                self.id_filter = None;
+            }
+            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => self.id_filter = None,
+        }
+    }
+
     /// After a write the disk refused, rebuilds the books from the file and refuses writes;
     /// while refusing, probes now and then whether writes work again.
     fn follow_disk(&mut self) -> Result<(), NodeError> {
@@ -280,11 +298,12 @@ impl Intake {
         loop {
             let loaded = self.books.store().reopen().map_err(NodeError::Store).and_then(|()| self.books.load());
             match loaded {
-                Ok(Loaded { mut ledger, chain, id_fault }) => {
+                Ok(Loaded { mut ledger, chain, id_fault, id_filter }) => {
                     ledger.number_groups_after(self.last_group);
                     tracing::warn!(head = ledger.head().seq, "books reloaded from the file after a refused write");
                     self.ledger = ledger;
                     self.id_fault = id_fault;
+                    self.id_filter = id_filter;
                     return Ok(chain);
                 }
                 Err(NodeError::Store(e)) if e.is_write_failure() => {

@@ -11,6 +11,7 @@
 use super::error::{Fault, StoreError};
 use super::{Store, IDS, JOURNAL, META};
 use crate::core::address::TransferKey;
+use crate::core::id_filter::IdFilter;
 use crate::core::journal::{hex, Chain, Entry};
 use crate::core::{Account, Head, Hold, Ledger, Received};
 use crate::core::{LiveChanges, LiveState};
@@ -18,6 +19,16 @@ use redb::{Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
+
+/// Books opened by `Store::open_books`.
+pub struct Opened {
+    /// The journal's end, where the next entry links.
+    pub chain: Chain,
+    /// The ledger's id filter knows none of the ids in the file yet: until it is given
+    /// this one filled (`learn_ids`, then `Ledger::complete_id_filter`), every id not in
+    /// RAM is looked up in the file (exact, only slower). None: it knows them all.
+    pub ids_to_learn: Option<IdFilter>,
+}
 
 pub(super) const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_accounts");
 pub(super) const HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_holds");
@@ -79,35 +90,29 @@ fn write_rows<'a, V: Serialize + 'a>(
 
 impl Store {
     /// Restores an edge's books from the live tables: no replay, whatever the journal's
-    /// length. The id archive's filter learns every recorded id (a scan of the `ids` keys).
-    /// A file whose tables are not complete yet (written before they existed) is replayed
-    /// once and its tables written. Returns the journal's end, where the next entry links.
-    pub fn open_books(&self, ledger: &mut Ledger) -> Result<Chain, StoreError> {
+    /// length. The recorded ids are left for the caller to learn (`Opened::ids_to_learn`);
+    /// meanwhile the ledger reads every id it does not hold from the file. A file whose
+    /// tables are not complete yet (written before they existed) is replayed once and its
+    /// tables written.
+    pub fn open_books(&self, ledger: &mut Ledger) -> Result<Opened, StoreError> {
         assert!(!ledger.keeps_all_ids(), "the live tables hold no id records: give the ledger its id archive first");
         if !self.live_complete().map_err(|f| self.fail(f))? {
             let chain = self.load(ledger)?;
             let state = ledger.live_state();
             let _ = ledger.take_live_changes(); // all of it goes in at once, below
             self.write(|| self.write_live_state(&state))?;
-            return Ok(chain);
+            return Ok(Opened { chain, ids_to_learn: None });
         }
         let started = std::time::Instant::now();
         let (chain, head) = self.journal_end().map_err(|f| self.fail(f))?;
         let state = self.live_state_at(head).map_err(|f| self.fail(f))?;
-        let tables_read = started.elapsed();
-        let ids = self.know_ids(ledger).map_err(|f| self.fail(f))?;
         let (accounts, holds) = (state.accounts.len(), state.holds.len());
         ledger.restore_live(state.head, state.accounts, state.holds, state.received.into_values());
         ledger.check_invariants().map_err(|e| self.fail(Fault::Invariant(format!("the live tables: {e}"))))?;
-        tracing::info!(
-            accounts,
-            holds,
-            ids,
-            tables_ms = tables_read.as_millis() as u64,
-            total_ms = started.elapsed().as_millis() as u64,
-            "books opened from the live tables"
-        );
-        Ok(chain)
+        tracing::info!(accounts, holds, ms = started.elapsed().as_millis() as u64, "books opened from the live tables");
+        let ids_to_learn = ledger.id_filter_to_build();
+        debug_assert!(ids_to_learn.is_some(), "a ledger with an id archive keeps a filter");
+        Ok(Opened { chain, ids_to_learn })
     }
 
     /// The live state the tables hold, with the journal's head (for `ledgerctl verify`).
@@ -179,17 +184,20 @@ impl Store {
         Ok(LiveState { head, accounts, holds, received })
     }
 
-    /// Tells the ledger's id filter every id in the file; returns how many.
-    fn know_ids(&self, ledger: &mut Ledger) -> Result<u64, Fault> {
-        let db = self.db()?;
-        let tx = db.begin_read()?;
-        let mut count = 0;
-        for row in tx.open_table(IDS)?.iter()? {
-            let (key, _) = row?;
-            ledger.know_id(key.value());
-            count += 1;
-        }
-        Ok(count)
+    /// Puts every id key in the file (as of now) into `filter`; returns how many.
+    pub fn learn_ids(&self, filter: &mut IdFilter) -> Result<u64, StoreError> {
+        let mut learn = || -> Result<u64, Fault> {
+            let db = self.db()?;
+            let tx = db.begin_read()?;
+            let mut count = 0;
+            for row in tx.open_table(IDS)?.iter()? {
+                let (key, _) = row?;
+                filter.insert(key.value());
+                count += 1;
+            }
+            Ok(count)
+        };
+        learn().map_err(|f| self.fail(f))
     }
 
     /// Writes the whole live state into empty tables and marks them complete.

@@ -15,6 +15,7 @@ mod replica;
 pub use error::StoreError;
 pub use history::history;
 pub use ids::{IdFault, StoreIds};
+pub use live::Opened;
 
 use error::Fault;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
