@@ -36,7 +36,17 @@ fn payment(id: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_new_commands_answers_the_rest_and_recovers_by_itself() {
-    let mut node = NodeProcess::start(NodeOptions { ledger_toml: "id_cache_entries = 16".into(), ..NodeOptions::default() });
+    let metrics = harness::free_port();
+    let mut node = NodeProcess::start(NodeOptions {
+        ledger_toml: "id_cache_entries = 16".into(),
+        extra_toml: format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
+        ..NodeOptions::default()
+    });
+    let gauge = |name: &str| -> u64 {
+        let text = harness::http_get(metrics, "/metrics");
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{line}"))
+    };
     let device = Device::connect(node.port, "pos-1").await;
     for (id, command) in [
         ("o1", cmd::open("o1", "issuer", "EUR", &["issuance"])),
@@ -86,6 +96,10 @@ async fn a_full_disk_refuses_new_commands_answers_the_rest_and_recovers_by_itsel
     }
     let refused = refused_ids[0].clone();
     assert!(node.is_running(), "a full disk does not stop the node; log:\n{}", node.log());
+    assert_eq!(gauge("edgeledger_refusing_writes "), 1);
+    assert!(gauge("edgeledger_write_failures_total ") >= 1);
+    assert_eq!(gauge("edgeledger_table_rows{table=\"journal\"} "), paid + 4, "setup and payments, nothing refused");
+    assert!(gauge("edgeledger_db_file_bytes ") > 0 && gauge("edgeledger_disk_free_bytes ") > 0);
 
     // Refusing: reads and resends answered from what is durable, anything new refused.
     let balance = device.request(cmd::balance("b1", "merchant:cafe")).await;
@@ -114,6 +128,7 @@ async fn a_full_disk_refuses_new_commands_answers_the_rest_and_recovers_by_itsel
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(taken["duplicate"], false, "the refused id was never recorded: {taken}");
+    assert_eq!(gauge("edgeledger_refusing_writes "), 0);
     paid += 1;
     let again = device.request(payment(&refused)).await;
     assert_eq!((&again["duplicate"], &again["seq"]), (&json!(true), &taken["seq"]), "{again}");

@@ -117,6 +117,7 @@ impl Committer {
                     Err(e) if e.is_write_failure() => {
                         let failures = self.failures.raise();
                         self.metrics.write_failed();
+                        self.metrics.refusing_writes(true);
                         tracing::error!(error = %e, failures, "the disk refused a commit; answering disk_full until a write succeeds");
                         self.refusing = true;
                         self.refuse(group)?;

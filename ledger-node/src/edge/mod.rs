@@ -40,6 +40,8 @@ pub fn start(config: &NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Nod
     let own_links = if config.zenoh.is_some() { 2 } else { 1 };
     let metrics = Metrics::new(&config.node.id, "edge", own_links);
     metrics.books(ledger.head().seq, ledger.outgoing_count());
+    let sized = store.clone();
+    metrics.add_storage(move || sized.sizes().ok().map(|s| (s.file_bytes, s.disk_free_bytes, s.rows)));
     if let Some(addr) = config.metrics.listen {
         crate::metrics::start(addr, metrics.clone())?;
     }

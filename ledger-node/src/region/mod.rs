@@ -26,6 +26,8 @@ const HEARTBEAT: Duration = Duration::from_millis(500);
 pub fn start(config: NodeConfig, store: Store, fatal: &Fatal) -> Result<(), NodeError> {
     let store = Arc::new(store);
     let metrics = Metrics::new(&config.node.id, "region", 0);
+    let sized = store.clone();
+    metrics.add_storage(move || sized.sizes().ok().map(|s| (s.file_bytes, s.disk_free_bytes, s.rows)));
     if let Some(addr) = config.metrics.listen {
         crate::metrics::start(addr, metrics.clone())?;
         println!("ledger-node {}: metrics on http://{addr}/metrics, health on http://{addr}/health", config.node.id);

@@ -11,11 +11,13 @@ mod ids;
 mod journal;
 mod live;
 mod replica;
+mod sizes;
 
 pub use error::StoreError;
 pub use history::history;
 pub use ids::{IdFault, StoreIds};
 pub use live::Opened;
+pub use sizes::Sizes;
 
 use error::Fault;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};

@@ -1,0 +1,71 @@
+//! How big the file and its tables are, and how much room the disk has left: what an
+//! operator watches to see a full disk coming (read at scrape time, never on the hot path).
+
+use super::error::{Fault, StoreError};
+use super::live::{ACCOUNTS, HOLDS, RECEIVED};
+use super::{Store, IDS, JOURNAL, REPLICA};
+use redb::{ReadableDatabase, ReadableTableMetadata};
+
+/// Rows per table, by the name the metrics give it.
+pub type TableRows = Vec<(&'static str, u64)>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sizes {
+    pub file_bytes: u64,
+    /// Bytes an unprivileged writer may still use on the file's filesystem.
+    pub disk_free_bytes: u64,
+    pub rows: TableRows,
+}
+
+impl Store {
+    pub fn sizes(&self) -> Result<Sizes, StoreError> {
+        let io = |e: std::io::Error| self.fail(Fault::Db(redb::Error::Io(e)));
+        let file_bytes = std::fs::metadata(&self.path).map_err(io)?.len();
+        let disk_free_bytes = free_bytes(&self.path).map_err(io)?;
+        let rows = self.rows().map_err(|f| self.fail(f))?;
+        Ok(Sizes { file_bytes, disk_free_bytes, rows })
+    }
+
+    fn rows(&self) -> Result<TableRows, Fault> {
+        let db = self.db()?;
+        let tx = db.begin_read()?;
+        Ok(vec![
+            ("journal", tx.open_table(JOURNAL)?.len()?),
+            ("ids", tx.open_table(IDS)?.len()?),
+            ("live_accounts", tx.open_table(ACCOUNTS)?.len()?),
+            ("live_holds", tx.open_table(HOLDS)?.len()?),
+            ("live_received", tx.open_table(RECEIVED)?.len()?),
+            ("replica", tx.open_table(REPLICA)?.len()?),
+        ])
+    }
+}
+
+/// Free bytes for unprivileged writers on the filesystem holding `path`.
+fn free_bytes(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = path.parent().unwrap_or(path);
+    let c_path =
+        std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs fills the zeroed struct it is given from a NUL-terminated path that
+    // outlives the call.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_file_has_a_size_room_and_empty_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "test/edge-1").unwrap();
+        let sizes = store.sizes().unwrap();
+        assert!(sizes.file_bytes > 0 && sizes.disk_free_bytes > 0, "{sizes:?}");
+        assert!(sizes.rows.iter().all(|(_, n)| *n == 0), "{sizes:?}");
+        assert_eq!(sizes.rows.len(), 6);
+    }
+}
