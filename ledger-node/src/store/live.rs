@@ -4,16 +4,18 @@
 //! replaying its journal; `ledgerctl verify` replays the journal and checks that they are
 //! equal (`Store::live_state`).
 //!
-//! Value: a format tag (`1`) then the JSON of the core's type. Meta `live` is `complete`
-//! once the tables hold the whole state (a new file, or an older one after its first
-//! start-up wrote them from a replay).
+//! Values: accounts and holds in the compact encoding of `live_codec`; a decision received,
+//! a format tag (`1`) then its JSON. Meta `live` is `complete` once the tables hold the
+//! whole state (a new file, or an older one after its first start-up wrote them from a
+//! replay).
 
 use super::error::{Fault, StoreError};
+use super::live_codec::{decode_account, decode_hold, encode_account, encode_hold};
 use super::{Store, IDS, JOURNAL, META};
 use crate::core::address::TransferKey;
 use crate::core::id_filter::IdFilter;
 use crate::core::journal::{hex, Chain, Entry};
-use crate::core::{Account, Head, Hold, Ledger, Received};
+use crate::core::{Head, Ledger, Received};
 use crate::core::{LiveChanges, LiveState};
 use redb::{Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
@@ -39,13 +41,13 @@ const TAG: u8 = 1;
 pub(super) const LIVE_KEY: &str = "live";
 pub(super) const COMPLETE: &str = "complete";
 
-fn encode(value: &impl Serialize, out: &mut Vec<u8>) {
+fn encode_json(value: &impl Serialize, out: &mut Vec<u8>) {
     out.clear();
     out.push(TAG);
     serde_json::to_writer(&mut *out, value).expect("live state serializes");
 }
 
-fn decode<T: DeserializeOwned>(table: &str, key: &str, bytes: &[u8]) -> Result<T, Fault> {
+fn decode_json<T: DeserializeOwned>(table: &str, key: &str, bytes: &[u8]) -> Result<T, Fault> {
     match bytes.split_first() {
         Some((&TAG, json)) => serde_json::from_slice(json).map_err(|e| Fault::Corrupt(format!("{table} {key:?} cannot be read: {e}"))),
         _ => Err(Fault::Corrupt(format!("{table} {key:?}: unknown format tag"))),
@@ -59,19 +61,20 @@ pub(super) fn write_changes(tx: &WriteTransaction, changes: &LiveChanges) -> Res
     }
     let mut bytes = Vec::new();
     let accounts = changes.accounts.iter().map(|(name, a)| (name.as_str(), a.as_ref()));
-    write_rows(&mut tx.open_table(ACCOUNTS)?, accounts, &mut bytes)?;
+    write_rows(&mut tx.open_table(ACCOUNTS)?, accounts, encode_account, &mut bytes)?;
     let holds = changes.holds.iter().map(|(id, h)| (id.as_str(), h.as_ref()));
-    write_rows(&mut tx.open_table(HOLDS)?, holds, &mut bytes)?;
+    write_rows(&mut tx.open_table(HOLDS)?, holds, encode_hold, &mut bytes)?;
     let keys: Vec<String> = changes.received.iter().map(|(key, _)| key.to_string()).collect();
     let received = keys.iter().zip(&changes.received).map(|(key, (_, r))| (key.as_str(), Some(r)));
-    write_rows(&mut tx.open_table(RECEIVED)?, received, &mut bytes)?;
+    write_rows(&mut tx.open_table(RECEIVED)?, received, encode_json, &mut bytes)?;
     Ok(())
 }
 
 /// Inserts each `Some` value under its key, removes each `None`.
-fn write_rows<'a, V: Serialize + 'a>(
+fn write_rows<'a, V: 'a>(
     table: &mut Table<&str, &[u8]>,
     rows: impl Iterator<Item = (&'a str, Option<&'a V>)>,
+    encode: impl Fn(&V, &mut Vec<u8>),
     bytes: &mut Vec<u8>,
 ) -> Result<(), Fault> {
     for (key, value) in rows {
@@ -166,19 +169,20 @@ impl Store {
         let mut accounts = BTreeMap::new();
         for row in tx.open_table(ACCOUNTS)?.iter()? {
             let (name, bytes) = row?;
-            let account: Account = decode("account", name.value(), bytes.value())?;
+            let account =
+                decode_account(bytes.value()).map_err(|e| Fault::Corrupt(format!("account {:?} cannot be read: {e}", name.value())))?;
             accounts.insert(name.value().to_string(), account);
         }
         let mut holds = BTreeMap::new();
         for row in tx.open_table(HOLDS)?.iter()? {
             let (id, bytes) = row?;
-            let hold: Hold = decode("hold", id.value(), bytes.value())?;
+            let hold = decode_hold(bytes.value()).map_err(|e| Fault::Corrupt(format!("hold {:?} cannot be read: {e}", id.value())))?;
             holds.insert(id.value().to_string(), hold);
         }
         let mut received = BTreeMap::new();
         for row in tx.open_table(RECEIVED)?.iter()? {
             let (key, bytes) = row?;
-            let decision: Received = decode("received transfer", key.value(), bytes.value())?;
+            let decision: Received = decode_json("received transfer", key.value(), bytes.value())?;
             received.insert(TransferKey::parse(key.value()), decision);
         }
         Ok(LiveState { head, accounts, holds, received })

@@ -10,6 +10,7 @@ mod history;
 mod ids;
 mod journal;
 mod live;
+mod live_codec;
 mod replica;
 mod sizes;
 
