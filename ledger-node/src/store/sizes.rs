@@ -14,6 +14,7 @@ pub struct Sizes {
     pub file_bytes: u64,
     /// Bytes an unprivileged writer may still use on the file's filesystem.
     pub disk_free_bytes: u64,
+    /// Empty while the file is closed after a failed write: the sizes above still tell.
     pub rows: TableRows,
 }
 
@@ -22,7 +23,7 @@ impl Store {
         let io = |e: std::io::Error| self.fail(Fault::Db(redb::Error::Io(e)));
         let file_bytes = std::fs::metadata(&self.path).map_err(io)?.len();
         let disk_free_bytes = free_bytes(&self.path).map_err(io)?;
-        let rows = self.rows().map_err(|f| self.fail(f))?;
+        let rows = self.rows().unwrap_or_default();
         Ok(Sizes { file_bytes, disk_free_bytes, rows })
     }
 
