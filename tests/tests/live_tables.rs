@@ -201,3 +201,49 @@ async fn ledgerctl_verify_finds_a_live_table_that_disagrees_with_the_journal() {
     let err = open_edge(&store).err().expect("the node must not start");
     assert!(err.contains("live tables") && err.contains("ledger.redb"), "{err}");
 }
+
+/// A region's replica: each frame of the edge's entries is replayed and stored with what it
+/// changed; a restarted region opens the replica from its tables, equal to a replay of the
+/// replica and to the edge's own books, and `ledgerctl verify --db` checks them too.
+#[tokio::test]
+async fn a_region_opens_its_replicas_from_their_live_tables() {
+    let (edge_dir, region_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let edge_books = {
+        let store = Arc::new(Store::open(edge_dir.path(), NODE).unwrap());
+        let (mut ledger, mut chain, _) = open_edge(&store).unwrap();
+        book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
+        book(&store, &mut ledger, &mut chain, vec![json!({"id": "late", "op": "balance", "account": "wallet:alice"})], 1_700_000_002_000);
+        ledger.live_state()
+    };
+    let entries = Store::open_existing(&edge_dir.path().join("ledger.redb")).unwrap().0.journal_range(1, u64::MAX, 10_000).unwrap();
+    let replica_ledger = || {
+        let mut ledger = ledger::setup::ledger_for(&config());
+        ledger.forget_ids();
+        ledger
+    };
+    {
+        let region = Store::open(region_dir.path(), "eu").unwrap();
+        let mut replica = replica_ledger();
+        let mut chain = region.open_replica(NODE, &mut replica).unwrap();
+        replica.track_live_changes();
+        for frame in entries.chunks(7) {
+            for entry in frame {
+                replica.replay(&chain.verify_next(entry).unwrap()).unwrap();
+            }
+            region.append_replica(NODE, frame, None, &replica.take_live_changes()).unwrap();
+        }
+        assert_same("replica vs edge", &replica.live_state(), &edge_books);
+    }
+    let region = Store::open(region_dir.path(), "eu").unwrap();
+    let mut opened = replica_ledger();
+    let chain = region.open_replica(NODE, &mut opened).unwrap();
+    assert_eq!(chain.seq, entries.len() as u64);
+    assert_same("replica from its tables vs edge", &opened.live_state(), &edge_books);
+    let mut replayed = replica_ledger();
+    region.load_replica(NODE, &mut replayed).unwrap();
+    assert_same("replica replayed vs edge", &replayed.live_state(), &edge_books);
+    drop(region);
+    let args = ["verify".to_string(), "--db".to_string(), region_dir.path().join("ledger.redb").display().to_string()];
+    let (code, out, err) = run_ledgerctl(&args).await;
+    assert_eq!(code, 0, "{out}{err}");
+}

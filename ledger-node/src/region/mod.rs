@@ -39,7 +39,9 @@ pub fn start(config: NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Node
         let mut ledger = ledger_for(&edge_config);
         // A replica never answers a resend: its edge does. It keeps no id records.
         ledger.forget_ids();
-        let chain = store.load_replica(edge, &mut ledger)?;
+        // From its live tables, without replaying the edge's history.
+        let chain = store.open_replica(edge, &mut ledger)?;
+        ledger.track_live_changes();
         println!("ledger-node {}: replica of {edge} at {}", config.node.id, chain.seq);
         replicas.insert(edge.clone(), Replica { chain, ledger, refused: None, updated_ms: now_ms() });
     }

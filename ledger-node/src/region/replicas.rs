@@ -158,7 +158,7 @@ async fn apply(link: &Link<'_>, (frame, trailer): Frame) -> bool {
     };
     let (session, store, replicas, fatal) = (link.session, link.store, link.replicas, link.fatal);
     let last_in_frame = frame.last().map(|(seq, _)| *seq);
-    let (accepted, chain) = {
+    let (accepted, chain, live) = {
         let mut all = replicas.lock().expect("replicas");
         let Some(replica) = all.get_mut(edge) else { return false };
         if replica.refused.is_some() {
@@ -192,7 +192,7 @@ async fn apply(link: &Link<'_>, (frame, trailer): Frame) -> bool {
             }
         }
         replica.updated_ms = now_ms();
-        (accepted, replica.chain)
+        (accepted, replica.chain, replica.ledger.take_live_changes())
     };
     if accepted.is_empty() {
         return false;
@@ -200,7 +200,7 @@ async fn apply(link: &Link<'_>, (frame, trailer): Frame) -> bool {
     // The signed head is kept only with the entry it signs.
     let signed = signed.filter(|_| accepted.last().map(|e| e.seq) == last_in_frame);
     let (store, edge_id) = (store.clone(), edge.to_string());
-    let stored = match tokio::task::spawn_blocking(move || store.append_replica(&edge_id, &accepted, signed.as_deref())).await {
+    let stored = match tokio::task::spawn_blocking(move || store.append_replica(&edge_id, &accepted, signed.as_deref(), &live)).await {
         Ok(result) => result.map_err(NodeError::Store),
         Err(e) => Err(NodeError::Stopped { part: "replica writer", why: e.to_string() }),
     };

@@ -113,7 +113,7 @@ impl Store {
             let mut meta = tx.open_table(META)?;
             meta.insert("head", format!("{}:{}", chain.seq, hex(&chain.hash)).as_str())?;
         }
-        super::live::write_changes(&tx, live)?;
+        super::live::write_changes(&tx, super::live::Scope::Own, live)?;
         tx.commit()?;
         Ok(sealed)
     }

@@ -11,15 +11,16 @@
 
 use super::error::{Fault, StoreError};
 use super::live_codec::{decode_account, decode_hold, encode_account, encode_hold};
-use super::{Store, IDS, JOURNAL, META};
+use super::{Store, IDS, JOURNAL, META, REPLICA};
 use crate::core::address::TransferKey;
 use crate::core::id_filter::IdFilter;
 use crate::core::journal::{hex, Chain, Entry};
 use crate::core::{Head, Ledger, Received};
 use crate::core::{LiveChanges, LiveState};
-use redb::{Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// Books opened by `Store::open_books`.
@@ -37,9 +38,69 @@ pub(super) const HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("liv
 /// Key: the transfer key, `source|id`.
 pub(super) const RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("live_received");
 
+/// A region's replicas' live state: the same rows, keyed `edge|key`.
+const REPLICA_ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_accounts");
+const REPLICA_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_holds");
+const REPLICA_RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_received");
+
 const TAG: u8 = 1;
 pub(super) const LIVE_KEY: &str = "live";
 pub(super) const COMPLETE: &str = "complete";
+
+type Rows = TableDefinition<'static, &'static str, &'static [u8]>;
+
+/// Whose live state: the node's own books, or a region's replica of an edge (rows keyed
+/// `edge|key`; node ids never hold `|`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Scope<'a> {
+    Own,
+    Replica(&'a str),
+}
+
+impl Scope<'_> {
+    /// The tables of accounts, holds and decisions received.
+    fn tables(self) -> [Rows; 3] {
+        match self {
+            Scope::Own => [ACCOUNTS, HOLDS, RECEIVED],
+            Scope::Replica(_) => [REPLICA_ACCOUNTS, REPLICA_HOLDS, REPLICA_RECEIVED],
+        }
+    }
+
+    fn key<'k>(self, key: &'k str) -> Cow<'k, str> {
+        match self {
+            Scope::Own => Cow::Borrowed(key),
+            Scope::Replica(edge) => Cow::Owned(format!("{edge}|{key}")),
+        }
+    }
+
+    /// The meta key that says this scope's tables are complete.
+    fn complete_key(self) -> String {
+        match self {
+            Scope::Own => LIVE_KEY.to_string(),
+            Scope::Replica(edge) => format!("replica_live:{edge}"),
+        }
+    }
+
+    /// Every row of this scope in `table`, keys without the scope's prefix.
+    fn rows(self, tx: &ReadTransaction, table: Rows) -> Result<Vec<(String, Vec<u8>)>, Fault> {
+        let table = tx.open_table(table)?;
+        let (from, to) = match self {
+            Scope::Own => (String::new(), None),
+            // `}` follows `|`: the range holds exactly the keys that start `edge|`.
+            Scope::Replica(edge) => (format!("{edge}|"), Some(format!("{edge}}}"))),
+        };
+        let range = match &to {
+            Some(to) => table.range(from.as_str()..to.as_str())?,
+            None => table.range(from.as_str()..)?,
+        };
+        let mut out = Vec::new();
+        for row in range {
+            let (key, value) = row?;
+            out.push((key.value()[from.len()..].to_string(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+}
 
 fn encode_json(value: &impl Serialize, out: &mut Vec<u8>) {
     out.clear();
@@ -55,25 +116,25 @@ fn decode_json<T: DeserializeOwned>(table: &str, key: &str, bytes: &[u8]) -> Res
 }
 
 /// Writes one group's changes into the live tables of `tx`, each table in key order.
-pub(super) fn write_changes(tx: &WriteTransaction, changes: &LiveChanges) -> Result<(), Fault> {
+pub(super) fn write_changes(tx: &WriteTransaction, scope: Scope, changes: &LiveChanges) -> Result<(), Fault> {
     if changes.is_empty() {
         return Ok(());
     }
+    let [accounts_table, holds_table, received_table] = scope.tables();
     let mut bytes = Vec::new();
-    let accounts = changes.accounts.iter().map(|(name, a)| (name.as_str(), a.as_ref()));
-    write_rows(&mut tx.open_table(ACCOUNTS)?, accounts, encode_account, &mut bytes)?;
-    let holds = changes.holds.iter().map(|(id, h)| (id.as_str(), h.as_ref()));
-    write_rows(&mut tx.open_table(HOLDS)?, holds, encode_hold, &mut bytes)?;
-    let keys: Vec<String> = changes.received.iter().map(|(key, _)| key.to_string()).collect();
-    let received = keys.iter().zip(&changes.received).map(|(key, (_, r))| (key.as_str(), Some(r)));
-    write_rows(&mut tx.open_table(RECEIVED)?, received, encode_json, &mut bytes)?;
+    let accounts = changes.accounts.iter().map(|(name, a)| (scope.key(name), a.as_ref()));
+    write_rows(&mut tx.open_table(accounts_table)?, accounts, encode_account, &mut bytes)?;
+    let holds = changes.holds.iter().map(|(id, h)| (scope.key(id), h.as_ref()));
+    write_rows(&mut tx.open_table(holds_table)?, holds, encode_hold, &mut bytes)?;
+    let received = changes.received.iter().map(|(key, r)| (Cow::Owned(scope.key(&key.to_string()).into_owned()), Some(r)));
+    write_rows(&mut tx.open_table(received_table)?, received, encode_json, &mut bytes)?;
     Ok(())
 }
 
 /// Inserts each `Some` value under its key, removes each `None`.
 fn write_rows<'a, V: 'a>(
     table: &mut Table<&str, &[u8]>,
-    rows: impl Iterator<Item = (&'a str, Option<&'a V>)>,
+    rows: impl Iterator<Item = (Cow<'a, str>, Option<&'a V>)>,
     encode: impl Fn(&V, &mut Vec<u8>),
     bytes: &mut Vec<u8>,
 ) -> Result<(), Fault> {
@@ -81,10 +142,10 @@ fn write_rows<'a, V: 'a>(
         match value {
             Some(value) => {
                 encode(value, bytes);
-                table.insert(key, bytes.as_slice())?;
+                table.insert(key.as_ref(), bytes.as_slice())?;
             }
             None => {
-                table.remove(key)?;
+                table.remove(key.as_ref())?;
             }
         }
     }
@@ -99,16 +160,16 @@ impl Store {
     /// tables written.
     pub fn open_books(&self, ledger: &mut Ledger) -> Result<Opened, StoreError> {
         assert!(!ledger.keeps_all_ids(), "the live tables hold no id records: give the ledger its id archive first");
-        if !self.live_complete().map_err(|f| self.fail(f))? {
+        if !self.live_complete(Scope::Own).map_err(|f| self.fail(f))? {
             let chain = self.load(ledger)?;
             let state = ledger.live_state();
             let _ = ledger.take_live_changes(); // all of it goes in at once, below
-            self.write(|| self.write_live_state(&state))?;
+            self.write(|| self.write_live_state(Scope::Own, &state))?;
             return Ok(Opened { chain, ids_to_learn: None });
         }
         let started = std::time::Instant::now();
         let (chain, head) = self.journal_end().map_err(|f| self.fail(f))?;
-        let state = self.live_state_at(head).map_err(|f| self.fail(f))?;
+        let state = self.live_state_at(Scope::Own, head).map_err(|f| self.fail(f))?;
         let (accounts, holds) = (state.accounts.len(), state.holds.len());
         ledger.restore_live(state.head, state.accounts, state.holds, state.received.into_values());
         ledger.check_invariants().map_err(|e| self.fail(Fault::Invariant(format!("the live tables: {e}"))))?;
@@ -121,21 +182,70 @@ impl Store {
     /// The live state the tables hold, with the journal's head (for `ledgerctl verify`).
     pub fn live_state(&self) -> Result<Option<LiveState>, StoreError> {
         let read = || -> Result<Option<LiveState>, Fault> {
-            if !self.live_complete()? {
+            if !self.live_complete(Scope::Own)? {
                 return Ok(None);
             }
             let (_, head) = self.journal_end()?;
-            Ok(Some(self.live_state_at(head)?))
+            Ok(Some(self.live_state_at(Scope::Own, head)?))
         };
         read().map_err(|f| self.fail(f))
     }
 
-    fn live_complete(&self) -> Result<bool, Fault> {
+    /// Restores a region's replica of `edge` from its live tables, without replaying the
+    /// replica; the first time (a file written before them), replays it and writes them.
+    /// Returns the replica's end, where the edge's next entry links.
+    pub fn open_replica(&self, edge: &str, ledger: &mut Ledger) -> Result<Chain, StoreError> {
+        let scope = Scope::Replica(edge);
+        if !self.live_complete(scope).map_err(|f| self.fail(f))? {
+            let chain = self.load_replica(edge, ledger)?;
+            let state = ledger.live_state();
+            let _ = ledger.take_live_changes();
+            self.write(|| self.write_live_state(scope, &state))?;
+            return Ok(chain);
+        }
+        let (chain, head) = self.replica_end(edge).map_err(|f| self.fail(f))?;
+        let state = self.live_state_at(scope, head).map_err(|f| self.fail(f))?;
+        ledger.restore_live(state.head, state.accounts, state.holds, state.received.into_values());
+        ledger.check_invariants().map_err(|e| self.fail(Fault::Invariant(format!("the live tables of the replica of {edge}: {e}"))))?;
+        Ok(chain)
+    }
+
+    /// The live state a replica's tables hold (for `ledgerctl verify`); None: not written yet.
+    pub fn replica_live_state(&self, edge: &str) -> Result<Option<LiveState>, StoreError> {
+        let read = || -> Result<Option<LiveState>, Fault> {
+            let scope = Scope::Replica(edge);
+            if !self.live_complete(scope)? {
+                return Ok(None);
+            }
+            let (_, head) = self.replica_end(edge)?;
+            Ok(Some(self.live_state_at(scope, head)?))
+        };
+        read().map_err(|f| self.fail(f))
+    }
+
+    fn live_complete(&self, scope: Scope) -> Result<bool, Fault> {
         let db = self.db()?;
         let tx = db.begin_read()?;
         let meta = tx.open_table(META)?;
-        let live = meta.get(LIVE_KEY)?.map(|v| v.value() == COMPLETE);
+        let live = meta.get(scope.complete_key().as_str())?.map(|v| v.value() == COMPLETE);
         Ok(live.unwrap_or(false))
+    }
+
+    /// The last entry of the replica of `edge`: its link and head.
+    fn replica_end(&self, edge: &str) -> Result<(Chain, Head), Fault> {
+        let db = self.db()?;
+        let tx = db.begin_read()?;
+        let replica = tx.open_table(REPLICA)?;
+        let last = replica.range((edge, 0)..=(edge, u64::MAX))?.next_back();
+        match last {
+            None => Ok((Chain::default(), Head { seq: 0, ts_ms: 0 })),
+            Some(row) => {
+                let (key, bytes) = row?;
+                let entry = Entry::decode(key.value().1, bytes.value())?;
+                let body = entry.parse_body()?;
+                Ok((Chain { seq: entry.seq, hash: entry.hash }, Head { seq: entry.seq, ts_ms: body.ts_ms }))
+            }
+        }
     }
 
     /// The last journal entry's link and head, checked against the head the last commit
@@ -163,27 +273,24 @@ impl Store {
         Ok((chain, head))
     }
 
-    fn live_state_at(&self, head: Head) -> Result<LiveState, Fault> {
+    fn live_state_at(&self, scope: Scope, head: Head) -> Result<LiveState, Fault> {
         let db = self.db()?;
         let tx = db.begin_read()?;
+        let [accounts_table, holds_table, received_table] = scope.tables();
         let mut accounts = BTreeMap::new();
-        for row in tx.open_table(ACCOUNTS)?.iter()? {
-            let (name, bytes) = row?;
-            let account =
-                decode_account(bytes.value()).map_err(|e| Fault::Corrupt(format!("account {:?} cannot be read: {e}", name.value())))?;
-            accounts.insert(name.value().to_string(), account);
+        for (name, bytes) in scope.rows(&tx, accounts_table)? {
+            let account = decode_account(&bytes).map_err(|e| Fault::Corrupt(format!("account {name:?} cannot be read: {e}")))?;
+            accounts.insert(name, account);
         }
         let mut holds = BTreeMap::new();
-        for row in tx.open_table(HOLDS)?.iter()? {
-            let (id, bytes) = row?;
-            let hold = decode_hold(bytes.value()).map_err(|e| Fault::Corrupt(format!("hold {:?} cannot be read: {e}", id.value())))?;
-            holds.insert(id.value().to_string(), hold);
+        for (id, bytes) in scope.rows(&tx, holds_table)? {
+            let hold = decode_hold(&bytes).map_err(|e| Fault::Corrupt(format!("hold {id:?} cannot be read: {e}")))?;
+            holds.insert(id, hold);
         }
         let mut received = BTreeMap::new();
-        for row in tx.open_table(RECEIVED)?.iter()? {
-            let (key, bytes) = row?;
-            let decision: Received = decode_json("received transfer", key.value(), bytes.value())?;
-            received.insert(TransferKey::parse(key.value()), decision);
+        for (key, bytes) in scope.rows(&tx, received_table)? {
+            let decision: Received = decode_json("received transfer", &key, &bytes)?;
+            received.insert(TransferKey::parse(&key), decision);
         }
         Ok(LiveState { head, accounts, holds, received })
     }
@@ -205,7 +312,7 @@ impl Store {
     }
 
     /// Writes the whole live state into empty tables and marks them complete.
-    fn write_live_state(&self, state: &LiveState) -> Result<(), Fault> {
+    fn write_live_state(&self, scope: Scope, state: &LiveState) -> Result<(), Fault> {
         let db = self.db()?;
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
@@ -215,8 +322,8 @@ impl Store {
                 holds: state.holds.iter().map(|(id, h)| (id.clone(), Some(h.clone()))).collect(),
                 received: state.received.iter().map(|(k, r)| (k.clone(), r.clone())).collect(),
             };
-            write_changes(&tx, &changes)?;
-            tx.open_table(META)?.insert(LIVE_KEY, COMPLETE)?;
+            write_changes(&tx, scope, &changes)?;
+            tx.open_table(META)?.insert(scope.complete_key().as_str(), COMPLETE)?;
         }
         tx.commit()?;
         Ok(())

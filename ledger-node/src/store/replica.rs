@@ -4,7 +4,7 @@
 use super::error::{Fault, StoreError};
 use super::{Store, REPLICA, REPLICA_SIGNED};
 use crate::core::journal::{Chain, Entry};
-use crate::core::Ledger;
+use crate::core::{Ledger, LiveChanges};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 
 impl Store {
@@ -27,8 +27,9 @@ impl Store {
     }
 
     /// Appends verified entries to the replica of `edge` in one durable commit, with the
-    /// edge's signed head of the last of them when it sent one.
-    pub fn append_replica(&self, edge: &str, entries: &[Entry], signed_head: Option<&[u8]>) -> Result<(), StoreError> {
+    /// edge's signed head of the last of them when it sent one and what they changed in
+    /// the replica's live state.
+    pub fn append_replica(&self, edge: &str, entries: &[Entry], signed_head: Option<&[u8]>, live: &LiveChanges) -> Result<(), StoreError> {
         let write = || -> Result<(), Fault> {
             let db = self.db()?;
             let mut tx = db.begin_write()?;
@@ -42,10 +43,11 @@ impl Store {
                     tx.open_table(REPLICA_SIGNED)?.insert(edge, head)?;
                 }
             }
+            super::live::write_changes(&tx, super::live::Scope::Replica(edge), live)?;
             tx.commit()?;
             Ok(())
         };
-        write().map_err(|f| self.fail(f))
+        self.write(write)
     }
 
     /// The last signed head `edge` sent with entries this replica stored, if any (a file

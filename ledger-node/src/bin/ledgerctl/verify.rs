@@ -6,7 +6,8 @@ use crate::table::Table;
 use crate::{progress, Fail, Output};
 use ledger::books::audit::{Audit, Summary};
 use ledger::core::journal::hex;
-use ledger::store::Store;
+use ledger::core::LiveState;
+use ledger::store::{Store, StoreError};
 use serde_json::{json, Value};
 use std::path::Path;
 
@@ -30,7 +31,7 @@ pub fn offline(path: &Path) -> Result<Output, Fail> {
         let audit = audit_file(&node, entries, &format!("journal of {node}"), |from| store.journal_range(from, u64::MAX, STEP));
         let mut result = audit.and_then(|audit| {
             let summary = audit.finish()?;
-            live_tables_match(&store, &audit)?;
+            live_tables_match(store.live_state(), &audit)?;
             Ok(summary)
         });
         if let (Ok(summary), Some(recorded)) = (&result, recorded) {
@@ -43,8 +44,12 @@ pub fn offline(path: &Path) -> Result<Output, Fail> {
     }
     for edge in store.replica_edges().map_err(io)? {
         let count = store.count(Some(&edge)).map_err(io)?;
-        let mut result =
-            audit_file(&edge, count, &format!("replica of {edge}"), |from| store.replica_range(&edge, from, STEP)).and_then(|a| a.finish());
+        let audit = audit_file(&edge, count, &format!("replica of {edge}"), |from| store.replica_range(&edge, from, STEP));
+        let mut result = audit.and_then(|audit| {
+            let summary = audit.finish()?;
+            live_tables_match(store.replica_live_state(&edge), &audit)?;
+            Ok(summary)
+        });
         if let Ok(summary) = &result {
             let signed = store.replica_signed_head(&edge).map_err(io)?;
             if let Err(why) = signed_head_matches(&edge, summary, signed.as_deref()) {
@@ -79,10 +84,10 @@ fn signed_head_matches(edge: &str, summary: &Summary, stored: Option<&[u8]>) -> 
     Ok(())
 }
 
-/// An edge's live tables (what it starts from) must hold exactly what its journal rebuilds.
-/// A file written before the tables existed has none yet: nothing to compare.
-fn live_tables_match(store: &Store, audit: &Audit) -> Result<(), String> {
-    let Some(tables) = store.live_state().map_err(|e| e.to_string())? else { return Ok(()) };
+/// Live tables (what a node starts from) must hold exactly what the journal rebuilds. A
+/// file written before the tables existed has none yet: nothing to compare.
+fn live_tables_match(tables: Result<Option<LiveState>, StoreError>, audit: &Audit) -> Result<(), String> {
+    let Some(tables) = tables.map_err(|e| e.to_string())? else { return Ok(()) };
     match tables.difference(&audit.live_state()) {
         None => Ok(()),
         Some(difference) => Err(format!("the live tables differ from the journal's replay: {difference}")),
