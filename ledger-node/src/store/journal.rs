@@ -7,7 +7,7 @@ use super::{Store, IDS, JOURNAL, META};
 use crate::core::idempotency::IdRecord;
 use crate::core::journal::{hex, Chain, Entry};
 use crate::core::{Effects, Ledger, LiveChanges};
-use redb::{Durability, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
 
 impl Store {
     /// Rebuilds `ledger` from the file: every journal entry in order, verifying the hash
@@ -83,12 +83,7 @@ impl Store {
     ) -> Result<Vec<Entry>, Fault> {
         let mut sealed = Vec::new();
         let db = self.db()?;
-        let mut tx = db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
-        // The commit also records redb's allocator state (and takes two phases): after a
-        // crash the file opens at once instead of being walked page by page, which takes
-        // time in proportion to the file (1.5 s for 1.3 GB here).
-        tx.set_quick_repair(true);
+        let tx = super::begin_durable(&db)?;
         {
             let mut journal = tx.open_table(JOURNAL)?;
             let mut ids = tx.open_table(IDS)?;

@@ -17,7 +17,7 @@ use crate::core::id_filter::IdFilter;
 use crate::core::journal::{hex, Chain, Entry};
 use crate::core::{Head, Ledger, Received};
 use crate::core::{LiveChanges, LiveState};
-use redb::{Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::borrow::Cow;
@@ -314,8 +314,7 @@ impl Store {
     /// Writes the whole live state into empty tables and marks them complete.
     fn write_live_state(&self, scope: Scope, state: &LiveState) -> Result<(), Fault> {
         let db = self.db()?;
-        let mut tx = db.begin_write()?;
-        tx.set_durability(Durability::Immediate)?;
+        let tx = super::begin_durable(&db)?;
         {
             let changes = LiveChanges {
                 accounts: state.accounts.iter().map(|(n, a)| (n.clone(), Some(a.clone()))).collect(),

@@ -5,7 +5,7 @@ use super::error::{Fault, StoreError};
 use super::{Store, REPLICA, REPLICA_SIGNED};
 use crate::core::journal::{Chain, Entry};
 use crate::core::{Ledger, LiveChanges};
-use redb::{Durability, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
 
 impl Store {
     /// Rebuilds a region's replica of `edge` into `ledger`, verifying the chain; returns its end.
@@ -32,8 +32,7 @@ impl Store {
     pub fn append_replica(&self, edge: &str, entries: &[Entry], signed_head: Option<&[u8]>, live: &LiveChanges) -> Result<(), StoreError> {
         let write = || -> Result<(), Fault> {
             let db = self.db()?;
-            let mut tx = db.begin_write()?;
-            tx.set_durability(Durability::Immediate)?;
+            let tx = super::begin_durable(&db)?;
             {
                 let mut replica = tx.open_table(REPLICA)?;
                 for entry in entries {
