@@ -74,6 +74,8 @@ async fn readme_demo_runs_and_metrics_answer() {
             }
             text.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
+        // Keep reading to the end, as a terminal would: the launcher may print more.
+        std::thread::spawn(move || while stdout.read(&mut buf).is_ok_and(|n| n > 0) {});
         text
     })
     .await

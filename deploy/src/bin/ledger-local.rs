@@ -1,6 +1,7 @@
 //! `ledger-local`: starts the two-region, four-edge topology on loopback and keeps it
 //! running until Ctrl-C (or SIGTERM), or until a node exits.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,26 +61,34 @@ fn main() -> ExitCode {
         Ok(t) => t,
         Err(e) => return fail(&e),
     };
-    println!("ledger-local: 2 regions and 4 edges on 127.0.0.1; configs, data and logs in {}", dir.display());
-    println!("{:<13} {:<7} {:<28} METRICS", "NODE", "ROLE", "LISTENS");
+    let mut banner = String::new();
+    let _ = writeln!(banner, "ledger-local: 2 regions and 4 edges on 127.0.0.1; configs, data and logs in {}", dir.display());
+    let _ = writeln!(banner, "{:<13} {:<7} {:<28} METRICS", "NODE", "ROLE", "LISTENS");
     for (node, _) in &topology.nodes {
         let (role, listens) = if node.region {
             ("region", format!("zenoh tls/127.0.0.1:{}", node.port))
         } else {
             ("edge", format!("mqtt 127.0.0.1:{}", node.port))
         };
-        println!("{:<13} {role:<7} {listens:<28} http://127.0.0.1:{}/metrics", node.id, node.metrics_port);
+        let _ = writeln!(banner, "{:<13} {role:<7} {listens:<28} http://127.0.0.1:{}/metrics", node.id, node.metrics_port);
     }
-    println!("zenoh links: mutual TLS with access control; CA and certificates in {}", deploy::pki_dir(&dir).display());
+    let _ = writeln!(banner, "zenoh links: mutual TLS with access control; CA and certificates in {}", deploy::pki_dir(&dir).display());
     match deploy::ledgerctl_env(&dir, base) {
-        Ok(env) => print!(
-            "operators: point ledgerctl at both regions as operator:{} with\n  . {}\nwhich sets\n{env}",
-            deploy::OPERATOR,
-            dir.join("ledgerctl.env").display()
-        ),
+        Ok(env) => {
+            let _ = write!(
+                banner,
+                "operators: point ledgerctl at both regions as operator:{} with\n  . {}\nwhich sets\n{env}",
+                deploy::OPERATOR,
+                dir.join("ledgerctl.env").display()
+            );
+        }
         Err(e) => return fail(&e),
     }
-    println!("then: ledgerctl status   (Ctrl-C stops every node)");
+    let _ = writeln!(banner, "then: ledgerctl status   (Ctrl-C stops every node)");
+    // Whoever started us may have stopped reading (`| head`): that must not stop the nodes,
+    // as a panicking print! would.
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let stopped_by = runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
