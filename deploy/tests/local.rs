@@ -9,17 +9,25 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A base port with the topology's twelve ports free after it.
+/// A block of `PORTS_USED` free ports below the kernel's ephemeral range: ports the OS
+/// hands to outgoing connections (zenoh links, clients) could otherwise take one of the
+/// block between this check and the node's bind.
 fn free_block() -> u16 {
-    for _ in 0..200 {
-        let base = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        if base > 60_000 {
-            continue;
-        }
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(deploy::PORTS_USED));
+    assert!(high > low, "no room below the ephemeral ports ({ephemeral_low})");
+    let blocks = (high - low) / deploy::PORTS_USED;
+    let start = std::process::id() as u16 % blocks;
+    for i in 0..blocks {
+        let base = low + ((start + i) % blocks) * deploy::PORTS_USED;
         if (base..base + deploy::PORTS_USED).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
     }
-    panic!("no block of free ports");
+    panic!("no block of {} free ports between {low} and {high}", deploy::PORTS_USED);
 }
 
 fn http_get(port: u16, path: &str) -> (String, String) {
