@@ -4,32 +4,11 @@
 
 use harness::{cmd, eventually, run_ledgerctl, Device};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A base port with the topology's twelve ports free after it.
-/// A block of `PORTS_USED` free ports below the kernel's ephemeral range: ports the OS
-/// hands to outgoing connections (zenoh links, clients) could otherwise take one of the
-/// block between this check and the node's bind.
-fn free_block() -> u16 {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
-    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(deploy::PORTS_USED));
-    assert!(high > low, "no room below the ephemeral ports ({ephemeral_low})");
-    let blocks = (high - low) / deploy::PORTS_USED;
-    let start = std::process::id() as u16 % blocks;
-    for i in 0..blocks {
-        let base = low + ((start + i) % blocks) * deploy::PORTS_USED;
-        if (base..base + deploy::PORTS_USED).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no block of {} free ports between {low} and {high}", deploy::PORTS_USED);
-}
-
 fn http_get(port: u16, path: &str) -> (String, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
     stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -47,7 +26,7 @@ fn metric(text: &str, line_start: &str) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_demo_runs_and_metrics_answer() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_block();
+    let base = harness::free_ports(deploy::PORTS_USED);
     let launcher = env!("CARGO_BIN_EXE_ledger-local");
     let ledger_node = harness::node_binary();
     // The launcher runs ledger-node from its own directory, as after `cargo build --release`.

@@ -31,8 +31,35 @@ pub fn http_get(port: u16, path: &str) -> String {
     response
 }
 
+/// A free loopback port below the kernel's ephemeral range, never the same twice in one
+/// test process. A port from the ephemeral range (what binding port 0 gives) can be taken
+/// by an outgoing connection (a zenoh link, an MQTT client) between this call and the
+/// node's bind, which made tests fail now and then.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports(1)
+}
+
+/// The first of `count` consecutive free ports, chosen as `free_port` chooses one.
+pub fn free_ports(count: u16) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let (low, count) = (10_000u32, u32::from(count));
+    assert!(ephemeral_low > low + 1_000 + count, "no room below the ephemeral ports ({ephemeral_low})");
+    let span = ephemeral_low - low - count;
+    // Test processes started one after another (or side by side) start far apart.
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+        let first = low + (offset + n) % span;
+        let ports = (first..first + count).map(|p| u16::try_from(p).expect("below 65536"));
+        if ports.clone().all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return u16::try_from(first).expect("below 65536");
+        }
+    }
+    panic!("no {count} free ports between {low} and {ephemeral_low}");
 }
 
 /// The `ledger-node` binary next to this test binary. `cargo test --workspace` (README's
