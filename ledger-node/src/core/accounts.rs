@@ -8,7 +8,7 @@ use super::change::Floor;
 use super::money::Minor;
 use std::collections::HashMap;
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub asset: String,
     pub floor: Floor,

@@ -4,8 +4,8 @@
 //! start-up instead of replaying the journal. `LiveState` is the whole of it in order, so
 //! that the tables and a replay of the journal can be compared (they must be equal).
 //!
-//! Only a ledger that asked for it (`track_live_changes`, an edge) notes what changed:
-//! replicas and audits replay without keeping the notes.
+//! Only a ledger that asked for it (`track_live_changes`: an edge, a region's replica)
+//! notes what changed; audits and replays that write nothing keep no notes.
 
 use super::accounts::Account;
 use super::address::TransferKey;

@@ -266,8 +266,8 @@ impl Intake {
             self.failures_seen = failures;
             let chain = self.reload()?;
             self.restart = Some(Restart { after: failures, chain });
+            // The committer set `refusing_writes` when the commit failed.
             self.mode = DiskMode::refusing(Instant::now());
-            self.metrics.refusing_writes(true);
         }
         if let DiskMode::Refusing { since, next_probe } = self.mode {
             let now = Instant::now();

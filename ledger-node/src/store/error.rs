@@ -25,8 +25,11 @@ pub enum StoreError {
     Replay { path: PathBuf, detail: String },
     /// The rebuilt books break a SPEC §8 invariant.
     Invariant { path: PathBuf, detail: String },
-    /// Any other failure of the storage engine or the operating system.
+    /// The operating system failed a read or a write (or the file is closed after one, until
+    /// it is opened again).
     Io { path: PathBuf, detail: String },
+    /// Any other failure of the storage engine (a limit, a misuse): no retry mends it.
+    Engine { path: PathBuf, detail: String },
 }
 
 impl StoreError {
@@ -46,7 +49,8 @@ impl StoreError {
             | StoreError::Corrupt { path, .. }
             | StoreError::Replay { path, .. }
             | StoreError::Invariant { path, .. }
-            | StoreError::Io { path, .. } => path,
+            | StoreError::Io { path, .. }
+            | StoreError::Engine { path, .. } => path,
         }
     }
 }
@@ -73,7 +77,7 @@ impl fmt::Display for StoreError {
             StoreError::Corrupt { detail, .. } => write!(f, "database {path}: {detail}"),
             StoreError::Replay { detail, .. } => write!(f, "database {path}: {detail}"),
             StoreError::Invariant { detail, .. } => write!(f, "database {path}: the rebuilt books do not balance: {detail}"),
-            StoreError::Io { detail, .. } => write!(f, "database {path}: {detail}"),
+            StoreError::Io { detail, .. } | StoreError::Engine { detail, .. } => write!(f, "database {path}: {detail}"),
         }
     }
 }
@@ -134,7 +138,8 @@ impl Fault {
         match self {
             Fault::Db(redb::Error::Io(io)) if is_disk_full(&io) => StoreError::DiskFull { path, detail: io.to_string() },
             Fault::Db(redb::Error::Corrupted(detail)) => StoreError::Corrupt { path, detail: format!("corrupted: {detail}") },
-            Fault::Db(e) => StoreError::Io { path, detail: e.to_string() },
+            Fault::Db(e @ (redb::Error::Io(_) | redb::Error::PreviousIo)) => StoreError::Io { path, detail: e.to_string() },
+            Fault::Db(e) => StoreError::Engine { path, detail: e.to_string() },
             Fault::Chain(error) => StoreError::Chain { path, error },
             Fault::Corrupt(detail) => StoreError::Corrupt { path, detail },
             Fault::Replay(detail) => StoreError::Replay { path, detail },
@@ -174,6 +179,9 @@ mod tests {
             assert!(e.to_string().contains("/data/ledger.redb") && e.to_string().contains("disk is full"), "{e}");
         }
         assert!(matches!(io(5).at(path), StoreError::Io { .. }), "EIO is not a full disk");
+        assert!(io(5).at(path).is_write_failure() && io(28).at(path).is_write_failure());
+        let engine = Fault::Db(redb::Error::ValueTooLarge(1 << 40)).at(path);
+        assert!(matches!(engine, StoreError::Engine { .. }) && !engine.is_write_failure(), "{engine:?}");
         assert!(matches!(Fault::Db(redb::Error::Corrupted("bad page".into())).at(path), StoreError::Corrupt { .. }));
         assert!(matches!(Fault::Replay("entry 3: hold h1 does not exist".into()).at(path), StoreError::Replay { .. }));
         let invariant = Fault::Invariant("posted balances of EUR sum to 1, not zero".into()).at(path);
