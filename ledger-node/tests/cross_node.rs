@@ -12,6 +12,7 @@ use common::Written;
 use ledger::core::address::clearing_account;
 use ledger::core::command::{self, Movement, NodeCommand, NodeOp};
 use ledger::core::idempotency::IdKey;
+use ledger::core::journal::Chain;
 use ledger::core::money::Assets;
 use ledger::core::reply::{Code, Reply, Resolution, Status};
 use ledger::core::EntryBody;
@@ -212,10 +213,16 @@ impl Pair {
     }
 }
 
+/// A ledger rebuilt from the journal as stored: each body sealed, read back from its
+/// bytes, and replayed.
 fn replayed(node: &str, journal: &[EntryBody]) -> Ledger {
     let mut ledger = ledger(node);
+    let mut chain = Chain::default();
     for body in journal {
-        ledger.replay(body).unwrap();
+        let stored = chain.seal(body);
+        let read = stored.parse_body().unwrap();
+        assert_eq!(&read, body, "a stored body reads back as the ledger wrote it");
+        ledger.replay(&read).unwrap();
     }
     ledger
 }

@@ -435,6 +435,8 @@ impl Harness {
     fn collect(&mut self, effects: &Effects) {
         if let Some(entry) = &effects.entry {
             let sealed = self.chain.seal(entry);
+            // The stored bytes say exactly what the ledger decided, in every workload.
+            assert_eq!(&sealed.parse_body().expect("a sealed body reads back"), entry);
             self.journal.push(sealed);
         }
         let group = self.unwritten.as_mut().expect("a group is open");
@@ -623,8 +625,11 @@ fn a_tampered_entry_is_refused_on_replay() {
     let mut h = Harness::new();
     setup(&mut h);
     let mut entries = h.journal.clone();
-    let body = String::from_utf8(entries[6].body.clone()).unwrap().replace("25000", "99999");
-    entries[6].body = body.into_bytes();
+    // The same entry saying 999.99 where it said 250.00, its hash left as it was.
+    let json = serde_json::to_string(&entries[6].parse_body().unwrap()).unwrap();
+    assert!(json.contains("25000"));
+    let tampered: EntryBody = serde_json::from_str(&json.replace("25000", "99999")).unwrap();
+    entries[6].body = ledger::core::entry_codec::encode(&tampered);
     let mut chain = Chain::default();
     for e in &entries[..6] {
         chain.verify_next(e).unwrap();

@@ -7,9 +7,10 @@
 use harness::run_ledgerctl;
 use ledger::core::command::{self, Command};
 use ledger::core::id_filter::IdFilter;
+use ledger::core::journal::Entry;
 use ledger::core::{Effects, Ledger, LiveState};
 use ledger::store::{Store, StoreIds};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::json;
 use std::sync::Arc;
 
@@ -17,6 +18,57 @@ const NODE: &str = "test/edge-1";
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const LIVE_ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_accounts");
 const LIVE_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_holds");
+const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
+const IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("ids");
+
+/// Rewrites a file's journal and id records as releases before the binary encodings wrote
+/// them: JSON bodies (chained anew over those bytes, with the head to match) and id records
+/// with the fingerprint in hex and fixed-width numbers.
+fn as_older_release(tx: &redb::WriteTransaction) {
+    let mut journal = tx.open_table(JOURNAL).unwrap();
+    let rows: Vec<(u64, Vec<u8>)> = journal.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value(), v.value().to_vec())).collect();
+    let mut prev = ledger::core::journal::GENESIS;
+    for (seq, bytes) in &rows {
+        let entry = Entry::decode(*seq, bytes).unwrap();
+        let body = serde_json::to_vec(&entry.parse_body().unwrap()).unwrap();
+        let hash = ledger::core::journal::hash_of(&prev, *seq, &body);
+        journal.insert(*seq, Entry { seq: *seq, prev, hash, body }.encode().as_slice()).unwrap();
+        prev = hash;
+    }
+    let head = format!("{}:{}", rows.len(), ledger::core::journal::hex(&prev));
+    tx.open_table(META).unwrap().insert("head", head.as_str()).unwrap();
+    let mut ids = tx.open_table(IDS).unwrap();
+    let records: Vec<(String, Vec<u8>)> =
+        ids.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_string(), v.value().to_vec())).collect();
+    let mut rewritten = 0;
+    for (key, bytes) in records {
+        if bytes[0] != 2 {
+            continue; // a rejection's record: the same then
+        }
+        let fingerprint: String = bytes[1..17].iter().map(|b| format!("{b:02x}")).collect();
+        let mut rest = &bytes[17..];
+        let mut varint = || {
+            let (mut value, mut shift) = (0u64, 0);
+            loop {
+                let b = rest[0];
+                rest = &rest[1..];
+                value |= u64::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 {
+                    return value;
+                }
+            }
+        };
+        let (seq, op) = (varint(), varint());
+        let mut old = vec![1u8];
+        old.extend_from_slice(fingerprint.as_bytes());
+        old.extend_from_slice(&seq.to_be_bytes());
+        old.extend_from_slice(&(if op == 0 { u32::MAX } else { op as u32 - 1 }).to_be_bytes());
+        ids.insert(key.as_str(), old.as_slice()).unwrap();
+        rewritten += 1;
+    }
+    assert!(rewritten > 40, "the workload's accepted ids");
+}
 
 fn config() -> config::NodeConfig {
     let mut config = config::NodeConfig::embedded_default();
@@ -147,7 +199,7 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
         book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
         ledger.live_state()
     };
-    // What a release without live tables left: format 2, no tables.
+    // What a release without live tables left: format 2, no tables, JSON journal bodies.
     {
         let db = Database::open(dir.path().join("ledger.redb")).unwrap();
         let tx = db.begin_write().unwrap();
@@ -158,18 +210,43 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
             tx.open_table(LIVE_ACCOUNTS).unwrap().retain(|_, _| false).unwrap();
             tx.open_table(LIVE_HOLDS).unwrap().retain(|_, _| false).unwrap();
         }
+        as_older_release(&tx);
         tx.commit().unwrap();
     }
     let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
     assert_eq!(store.live_state().unwrap(), None, "no tables yet");
-    let (ledger, _, to_learn) = open_edge(&store).unwrap();
+    let (mut ledger, mut chain, to_learn) = open_edge(&store).unwrap();
     assert!(to_learn.is_none(), "a replay taught the filter every id");
     assert_same("replayed on the first start", &ledger.live_state(), &before);
     assert_same("tables written from it", &store.live_state().unwrap().expect("tables now"), &before);
+    // Ids recorded the old way read back exactly; new entries go on the old chain, binary.
+    for (round, id) in ["h1", "t7", "b1"].iter().enumerate() {
+        let command = workload().into_iter().find(|c| c["id"] == *id).unwrap();
+        let resend = ledger.submit(Some("pos-1"), parse(command), 1_700_000_000_000 + round as u64);
+        assert!(resend.reply.as_ref().unwrap().duplicate, "{id}: {:?}", resend.reply);
+    }
+    book(
+        &store,
+        &mut ledger,
+        &mut chain,
+        vec![
+            json!({"id": "new-1", "op": "transfer", "debit": "wallet:alice", "credit": "merchant:cafe", "amount": "0.10", "asset": "EUR"}),
+        ],
+        1_700_000_001_000,
+    );
+    let last = store.journal_range(chain.seq, chain.seq, 1).unwrap().remove(0);
+    assert_eq!(last.body[0], ledger::core::entry_codec::VERSION_1, "new entries are binary");
+    assert_eq!(store.journal_range(1, 1, 1).unwrap()[0].body[0], b'{', "old ones stay JSON");
+    assert_same("a replay of both kinds of entry", &replayed(&store).live_state(), &ledger.live_state());
     drop((ledger, store)); // the ledger's id archive holds the file too
+    let verify = std::process::Command::new(harness::ledgerctl_binary())
+        .args(["verify", "--db", dir.path().join("ledger.redb").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
     let db = Database::open(dir.path().join("ledger.redb")).unwrap();
     let format = db.begin_read().unwrap().open_table(META).unwrap().get("format").unwrap().map(|v| v.value().to_string());
-    assert_eq!(format.as_deref(), Some("edgeledger-3"), "marked, so that a release without tables refuses it");
+    assert_eq!(format.as_deref(), Some("edgeledger-4"), "marked, so that an older release refuses it");
 }
 
 #[tokio::test]

@@ -134,9 +134,11 @@ async fn a_tampered_entry_is_refused_reported_and_never_applied() {
 
     // Entry 3 pays 9.00 instead of 1.00 but keeps its old hash.
     let mut entries = journal();
-    let body = String::from_utf8(entries[2].body.clone()).unwrap().replace("100", "900");
-    assert_ne!(body.as_bytes(), &entries[2].body[..]);
-    entries[2].body = body.into_bytes();
+    let json = serde_json::to_string(&entries[2].parse_body().unwrap()).unwrap().replace("100", "900");
+    let tampered: ledger::core::EntryBody = serde_json::from_str(&json).unwrap();
+    let body = ledger::core::entry_codec::encode(&tampered);
+    assert_ne!(body, entries[2].body);
+    entries[2].body = body;
     let encoded: Vec<(u64, Vec<u8>)> = entries.iter().map(|e| (e.seq, e.encode())).collect();
     let frame = bridge::encode_frame(encoded.iter().map(|(s, b)| (*s, &b[..])));
 

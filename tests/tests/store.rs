@@ -80,9 +80,11 @@ fn a_tampered_entry_is_refused_with_the_path() {
     {
         let mut journal = tx.open_table(JOURNAL).unwrap();
         let stored = journal.get(3).unwrap().unwrap().value().to_vec();
-        // Stored as prev hash (32) ‖ hash (32) ‖ JSON body: change the amount in the body only.
-        let body = String::from_utf8(stored[64..].to_vec()).unwrap().replace("1250", "9250");
-        let forged = [&stored[..64], body.as_bytes()].concat();
+        // Stored as prev hash (32) ‖ hash (32) ‖ body: change the amount in the body only.
+        let json = serde_json::to_string(&ledger::core::entry_codec::decode(&stored[64..]).unwrap()).unwrap();
+        assert!(json.contains("1250"));
+        let body: ledger::core::EntryBody = serde_json::from_str(&json.replace("1250", "9250")).unwrap();
+        let forged = [&stored[..64], &ledger::core::entry_codec::encode(&body)].concat();
         assert_ne!(stored, forged);
         journal.insert(3, forged.as_slice()).unwrap();
     }

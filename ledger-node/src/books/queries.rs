@@ -7,7 +7,7 @@ use super::reconcile::{AccountRow, IncomingRow, OutgoingRow};
 use crate::core::address::TransferKey;
 use crate::core::journal::Entry;
 use crate::core::money::format_minor;
-use crate::core::{EntryBody, Hold, Ledger};
+use crate::core::{Hold, Ledger};
 use serde_json::{json, Value};
 
 /// Most entries one history query reads; the answer's `next_before` continues the scan.
@@ -66,7 +66,7 @@ impl HistoryParams {
 
 /// A journal entry as a history row of `account`, if it changed that account.
 pub fn history_row(entry: &Entry, account: &str) -> Option<Value> {
-    let body: EntryBody = serde_json::from_slice(&entry.body).ok()?;
+    let body = entry.parse_body().ok()?;
     let touched: Vec<_> = body.changes.iter().filter(|c| c.touches(account)).collect();
     if touched.is_empty() {
         return None;

@@ -2,6 +2,7 @@
 //! trail, the source the node rebuilds its state from, and the unit of replication.
 
 use super::change::EntryBody;
+use super::entry_codec;
 
 pub type Hash = [u8; 32];
 
@@ -49,7 +50,7 @@ pub fn hash_of(prev: &Hash, seq: u64, body: &[u8]) -> Hash {
 
 impl Entry {
     pub fn seal(prev: Hash, body: &EntryBody) -> Entry {
-        let bytes = serde_json::to_vec(body).expect("entry body serializes");
+        let bytes = entry_codec::encode(body);
         Entry { seq: body.seq, prev, hash: hash_of(&prev, body.seq, &bytes), body: bytes }
     }
 
@@ -86,8 +87,7 @@ impl Entry {
     }
 
     pub fn parse_body(&self) -> Result<EntryBody, ChainError> {
-        let body: EntryBody =
-            serde_json::from_slice(&self.body).map_err(|e| ChainError::BadBody { seq: self.seq, reason: e.to_string() })?;
+        let body = entry_codec::decode(&self.body).map_err(|reason| ChainError::BadBody { seq: self.seq, reason })?;
         if body.seq != self.seq {
             return Err(ChainError::BadBody { seq: self.seq, reason: format!("body says seq {}", body.seq) });
         }

@@ -11,6 +11,7 @@ pub mod apply;
 pub mod change;
 pub mod command;
 pub mod cross_node;
+pub mod entry_codec;
 pub mod execute;
 pub mod holds;
 pub mod id_filter;
@@ -25,6 +26,7 @@ pub mod permissions;
 pub mod received;
 pub mod reply;
 pub mod transfer;
+pub mod wire;
 
 pub use accounts::Account;
 pub use change::{Change, EntryBody, Floor};

@@ -45,6 +45,8 @@ pub enum Code {
 }
 
 impl Code {
+    /// Every code once. Journal entries store a code as its index here (`entry_codec`):
+    /// a new code goes at the end, and none is ever removed or moved.
     pub const ALL: [Code; 25] = [
         Code::Ok,
         Code::InvalidJson,

@@ -65,7 +65,7 @@ impl fmt::Display for StoreError {
             }
             StoreError::Format { found: Some(found), expected, .. } if found == "edgeledger-1" => write!(
                 f,
-                "database {path} has format {found}, this release reads {expected} and edgeledger-2 only (ids are now scoped per device); \
+                "database {path} has format {found}, this release reads {expected}, edgeledger-3 and edgeledger-2 only (ids are now scoped per device); \
                  let the region catch up and in-flight transfers finish with the release that wrote it, keep the file \
                  for audit, and start this node with an empty node.data_dir"
             ),

@@ -43,11 +43,14 @@ pub const DB_CACHE_BYTES: usize = 128 * 1024 * 1024;
 
 /// The file name of a node's database inside its data directory.
 pub const DB_FILE: &str = "ledger.redb";
-/// `edgeledger-3`: live tables (`live`) beside the journal. Files of format 2 are taken
-/// and marked 3 (an edge writes their live tables from a replay at its first start);
-/// format 1 (ids not yet keyed per sender) is refused (see `StoreError::Format`).
-const FORMAT: &str = "edgeledger-3";
-const FORMAT_BEFORE_LIVE_TABLES: &str = "edgeledger-2";
+/// `edgeledger-4`: journal bodies and id records in their binary encodings
+/// (`core::entry_codec`, `ids`). Files of format 3 (live tables, JSON bodies) and 2 (no live
+/// tables yet) are taken and marked 4: their entries stay as they are, JSON, and read so (the
+/// hash chain covers them as written); an edge writes the live tables of a format 2 file
+/// from a replay at its first start. Format 1 (ids not yet keyed per sender) is refused
+/// (see `StoreError::Format`).
+const FORMAT: &str = "edgeledger-4";
+const FORMATS_TAKEN: [&str; 2] = ["edgeledger-3", "edgeledger-2"];
 
 /// How a node opens its file. After a crash (SIGKILL, power loss) redb may check the whole
 /// file before it opens; that takes time in proportion to the file, so it is logged.
@@ -205,8 +208,8 @@ impl Store {
                     let format = meta.get("format")?.map(|v| v.value().to_string());
                     match format.as_deref() {
                         Some(FORMAT) => {}
-                        // Marked at once: a release without live tables must not write it again.
-                        Some(FORMAT_BEFORE_LIVE_TABLES) => {
+                        // Marked at once: an older release must not write to it again.
+                        Some(older) if FORMATS_TAKEN.contains(&older) => {
                             meta.insert("format", FORMAT)?;
                         }
                         _ => return Err(Fault::Format { found: format, expected: FORMAT }),
@@ -238,7 +241,7 @@ impl Store {
         let node = meta.get("node_id")?.map(|v| v.value().to_string());
         let format = meta.get("format")?.map(|v| v.value().to_string());
         match (node, format.as_deref()) {
-            (Some(node), Some(FORMAT | FORMAT_BEFORE_LIVE_TABLES)) => Ok(node),
+            (Some(node), Some(format)) if format == FORMAT || FORMATS_TAKEN.contains(&format) => Ok(node),
             (_, _) => Err(Fault::Format { found: format, expected: FORMAT }),
         }
     }
