@@ -100,6 +100,8 @@ async fn a_full_disk_refuses_new_commands_answers_the_rest_and_recovers_by_itsel
     assert!(gauge("edgeledger_write_failures_total ") >= 1);
     assert_eq!(gauge("edgeledger_table_rows{table=\"journal\"} "), paid + 4, "setup and payments, nothing refused");
     assert!(gauge("edgeledger_db_file_bytes ") > 0 && gauge("edgeledger_disk_free_bytes ") > 0);
+    let on_disk = gauge("edgeledger_db_disk_bytes ");
+    assert!(on_disk > 0 && on_disk <= gauge("edgeledger_db_file_bytes ") + 4096, "blocks of a file grown ahead of use");
 
     // Refusing: reads and resends answered from what is durable, anything new refused.
     let balance = device.request(cmd::balance("b1", "merchant:cafe")).await;

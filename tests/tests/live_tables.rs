@@ -28,9 +28,11 @@ fn as_older_release(tx: &redb::WriteTransaction) {
     let mut journal = tx.open_table(JOURNAL).unwrap();
     let rows: Vec<(u64, Vec<u8>)> = journal.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value(), v.value().to_vec())).collect();
     let mut prev = ledger::core::journal::GENESIS;
+    let mut bodies = std::collections::HashMap::new();
     for (seq, bytes) in &rows {
         let entry = Entry::decode(*seq, bytes).unwrap();
-        let body = serde_json::to_vec(&entry.parse_body().unwrap()).unwrap();
+        bodies.insert(*seq, entry.parse_body().unwrap());
+        let body = serde_json::to_vec(&bodies[seq]).unwrap();
         let hash = ledger::core::journal::hash_of(&prev, *seq, &body);
         journal.insert(*seq, Entry { seq: *seq, prev, hash, body }.encode().as_slice()).unwrap();
         prev = hash;
@@ -45,8 +47,7 @@ fn as_older_release(tx: &redb::WriteTransaction) {
         if bytes[0] != 2 {
             continue; // a rejection's record: the same then
         }
-        let fingerprint: String = bytes[1..17].iter().map(|b| format!("{b:02x}")).collect();
-        let mut rest = &bytes[17..];
+        let mut rest = &bytes[1..];
         let mut varint = || {
             let (mut value, mut shift) = (0u64, 0);
             loop {
@@ -60,6 +61,8 @@ fn as_older_release(tx: &redb::WriteTransaction) {
             }
         };
         let (seq, op) = (varint(), varint());
+        let op_index = (op > 0).then(|| op as usize - 1);
+        let fingerprint = ledger::core::idempotency::recorded_in_entry(&bodies[&seq], &key, op_index).unwrap().fingerprint;
         let mut old = vec![1u8];
         old.extend_from_slice(fingerprint.as_bytes());
         old.extend_from_slice(&seq.to_be_bytes());
@@ -177,6 +180,13 @@ fn an_edge_starts_from_its_live_tables_and_they_equal_a_replay() {
         assert!(resend.reply.as_ref().unwrap().duplicate, "{round}: {:?}", resend.reply);
         let conflict = restarted.submit(Some("pos-1"), parse(json!({"id": "t3", "op": "void", "pending_id": "h4"})), now);
         assert_eq!(conflict.reply.as_ref().unwrap().code.as_str(), "id_conflict", "{round}");
+        let batch = restarted.submit(Some("pos-1"), parse(workload()[12].clone()), now);
+        assert!(batch.reply.as_ref().unwrap().duplicate, "{round}: {:?}", batch.reply);
+        assert_eq!(batch.reply.as_ref().unwrap().results.len(), 2, "{round}");
+        // An op of the batch resent alone is not what was taken under its id.
+        let alone = parse(workload()[12]["ops"][1].clone());
+        let alone = restarted.submit(Some("pos-1"), alone, now);
+        assert_eq!(alone.reply.as_ref().unwrap().code.as_str(), "id_conflict", "{round}: {:?}", alone.reply);
         if let Some(filter) = to_learn.take() {
             learn_ids(&store, &mut restarted, filter);
         }
@@ -188,6 +198,11 @@ fn an_edge_starts_from_its_live_tables_and_they_equal_a_replay() {
     assert_eq!(restarted.id_cache().2.never_seen, 1, "a new id is told new by the filter");
     let again = restarted.submit(Some("pos-1"), parse(json!({"id": "p5", "op": "post", "pending_id": "h2"})), now);
     assert_eq!(again.reply.as_ref().unwrap().code.as_str(), "pending_voided", "a resolved hold is still known");
+    // Ids are their sender's own: another device's t3 is a new transfer.
+    let t3 = json!({"id": "t3", "op": "transfer", "debit": "wallet:alice", "credit": "merchant:cafe", "amount": "0.10", "asset": "EUR"});
+    let other = restarted.submit(Some("pos-2"), parse(t3), now);
+    let reply = other.reply.as_ref().unwrap();
+    assert!(reply.code.as_str() == "ok" && !reply.duplicate, "{reply:?}");
 }
 
 #[test]

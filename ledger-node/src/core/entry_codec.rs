@@ -9,7 +9,9 @@
 //! another node.
 //!
 //! Version 1: integers are varints (signed ones zigzag); an option is a byte (0, 1) then
-//! the value; enums are a byte (codes: their index in `Code::ALL`). A string is a varint
+//! the value; enums are a byte (codes: their index in `Code::ALL`); a reply starts with a
+//! byte of flags saying which of its optional fields follow, and whether its id and seq
+//! are the entry's (then they are not repeated). A string is a varint
 //! `n`: even, a literal of `n / 2` bytes follows; odd, it repeats string `n / 2` of the
 //! table, which starts with `COMMON` and grows with each literal of the body (account names
 //! and ids repeat between the command, its changes and its reply).
@@ -24,6 +26,15 @@ pub const VERSION_1: u8 = 1;
 const JSON: u8 = b'{';
 /// Strings of most bodies, in the table before the body's own. Part of version 1.
 const COMMON: [&str; 4] = ["transfer committed", "hold placed; post or void it with this id as pending_id", "EUR", "USD"];
+const REPLY_ID: u8 = 1;
+const REPLY_ID_IS_COMMAND_ID: u8 = 1 << 1;
+const REPLY_SEQ: u8 = 1 << 2;
+const REPLY_SEQ_IS_ENTRY_SEQ: u8 = 1 << 3;
+const REPLY_DUPLICATE: u8 = 1 << 4;
+const REPLY_BALANCE: u8 = 1 << 5;
+const REPLY_RESULTS: u8 = 1 << 6;
+/// `posted`, `released`, `expires_at_ms` and `resolution` follow, each an option.
+const REPLY_MORE: u8 = 1 << 7;
 /// Literals remembered per body: a batch names many strings; looking them up stays cheap.
 const MAX_TABLE: usize = 64;
 /// A batch's ops are commands; a batch inside a batch is as deep as the parser lets them go.
@@ -106,7 +117,7 @@ impl<'a> Writer<'a, '_> {
             None => self.w.u8(0),
             Some(reply) => {
                 self.w.u8(1);
-                self.reply(reply);
+                self.reply(reply, body.command.id(), body.seq);
             }
         }
     }
@@ -249,32 +260,54 @@ impl<'a> Writer<'a, '_> {
         }
     }
 
-    fn reply(&mut self, reply: &'a Reply) {
-        self.opt_str(reply.id.as_ref());
+    /// The reply, most of whose fields are usually absent or repeat the entry's: a byte of
+    /// `REPLY_*` flags says which follow.
+    fn reply(&mut self, reply: &'a Reply, command_id: &str, seq: u64) {
+        let more = reply.posted.is_some() || reply.released.is_some() || reply.expires_at_ms.is_some() || reply.resolution.is_some();
+        let mut flags = 0;
+        for (set, flag) in [
+            (reply.id.is_some(), REPLY_ID),
+            (reply.id.as_deref() == Some(command_id), REPLY_ID_IS_COMMAND_ID),
+            (reply.seq.is_some(), REPLY_SEQ),
+            (reply.seq == Some(seq), REPLY_SEQ_IS_ENTRY_SEQ),
+            (reply.duplicate, REPLY_DUPLICATE),
+            (reply.balance.is_some(), REPLY_BALANCE),
+            (!reply.results.is_empty(), REPLY_RESULTS),
+            (more, REPLY_MORE),
+        ] {
+            if set {
+                flags |= flag;
+            }
+        }
+        self.w.u8(flags);
         self.w.u8(status_byte(reply.status));
         self.w.u8(code_byte(reply.code));
         self.str(&reply.message);
-        self.opt_u64(reply.seq);
-        self.w.bool(reply.duplicate);
-        match &reply.balance {
-            None => self.w.u8(0),
-            Some(b) => {
-                self.w.u8(1);
-                for s in [&b.account, &b.asset, &b.posted, &b.pending_debits, &b.pending_credits, &b.available] {
-                    self.str(s);
-                }
+        if let Some(id) = reply.id.as_ref().filter(|_| flags & REPLY_ID_IS_COMMAND_ID == 0) {
+            self.str(id);
+        }
+        if let Some(seq) = reply.seq.filter(|_| flags & REPLY_SEQ_IS_ENTRY_SEQ == 0) {
+            self.w.varint(seq);
+        }
+        if let Some(b) = &reply.balance {
+            for s in [&b.account, &b.asset, &b.posted, &b.pending_debits, &b.pending_credits, &b.available] {
+                self.str(s);
             }
         }
-        self.opt_str(reply.posted.as_ref());
-        self.opt_str(reply.released.as_ref());
-        self.opt_u64(reply.expires_at_ms);
-        self.w.varint(reply.results.len() as u64);
-        for result in &reply.results {
-            self.str(&result.id);
-            self.w.u8(status_byte(result.status));
-            self.w.u8(code_byte(result.code));
+        if !reply.results.is_empty() {
+            self.w.varint(reply.results.len() as u64);
+            for result in &reply.results {
+                self.str(&result.id);
+                self.w.u8(status_byte(result.status));
+                self.w.u8(code_byte(result.code));
+            }
         }
-        self.w.option(reply.resolution.as_ref(), |w, r| w.u8(resolution_byte(*r)));
+        if more {
+            self.opt_str(reply.posted.as_ref());
+            self.opt_str(reply.released.as_ref());
+            self.opt_u64(reply.expires_at_ms);
+            self.w.option(reply.resolution.as_ref(), |w, r| w.u8(resolution_byte(*r)));
+        }
     }
 }
 
@@ -334,7 +367,7 @@ impl<'a> Reader<'a> {
         }
         let reply = match self.r.u8()? {
             0 => None,
-            1 => Some(self.reply()?),
+            1 => Some(self.reply(command.id(), seq)?),
             tag => return Err(format!("reply tag {tag}")),
         };
         Ok(EntryBody { seq, ts_ms, device, command, changes, reply })
@@ -434,29 +467,67 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn reply(&mut self) -> Result<Reply, String> {
-        let id = self.opt_str()?;
+    fn reply(&mut self, command_id: &str, entry_seq: u64) -> Result<Reply, String> {
+        let flags = self.r.u8()?;
         let (status, code, message) = (self.status()?, self.code()?, self.str()?);
-        let (seq, duplicate) = (self.opt_u64()?, self.r.bool()?);
-        let balance = match self.r.u8()? {
-            0 => None,
-            1 => Some(BalanceView {
+        let id = match (flags & REPLY_ID != 0, flags & REPLY_ID_IS_COMMAND_ID != 0) {
+            (false, false) => None,
+            (true, true) => Some(command_id.to_string()),
+            (true, false) => Some(self.str()?),
+            (false, true) => return Err("reply flags: the command's id without an id".to_string()),
+        };
+        let seq = match (flags & REPLY_SEQ != 0, flags & REPLY_SEQ_IS_ENTRY_SEQ != 0) {
+            (false, false) => None,
+            (true, true) => Some(entry_seq),
+            (true, false) => Some(self.r.varint()?),
+            (false, true) => return Err("reply flags: the entry's seq without a seq".to_string()),
+        };
+        let balance = if flags & REPLY_BALANCE == 0 {
+            None
+        } else {
+            Some(BalanceView {
                 account: self.str()?,
                 asset: self.str()?,
                 posted: self.str()?,
                 pending_debits: self.str()?,
                 pending_credits: self.str()?,
                 available: self.str()?,
-            }),
-            tag => return Err(format!("balance tag {tag}")),
+            })
         };
-        let (posted, released, expires_at_ms) = (self.opt_str()?, self.opt_str()?, self.opt_u64()?);
         let mut results = Vec::new();
-        for _ in 0..self.count("results")? {
-            results.push(OpResult { id: self.str()?, status: self.status()?, code: self.code()? });
+        if flags & REPLY_RESULTS != 0 {
+            for _ in 0..self.count("results")? {
+                results.push(OpResult { id: self.str()?, status: self.status()?, code: self.code()? });
+            }
+            if results.is_empty() {
+                return Err("reply flags: results, but none".to_string());
+            }
         }
-        let resolution = self.r.option(|r| resolution_of(r.u8()?))?;
-        Ok(Reply { id, status, code, message, seq, duplicate, balance, posted, released, expires_at_ms, results, resolution })
+        let duplicate = flags & REPLY_DUPLICATE != 0;
+        let mut reply = Reply {
+            id,
+            status,
+            code,
+            message,
+            seq,
+            duplicate,
+            balance,
+            posted: None,
+            released: None,
+            expires_at_ms: None,
+            results,
+            resolution: None,
+        };
+        if flags & REPLY_MORE != 0 {
+            reply.posted = self.opt_str()?;
+            reply.released = self.opt_str()?;
+            reply.expires_at_ms = self.opt_u64()?;
+            reply.resolution = self.r.option(|r| resolution_of(r.u8()?))?;
+            if reply.posted.is_none() && reply.released.is_none() && reply.expires_at_ms.is_none() && reply.resolution.is_none() {
+                return Err("reply flags: more fields, but none".to_string());
+            }
+        }
+        Ok(reply)
     }
 
     fn status(&mut self) -> Result<Status, String> {
@@ -604,7 +675,12 @@ mod tests {
                 }],
                 None,
             ),
-            body(6, device("v-1", Op::Void { pending_id: "h-2".into() }), vec![], None),
+            body(
+                6,
+                device("v-1", Op::Void { pending_id: "h-2".into() }),
+                vec![],
+                Some(Reply::ok("v-other", Status::Committed, 3, "pending h-2 voided")),
+            ),
             body(7, device("r-1", Op::Balance { account: "wallet:alice".into() }), vec![], None),
             body(
                 9,

@@ -324,6 +324,26 @@ pub fn journaled_recorded(body: &EntryBody, fingerprint: String, op: Option<usiz
     Some(Recorded { fingerprint, reply })
 }
 
+/// The record of the command with key `key` in `body` (or of op `op` of its batch), as the
+/// ledger recorded it when the command ran: the fingerprint is computed again from the
+/// journaled command, as replay does. `None` when the entry holds no such command.
+pub fn recorded_in_entry(body: &EntryBody, key: &str, op: Option<usize>) -> Option<Recorded> {
+    let Journaled::Device(command) = &body.command else { return None };
+    let device = body.device.as_deref();
+    let (id, fingerprint) = match (op, &command.op) {
+        (None, _) => (&command.id, fingerprint(device, &body.command)),
+        (Some(i), Op::Batch { ops }) => {
+            let op = ops.get(i)?;
+            (&op.id, fingerprint_in_batch(device, &command.id, op))
+        }
+        (Some(_), _) => return None,
+    };
+    if IdKey::new(device, id).as_str() != key {
+        return None;
+    }
+    journaled_recorded(body, fingerprint, op)
+}
+
 /// BLAKE3 over the device and the canonical JSON of the command, so that no device can
 /// craft a command that passes for another's. Stable across runs and versions, which
 /// replay relies on.

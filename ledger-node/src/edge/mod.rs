@@ -15,7 +15,7 @@ pub mod shipping;
 pub mod transfers;
 
 use crate::error::{Fatal, NodeError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Storage};
 use crate::store::Store;
 use books::Books;
 use committer::{CommitListener, Committer, Reports, GROUPS_IN_FLIGHT};
@@ -41,7 +41,14 @@ pub fn start(config: &NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Nod
     let metrics = Metrics::new(&config.node.id, "edge", own_links);
     metrics.books(ledger.head().seq, ledger.outgoing_count());
     let sized = store.clone();
-    metrics.add_storage(move || sized.sizes().ok().map(|s| (s.file_bytes, s.disk_free_bytes, s.rows)));
+    metrics.add_storage(move || {
+        sized.sizes().ok().map(|s| Storage {
+            file_bytes: s.file_bytes,
+            disk_bytes: s.disk_bytes,
+            disk_free_bytes: s.disk_free_bytes,
+            rows: s.rows,
+        })
+    });
     if let Some(addr) = config.metrics.listen {
         crate::metrics::start(addr, metrics.clone())?;
     }

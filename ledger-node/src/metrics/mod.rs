@@ -64,9 +64,17 @@ pub struct GaugeFamily {
 /// Gauges read at scrape time: each call appends the families it knows.
 pub type Gauges = Box<dyn Fn(&mut Vec<GaugeFamily>) + Send + Sync>;
 
-/// What `Metrics::add_storage` reads at each scrape: the file's bytes, the bytes free on
-/// its filesystem, and rows per table.
-pub type Storage = (u64, u64, Vec<(&'static str, u64)>);
+/// What `Metrics::add_storage` reads at each scrape: a node's file and disk, and rows per
+/// table.
+pub struct Storage {
+    /// The file's length.
+    pub file_bytes: u64,
+    /// What the file takes on disk: redb grows a file ahead of use and the part not yet
+    /// written takes no blocks.
+    pub disk_bytes: u64,
+    pub disk_free_bytes: u64,
+    pub rows: Vec<(&'static str, u64)>,
+}
 
 /// Appends one gauge family; each sample is (labels, value), no labels for a plain gauge.
 pub fn gauge(
@@ -295,11 +303,13 @@ impl Metrics {
     /// The node's file and disk, read by `read` at each scrape (None: not readable now).
     pub fn add_storage(&self, read: impl Fn() -> Option<Storage> + Send + Sync + 'static) {
         self.add_gauges(Box::new(move |out| {
-            let Some((file_bytes, disk_free_bytes, rows)) = read() else { return };
-            gauge(out, "edgeledger_db_file_bytes", "Size of the node's redb file.", [(vec![], file_bytes)]);
+            let Some(storage) = read() else { return };
+            gauge(out, "edgeledger_db_file_bytes", "Length of the node's redb file.", [(vec![], storage.file_bytes)]);
+            let help = "Bytes the node's redb file takes on disk (the file is grown ahead of use; what is not written yet takes none).";
+            gauge(out, "edgeledger_db_disk_bytes", help, [(vec![], storage.disk_bytes)]);
             let help = "Bytes still free for the node on the filesystem of its file (a full disk makes an edge answer disk_full).";
-            gauge(out, "edgeledger_disk_free_bytes", help, [(vec![], disk_free_bytes)]);
-            let samples = rows.into_iter().map(|(table, n)| (vec![("table", table.to_string())], n));
+            gauge(out, "edgeledger_disk_free_bytes", help, [(vec![], storage.disk_free_bytes)]);
+            let samples = storage.rows.into_iter().map(|(table, n)| (vec![("table", table.to_string())], n));
             gauge(out, "edgeledger_table_rows", "Rows in each table of the node's file.", samples);
         }));
     }

@@ -9,7 +9,7 @@ pub mod replicas;
 
 use crate::clock::now_ms;
 use crate::error::{Fatal, NodeError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Storage};
 use crate::setup::ledger_for;
 use crate::store::Store;
 use config::NodeConfig;
@@ -27,7 +27,14 @@ pub fn start(config: NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Node
     let store = Arc::new(store);
     let metrics = Metrics::new(&config.node.id, "region", 0);
     let sized = store.clone();
-    metrics.add_storage(move || sized.sizes().ok().map(|s| (s.file_bytes, s.disk_free_bytes, s.rows)));
+    metrics.add_storage(move || {
+        sized.sizes().ok().map(|s| Storage {
+            file_bytes: s.file_bytes,
+            disk_bytes: s.disk_bytes,
+            disk_free_bytes: s.disk_free_bytes,
+            rows: s.rows,
+        })
+    });
     if let Some(addr) = config.metrics.listen {
         crate::metrics::start(addr, metrics.clone())?;
         println!("ledger-node {}: metrics on http://{addr}/metrics, health on http://{addr}/health", config.node.id);

@@ -2,9 +2,8 @@
 //! commit of each group, and reading ranges back (for replication and history).
 
 use super::error::{Fault, StoreError};
-use super::ids::{decode_record, encode_record, is_rejection};
+use super::ids::{decode_record, encode_record, is_rejection, Stored};
 use super::{Store, IDS, JOURNAL, META};
-use crate::core::idempotency::IdRecord;
 use crate::core::journal::{hex, Chain, Entry};
 use crate::core::{Effects, Ledger, LiveChanges};
 use redb::{ReadableDatabase, ReadableTable};
@@ -33,7 +32,7 @@ impl Store {
             }
             let record =
                 decode_record(value.value()).map_err(|e| Fault::Corrupt(format!("id record {:?} cannot be read: {e}", id.value())))?;
-            if let IdRecord::Rejected(recorded) = record {
+            if let Stored::Rejected(recorded) = record {
                 ledger.restore_recorded(id.value().to_string(), *recorded);
             }
         }

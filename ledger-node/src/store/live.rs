@@ -39,9 +39,9 @@ pub(super) const HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("liv
 pub(super) const RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("live_received");
 
 /// A region's replicas' live state: the same rows, keyed `edge|key`.
-const REPLICA_ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_accounts");
-const REPLICA_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_holds");
-const REPLICA_RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_received");
+pub(super) const REPLICA_ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_accounts");
+pub(super) const REPLICA_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_holds");
+pub(super) const REPLICA_RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_received");
 
 const TAG: u8 = 1;
 pub(super) const LIVE_KEY: &str = "live";

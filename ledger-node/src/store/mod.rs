@@ -18,7 +18,7 @@ pub use error::StoreError;
 pub use history::history;
 pub use ids::{IdFault, StoreIds};
 pub use live::Opened;
-pub use sizes::Sizes;
+pub use sizes::{file_sizes, Sizes};
 
 use error::Fault;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};

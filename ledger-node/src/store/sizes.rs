@@ -2,7 +2,7 @@
 //! operator watches to see a full disk coming (read at scrape time, never on the hot path).
 
 use super::error::{Fault, StoreError};
-use super::live::{ACCOUNTS, HOLDS, RECEIVED};
+use super::live::{ACCOUNTS, HOLDS, RECEIVED, REPLICA_ACCOUNTS, REPLICA_HOLDS, REPLICA_RECEIVED};
 use super::{Store, IDS, JOURNAL, REPLICA};
 use redb::{ReadableDatabase, ReadableTableMetadata};
 
@@ -11,7 +11,11 @@ pub type TableRows = Vec<(&'static str, u64)>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sizes {
+    /// The file's length.
     pub file_bytes: u64,
+    /// The blocks the file takes on disk: redb grows the file ahead of use (doubling up to
+    /// a region of 4 GiB), and the part not yet written takes none.
+    pub disk_bytes: u64,
     /// Bytes an unprivileged writer may still use on the file's filesystem.
     pub disk_free_bytes: u64,
     /// Empty while the file is closed after a failed write: the sizes above still tell.
@@ -21,24 +25,46 @@ pub struct Sizes {
 impl Store {
     pub fn sizes(&self) -> Result<Sizes, StoreError> {
         let io = |e: std::io::Error| self.fail(Fault::Db(redb::Error::Io(e)));
-        let file_bytes = std::fs::metadata(&self.path).map_err(io)?.len();
+        let (file_bytes, disk_bytes) = file_sizes(&self.path).map_err(io)?;
         let disk_free_bytes = free_bytes(&self.path).map_err(io)?;
         let rows = self.rows().unwrap_or_default();
-        Ok(Sizes { file_bytes, disk_free_bytes, rows })
+        Ok(Sizes { file_bytes, disk_bytes, disk_free_bytes, rows })
     }
 
     fn rows(&self) -> Result<TableRows, Fault> {
         let db = self.db()?;
         let tx = db.begin_read()?;
-        Ok(vec![
+        let mut rows = vec![
             ("journal", tx.open_table(JOURNAL)?.len()?),
             ("ids", tx.open_table(IDS)?.len()?),
-            ("live_accounts", tx.open_table(ACCOUNTS)?.len()?),
-            ("live_holds", tx.open_table(HOLDS)?.len()?),
-            ("live_received", tx.open_table(RECEIVED)?.len()?),
             ("replica", tx.open_table(REPLICA)?.len()?),
-        ])
+        ];
+        // Tables a file may not have: the replicas' live tables are made on a region's file.
+        for (name, table) in [
+            ("live_accounts", ACCOUNTS),
+            ("live_holds", HOLDS),
+            ("live_received", RECEIVED),
+            ("replica_live_accounts", REPLICA_ACCOUNTS),
+            ("replica_live_holds", REPLICA_HOLDS),
+            ("replica_live_received", REPLICA_RECEIVED),
+        ] {
+            let n = match tx.open_table(table) {
+                Ok(table) => table.len()?,
+                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            rows.push((name, n));
+        }
+        Ok(rows)
     }
+}
+
+/// A file's length, and the bytes of the blocks it takes on disk.
+pub fn file_sizes(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    // st_blocks counts 512-byte units whatever the filesystem's block size.
+    Ok((meta.len(), meta.blocks().saturating_mul(512)))
 }
 
 /// Free bytes for unprivileged writers on the filesystem holding `path`.
@@ -65,8 +91,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), "test/edge-1").unwrap();
         let sizes = store.sizes().unwrap();
-        assert!(sizes.file_bytes > 0 && sizes.disk_free_bytes > 0, "{sizes:?}");
+        assert!(sizes.file_bytes > 0 && sizes.disk_bytes > 0 && sizes.disk_free_bytes > 0, "{sizes:?}");
         assert!(sizes.rows.iter().all(|(_, n)| *n == 0), "{sizes:?}");
-        assert_eq!(sizes.rows.len(), 6);
+        assert_eq!(sizes.rows.len(), 9);
     }
 }

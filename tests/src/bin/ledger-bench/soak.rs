@@ -1,7 +1,8 @@
 //! `ledger-bench soak`: an edge driven over MQTT until it has taken N transfers, its RSS and
-//! file size sampled every second; then SIGKILL, and the time until the restarted node
-//! answers a command. Prints the figures and draws RSS and file size against transfers in
-//! an SVG.
+//! file sampled every second (its length, and the blocks it takes on disk: redb grows the
+//! file ahead of use, and what is not written yet takes none); then SIGKILL, and the time
+//! until the restarted node answers a command. Prints the figures and draws RSS, file
+//! length and disk against transfers in an SVG.
 
 use super::{run_workload, MqttOpts};
 use harness::{cmd, Device, NodeOptions, NodeProcess};
@@ -32,12 +33,14 @@ pub fn parse(args: &[String]) -> Result<SoakOpts, String> {
     Ok(opts)
 }
 
-/// One sample: transfers committed (the journal head), RSS and file size in bytes.
+/// One sample: transfers committed (the journal head), RSS, file length and the file's
+/// blocks on disk, in bytes.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     head: u64,
     rss: u64,
     file: u64,
+    disk: u64,
 }
 
 /// Longest one stretch of load runs before the soak looks at the head again.
@@ -58,8 +61,8 @@ pub fn run(opts: &SoakOpts) -> Result<(), String> {
             while !stop.load(Ordering::Relaxed) {
                 let head = journal_head(metrics);
                 let rss = node.lock().expect("node").rss_bytes();
-                let file = std::fs::metadata(&db).map_or(0, |m| m.len());
-                samples.lock().expect("samples").push(Sample { head, rss, file });
+                let (file, disk) = ledger::store::file_sizes(&db).unwrap_or_default();
+                samples.lock().expect("samples").push(Sample { head, rss, file, disk });
                 std::thread::sleep(Duration::from_secs(1));
             }
         })
@@ -118,25 +121,30 @@ fn report(opts: &SoakOpts, samples: &[Sample], restart: Duration) -> Result<(), 
     println!("soak: {} transfers, {} samples; restart to an answer {:.2} s", last.head, samples.len(), restart.as_secs_f64());
     if let Some(m) = first_million {
         println!(
-            "soak: RSS {:.0} MiB at {} transfers, {:.0} MiB at {}: {:.1} bytes per transfer between; file {:.1} bytes per transfer between",
+            "soak: RSS {:.0} MiB at {} transfers, {:.0} MiB at {}: {:.1} bytes per transfer between; file {:.1} and disk {:.1} bytes per transfer between",
             m.rss as f64 / 1048576.0,
             m.head,
             last.rss as f64 / 1048576.0,
             last.head,
             per_transfer(m, last, |s| s.rss),
             per_transfer(m, last, |s| s.file),
+            per_transfer(m, last, |s| s.disk),
         );
     }
+    let overall = |bytes: u64| bytes as f64 / last.head.max(1) as f64;
     println!(
-        "soak: file {:.0} MiB, {:.0} bytes per transfer overall",
+        "soak: file {:.0} MiB, {:.0} bytes per transfer overall; on disk {:.0} MiB, {:.0} bytes per transfer",
         last.file as f64 / 1048576.0,
-        last.file as f64 / last.head.max(1) as f64
+        overall(last.file),
+        last.disk as f64 / 1048576.0,
+        overall(last.disk)
     );
     println!(
-        "RESULT soak transfers={} rss_mib={:.0} file_mib={:.0} restart_ms={}",
+        "RESULT soak transfers={} rss_mib={:.0} file_mib={:.0} disk_mib={:.0} restart_ms={}",
         last.head,
         last.rss as f64 / 1048576.0,
         last.file as f64 / 1048576.0,
+        last.disk as f64 / 1048576.0,
         restart.as_millis()
     );
     std::fs::write(&opts.svg, svg(samples)).map_err(|e| format!("{}: {e}", opts.svg))?;
@@ -148,7 +156,7 @@ fn report(opts: &SoakOpts, samples: &[Sample], restart: Duration) -> Result<(), 
 fn svg(samples: &[Sample]) -> String {
     let (w, h, margin) = (800.0, 400.0, 60.0);
     let max_x = samples.iter().map(|s| s.head).max().unwrap_or(1).max(1) as f64;
-    let max_y = samples.iter().map(|s| s.rss.max(s.file)).max().unwrap_or(1).max(1) as f64 / 1048576.0;
+    let max_y = samples.iter().map(|s| s.rss.max(s.file).max(s.disk)).max().unwrap_or(1).max(1) as f64 / 1048576.0;
     let point = |x: u64, y: u64| {
         let px = margin + (x as f64 / max_x) * (w - 2.0 * margin);
         let py = h - margin - (y as f64 / 1048576.0 / max_y) * (h - 2.0 * margin);
@@ -166,8 +174,10 @@ fn svg(samples: &[Sample]) -> String {
 <text x="12" y="{cy}" transform="rotate(-90 12 {cy})" text-anchor="middle">MiB (0 to {max_y:.0})</text>
 <polyline fill="none" stroke="#c0392b" stroke-width="2" points="{rss}"/>
 <polyline fill="none" stroke="#2980b9" stroke-width="2" points="{file}"/>
+<polyline fill="none" stroke="#27ae60" stroke-width="2" points="{disk}"/>
 <text x="{lx}" y="{margin}" fill="#c0392b">RSS</text>
 <text x="{lx}" y="{ly}" fill="#2980b9">redb file</text>
+<text x="{lx}" y="{ly2}" fill="#27ae60">on disk</text>
 </svg>
 "##,
         b = h - margin,
@@ -177,8 +187,10 @@ fn svg(samples: &[Sample]) -> String {
         cy = h / 2.0,
         lx = w - margin - 70.0,
         ly = margin + 16.0,
+        ly2 = margin + 32.0,
         rss = line(|s| s.rss),
         file = line(|s| s.file),
+        disk = line(|s| s.disk),
     );
     out
 }
