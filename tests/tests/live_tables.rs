@@ -339,3 +339,65 @@ async fn a_region_opens_its_replicas_from_their_live_tables() {
     let (code, out, err) = run_ledgerctl(&args).await;
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// Prunes everything `plan` allows, in passes; returns how many entries went.
+fn prune_all(store: &Store, plan: ledger::store::Prune) -> u64 {
+    let mut total = 0;
+    loop {
+        match store.prune(plan, ledger::setup::ledger_for(&config())).expect("a pruning pass") {
+            0 => return total,
+            n => total += n,
+        }
+    }
+}
+
+#[test]
+fn a_pruned_journal_answers_every_id_and_replays_and_verifies_from_its_anchor() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = 1_700_000_000_000;
+    let resend_all = |ledger: &mut Ledger| -> Vec<String> {
+        workload().into_iter().map(|c| format!("{:?}", ledger.submit(Some("pos-1"), parse(c), now + 10_000).reply)).collect()
+    };
+    let (before, head) = {
+        let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
+        let (mut ledger, mut chain, _) = open_edge(&store).unwrap();
+        book(&store, &mut ledger, &mut chain, workload(), now);
+        let before = resend_all(&mut ledger);
+        assert!(before.iter().all(|r| r.contains("duplicate: true")), "{before:?}");
+
+        // By age: every entry was written at `now`, none before it.
+        let by_age = ledger::store::Prune { upto: u64::MAX, written_before_ms: Some(now), max_entries: 7 };
+        assert_eq!(prune_all(&store, by_age), 0);
+        // By count, in passes of 7: all but the last 5 (the newest entry always stays).
+        let plan = ledger::store::Prune { upto: chain.seq - 5, written_before_ms: Some(now + 1), max_entries: 7 };
+        assert_eq!(prune_all(&store, plan), chain.seq - 5);
+        let anchor = store.anchor().unwrap();
+        assert_eq!(anchor.chain.seq, chain.seq - 5);
+        assert_eq!(store.journal_range(1, u64::MAX, 100).unwrap()[0].seq, anchor.chain.seq + 1, "the rest stays");
+        assert_same("a replay from the anchor vs the tables", &replayed(&store).live_state(), &ledger.live_state());
+        (before, chain.seq)
+    };
+    // A restarted edge (16 ids in RAM) answers every resend as before, the filter built or not.
+    let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
+    let (mut ledger, mut chain, to_learn) = open_edge(&store).unwrap();
+    assert_eq!(resend_all(&mut ledger), before, "before the filter is built");
+    learn_ids(&store, &mut ledger, to_learn.expect("from the tables"));
+    assert_eq!(resend_all(&mut ledger), before, "after");
+    // It goes on: new entries link to the old chain, and the next pass prunes them too.
+    let more: Vec<_> = (0..10)
+        .map(|i| json!({"id": format!("m{i}"), "op": "transfer", "debit": "wallet:alice", "credit": "merchant:cafe", "amount": "0.01", "asset": "EUR"}))
+        .collect();
+    book(&store, &mut ledger, &mut chain, more, now + 20_000);
+    let before = resend_all(&mut ledger); // h3 has expired meanwhile: its resend says so
+    let plan = ledger::store::Prune { upto: u64::MAX, written_before_ms: None, max_entries: 1_000 };
+    assert_eq!(prune_all(&store, plan), chain.seq - 1 - (head - 5));
+    assert_same("replayed from the newer anchor", &replayed(&store).live_state(), &ledger.live_state());
+    assert_eq!(resend_all(&mut ledger), before, "after the second pruning");
+    drop((ledger, store));
+    let verify = std::process::Command::new(harness::ledgerctl_binary())
+        .args(["verify", "--db", dir.path().join("ledger.redb").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{out}{}", String::from_utf8_lossy(&verify.stderr));
+}

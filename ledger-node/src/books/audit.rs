@@ -10,6 +10,7 @@ use crate::core::money::Assets;
 use crate::core::{Ledger, Limits, LiveState, Permissions};
 use rust_decimal::Decimal;
 use serde::Serialize;
+use std::collections::BTreeMap;
 
 pub struct Audit {
     chain: Chain,
@@ -36,6 +37,18 @@ impl Audit {
         // An audit checks chains and sums; it answers no command, so it keeps no id records.
         ledger.forget_ids();
         Audit { chain: Chain::default(), ledger }
+    }
+
+    /// An audit of a pruned journal: from its anchor (the last entry pruned) and the books
+    /// as of it, with the scales of the assets opened before.
+    pub fn from_anchor(node_id: &str, anchor: Chain, assets: &BTreeMap<String, u32>, books: LiveState) -> Audit {
+        let mut audit = Audit::new(node_id);
+        for (asset, scale) in assets {
+            audit.ledger.learn_asset(asset, *scale);
+        }
+        audit.ledger.restore_live(books.head, books.accounts, books.holds, books.received.into_values());
+        audit.chain = anchor;
+        audit
     }
 
     /// The sequence number the next entry must carry.

@@ -63,6 +63,21 @@ pub fn decode(bytes: &[u8]) -> Result<EntryBody, String> {
     }
 }
 
+/// A reply alone (an id record that outlived its entry), in the encoding of a body's reply;
+/// `id` and `seq` are those it was recorded under, not repeated when the reply carries them.
+pub fn encode_reply(reply: &Reply, id: &str, seq: u64, out: &mut Vec<u8>) {
+    let mut w = Writer { w: wire::Writer(out), table: COMMON.to_vec() };
+    w.reply(reply, id, seq);
+}
+
+/// Reads back what `encode_reply` wrote, all of `bytes`.
+pub fn decode_reply(bytes: &[u8], id: &str, seq: u64) -> Result<Reply, String> {
+    let mut r = Reader { r: wire::Reader::new(bytes), table: COMMON.to_vec() };
+    let reply = r.reply(id, seq)?;
+    r.r.end()?;
+    Ok(reply)
+}
+
 struct Writer<'a, 'b> {
     w: wire::Writer<'b>,
     table: Vec<&'a str>,
@@ -727,6 +742,20 @@ mod tests {
             assert_eq!(bytes[0], VERSION_1);
             assert_eq!(decode(&bytes), Ok(body.clone()), "seq {}", body.seq);
         }
+    }
+
+    #[test]
+    fn replies_alone_read_back_as_written() {
+        for body in bodies() {
+            let Some(reply) = &body.reply else { continue };
+            let mut bytes = Vec::new();
+            encode_reply(reply, body.command.id(), body.seq, &mut bytes);
+            assert_eq!(decode_reply(&bytes, body.command.id(), body.seq).as_ref(), Ok(reply));
+            assert!(decode_reply(&bytes[..bytes.len() - 1], body.command.id(), body.seq).is_err());
+        }
+        let mut bytes = Vec::new();
+        encode_reply(&Reply::ok("t-9", Status::Committed, 77, "transfer committed"), "t-9", 77, &mut bytes);
+        assert_eq!(bytes.len(), 4, "flags, status, code, message: the rest is the record's own");
     }
 
     #[test]

@@ -218,6 +218,10 @@ impl Ledger {
     }
 
     /// Takes the assets an entry's opened accounts record (for an audit without config).
+    pub fn learn_asset(&mut self, asset: &str, scale: u32) {
+        self.assets.learn(asset, scale);
+    }
+
     pub fn learn_assets(&mut self, body: &EntryBody) {
         for change in &body.changes {
             if let Change::AccountOpened { asset, scale, .. } = change {

@@ -4,13 +4,15 @@
 //! Value: tag `0` then the JSON of a rejection's `Recorded`; or tag `2`, the entry's seq
 //! (varint) and the batch op's index plus one (varint; `0` for the command itself): the
 //! reply is read from that entry and the fingerprint computed again from the command there
-//! (`recorded_in_entry`). Files of format 3 and before also hold tag `1`: the fingerprint
+//! (`recorded_in_entry`); or, once that entry is pruned (`prune`), tag `3`: the fingerprint
+//! (16 bytes), the seq (varint) and the reply itself (`entry_codec::encode_reply`). Files of format 3 and before also hold tag `1`: the fingerprint
 //! as 32 ASCII hex digits, seq (u64) and op (u32, `u32::MAX` for the command itself),
 //! big-endian.
 
 use super::error::{Fault, StoreError};
 use super::{Store, IDS, JOURNAL};
-use crate::core::idempotency::{journaled_recorded, recorded_in_entry, IdArchive, IdRecord};
+use crate::core::entry_codec;
+use crate::core::idempotency::{journaled_recorded, recorded_in_entry, sender_id, IdArchive, IdRecord};
 use crate::core::journal::Entry;
 use crate::core::wire::{Reader, Writer};
 use crate::core::Recorded;
@@ -20,20 +22,19 @@ use std::sync::{Arc, Mutex};
 const REJECTED: u8 = 0;
 const JOURNALED_HEX: u8 = 1;
 const JOURNALED: u8 = 2;
+const PRUNED: u8 = 3;
 const FINGERPRINT_HEX_DIGITS: usize = 32;
 const NOT_IN_BATCH: u32 = u32::MAX;
 
 /// An id record as the file holds it.
 #[derive(Debug, PartialEq)]
 pub(super) enum Stored {
-    Rejected(Box<Recorded>),
+    /// The record holds its reply: a rejection's, or an accepted command's whose entry was
+    /// pruned.
+    Held(Box<Recorded>),
     /// The command is in entry `seq` (op `op` of its batch); records of format 3 and before
     /// carry the fingerprint too.
-    Journaled {
-        seq: u64,
-        op: Option<usize>,
-        fingerprint: Option<String>,
-    },
+    Journaled { seq: u64, op: Option<usize>, fingerprint: Option<String> },
 }
 
 pub(super) fn encode_record(record: &IdRecord, out: &mut Vec<u8>) {
@@ -51,14 +52,43 @@ pub(super) fn encode_record(record: &IdRecord, out: &mut Vec<u8>) {
     }
 }
 
-/// Whether a stored record is a rejection's (no journal entry holds it).
-pub(super) fn is_rejection(bytes: &[u8]) -> bool {
-    bytes.first() == Some(&REJECTED)
+/// The record of an accepted command whose entry `seq` is being pruned: it holds the reply.
+pub(super) fn encode_pruned(recorded: &Recorded, id: &str, seq: u64, out: &mut Vec<u8>) {
+    let mut w = Writer(out);
+    w.u8(PRUNED);
+    let fingerprint = recorded.fingerprint.as_bytes();
+    assert_eq!(fingerprint.len(), FINGERPRINT_HEX_DIGITS, "fingerprints are 32 hex digits");
+    for pair in fingerprint.chunks(2) {
+        w.u8(hex_digit(pair[0]) << 4 | hex_digit(pair[1]));
+    }
+    w.varint(seq);
+    entry_codec::encode_reply(&recorded.reply, id, seq, out);
 }
 
-pub(super) fn decode_record(bytes: &[u8]) -> Result<Stored, String> {
+fn hex_digit(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => panic!("fingerprints are lowercase hex, found {:?}", c as char),
+    }
+}
+
+/// Whether a stored record holds its reply (no journal entry is needed to answer it).
+pub(super) fn holds_reply(bytes: &[u8]) -> bool {
+    matches!(bytes.first(), Some(&REJECTED | &PRUNED))
+}
+
+/// Reads the record stored under `key` (`principal:id`).
+pub(super) fn decode_record(key: &str, bytes: &[u8]) -> Result<Stored, String> {
     match bytes.split_first() {
-        Some((&REJECTED, json)) => serde_json::from_slice(json).map(|r| Stored::Rejected(Box::new(r))).map_err(|e| e.to_string()),
+        Some((&PRUNED, rest)) => {
+            let mut r = Reader::new(rest);
+            let fingerprint = r.take(FINGERPRINT_HEX_DIGITS / 2)?.iter().map(|b| format!("{b:02x}")).collect();
+            let seq = r.varint()?;
+            let reply = entry_codec::decode_reply(r.take(r.left())?, sender_id(key), seq)?;
+            Ok(Stored::Held(Box::new(Recorded { fingerprint, reply })))
+        }
+        Some((&REJECTED, json)) => serde_json::from_slice(json).map(|r| Stored::Held(Box::new(r))).map_err(|e| e.to_string()),
         Some((&JOURNALED, rest)) => {
             let mut r = Reader::new(rest);
             let seq = r.varint()?;
@@ -86,9 +116,9 @@ impl Store {
         let tx = db.begin_read()?;
         let ids = tx.open_table(IDS)?;
         let Some(value) = ids.get(key)? else { return Ok(None) };
-        let record = decode_record(value.value()).map_err(|e| Fault::Corrupt(format!("id record {key:?} cannot be read: {e}")))?;
+        let record = decode_record(key, value.value()).map_err(|e| Fault::Corrupt(format!("id record {key:?} cannot be read: {e}")))?;
         match record {
-            Stored::Rejected(recorded) => Ok(Some(*recorded)),
+            Stored::Held(recorded) => Ok(Some(*recorded)),
             Stored::Journaled { seq, op, fingerprint } => {
                 let journal = tx.open_table(JOURNAL)?;
                 let bytes = journal.get(seq)?.ok_or_else(|| Fault::Corrupt(format!("id record {key:?} points at missing entry {seq}")))?;
@@ -160,12 +190,12 @@ mod tests {
                 IdRecord::Journaled { fingerprint: fingerprint.clone(), seq: u64::MAX, op: Some(7) },
                 Stored::Journaled { seq: u64::MAX, op: Some(7), fingerprint: None },
             ),
-            (IdRecord::Rejected(Box::new(rejected.clone())), Stored::Rejected(Box::new(rejected))),
+            (IdRecord::Rejected(Box::new(rejected.clone())), Stored::Held(Box::new(rejected))),
         ];
         for (record, stored) in &cases {
             let mut bytes = Vec::new();
             encode_record(record, &mut bytes);
-            assert_eq!(&decode_record(&bytes).unwrap(), stored);
+            assert_eq!(&decode_record("pos-1:t-1", &bytes).unwrap(), stored);
         }
         let mut bytes = Vec::new();
         encode_record(&cases[0].0, &mut bytes);
@@ -175,10 +205,16 @@ mod tests {
         old.extend_from_slice(fingerprint.as_bytes());
         old.extend_from_slice(&42u64.to_be_bytes());
         old.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(decode_record(&old).unwrap(), Stored::Journaled { seq: 42, op: None, fingerprint: Some(fingerprint) });
-        assert!(decode_record(&[1, 2, 3]).is_err());
-        assert!(decode_record(&[JOURNALED, 0x80]).is_err());
-        assert!(decode_record(&[JOURNALED, 1, 0, 0]).is_err());
-        assert!(decode_record(&[]).is_err());
+        assert_eq!(decode_record("pos-1:t-1", &old).unwrap(), Stored::Journaled { seq: 42, op: None, fingerprint: Some(fingerprint) });
+        for bad in [&[1, 2, 3][..], &[JOURNALED, 0x80], &[JOURNALED, 1, 0, 0], &[], &[PRUNED, 1, 2]] {
+            assert!(decode_record("pos-1:t-1", bad).is_err(), "{bad:?}");
+        }
+        // Pruned: the reply travels with the record, without its id and seq.
+        let recorded = Recorded { fingerprint: "00ff".repeat(8), reply: Reply::ok("t-1", Status::Committed, 42, "transfer committed") };
+        let mut bytes = Vec::new();
+        encode_pruned(&recorded, "t-1", 42, &mut bytes);
+        assert_eq!(bytes.len(), 1 + 16 + 1 + 4);
+        assert!(holds_reply(&bytes));
+        assert_eq!(decode_record("pos-1:t-1", &bytes).unwrap(), Stored::Held(Box::new(recorded)));
     }
 }

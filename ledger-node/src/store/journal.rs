@@ -2,15 +2,15 @@
 //! commit of each group, and reading ranges back (for replication and history).
 
 use super::error::{Fault, StoreError};
-use super::ids::{decode_record, encode_record, is_rejection, Stored};
+use super::ids::{decode_record, encode_record, holds_reply, Stored};
 use super::{Store, IDS, JOURNAL, META};
 use crate::core::journal::{hex, Chain, Entry};
 use crate::core::{Effects, Ledger, LiveChanges};
 use redb::{ReadableDatabase, ReadableTable};
 
 impl Store {
-    /// Rebuilds `ledger` from the file: every journal entry in order, verifying the hash
-    /// chain as it goes, and, for a ledger that keeps every id record in RAM, the records
+    /// Rebuilds `ledger` from the file: every journal entry in order (after the anchor, from
+    /// the books as of it, once entries were pruned), verifying the hash chain as it goes, and, for a ledger that keeps every id record in RAM, the records
     /// of rejected commands (replay restores the accepted ones). Returns the chain's end,
     /// where the next entry links.
     pub fn load(&self, ledger: &mut Ledger) -> Result<Chain, StoreError> {
@@ -23,24 +23,32 @@ impl Store {
         let ids = tx.open_table(IDS)?;
         for row in ids.iter()? {
             let (id, value) = row?;
-            if !is_rejection(value.value()) {
+            if !holds_reply(value.value()) {
                 continue; // replay restores the ids of accepted commands
             }
             if !ledger.keeps_all_ids() {
                 ledger.know_id(id.value());
                 continue;
             }
-            let record =
-                decode_record(value.value()).map_err(|e| Fault::Corrupt(format!("id record {:?} cannot be read: {e}", id.value())))?;
-            if let Stored::Rejected(recorded) = record {
+            let record = decode_record(id.value(), value.value())
+                .map_err(|e| Fault::Corrupt(format!("id record {:?} cannot be read: {e}", id.value())))?;
+            if let Stored::Held(recorded) = record {
                 ledger.restore_recorded(id.value().to_string(), *recorded);
             }
+        }
+        // A pruned journal is replayed from the books as of its anchor.
+        let (anchor, state) = self.anchor_state_inner()?;
+        if anchor.chain.seq > 0 {
+            for (asset, scale) in &anchor.assets {
+                ledger.learn_asset(asset, *scale);
+            }
+            ledger.restore_live(state.head, state.accounts, state.holds, state.received.into_values());
         }
         let journal = tx.open_table(JOURNAL)?;
         if let Some((last, _)) = journal.last()? {
             ledger.replaying_to(last.value());
         }
-        let mut chain = Chain::default();
+        let mut chain = anchor.chain;
         for row in journal.iter()? {
             let (seq, value) = row?;
             let entry = Entry::decode(seq.value(), value.value())?;

@@ -43,6 +43,11 @@ pub(super) const REPLICA_ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinitio
 pub(super) const REPLICA_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_holds");
 pub(super) const REPLICA_RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_received");
 
+/// The books as of the chain anchor of a pruned journal (`prune`): where a replay starts.
+pub(super) const ANCHOR_ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("anchor_accounts");
+pub(super) const ANCHOR_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("anchor_holds");
+pub(super) const ANCHOR_RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("anchor_received");
+
 const TAG: u8 = 1;
 pub(super) const LIVE_KEY: &str = "live";
 pub(super) const COMPLETE: &str = "complete";
@@ -55,6 +60,8 @@ type Rows = TableDefinition<'static, &'static str, &'static [u8]>;
 pub(super) enum Scope<'a> {
     Own,
     Replica(&'a str),
+    /// The node's books as of its journal's anchor.
+    Anchor,
 }
 
 impl Scope<'_> {
@@ -63,12 +70,13 @@ impl Scope<'_> {
         match self {
             Scope::Own => [ACCOUNTS, HOLDS, RECEIVED],
             Scope::Replica(_) => [REPLICA_ACCOUNTS, REPLICA_HOLDS, REPLICA_RECEIVED],
+            Scope::Anchor => [ANCHOR_ACCOUNTS, ANCHOR_HOLDS, ANCHOR_RECEIVED],
         }
     }
 
     fn key<'k>(self, key: &'k str) -> Cow<'k, str> {
         match self {
-            Scope::Own => Cow::Borrowed(key),
+            Scope::Own | Scope::Anchor => Cow::Borrowed(key),
             Scope::Replica(edge) => Cow::Owned(format!("{edge}|{key}")),
         }
     }
@@ -78,14 +86,20 @@ impl Scope<'_> {
         match self {
             Scope::Own => LIVE_KEY.to_string(),
             Scope::Replica(edge) => format!("replica_live:{edge}"),
+            Scope::Anchor => "anchor_live".to_string(),
         }
     }
 
     /// Every row of this scope in `table`, keys without the scope's prefix.
     fn rows(self, tx: &ReadTransaction, table: Rows) -> Result<Vec<(String, Vec<u8>)>, Fault> {
-        let table = tx.open_table(table)?;
+        let table = match tx.open_table(table) {
+            Ok(table) => table,
+            // Made by the first pruning.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
         let (from, to) = match self {
-            Scope::Own => (String::new(), None),
+            Scope::Own | Scope::Anchor => (String::new(), None),
             // `}` follows `|`: the range holds exactly the keys that start `edge|`.
             Scope::Replica(edge) => (format!("{edge}|"), Some(format!("{edge}}}"))),
         };
@@ -273,7 +287,7 @@ impl Store {
         Ok((chain, head))
     }
 
-    fn live_state_at(&self, scope: Scope, head: Head) -> Result<LiveState, Fault> {
+    pub(super) fn live_state_at(&self, scope: Scope, head: Head) -> Result<LiveState, Fault> {
         let db = self.db()?;
         let tx = db.begin_read()?;
         let [accounts_table, holds_table, received_table] = scope.tables();

@@ -11,6 +11,7 @@ mod ids;
 mod journal;
 mod live;
 mod live_codec;
+mod prune;
 mod replica;
 mod sizes;
 
@@ -18,6 +19,7 @@ pub use error::StoreError;
 pub use history::history;
 pub use ids::{IdFault, StoreIds};
 pub use live::Opened;
+pub use prune::{Anchor, Prune};
 pub use sizes::{file_sizes, Sizes};
 
 use error::Fault;

@@ -28,7 +28,13 @@ pub fn offline(path: &Path) -> Result<Output, Fail> {
     let entries = store.count(None).map_err(io)?;
     if entries > 0 || node.contains('/') {
         let recorded = store.recorded_head().map_err(io)?;
-        let audit = audit_file(&node, entries, &format!("journal of {node}"), |from| store.journal_range(from, u64::MAX, STEP));
+        // A pruned journal is verified from its anchor, with the books as of it.
+        let (anchor, books) = store.anchor_state().map_err(io)?;
+        let start = match anchor.chain.seq {
+            0 => Audit::new(&node),
+            _ => Audit::from_anchor(&node, anchor.chain, &anchor.assets, books),
+        };
+        let audit = audit_file(start, entries, &format!("journal of {node}"), |from| store.journal_range(from, u64::MAX, STEP));
         let mut result = audit.and_then(|audit| {
             let summary = audit.finish()?;
             live_tables_match(store.live_state(), &audit)?;
@@ -44,7 +50,7 @@ pub fn offline(path: &Path) -> Result<Output, Fail> {
     }
     for edge in store.replica_edges().map_err(io)? {
         let count = store.count(Some(&edge)).map_err(io)?;
-        let audit = audit_file(&edge, count, &format!("replica of {edge}"), |from| store.replica_range(&edge, from, STEP));
+        let audit = audit_file(Audit::new(&edge), count, &format!("replica of {edge}"), |from| store.replica_range(&edge, from, STEP));
         let mut result = audit.and_then(|audit| {
             let summary = audit.finish()?;
             live_tables_match(store.replica_live_state(&edge), &audit)?;
@@ -96,12 +102,11 @@ fn live_tables_match(tables: Result<Option<LiveState>, StoreError>, audit: &Audi
 
 /// Feeds every entry `read` returns to an audit, with a progress bar.
 fn audit_file(
-    node: &str,
+    mut audit: Audit,
     count: u64,
     what: &str,
     mut read: impl FnMut(u64) -> Result<Vec<ledger::core::journal::Entry>, ledger::store::StoreError>,
 ) -> Result<Audit, String> {
-    let mut audit = Audit::new(node);
     let bar = progress(count, what);
     loop {
         let entries = read(audit.next_seq()).map_err(|e| e.to_string())?;

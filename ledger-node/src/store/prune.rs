@@ -1,0 +1,183 @@
+//! Retention: pruning the oldest journal entries of an edge once its region holds them.
+//! What goes, and what stays so that nothing is lost:
+//! - the entries themselves, oldest first, never the newest (the journal's end is where
+//!   the next entry links);
+//! - the chain anchor (meta `anchor`: seq and hash of the last entry pruned, with its time
+//!   and the scales of the assets opened before it): the journal is verified from there;
+//! - the books as of the anchor (tables `anchor_*`, the live tables' rows): a replay, and
+//!   `ledgerctl verify`, start from them instead of from an empty ledger;
+//! - every id record that pointed into a pruned entry now holds its reply itself, so a
+//!   resent id is still answered `duplicate` with its seq, exactly.
+//!
+//! All of it in one durable commit per pass. Must not: prune what the caller has not
+//! checked its region holds, or rewrite an entry that stays.
+
+use super::error::{Fault, StoreError};
+use super::ids::{decode_record, encode_pruned, Stored};
+use super::live::{write_changes, Scope};
+use super::{Store, IDS, JOURNAL, META};
+use crate::core::idempotency::{journaled_recorded, recorded_in_entry, IdKey};
+use crate::core::journal::{hex, Chain, Entry, Hash};
+use crate::core::{Change, EntryBody, Head, Journaled, Ledger, LiveState, Op};
+use redb::{ReadableDatabase, ReadableTable};
+use std::collections::BTreeMap;
+
+/// The end of what was pruned. Zero (the genesis) while nothing was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Anchor {
+    pub chain: Chain,
+    pub ts_ms: u64,
+    /// Assets and their scales as opened by the pruned entries: an audit from the anchor
+    /// reads amounts with them.
+    pub assets: BTreeMap<String, u32>,
+}
+
+/// One pass of pruning.
+#[derive(Debug, Clone, Copy)]
+pub struct Prune {
+    /// The last entry that may go (the region has acknowledged it, and it is old enough
+    /// by count).
+    pub upto: u64,
+    /// Entries written at or after this time stay (by age); None: any age.
+    pub written_before_ms: Option<u64>,
+    /// At most this many entries per pass: the committer waits for the pass's commit.
+    pub max_entries: usize,
+}
+
+const ANCHOR: &str = "anchor";
+const ANCHOR_TS: &str = "anchor_ts_ms";
+const ANCHOR_ASSETS: &str = "anchor_assets";
+
+impl Store {
+    /// The anchor of this node's journal.
+    pub fn anchor(&self) -> Result<Anchor, StoreError> {
+        let read = || -> Result<Anchor, Fault> {
+            let db = self.db()?;
+            let tx = db.begin_read()?;
+            anchor_in(&tx.open_table(META)?)
+        };
+        read().map_err(|f| self.fail(f))
+    }
+
+    /// The anchor and the books as of it: where a replay of the journal starts.
+    pub fn anchor_state(&self) -> Result<(Anchor, LiveState), StoreError> {
+        self.anchor_state_inner().map_err(|f| self.fail(f))
+    }
+
+    pub(super) fn anchor_state_inner(&self) -> Result<(Anchor, LiveState), Fault> {
+        let anchor = {
+            let db = self.db()?;
+            let tx = db.begin_read()?;
+            anchor_in(&tx.open_table(META)?)?
+        };
+        let state = self.live_state_at(Scope::Anchor, Head { seq: anchor.chain.seq, ts_ms: anchor.ts_ms })?;
+        Ok((anchor, state))
+    }
+
+    /// Prunes the entries after the anchor that `plan` lets go, replaying them onto the
+    /// books as of the anchor (`ledger`: empty, configured like the node's). Returns how
+    /// many went.
+    pub fn prune(&self, plan: Prune, ledger: Ledger) -> Result<u64, StoreError> {
+        self.write(|| self.prune_inner(plan, ledger))
+    }
+
+    fn prune_inner(&self, plan: Prune, mut ledger: Ledger) -> Result<u64, Fault> {
+        let (anchor, state) = self.anchor_state_inner()?;
+        ledger.restore_live(state.head, state.accounts, state.holds, state.received.into_values());
+        ledger.track_live_changes();
+        let Anchor { mut chain, mut ts_ms, mut assets } = anchor;
+        let db = self.db()?;
+        let tx = super::begin_durable(&db)?;
+        let mut pruned = 0;
+        {
+            let mut journal = tx.open_table(JOURNAL)?;
+            let mut ids = tx.open_table(IDS)?;
+            let last = journal.last()?.map_or(0, |(seq, _)| seq.value());
+            let upto = plan.upto.min(last.saturating_sub(1));
+            if upto <= chain.seq {
+                return Ok(0);
+            }
+            let mut rows = Vec::new();
+            for row in journal.range(chain.seq + 1..=upto)?.take(plan.max_entries) {
+                let (seq, bytes) = row?;
+                rows.push(Entry::decode(seq.value(), bytes.value())?);
+            }
+            for entry in rows {
+                let mut next = chain;
+                let body = next.verify_next(&entry)?;
+                if plan.written_before_ms.is_some_and(|before| body.ts_ms >= before) {
+                    break;
+                }
+                ledger.replay(&body).map_err(Fault::Replay)?;
+                for change in &body.changes {
+                    if let Change::AccountOpened { asset, scale, .. } = change {
+                        assets.insert(asset.clone(), *scale);
+                    }
+                }
+                let mut bytes = Vec::new();
+                for (key, op) in ids_taken(&body) {
+                    let Some(stored) = ids.get(key.as_str())?.map(|v| decode_record(key.as_str(), v.value())) else { continue };
+                    let stored = stored.map_err(|e| Fault::Corrupt(format!("id record {:?} cannot be read: {e}", key.as_str())))?;
+                    // Only the record that points here; a rejection's stays as it is.
+                    let Stored::Journaled { seq, fingerprint, .. } = stored else { continue };
+                    if seq != entry.seq {
+                        continue;
+                    }
+                    let recorded = match fingerprint {
+                        None => recorded_in_entry(&body, key.as_str(), op),
+                        Some(fingerprint) => journaled_recorded(&body, fingerprint, op),
+                    };
+                    let recorded = recorded
+                        .ok_or_else(|| Fault::Corrupt(format!("entry {seq} does not hold the command of id {:?}", key.as_str())))?;
+                    bytes.clear();
+                    encode_pruned(&recorded, key.id(), seq, &mut bytes);
+                    ids.insert(key.as_str(), bytes.as_slice())?;
+                }
+                journal.remove(entry.seq)?;
+                (chain, ts_ms) = (next, body.ts_ms);
+                pruned += 1;
+            }
+            let mut meta = tx.open_table(META)?;
+            meta.insert(ANCHOR, format!("{}:{}", chain.seq, hex(&chain.hash)).as_str())?;
+            meta.insert(ANCHOR_TS, ts_ms.to_string().as_str())?;
+            meta.insert(ANCHOR_ASSETS, serde_json::to_string(&assets).expect("assets serialize").as_str())?;
+        }
+        ledger.check_invariants().map_err(|e| Fault::Invariant(format!("the books as of entry {}: {e}", chain.seq)))?;
+        write_changes(&tx, Scope::Anchor, &ledger.take_live_changes())?;
+        tx.commit()?;
+        Ok(pruned)
+    }
+}
+
+/// The ids an accepted device command took in `body`: its own and its batch ops'.
+fn ids_taken(body: &EntryBody) -> Vec<(IdKey, Option<usize>)> {
+    let (Some(_), Journaled::Device(command)) = (&body.reply, &body.command) else { return Vec::new() };
+    let device = body.device.as_deref();
+    let mut out = vec![(IdKey::new(device, &command.id), None)];
+    if let Op::Batch { ops } = &command.op {
+        out.extend(ops.iter().enumerate().map(|(i, op)| (IdKey::new(device, &op.id), Some(i))));
+    }
+    out
+}
+
+fn anchor_in(meta: &impl ReadableTable<&'static str, &'static str>) -> Result<Anchor, Fault> {
+    let Some(text) = meta.get(ANCHOR)?.map(|v| v.value().to_string()) else { return Ok(Anchor::default()) };
+    let bad = |what: &str| Fault::Corrupt(format!("the journal's anchor {text:?}: {what}"));
+    let (seq, hash) = text.split_once(':').ok_or_else(|| bad("not seq:hash"))?;
+    let seq: u64 = seq.parse().map_err(|_| bad("seq"))?;
+    let hash = parse_hash(hash).ok_or_else(|| bad("hash"))?;
+    let ts_ms = meta.get(ANCHOR_TS)?.and_then(|v| v.value().parse().ok()).ok_or_else(|| bad("no time"))?;
+    let assets = meta.get(ANCHOR_ASSETS)?.map(|v| serde_json::from_str(v.value())).transpose().map_err(|_| bad("assets"))?;
+    Ok(Anchor { chain: Chain { seq, hash }, ts_ms, assets: assets.unwrap_or_default() })
+}
+
+fn parse_hash(text: &str) -> Option<Hash> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(hash)
+}
