@@ -35,6 +35,26 @@ pub struct NodeConfig {
     pub replication: ReplicationSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub retention: RetentionSection,
+}
+
+/// How long an edge keeps journal entries its region has acknowledged. Both keys absent
+/// (the default): it keeps every entry. With either, an entry goes once the region has
+/// acknowledged it and every key set lets it go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// The newest entries kept whatever their age.
+    pub keep_entries: Option<u64>,
+    /// Entries younger than this many seconds are kept.
+    pub keep_for_s: Option<u64>,
+}
+
+impl RetentionSection {
+    pub fn prunes(&self) -> bool {
+        self.keep_entries.is_some() || self.keep_for_s.is_some()
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -367,6 +387,8 @@ pub const MAX_COMMIT_WAIT_US: u64 = 1_000_000;
 pub const MAX_BATCH_OPS: usize = 1_000;
 /// Most id records an edge may keep in RAM (a few hundred bytes each).
 pub const MAX_ID_CACHE_ENTRIES: usize = 50_000_000;
+/// Longest `retention.keep_for_s`: 100 years.
+pub const MAX_KEEP_FOR_S: u64 = 100 * 365 * 24 * 3600;
 pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
 pub const MAX_SCALE: u32 = 8;
 pub const MAX_HOLD_TIMEOUT_S: u64 = 366 * 24 * 3600;
@@ -386,6 +408,7 @@ impl NodeConfig {
             zenoh: None,
             replication: ReplicationSection::default(),
             metrics: MetricsSection { listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))) },
+            retention: RetentionSection::default(),
         }
     }
 
@@ -431,6 +454,26 @@ impl NodeConfig {
                 return Err(err("zenoh.connect", "a zenoh link needs at least one listen or connect endpoint"));
             }
             validate_zenoh_security(z, self.node.role)?;
+        }
+        if self.retention.prunes() {
+            let key = if self.retention.keep_entries.is_some() { "retention.keep_entries" } else { "retention.keep_for_s" };
+            if self.node.role != Role::Edge {
+                return Err(err(key, "only an edge prunes its journal (a region keeps its replicas whole)"));
+            }
+            match &self.zenoh {
+                None => return Err(err(key, "an edge prunes only what its region acknowledged: it needs a [zenoh] link to one")),
+                // Pruning trusts the region's acknowledgements; only mutual TLS authenticates them.
+                Some(z) if z.insecure_plaintext => {
+                    return Err(err(
+                        key,
+                        "pruning trusts the region's acknowledgements, which only mutual TLS authenticates: drop zenoh.insecure_plaintext",
+                    ))
+                }
+                Some(_) => {}
+            }
+            if self.retention.keep_for_s.is_some_and(|s| s > MAX_KEEP_FOR_S) {
+                return Err(err("retention.keep_for_s", format!("must be at most {MAX_KEEP_FOR_S} (100 years)")));
+            }
         }
         if !self.replication.edges.is_empty() && self.node.role != Role::Region {
             return Err(err("replication.edges", "only a region keeps replicas of edges"));
@@ -756,6 +799,16 @@ mod tests {
                 "replication.edges[0]",
             ),
             ("[node]\nid = \"eu/a\"\n[replication]\nedges = [\"eu/b\"]\n", "replication.edges"),
+            ("[node]\nid = \"eu/a\"\n[retention]\nkeep_entries = 10\n", "retention.keep_entries"),
+            (
+                "[node]\nid = \"eu/a\"\n[retention]\nkeep_for_s = 60\n[zenoh]\nconnect = [\"tcp/127.0.0.1:1\"]\ninsecure_plaintext = true\n",
+                "retention.keep_for_s",
+            ),
+            (
+                "[node]\nid = \"eu\"\nrole = \"region\"\n[zenoh]\nlisten = [\"tcp/127.0.0.1:1\"]\ninsecure_plaintext = true\n[retention]\nkeep_entries = 5\n",
+                "retention.keep_entries",
+            ),
+            ("[node]\nid = \"eu/a\"\n[retention]\nkeep_age = 5\n", "keep_age"),
             ("[node]\nid = \"eu/a\"\n[[assets]]\ncode = \"kwh\"\nscale = 3\n", "assets[0].code"),
             ("[node]\nid = \"eu/a\"\n[[devices]]\nid = \"t1\"\npassword_hash = \"plain\"\n", "devices[0].password_hash"),
             (

@@ -3,7 +3,7 @@
 //!
 //! Threads: `broker` (rumqttd), `intake` (applies commands in groups, see `intake`),
 //! `committer` (the durability rule, see `committer`), and with zenoh `edge-link` (a tokio
-//! runtime for shipping and queryables). Every one reports to `Fatal` when it stops.
+//! runtime for shipping and queryables) and, with `[retention]`, `retention` (pruning). Every one reports to `Fatal` when it stops.
 
 pub mod books;
 pub mod committer;
@@ -11,6 +11,7 @@ pub mod disk;
 pub mod inbox;
 pub mod intake;
 pub mod queryables;
+pub mod retention;
 pub mod shipping;
 pub mod transfers;
 
@@ -60,6 +61,10 @@ pub fn start(config: &NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Nod
         Some(_) => {
             let (inbox, queued) = Inbox::new(broker::link::Waker::new(&mut mqtt)?);
             let link = start_zenoh(config, store.clone(), chain, inbox, &metrics, fatal)?;
+            if config.retention.prunes() {
+                let (config, store, link, metrics) = (config.clone(), store.clone(), link.clone(), metrics.clone());
+                fatal.spawn("retention", move || retention::run(config, store, link, &metrics))?;
+            }
             (Some(Box::new(link)), Some(queued))
         }
         None => (None, None),

@@ -44,6 +44,16 @@ impl CommitListener for EdgeLink {
 }
 
 impl EdgeLink {
+    /// The last entry the region acknowledged as durably replicated (0 until it has).
+    pub fn replicated(&self) -> u64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+
+    /// The journal's head as of the last durable commit.
+    pub fn head_seq(&self) -> u64 {
+        self.head.lock().expect("head lock").seq
+    }
+
     /// The link and the receiving end of its push queue.
     pub fn new(head: Chain, metrics: &Metrics) -> (EdgeLink, tokio::sync::mpsc::Receiver<Vec<Entry>>) {
         let (push, pushed) = tokio::sync::mpsc::channel::<Vec<Entry>>(PUSH_QUEUE);
@@ -97,6 +107,8 @@ fn frame_of(edge: &str, entries: &[Entry], keys: Option<&NodeKeys>) -> Vec<u8> {
 }
 
 /// Serves `?from=SEQ;limit=N` from the edge's redb: the source of truth for gap filling.
+/// A range that starts at or before the anchor of a pruned journal is refused `not_found`,
+/// naming the anchor.
 async fn serve_range(session: bridge::zenoh::Session, edge: String, store: Arc<Store>, keys: Option<Arc<NodeKeys>>) {
     let queryable = match session.declare_queryable(keys::journal_range(&edge)).await {
         Ok(q) => q,
@@ -107,9 +119,25 @@ async fn serve_range(session: bridge::zenoh::Session, edge: String, store: Arc<S
         let from: u64 = params.get("from").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
         let limit: usize = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(MAX_FRAME_ENTRIES).clamp(1, MAX_FRAME_ENTRIES);
         let store = store.clone();
-        let read = tokio::task::spawn_blocking(move || store.journal_range(from, u64::MAX, limit)).await;
+        let read = tokio::task::spawn_blocking(move || {
+            let anchor = store.anchor()?;
+            match from <= anchor.chain.seq {
+                true => Ok(Err(anchor)),
+                false => store.journal_range(from, u64::MAX, limit).map(Ok),
+            }
+        })
+        .await;
         let sent = match read {
-            Ok(Ok(entries)) => query.reply(query.key_expr().clone(), frame_of(&edge, &entries, keys.as_deref())).await,
+            Ok(Ok(Ok(entries))) => query.reply(query.key_expr().clone(), frame_of(&edge, &entries, keys.as_deref())).await,
+            Ok(Ok(Err(anchor))) => {
+                let why = format!(
+                    "entries 1 to {} of {edge} were pruned after its region acknowledged them (anchor {}:{}); read them from the region's replica",
+                    anchor.chain.seq,
+                    anchor.chain.seq,
+                    hex(&anchor.chain.hash)
+                );
+                query.reply_err(json!(Refusal::not_found(why)).to_string()).await
+            }
             Ok(Err(e)) => {
                 tracing::error!("journal range {from}+{limit}: {e}");
                 query.reply_err(json!(Refusal::unavailable(e.to_string())).to_string()).await

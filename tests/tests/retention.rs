@@ -1,0 +1,98 @@
+//! Retention for real (SPEC §10): an edge with `[retention] keep_entries` and its region
+//! over mutual TLS. The edge prunes only what the region acknowledged, answers every
+//! resent id (pruned entries included) `duplicate` with its seq, before and after a
+//! SIGKILL, refuses a range request into what it pruned with a clear answer, and its file
+//! verifies from the anchor; the region's replica keeps every entry.
+
+use harness::{cmd, eventually, free_port, ledgerctl_binary, operator_tls, Device, NodeOptions, NodeProcess, TestPki};
+use std::time::Duration;
+
+const EDGE: &str = "eu/berlin-1";
+const KEEP: u64 = 20;
+const PAYMENTS: u64 = 120;
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn gauge(metrics: u16, name: &str) -> u64 {
+    let text = harness::http_get(metrics, "/metrics");
+    text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_prunes_what_its_region_holds_and_still_answers_every_id() {
+    let pki = TestPki::new(&["eu", EDGE]);
+    let port = free_port();
+    let _region = NodeProcess::start(NodeOptions {
+        node_id: Some("eu".into()),
+        region_zenoh_port: Some(port),
+        extra_toml: format!("[zenoh]\nlisten = [\"tls/127.0.0.1:{port}\"]\n{}\n[replication]\nedges = [\"{EDGE}\"]\n", pki.zenoh_tls("eu")),
+        ..NodeOptions::default()
+    });
+    let metrics = free_port();
+    let mut edge = NodeProcess::start(NodeOptions {
+        node_id: Some(EDGE.into()),
+        extra_toml: format!(
+            "[zenoh]\nconnect = [\"tls/127.0.0.1:{port}\"]\n{}\n[retention]\nkeep_entries = {KEEP}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+            pki.zenoh_tls(EDGE)
+        ),
+        ..NodeOptions::default()
+    });
+    let device = Device::connect(edge.port, "pos-1").await;
+    let mut replies = Vec::new();
+    for c in commands() {
+        replies.push(device.request(c).await);
+    }
+    let head = PAYMENTS + 2;
+    assert!(replies.iter().all(|r| r["code"] == "ok"), "{replies:?}");
+
+    // The region acknowledges; the edge prunes all but the newest KEEP entries.
+    let anchor = eventually("the edge prunes", DEADLINE, || async {
+        let anchor = gauge(metrics, "edgeledger_journal_anchor_seq ");
+        (anchor == head - KEEP).then_some(anchor)
+    })
+    .await;
+    assert!(gauge(metrics, "edgeledger_replicated_seq ") >= anchor, "never past the region's acknowledgement");
+    assert_eq!(gauge(metrics, "edgeledger_table_rows{table=\"journal\"} "), KEEP);
+
+    // Every id, pruned or not, is a duplicate with its first seq; the books are as they were.
+    let first_seqs: Vec<Option<u64>> = replies.iter().map(|r| r["seq"].as_u64()).collect();
+    assert_eq!(first_seqs, (1..=head).map(Some).collect::<Vec<_>>());
+    assert_eq!(resent_seqs(&device).await, first_seqs, "pruned entries' ids; the edge's log:\n{}", edge.log());
+    let balance = device.request(cmd::balance("b1", "wallet:a")).await;
+    assert_eq!(balance["balance"]["posted"], "12.00", "{balance}");
+
+    // A range into what was pruned gets a clear answer, not silence or a partial frame.
+    let ops = operator_tls(&[port], &pki.operator()).await;
+    let selector = format!("ledger/v1/journal/{EDGE}/range?from=1");
+    let answer = ops.ask_json(&selector, None, Duration::from_secs(10)).await;
+    let refusal = answer.as_ref().err().and_then(|e| e.refusal()).unwrap_or_else(|| panic!("not refused: {answer:?}"));
+    assert!(refusal.error.contains("pruned") && refusal.error.contains(&format!("anchor {anchor}:")), "{refusal:?}");
+
+    // SIGKILLed and restarted: still exact.
+    drop(device); // its client would reconnect and take the id "pos-1" from the next one
+    edge.restart();
+    let device = Device::connect(edge.port, "pos-1").await;
+    assert_eq!(resent_seqs(&device).await, first_seqs, "after a restart; the edge's log:\n{}", edge.log());
+    drop(device);
+    edge.kill9();
+    let verify =
+        std::process::Command::new(ledgerctl_binary()).args(["verify", "--db", edge.db_path().to_str().unwrap()]).output().unwrap();
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{out}{}", String::from_utf8_lossy(&verify.stderr));
+}
+
+/// Two accounts opened, then PAYMENTS transfers: one entry each.
+fn commands() -> Vec<serde_json::Value> {
+    let opens = [cmd::open("o1", "issuer", "EUR", &["issuance"]), cmd::open("o2", "wallet:a", "EUR", &[])];
+    opens.into_iter().chain((0..PAYMENTS).map(|i| cmd::transfer(&format!("t{i}"), "issuer", "wallet:a", "0.10", "EUR"))).collect()
+}
+
+/// Resends every command of the test; the seq of each reply that says `duplicate` (until
+/// one gets no answer).
+async fn resent_seqs(device: &Device) -> Vec<Option<u64>> {
+    let mut seqs = Vec::new();
+    for c in commands() {
+        let Some(reply) = device.try_request(c, Duration::from_secs(10)).await else { break };
+        seqs.push(reply["duplicate"].as_bool().filter(|d| *d).and(reply["seq"].as_u64()));
+    }
+    seqs
+}
