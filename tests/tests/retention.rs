@@ -67,6 +67,17 @@ async fn an_edge_prunes_what_its_region_holds_and_still_answers_every_id() {
     let refusal = answer.as_ref().err().and_then(|e| e.refusal()).unwrap_or_else(|| panic!("not refused: {answer:?}"));
     assert!(refusal.error.contains("pruned") && refusal.error.contains(&format!("anchor {anchor}:")), "{refusal:?}");
 
+    // Online, `ledgerctl verify` of the region says where the edge's pruned journal is
+    // verified instead of failing on a range it can no longer have.
+    let files = pki.operator();
+    let mut args = vec!["--connect".to_string(), format!("tls/127.0.0.1:{port}")];
+    for (flag, path) in [("--ca", &files.ca), ("--cert", &files.cert), ("--key", &files.key)] {
+        args.extend([flag.to_string(), path.display().to_string()]);
+    }
+    args.extend(["verify".to_string(), "eu".to_string()]);
+    let (code, out, err) = harness::run_ledgerctl(&args).await;
+    assert!(code == 0 && out.contains(&format!("pruned its journal through entry {anchor}")), "{code}\n{out}\n{err}");
+
     // SIGKILLed and restarted: still exact.
     drop(device); // its client would reconnect and take the id "pos-1" from the next one
     edge.restart();

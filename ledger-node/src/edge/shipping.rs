@@ -85,8 +85,8 @@ pub async fn ship(
         .congestion_control(CongestionControl::Block)
         .await
         .map_err(|e| NodeError::Zenoh(format!("zenoh: cannot declare the journal publisher of {edge}: {e}")))?;
-    tokio::spawn(serve_range(session.clone(), edge.clone(), store, keys.clone()));
-    tokio::spawn(serve_status(session.clone(), edge.clone(), link.clone()));
+    tokio::spawn(serve_range(session.clone(), edge.clone(), store.clone(), keys.clone()));
+    tokio::spawn(serve_status(session.clone(), edge.clone(), link.clone(), store));
     tokio::spawn(follow_acks(session.clone(), edge.clone(), link.acked.clone()));
     while let Some(entries) = pushed.recv().await {
         if let Err(e) = publisher.put(frame_of(&edge, &entries, keys.as_deref())).await {
@@ -150,15 +150,17 @@ async fn serve_range(session: bridge::zenoh::Session, edge: String, store: Arc<S
     }
 }
 
-async fn serve_status(session: bridge::zenoh::Session, edge: String, link: EdgeLink) {
+async fn serve_status(session: bridge::zenoh::Session, edge: String, link: EdgeLink, store: Arc<Store>) {
     let key = keys::status(&edge);
     bridge::serve_json_now(session, key, move |_| {
         let head = *link.head.lock().expect("head lock");
         let acked = link.acked.load(Ordering::SeqCst);
+        let anchor = store.anchor().map_err(|e| Refusal::unavailable(e.to_string()))?.chain;
         Ok(json!({
             "node": edge, "role": "edge",
             "head": {"seq": head.seq, "hash": hex(&head.hash)},
             "replicated_seq": acked, "lag_entries": head.seq.saturating_sub(acked),
+            "anchor": {"seq": anchor.seq, "hash": hex(&anchor.hash)},
         }))
     })
     .await

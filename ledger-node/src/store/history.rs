@@ -11,6 +11,7 @@ const CHUNK: usize = 1_000;
 /// `?account=NAME;limit=N;before=SEQ`: the entries that changed `account`, newest first,
 /// read from this node's journal (`replica_of` None) or from a region's replica of an edge.
 /// Scans at most `MAX_HISTORY_SCAN` entries; the answer's `next_before` goes on from there.
+/// Where a pruned journal ends, the answer says `pruned_through` (the anchor's seq).
 pub fn history(store: &Store, replica_of: Option<&str>, params: &HistoryParams) -> Result<Value, StoreError> {
     let mut rows = Vec::new();
     let mut before = params.before;
@@ -33,5 +34,11 @@ pub fn history(store: &Store, replica_of: Option<&str>, params: &HistoryParams) 
             }
         }
     }
-    Ok(history_answer(&params.account, rows, before))
+    let mut answer = history_answer(&params.account, rows, before);
+    // Older entries of a pruned journal are at the region: say where this one stops.
+    let anchor = if replica_of.is_none() { store.anchor()?.chain.seq } else { 0 };
+    if anchor > 0 && before <= anchor + 1 {
+        answer["pruned_through"] = anchor.into();
+    }
+    Ok(answer)
 }

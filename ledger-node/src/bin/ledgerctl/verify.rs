@@ -130,6 +130,10 @@ pub async fn online(nodes: &Nodes, node: &str) -> Result<Output, Fail> {
     let mut checked = Vec::new();
     let mut notes = Vec::new();
     if status["role"] == "edge" {
+        if let Some(note) = pruned(node, &status) {
+            notes.push(note);
+            return Ok(report(node, checked, notes));
+        }
         let head = status["head"]["seq"].as_u64().unwrap_or(0);
         let expected_hash = status["head"]["hash"].as_str().unwrap_or_default().to_string();
         let (result, _) = audit_edge(nodes, node, head, None).await?;
@@ -157,6 +161,10 @@ pub async fn online(nodes: &Nodes, node: &str) -> Result<Output, Fail> {
                     continue;
                 }
             };
+            if let Some(note) = pruned(&edge, &edge_status) {
+                notes.push(note);
+                continue;
+            }
             let head = edge_status["head"]["seq"].as_u64().unwrap_or(0);
             let (result, hash_at_replica) = audit_edge(nodes, &edge, head.max(replica_seq), Some(replica_seq)).await?;
             checked.push(Checked { what: format!("journal of {edge}"), result });
@@ -174,6 +182,17 @@ pub async fn online(nodes: &Nodes, node: &str) -> Result<Output, Fail> {
         }
     }
     Ok(report(node, checked, notes))
+}
+
+/// An edge that pruned its journal serves it from its anchor only, and not the books as of
+/// the anchor that a replay from there needs: say where it is verified instead.
+fn pruned(edge: &str, status: &Value) -> Option<String> {
+    let anchor = status["anchor"]["seq"].as_u64().filter(|seq| *seq > 0)?;
+    Some(format!(
+        "{edge} pruned its journal through entry {anchor} (anchor {}): verify its file from the anchor with \
+         `ledgerctl verify --db`, and the pruned entries in its region's replica (`ledgerctl verify --db` on the region's file)",
+        status["anchor"]["hash"].as_str().unwrap_or("?")
+    ))
 }
 
 /// Fetches and verifies `edge`'s journal up to `head`; also returns the chain's hash at
