@@ -20,6 +20,7 @@
 //! Money is only ever decimal strings here; f64 appears in statistics only.
 
 mod geo;
+mod region_soak;
 mod soak;
 
 use hdrhistogram::Histogram;
@@ -69,6 +70,11 @@ USAGE:
       answers a command. Prints RSS and file bytes per transfer from 1 M to N and draws
       both against transfers in FILE (default soak.svg). --id-cache: the node's
       ledger.id_cache_entries.
+  ledger-bench soak-region [--entries N] [--edges E]
+      A region following E edges (default 8; plain TCP on loopback), 32 MQTT clients x 16
+      in flight spread over the edges, until its replicas hold N entries in all (default
+      2000000); the region's RSS and the blocks its file takes sampled every second; then
+      SIGKILL and the time until it answers its status with every replica back where it was.
   ledger-bench --help
 ";
 
@@ -102,6 +108,7 @@ fn main() {
         "geo" => geo::parse(&args[1..]).and_then(|opts| geo::run(&opts)),
         "cross" => geo::parse_cross(&args[1..]).and_then(|opts| geo::run_cross(&opts)),
         "soak" => soak::parse(&args[1..]).and_then(|opts| soak::run(&opts)),
+        "soak-region" => region_soak::parse(&args[1..]).and_then(|opts| region_soak::run(&opts)),
         other => Err(format!("unknown subcommand {other:?}\n\n{USAGE}")),
     };
     if let Err(e) = result {
