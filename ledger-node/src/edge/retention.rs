@@ -42,13 +42,14 @@ pub fn run(config: NodeConfig, store: Arc<Store>, link: EdgeLink, metrics: &Metr
         let help = "Journal entries pruned since the node started (the region had acknowledged them).";
         gauge(out, "edgeledger_pruned_entries", help, [(vec![], shown_pruned.load(Ordering::Relaxed))]);
     }));
+    let mut books = None;
     loop {
         std::thread::sleep(PRUNE_EVERY);
         let Some(plan) = plan(&config.retention, link.replicated(), link.head_seq(), now_ms()) else { continue };
         if plan.upto <= anchor.load(Ordering::Relaxed) {
             continue;
         }
-        match store.prune(plan, crate::setup::ledger_for(&config)) {
+        match store.prune(plan, &mut books, || crate::setup::ledger_for(&config)) {
             Ok(0) => {}
             Ok(n) => {
                 pruned.fetch_add(n, Ordering::Relaxed);

@@ -19,7 +19,7 @@ pub use error::StoreError;
 pub use history::history;
 pub use ids::{IdFault, StoreIds};
 pub use live::Opened;
-pub use prune::{Anchor, Prune};
+pub use prune::{Anchor, AnchorBooks, Prune};
 pub use sizes::{file_sizes, Sizes};
 
 use error::Fault;

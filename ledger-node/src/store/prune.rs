@@ -32,6 +32,13 @@ pub struct Anchor {
     pub assets: BTreeMap<String, u32>,
 }
 
+/// The books as of the anchor, kept by the pruning thread between passes so that a pass
+/// reads only the entries it prunes, not the books.
+pub struct AnchorBooks {
+    anchor: Anchor,
+    ledger: Ledger,
+}
+
 /// One pass of pruning.
 #[derive(Debug, Clone, Copy)]
 pub struct Prune {
@@ -64,6 +71,12 @@ impl Store {
         self.anchor_state_inner().map_err(|f| self.fail(f))
     }
 
+    fn anchor_state_inner_seq(&self) -> Result<u64, Fault> {
+        let db = self.db()?;
+        let tx = db.begin_read()?;
+        Ok(anchor_in(&tx.open_table(META)?)?.chain.seq)
+    }
+
     pub(super) fn anchor_state_inner(&self) -> Result<(Anchor, LiveState), Fault> {
         let anchor = {
             let db = self.db()?;
@@ -75,17 +88,42 @@ impl Store {
     }
 
     /// Prunes the entries after the anchor that `plan` lets go, replaying them onto the
-    /// books as of the anchor (`ledger`: empty, configured like the node's). Returns how
-    /// many went.
-    pub fn prune(&self, plan: Prune, ledger: Ledger) -> Result<u64, StoreError> {
-        self.write(|| self.prune_inner(plan, ledger))
+    /// books as of the anchor. `books` carries those books from one pass to the next (None:
+    /// read them from the tables into `empty()`, a ledger configured like the node's); it is
+    /// None again after an error, since the pass's replay did not reach the file. Returns
+    /// how many entries went.
+    pub fn prune(&self, plan: Prune, books: &mut Option<AnchorBooks>, empty: impl FnOnce() -> Ledger) -> Result<u64, StoreError> {
+        let taken = books.take();
+        let result = self.write(|| {
+            let mut anchored = match taken {
+                Some(books) => books,
+                None => self.anchor_books(empty())?,
+            };
+            let pruned = self.prune_inner(plan, &mut anchored)?;
+            Ok((pruned, anchored))
+        });
+        result.map(|(pruned, anchored)| {
+            *books = Some(anchored);
+            pruned
+        })
     }
 
-    fn prune_inner(&self, plan: Prune, mut ledger: Ledger) -> Result<u64, Fault> {
+    fn anchor_books(&self, mut ledger: Ledger) -> Result<AnchorBooks, Fault> {
         let (anchor, state) = self.anchor_state_inner()?;
+        // Its replay answers no command: it keeps no id records (pruned ids keep theirs in
+        // the file), and so no memory grows with the entries it goes through.
+        ledger.forget_ids();
         ledger.restore_live(state.head, state.accounts, state.holds, state.received.into_values());
         ledger.track_live_changes();
-        let Anchor { mut chain, mut ts_ms, mut assets } = anchor;
+        Ok(AnchorBooks { anchor, ledger })
+    }
+
+    fn prune_inner(&self, plan: Prune, books: &mut AnchorBooks) -> Result<u64, Fault> {
+        let AnchorBooks { anchor, ledger } = books;
+        if self.anchor_state_inner_seq()? != anchor.chain.seq {
+            return Err(Fault::Corrupt("the journal's anchor moved under the pruning thread".to_string()));
+        }
+        let Anchor { mut chain, mut ts_ms, mut assets } = anchor.clone();
         let db = self.db()?;
         let tx = super::begin_durable(&db)?;
         let mut pruned = 0;
@@ -145,6 +183,7 @@ impl Store {
         ledger.check_invariants().map_err(|e| Fault::Invariant(format!("the books as of entry {}: {e}", chain.seq)))?;
         write_changes(&tx, Scope::Anchor, &ledger.take_live_changes())?;
         tx.commit()?;
+        *anchor = Anchor { chain, ts_ms, assets };
         Ok(pruned)
     }
 }
