@@ -28,11 +28,9 @@ fn as_older_release(tx: &redb::WriteTransaction) {
     let mut journal = tx.open_table(JOURNAL).unwrap();
     let rows: Vec<(u64, Vec<u8>)> = journal.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value(), v.value().to_vec())).collect();
     let mut prev = ledger::core::journal::GENESIS;
-    let mut bodies = std::collections::HashMap::new();
     for (seq, bytes) in &rows {
         let entry = Entry::decode(*seq, bytes).unwrap();
-        bodies.insert(*seq, entry.parse_body().unwrap());
-        let body = serde_json::to_vec(&bodies[seq]).unwrap();
+        let body = serde_json::to_vec(&entry.parse_body().unwrap()).unwrap();
         let hash = ledger::core::journal::hash_of(&prev, *seq, &body);
         journal.insert(*seq, Entry { seq: *seq, prev, hash, body }.encode().as_slice()).unwrap();
         prev = hash;
@@ -47,7 +45,8 @@ fn as_older_release(tx: &redb::WriteTransaction) {
         if bytes[0] != 2 {
             continue; // a rejection's record: the same then
         }
-        let mut rest = &bytes[1..];
+        let fingerprint: String = bytes[1..17].iter().map(|b| format!("{b:02x}")).collect();
+        let mut rest = &bytes[17..];
         let mut varint = || {
             let (mut value, mut shift) = (0u64, 0);
             loop {
@@ -61,8 +60,6 @@ fn as_older_release(tx: &redb::WriteTransaction) {
             }
         };
         let (seq, op) = (varint(), varint());
-        let op_index = (op > 0).then(|| op as usize - 1);
-        let fingerprint = ledger::core::idempotency::recorded_in_entry(&bodies[&seq], &key, op_index).unwrap().fingerprint;
         let mut old = vec![1u8];
         old.extend_from_slice(fingerprint.as_bytes());
         old.extend_from_slice(&seq.to_be_bytes());
@@ -139,6 +136,9 @@ fn workload() -> Vec<serde_json::Value> {
             {"id": "b1-b", "op": "transfer", "debit": "wallet:alice", "credit": "charger:7", "amount": "2.00", "asset": "EUR"}
         ]}),
         json!({"id": "c1", "op": "close_account", "account": "charger:7"}),
+        // A float that serde_json does not read back to the same bytes: the id's record
+        // must keep the fingerprint taken at intake, or its resend reads as a conflict.
+        json!({"id": "k1", "op": "transfer", "debit": "wallet:alice", "credit": "merchant:cafe", "amount": "0.01", "asset": "EUR", "metadata": {"kwh": 9.8e26, "rate": 0.1}}),
     ];
     for i in 0..40 {
         commands.push(json!({"id": format!("t{i}"), "op": "transfer", "debit": "wallet:alice", "credit": "merchant:cafe", "amount": "0.10", "asset": "EUR"}));

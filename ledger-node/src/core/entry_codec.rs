@@ -37,6 +37,11 @@ const REPLY_RESULTS: u8 = 1 << 6;
 const REPLY_MORE: u8 = 1 << 7;
 /// Literals remembered per body: a batch names many strings; looking them up stays cheap.
 const MAX_TABLE: usize = 64;
+/// What string references of one body may copy in all: `MIN_COPY_BUDGET` (more than the
+/// largest command the config allows, 1 MiB, with its changes and reply: a batch's names
+/// are mostly references), plus this many times the body's length.
+const COPY_BUDGET_PER_BYTE: usize = 16;
+const MIN_COPY_BUDGET: usize = 16 * 1024 * 1024;
 /// A batch's ops are commands; a batch inside a batch is as deep as the parser lets them go.
 const MAX_DEPTH: u8 = 2;
 
@@ -52,7 +57,7 @@ pub fn encode(body: &EntryBody) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<EntryBody, String> {
     match bytes.split_first() {
         Some((&VERSION_1, rest)) => {
-            let mut r = Reader { r: wire::Reader::new(rest), table: COMMON.to_vec() };
+            let mut r = Reader::new(rest);
             let body = r.body()?;
             r.r.end()?;
             Ok(body)
@@ -72,7 +77,7 @@ pub fn encode_reply(reply: &Reply, id: &str, seq: u64, out: &mut Vec<u8>) {
 
 /// Reads back what `encode_reply` wrote, all of `bytes`.
 pub fn decode_reply(bytes: &[u8], id: &str, seq: u64) -> Result<Reply, String> {
-    let mut r = Reader { r: wire::Reader::new(bytes), table: COMMON.to_vec() };
+    let mut r = Reader::new(bytes);
     let reply = r.reply(id, seq)?;
     r.r.end()?;
     Ok(reply)
@@ -329,14 +334,24 @@ impl<'a> Writer<'a, '_> {
 struct Reader<'a> {
     r: wire::Reader<'a>,
     table: Vec<&'a str>,
+    /// Bytes the references of this body may still copy: a one-byte reference to a long
+    /// string must not let a small body decode to gigabytes.
+    copies_left: usize,
 }
 
 impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Reader<'a> {
+        let copies_left = bytes.len().saturating_mul(COPY_BUDGET_PER_BYTE).saturating_add(MIN_COPY_BUDGET);
+        Reader { r: wire::Reader::new(bytes), table: COMMON.to_vec(), copies_left }
+    }
+
     fn str(&mut self) -> Result<String, String> {
         let n = self.r.varint()?;
         if n & 1 == 1 {
             let i = usize::try_from(n >> 1).map_err(|_| "string reference out of range".to_string())?;
-            return self.table.get(i).map(|s| s.to_string()).ok_or_else(|| format!("string reference {i} out of range"));
+            let s = self.table.get(i).ok_or_else(|| format!("string reference {i} out of range"))?;
+            self.copies_left = self.copies_left.checked_sub(s.len()).ok_or("string references copy more than the body could hold")?;
+            return Ok(s.to_string());
         }
         let len = usize::try_from(n >> 1).map_err(|_| "string too long".to_string())?;
         let s = self.r.utf8(len)?;
@@ -811,6 +826,33 @@ mod tests {
         let mut bad_ref = vec![VERSION_1, 1, 1, 0, 0];
         wire::Writer(&mut bad_ref).varint((1000 << 1) | 1);
         assert!(decode(&bad_ref).unwrap_err().contains("out of range"));
+    }
+
+    #[test]
+    fn references_cannot_blow_a_small_body_up() {
+        // A 100 KiB device name, then 200,000 closed accounts each naming it by reference:
+        // a 500 KiB body that would decode to 20 GB.
+        let mut bytes = vec![VERSION_1, 1, 1, 1];
+        let mut w = wire::Writer(&mut bytes);
+        let name = "x".repeat(100 * 1024);
+        w.varint((name.len() as u64) << 1);
+        w.bytes(name.as_bytes());
+        w.u8(1); // node command
+        w.varint(2); // id "e"
+        w.u8(b'e');
+        w.u8(0); // expire
+        w.varint((COMMON.len() as u64) << 1 | 1); // pending_id: the device name again
+        w.varint(200_000);
+        for _ in 0..200_000 {
+            w.u8(1); // account closed
+            w.varint((COMMON.len() as u64) << 1 | 1);
+        }
+        w.u8(0);
+        assert!(decode(&bytes).unwrap_err().contains("copy more"));
+        // Ordinary bodies stay far below the budget.
+        for body in bodies() {
+            assert_eq!(decode(&encode(&body)), Ok(body));
+        }
     }
 
     #[test]

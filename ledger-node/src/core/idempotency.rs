@@ -324,21 +324,17 @@ pub fn journaled_recorded(body: &EntryBody, fingerprint: String, op: Option<usiz
     Some(Recorded { fingerprint, reply })
 }
 
-/// The record of the command with key `key` in `body` (or of op `op` of its batch), as the
-/// ledger recorded it when the command ran: the fingerprint is computed again from the
-/// journaled command, as replay does. `None` when the entry holds no such command.
-pub fn recorded_in_entry(body: &EntryBody, key: &str, op: Option<usize>) -> Option<Recorded> {
+/// The record of the command with key `key` in `body` (or of op `op` of its batch), taken
+/// under `fingerprint`: the reply is the entry's. `None` when the entry holds no such
+/// command (its device and id must make `key`).
+pub fn recorded_in_entry(body: &EntryBody, key: &str, op: Option<usize>, fingerprint: String) -> Option<Recorded> {
     let Journaled::Device(command) = &body.command else { return None };
-    let device = body.device.as_deref();
-    let (id, fingerprint) = match (op, &command.op) {
-        (None, _) => (&command.id, fingerprint(device, &body.command)),
-        (Some(i), Op::Batch { ops }) => {
-            let op = ops.get(i)?;
-            (&op.id, fingerprint_in_batch(device, &command.id, op))
-        }
+    let id = match (op, &command.op) {
+        (None, _) => &command.id,
+        (Some(i), Op::Batch { ops }) => &ops.get(i)?.id,
         (Some(_), _) => return None,
     };
-    if IdKey::new(device, id).as_str() != key {
+    if IdKey::new(body.device.as_deref(), id).as_str() != key {
         return None;
     }
     journaled_recorded(body, fingerprint, op)

@@ -1,18 +1,19 @@
 //! The id records in the file (table `ids`, key `principal:id`): every id a node took,
 //! written in the same commit as its group, and read back for ids that left RAM.
 //!
-//! Value: tag `0` then the JSON of a rejection's `Recorded`; or tag `2`, the entry's seq
-//! (varint) and the batch op's index plus one (varint; `0` for the command itself): the
-//! reply is read from that entry and the fingerprint computed again from the command there
-//! (`recorded_in_entry`); or, once that entry is pruned (`prune`), tag `3`: the fingerprint
-//! (16 bytes), the seq (varint) and the reply itself (`entry_codec::encode_reply`). Files of format 3 and before also hold tag `1`: the fingerprint
-//! as 32 ASCII hex digits, seq (u64) and op (u32, `u32::MAX` for the command itself),
-//! big-endian.
+//! Value: tag `0` then the JSON of a rejection's `Recorded`; or tag `2`, the fingerprint (16
+//! bytes; the one taken at intake, since a command's JSON need not read back to the same
+//! bytes), the entry's seq (varint) and the batch op's index plus one (varint; `0` for the
+//! command itself): the reply is read from that entry (`recorded_in_entry`); or, once that
+//! entry is pruned (`prune`), tag `3`: the fingerprint (16 bytes), the seq (varint) and the
+//! reply itself (`entry_codec::encode_reply`). Files of format 3 and before also hold tag
+//! `1`: the fingerprint as 32 ASCII hex digits, seq (u64) and op (u32, `u32::MAX` for the
+//! command itself), big-endian.
 
 use super::error::{Fault, StoreError};
 use super::{Store, IDS, JOURNAL};
 use crate::core::entry_codec;
-use crate::core::idempotency::{journaled_recorded, recorded_in_entry, sender_id, IdArchive, IdRecord};
+use crate::core::idempotency::{recorded_in_entry, sender_id, IdArchive, IdRecord};
 use crate::core::journal::Entry;
 use crate::core::wire::{Reader, Writer};
 use crate::core::Recorded;
@@ -32,9 +33,8 @@ pub(super) enum Stored {
     /// The record holds its reply: a rejection's, or an accepted command's whose entry was
     /// pruned.
     Held(Box<Recorded>),
-    /// The command is in entry `seq` (op `op` of its batch); records of format 3 and before
-    /// carry the fingerprint too.
-    Journaled { seq: u64, op: Option<usize>, fingerprint: Option<String> },
+    /// The command is in entry `seq` (op `op` of its batch).
+    Journaled { seq: u64, op: Option<usize>, fingerprint: String },
 }
 
 pub(super) fn encode_record(record: &IdRecord, out: &mut Vec<u8>) {
@@ -43,9 +43,10 @@ pub(super) fn encode_record(record: &IdRecord, out: &mut Vec<u8>) {
             out.push(REJECTED);
             serde_json::to_writer(&mut *out, recorded).expect("record serializes");
         }
-        IdRecord::Journaled { seq, op, .. } => {
+        IdRecord::Journaled { fingerprint, seq, op } => {
             let mut w = Writer(out);
             w.u8(JOURNALED);
+            write_fingerprint(&mut w, fingerprint);
             w.varint(*seq);
             w.varint(op.map_or(0, |i| i as u64 + 1));
         }
@@ -56,13 +57,21 @@ pub(super) fn encode_record(record: &IdRecord, out: &mut Vec<u8>) {
 pub(super) fn encode_pruned(recorded: &Recorded, id: &str, seq: u64, out: &mut Vec<u8>) {
     let mut w = Writer(out);
     w.u8(PRUNED);
-    let fingerprint = recorded.fingerprint.as_bytes();
-    assert_eq!(fingerprint.len(), FINGERPRINT_HEX_DIGITS, "fingerprints are 32 hex digits");
-    for pair in fingerprint.chunks(2) {
-        w.u8(hex_digit(pair[0]) << 4 | hex_digit(pair[1]));
-    }
+    write_fingerprint(&mut w, &recorded.fingerprint);
     w.varint(seq);
     entry_codec::encode_reply(&recorded.reply, id, seq, out);
+}
+
+/// 32 hex digits as 16 bytes.
+fn write_fingerprint(w: &mut Writer, fingerprint: &str) {
+    assert_eq!(fingerprint.len(), FINGERPRINT_HEX_DIGITS, "fingerprints are 32 hex digits");
+    for pair in fingerprint.as_bytes().chunks(2) {
+        w.u8(hex_digit(pair[0]) << 4 | hex_digit(pair[1]));
+    }
+}
+
+fn read_fingerprint(r: &mut Reader) -> Result<String, String> {
+    Ok(r.take(FINGERPRINT_HEX_DIGITS / 2)?.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn hex_digit(c: u8) -> u8 {
@@ -83,7 +92,7 @@ pub(super) fn decode_record(key: &str, bytes: &[u8]) -> Result<Stored, String> {
     match bytes.split_first() {
         Some((&PRUNED, rest)) => {
             let mut r = Reader::new(rest);
-            let fingerprint = r.take(FINGERPRINT_HEX_DIGITS / 2)?.iter().map(|b| format!("{b:02x}")).collect();
+            let fingerprint = read_fingerprint(&mut r)?;
             let seq = r.varint()?;
             let reply = entry_codec::decode_reply(r.take(r.left())?, sender_id(key), seq)?;
             Ok(Stored::Held(Box::new(Recorded { fingerprint, reply })))
@@ -91,19 +100,20 @@ pub(super) fn decode_record(key: &str, bytes: &[u8]) -> Result<Stored, String> {
         Some((&REJECTED, json)) => serde_json::from_slice(json).map(|r| Stored::Held(Box::new(r))).map_err(|e| e.to_string()),
         Some((&JOURNALED, rest)) => {
             let mut r = Reader::new(rest);
+            let fingerprint = read_fingerprint(&mut r)?;
             let seq = r.varint()?;
             let op = match r.varint()? {
                 0 => None,
                 n => Some(usize::try_from(n - 1).map_err(|_| format!("op index {n} out of range"))?),
             };
             r.end()?;
-            Ok(Stored::Journaled { seq, op, fingerprint: None })
+            Ok(Stored::Journaled { seq, op, fingerprint })
         }
         Some((&JOURNALED_HEX, rest)) if rest.len() == FINGERPRINT_HEX_DIGITS + 12 => {
             let fingerprint = std::str::from_utf8(&rest[..FINGERPRINT_HEX_DIGITS]).map_err(|e| e.to_string())?.to_string();
             let seq = u64::from_be_bytes(rest[FINGERPRINT_HEX_DIGITS..FINGERPRINT_HEX_DIGITS + 8].try_into().expect("8 bytes"));
             let op = u32::from_be_bytes(rest[FINGERPRINT_HEX_DIGITS + 8..].try_into().expect("4 bytes"));
-            Ok(Stored::Journaled { seq, op: (op != NOT_IN_BATCH).then_some(op as usize), fingerprint: Some(fingerprint) })
+            Ok(Stored::Journaled { seq, op: (op != NOT_IN_BATCH).then_some(op as usize), fingerprint })
         }
         _ => Err(format!("unknown id record of {} bytes", bytes.len())),
     }
@@ -124,10 +134,7 @@ impl Store {
                 let bytes = journal.get(seq)?.ok_or_else(|| Fault::Corrupt(format!("id record {key:?} points at missing entry {seq}")))?;
                 let entry = Entry::decode(seq, bytes.value())?;
                 let body = entry.parse_body().map_err(|e| Fault::Corrupt(format!("entry {seq} (of id {key:?}): {e}")))?;
-                let recorded = match fingerprint {
-                    None => recorded_in_entry(&body, key, op),
-                    Some(fingerprint) => journaled_recorded(&body, fingerprint, op),
-                };
+                let recorded = recorded_in_entry(&body, key, op, fingerprint);
                 let recorded = recorded.ok_or_else(|| Fault::Corrupt(format!("entry {seq} does not hold the command of id {key:?}")))?;
                 Ok(Some(recorded))
             }
@@ -184,11 +191,11 @@ mod tests {
         let cases = [
             (
                 IdRecord::Journaled { fingerprint: fingerprint.clone(), seq: 42, op: None },
-                Stored::Journaled { seq: 42, op: None, fingerprint: None },
+                Stored::Journaled { seq: 42, op: None, fingerprint: fingerprint.clone() },
             ),
             (
                 IdRecord::Journaled { fingerprint: fingerprint.clone(), seq: u64::MAX, op: Some(7) },
-                Stored::Journaled { seq: u64::MAX, op: Some(7), fingerprint: None },
+                Stored::Journaled { seq: u64::MAX, op: Some(7), fingerprint: fingerprint.clone() },
             ),
             (IdRecord::Rejected(Box::new(rejected.clone())), Stored::Held(Box::new(rejected))),
         ];
@@ -199,13 +206,14 @@ mod tests {
         }
         let mut bytes = Vec::new();
         encode_record(&cases[0].0, &mut bytes);
-        assert_eq!(bytes, [JOURNALED, 42, 0], "tag, seq, op: the fingerprint is in the entry");
+        assert_eq!(bytes.len(), 1 + 16 + 1 + 1, "tag, fingerprint, seq, op");
+        assert_eq!(bytes[17..], [42, 0]);
         // As files of format 3 and before hold it.
         let mut old = vec![JOURNALED_HEX];
         old.extend_from_slice(fingerprint.as_bytes());
         old.extend_from_slice(&42u64.to_be_bytes());
         old.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(decode_record("pos-1:t-1", &old).unwrap(), Stored::Journaled { seq: 42, op: None, fingerprint: Some(fingerprint) });
+        assert_eq!(decode_record("pos-1:t-1", &old).unwrap(), Stored::Journaled { seq: 42, op: None, fingerprint });
         for bad in [&[1, 2, 3][..], &[JOURNALED, 0x80], &[JOURNALED, 1, 0, 0], &[], &[PRUNED, 1, 2]] {
             assert!(decode_record("pos-1:t-1", bad).is_err(), "{bad:?}");
         }

@@ -16,7 +16,7 @@ use super::error::{Fault, StoreError};
 use super::ids::{decode_record, encode_pruned, Stored};
 use super::live::{write_changes, Scope};
 use super::{Store, IDS, JOURNAL, META};
-use crate::core::idempotency::{journaled_recorded, recorded_in_entry, IdKey};
+use crate::core::idempotency::{recorded_in_entry, IdKey};
 use crate::core::journal::{hex, Chain, Entry, Hash};
 use crate::core::{Change, EntryBody, Head, Journaled, Ledger, LiveState, Op};
 use redb::{ReadableDatabase, ReadableTable};
@@ -161,10 +161,7 @@ impl Store {
                     if seq != entry.seq {
                         continue;
                     }
-                    let recorded = match fingerprint {
-                        None => recorded_in_entry(&body, key.as_str(), op),
-                        Some(fingerprint) => journaled_recorded(&body, fingerprint, op),
-                    };
+                    let recorded = recorded_in_entry(&body, key.as_str(), op, fingerprint);
                     let recorded = recorded
                         .ok_or_else(|| Fault::Corrupt(format!("entry {seq} does not hold the command of id {:?}", key.as_str())))?;
                     bytes.clear();
@@ -174,6 +171,9 @@ impl Store {
                 journal.remove(entry.seq)?;
                 (chain, ts_ms) = (next, body.ts_ms);
                 pruned += 1;
+            }
+            if pruned == 0 {
+                return Ok(0); // nothing old enough: no commit, the committer need not wait
             }
             let mut meta = tx.open_table(META)?;
             meta.insert(ANCHOR, format!("{}:{}", chain.seq, hex(&chain.hash)).as_str())?;
