@@ -196,6 +196,11 @@ pub struct LedgerSection {
     /// its file when a resend needs them.
     #[serde(default = "default_id_cache_entries")]
     pub id_cache_entries: usize,
+    /// Resolved local holds an edge keeps in RAM, most recently resolved first; older ones
+    /// are read back from its file when a command names them again. Pending and
+    /// cross-node holds always stay in RAM.
+    #[serde(default = "default_resolved_hold_cache_entries")]
+    pub resolved_hold_cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -296,6 +301,9 @@ fn default_max_hold_timeout_s() -> u64 {
 fn default_id_cache_entries() -> usize {
     100_000
 }
+fn default_resolved_hold_cache_entries() -> usize {
+    10_000
+}
 fn default_max_batch() -> usize {
     2_000
 }
@@ -348,6 +356,7 @@ impl Default for LedgerSection {
             max_amount: default_max_amount(),
             max_hold_timeout_s: default_max_hold_timeout_s(),
             id_cache_entries: default_id_cache_entries(),
+            resolved_hold_cache_entries: default_resolved_hold_cache_entries(),
         }
     }
 }
@@ -387,6 +396,8 @@ pub const MAX_COMMIT_WAIT_US: u64 = 1_000_000;
 pub const MAX_BATCH_OPS: usize = 1_000;
 /// Most id records an edge may keep in RAM (a few hundred bytes each).
 pub const MAX_ID_CACHE_ENTRIES: usize = 50_000_000;
+/// Most resolved holds an edge may keep in RAM (a few hundred bytes each).
+pub const MAX_RESOLVED_HOLD_CACHE_ENTRIES: usize = 10_000_000;
 /// Longest `retention.keep_for_s`: 100 years.
 pub const MAX_KEEP_FOR_S: u64 = 100 * 365 * 24 * 3600;
 pub const MAX_COMMAND_BYTES: usize = 1024 * 1024;
@@ -554,6 +565,10 @@ impl NodeConfig {
         }
         if self.ledger.id_cache_entries == 0 || self.ledger.id_cache_entries > MAX_ID_CACHE_ENTRIES {
             return Err(err("ledger.id_cache_entries", format!("must be between 1 and {MAX_ID_CACHE_ENTRIES}")));
+        }
+        if self.ledger.resolved_hold_cache_entries == 0 || self.ledger.resolved_hold_cache_entries > MAX_RESOLVED_HOLD_CACHE_ENTRIES {
+            let range = format!("must be between 1 and {MAX_RESOLVED_HOLD_CACHE_ENTRIES}");
+            return Err(err("ledger.resolved_hold_cache_entries", range));
         }
         if self.ledger.max_batch_ops == 0 || self.ledger.max_batch_ops > MAX_BATCH_OPS {
             return Err(err("ledger.max_batch_ops", format!("must be between 1 and {MAX_BATCH_OPS}")));

@@ -96,6 +96,7 @@ fn broken_configs_name_the_offending_key() {
         (format!("{base}[[devices]]\nid = \"t1\"\npassword_hash_env = \"EDGELEDGER_TEST_UNSET_VAR\"\n"), "devices[0]"),
         (format!("{base}[zenoh]\nmode = \"mesh\"\n"), "zenoh.mode"),
         (format!("{base}[ledger]\nid_cache_entries = 0\n"), "ledger.id_cache_entries"),
+        (format!("{base}[ledger]\nresolved_hold_cache_entries = 0\n"), "ledger.resolved_hold_cache_entries"),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = dir.path().join(format!("bad-{i}.toml"));

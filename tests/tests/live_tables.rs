@@ -8,8 +8,9 @@ use harness::run_ledgerctl;
 use ledger::core::command::{self, Command};
 use ledger::core::id_filter::IdFilter;
 use ledger::core::journal::Entry;
-use ledger::core::{Effects, Ledger, LiveState};
-use ledger::store::{Store, StoreIds};
+use ledger::core::reply::Resolution;
+use ledger::core::{Effects, HoldState, Ledger, LiveState};
+use ledger::store::{Store, StoreHolds, StoreIds};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::json;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ const NODE: &str = "test/edge-1";
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const LIVE_ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_accounts");
 const LIVE_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_holds");
+const LIVE_HOLDS_RESOLVED: TableDefinition<&str, &[u8]> = TableDefinition::new("live_holds_resolved");
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("ids");
 
@@ -76,16 +78,34 @@ fn config() -> config::NodeConfig {
     config
 }
 
-/// A ledger as an edge builds it: id archive over the file, books from the live tables;
-/// its id filter has learned the file's ids only once `learn_ids` was called with what
-/// this returns (the edge does it on a thread of its own).
+/// Resolved holds an edge of these tests keeps in RAM: most are read back from the file.
+const HOLD_CACHE: usize = 1;
+
+/// A ledger as an edge builds it: id and hold archives over the file, books from the live
+/// tables; its id filter has learned the file's ids only once `learn_ids` was called with
+/// what this returns (the edge does it on a thread of its own).
 fn open_edge(store: &Arc<Store>) -> Result<(Ledger, ledger::core::journal::Chain, Option<IdFilter>), String> {
     let mut ledger = ledger::setup::ledger_for(&config());
-    let (archive, _) = StoreIds::new(store.clone());
+    let (archive, fault) = StoreIds::new(store.clone());
     ledger.archive_ids(16, Box::new(archive));
+    ledger.archive_holds(HOLD_CACHE, Box::new(StoreHolds::new(store.clone(), fault)));
     let opened = store.open_books(&mut ledger).map_err(|e| e.to_string())?;
     ledger.track_live_changes();
     Ok((ledger, opened.chain, opened.ids_to_learn))
+}
+
+/// The books of an edge whose groups are all durable: what it holds in RAM, and the
+/// resolved holds that left RAM as its file holds them (no other hold may have left).
+fn books_of(store: &Store, ledger: &Ledger) -> LiveState {
+    let mut books = ledger.live_state();
+    let tables = store.live_state().unwrap().expect("the live tables");
+    for (id, hold) in tables.holds {
+        if let std::collections::btree_map::Entry::Vacant(missing) = books.holds.entry(id) {
+            assert!(hold.may_leave_ram(), "hold {} left RAM unresolved", missing.key());
+            missing.insert(hold);
+        }
+    }
+    books
 }
 
 fn learn_ids(store: &Store, ledger: &mut Ledger, mut filter: IdFilter) {
@@ -160,15 +180,19 @@ fn an_edge_starts_from_its_live_tables_and_they_equal_a_replay() {
     book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
     // h3 expires in the next group, 2 s later; h4 stays pending.
     book(&store, &mut ledger, &mut chain, vec![json!({"id": "late", "op": "balance", "account": "wallet:alice"})], 1_700_000_002_000);
-    let before = ledger.live_state();
-    assert_eq!(ledger.hold("pos-1:h3").map(|h| h.is_pending()), Some(false), "h3 expired");
+    let before = books_of(&store, &ledger);
+    assert_eq!(before.holds["pos-1:h3"].state, HoldState::Resolved(Resolution::Expired), "h3 expired");
     assert_eq!(ledger.hold("pos-1:h4").map(|h| h.is_pending()), Some(true));
+    // h1, h2 and h3 resolved: all but HOLD_CACHE of them left RAM.
+    let resolved_in_ram = ledger.live_state().holds.values().filter(|h| h.may_leave_ram()).count();
+    assert_eq!((resolved_in_ram, ledger.hold_cache().1.evictions), (HOLD_CACHE, 3 - HOLD_CACHE as u64));
     drop(ledger);
     drop(store);
 
     let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
     let (mut restarted, restarted_chain, to_learn) = open_edge(&store).unwrap();
-    assert_same("restarted from the tables vs before", &restarted.live_state(), &before);
+    assert_same("restarted from the tables vs before", &books_of(&store, &restarted), &before);
+    assert_eq!(restarted.hold_cache().0, 1, "only the pending hold h4 is read at start-up");
     assert_same("replay vs tables", &replayed(&store).live_state(), &before);
     assert_eq!(restarted_chain, chain, "the chain goes on where it ended");
     // Ids are exact without a replay, before the filter has learned the file's ids (every
@@ -176,8 +200,10 @@ fn an_edge_starts_from_its_live_tables_and_they_equal_a_replay() {
     let now = 1_700_000_003_000;
     let mut to_learn = Some(to_learn.expect("started from the tables: the filter has the file's ids to learn"));
     for round in ["before the filter is built", "after"] {
+        // A resent hold says how it ended: read back from the file.
         let resend = restarted.submit(Some("pos-1"), parse(workload()[5].clone()), now);
         assert!(resend.reply.as_ref().unwrap().duplicate, "{round}: {:?}", resend.reply);
+        assert_eq!(resend.reply.as_ref().unwrap().resolution, Some(Resolution::Posted), "{round}");
         let conflict = restarted.submit(Some("pos-1"), parse(json!({"id": "t3", "op": "void", "pending_id": "h4"})), now);
         assert_eq!(conflict.reply.as_ref().unwrap().code.as_str(), "id_conflict", "{round}");
         let batch = restarted.submit(Some("pos-1"), parse(workload()[12].clone()), now);
@@ -198,6 +224,9 @@ fn an_edge_starts_from_its_live_tables_and_they_equal_a_replay() {
     assert_eq!(restarted.id_cache().2.never_seen, 1, "a new id is told new by the filter");
     let again = restarted.submit(Some("pos-1"), parse(json!({"id": "p5", "op": "post", "pending_id": "h2"})), now);
     assert_eq!(again.reply.as_ref().unwrap().code.as_str(), "pending_voided", "a resolved hold is still known");
+    let expired = restarted.submit(Some("pos-1"), parse(json!({"id": "p6", "op": "void", "pending_id": "h3"})), now);
+    assert_eq!(expired.reply.as_ref().unwrap().code.as_str(), "pending_expired");
+    assert!(restarted.hold_cache().1.archive_reads >= 3, "{:?}", restarted.hold_cache());
     // Ids are their sender's own: another device's t3 is a new transfer.
     let t3 = json!({"id": "t3", "op": "transfer", "debit": "wallet:alice", "credit": "merchant:cafe", "amount": "0.10", "asset": "EUR"});
     let other = restarted.submit(Some("pos-2"), parse(t3), now);
@@ -212,7 +241,7 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
         let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
         let (mut ledger, mut chain, _) = open_edge(&store).unwrap();
         book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
-        ledger.live_state()
+        books_of(&store, &ledger)
     };
     // What a release without live tables left: format 2, no tables, JSON journal bodies.
     {
@@ -224,6 +253,7 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
             meta.remove("live").unwrap();
             tx.open_table(LIVE_ACCOUNTS).unwrap().retain(|_, _| false).unwrap();
             tx.open_table(LIVE_HOLDS).unwrap().retain(|_, _| false).unwrap();
+            assert!(tx.delete_table(LIVE_HOLDS_RESOLVED).unwrap(), "resolved holds have a table of their own");
         }
         as_older_release(&tx);
         tx.commit().unwrap();
@@ -232,7 +262,7 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
     assert_eq!(store.live_state().unwrap(), None, "no tables yet");
     let (mut ledger, mut chain, to_learn) = open_edge(&store).unwrap();
     assert!(to_learn.is_none(), "a replay taught the filter every id");
-    assert_same("replayed on the first start", &ledger.live_state(), &before);
+    assert_same("replayed on the first start", &books_of(&store, &ledger), &before);
     assert_same("tables written from it", &store.live_state().unwrap().expect("tables now"), &before);
     // Ids recorded the old way read back exactly; new entries go on the old chain, binary.
     for (round, id) in ["h1", "t7", "b1"].iter().enumerate() {
@@ -252,7 +282,7 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
     let last = store.journal_range(chain.seq, chain.seq, 1).unwrap().remove(0);
     assert_eq!(last.body[0], ledger::core::entry_codec::VERSION_1, "new entries are binary");
     assert_eq!(store.journal_range(1, 1, 1).unwrap()[0].body[0], b'{', "old ones stay JSON");
-    assert_same("a replay of both kinds of entry", &replayed(&store).live_state(), &ledger.live_state());
+    assert_same("a replay of both kinds of entry", &replayed(&store).live_state(), &books_of(&store, &ledger));
     drop((ledger, store)); // the ledger's id archive holds the file too
     let verify = std::process::Command::new(harness::ledgerctl_binary())
         .args(["verify", "--db", dir.path().join("ledger.redb").to_str().unwrap()])
@@ -305,7 +335,7 @@ async fn a_region_opens_its_replicas_from_their_live_tables() {
         let (mut ledger, mut chain, _) = open_edge(&store).unwrap();
         book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
         book(&store, &mut ledger, &mut chain, vec![json!({"id": "late", "op": "balance", "account": "wallet:alice"})], 1_700_000_002_000);
-        ledger.live_state()
+        books_of(&store, &ledger)
     };
     let entries = Store::open_existing(&edge_dir.path().join("ledger.redb")).unwrap().0.journal_range(1, u64::MAX, 10_000).unwrap();
     let replica_ledger = || {
@@ -376,7 +406,7 @@ fn a_pruned_journal_answers_every_id_and_replays_and_verifies_from_its_anchor() 
         let anchor = store.anchor().unwrap();
         assert_eq!(anchor.chain.seq, chain.seq - 5);
         assert_eq!(store.journal_range(1, u64::MAX, 100).unwrap()[0].seq, anchor.chain.seq + 1, "the rest stays");
-        assert_same("a replay from the anchor vs the tables", &replayed(&store).live_state(), &ledger.live_state());
+        assert_same("a replay from the anchor vs the tables", &replayed(&store).live_state(), &books_of(&store, &ledger));
         (before, chain.seq)
     };
     // A restarted edge (16 ids in RAM) answers every resend as before, the filter built or not.
@@ -393,7 +423,7 @@ fn a_pruned_journal_answers_every_id_and_replays_and_verifies_from_its_anchor() 
     let before = resend_all(&mut ledger); // h3 has expired meanwhile: its resend says so
     let plan = ledger::store::Prune { upto: u64::MAX, written_before_ms: None, max_entries: 1_000 };
     assert_eq!(prune_all(&store, plan), chain.seq - 1 - (head - 5));
-    assert_same("replayed from the newer anchor", &replayed(&store).live_state(), &ledger.live_state());
+    assert_same("replayed from the newer anchor", &replayed(&store).live_state(), &books_of(&store, &ledger));
     assert_eq!(resend_all(&mut ledger), before, "after the second pruning");
     drop((ledger, store));
     let verify = std::process::Command::new(harness::ledgerctl_binary())

@@ -107,8 +107,11 @@ impl Ledger {
                 self.put_hold(pending_id, hold, undo);
             }
             Change::HoldResolved { pending_id, debit, credit, resolution, posted } => {
-                let mut hold =
-                    self.holds.get(pending_id).cloned().ok_or_else(|| ApplyError::Corrupt(format!("hold {pending_id} does not exist")))?;
+                let mut hold = self
+                    .holds
+                    .get(pending_id)
+                    .map(|h| h.into_owned())
+                    .ok_or_else(|| ApplyError::Corrupt(format!("hold {pending_id} does not exist")))?;
                 if (&hold.debit, &hold.credit) != (debit, credit) {
                     return Err(ApplyError::Corrupt(format!(
                         "hold {pending_id} is from {} to {}, not {debit} to {credit}",
@@ -156,7 +159,7 @@ impl Ledger {
 
     /// The change resolving an existing hold.
     pub(super) fn resolution_of(&self, pending_id: &str, resolution: Resolution, posted: Minor) -> Change {
-        let hold = self.holds.get(pending_id).expect("resolving a hold that exists");
+        let hold = self.holds.in_ram(pending_id).expect("resolving a pending hold: pending holds are in RAM");
         Change::HoldResolved {
             pending_id: pending_id.to_string(),
             debit: hold.debit.clone(),

@@ -124,7 +124,7 @@ impl Ledger {
     /// device. Settling twice the same way is answered as a duplicate and changes nothing.
     pub fn settle(&mut self, pending_id: &str, decision: &Reply, now_ms: u64) -> Effects {
         let refuse = |code, message: String| Effects::reply_only(Reply::rejected(Some(pending_id), Rejection::new(code, message)));
-        let Some(hold) = self.holds.get(pending_id) else {
+        let Some(hold) = self.holds.get(pending_id).map(|h| h.into_owned()) else {
             return refuse(Code::UnknownPending, format!("pending_id: no hold {pending_id:?} on {}", self.node_id));
         };
         if hold.remote.is_none() {

@@ -257,16 +257,20 @@ impl Ledger {
     /// The pending hold a device names: one it placed itself (its own id), or another
     /// device's as `device:id` (the key operators see). Either way only a device that may
     /// debit the hold's account resolves it.
-    fn pending_hold(&self, device: Option<&str>, pending_id: &str, now_ms: u64) -> Result<(IdKey, Hold), Rejection> {
+    fn pending_hold(&mut self, device: Option<&str>, pending_id: &str, now_ms: u64) -> Result<(IdKey, Hold), Rejection> {
         let own = IdKey::new(device, pending_id);
         let other = IdKey::parse(pending_id).filter(|k| !k.principal().is_empty());
-        let key = [Some(own), other].into_iter().flatten().find(|k| self.holds.contains(k.as_str())).ok_or_else(|| {
-            Rejection::new(
-                Code::UnknownPending,
-                format!("pending_id: no hold {pending_id:?} of this device on this node (another device's hold is named device:id)"),
-            )
-        })?;
-        let hold = self.holds.get(key.as_str()).expect("found above");
+        // A resolved hold may have left RAM: `get` reads it back.
+        let (key, hold) = [Some(own), other]
+            .into_iter()
+            .flatten()
+            .find_map(|k| self.holds.get(k.as_str()).map(|h| h.into_owned()).map(|h| (k, h)))
+            .ok_or_else(|| {
+                Rejection::new(
+                    Code::UnknownPending,
+                    format!("pending_id: no hold {pending_id:?} of this device on this node (another device's hold is named device:id)"),
+                )
+            })?;
         self.permit(device, &hold.debit, "pending_id")?;
         if let Some(remote) = &hold.remote {
             return Err(Rejection::new(
@@ -287,7 +291,7 @@ impl Ledger {
             HoldState::Pending if hold.expires_at_ms.is_some_and(|t| t <= now_ms) => {
                 Err(Rejection::new(Code::PendingExpired, format!("pending_id: {pending_id} has expired")))
             }
-            HoldState::Pending => Ok((key, hold.clone())),
+            HoldState::Pending => Ok((key, hold)),
         }
     }
 

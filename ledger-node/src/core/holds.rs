@@ -1,10 +1,17 @@
 //! Holds (pending transfers) of one node, with the indexes kept in step with them: pending
 //! holds by expiry time, and pending cross-node holds (transfers waiting for their
 //! destination's decision).
+//!
+//! A node that runs for years resolves holds for years: with a `HoldArchive`, a resolved
+//! local hold leaves RAM once the group that resolved it is durable and more than
+//! `capacity` of them are held, and is read back from the archive (the node's file) when a
+//! command names it again. Pending holds and cross-node holds always stay in RAM: the
+//! first are the books' open amounts, the second are listed by operators' queries.
 
 use super::money::Minor;
 use super::reply::Resolution;
-use std::collections::{BTreeSet, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldState {
@@ -31,28 +38,159 @@ impl Hold {
     pub fn is_pending(&self) -> bool {
         self.state == HoldState::Pending
     }
+
+    /// Resolved and local: final, and needed only when a command names it again.
+    pub fn may_leave_ram(&self) -> bool {
+        !self.is_pending() && self.remote.is_none()
+    }
 }
 
-#[derive(Debug, Default)]
+/// Where resolved holds that left RAM are read back: the node's file, as of its last
+/// durable commit (a hold leaves RAM only once its resolution is there, and a resolved
+/// hold never changes again).
+pub trait HoldArchive: Send {
+    fn lookup(&self, pending_id: &str) -> Option<Hold>;
+}
+
+#[derive(Default)]
 pub struct Holds {
     map: HashMap<String, Hold>,
     /// Pending holds with a timeout, by expiry time.
     expiries: BTreeSet<(u64, String)>,
     /// Pending cross-node holds (ids): the transfers still waiting for their destination.
     outgoing: BTreeSet<String>,
+    /// None: every hold stays in RAM (tools, replays, a region's replicas).
+    archived: Option<Archived>,
+}
+
+/// The resolved local holds in RAM, and where the others are.
+struct Archived {
+    archive: Box<dyn HoldArchive>,
+    capacity: usize,
+    /// Each resolved local hold in RAM with the group that resolved it.
+    resolved: HashMap<String, u64>,
+    /// The same ids, oldest resolution first (an id may be listed again after a rollback
+    /// and a second resolution; its entry in `resolved` says which group counts).
+    order: VecDeque<String>,
+    group: u64,
+    durable_group: u64,
+    stats: HoldCacheStats,
+}
+
+/// Counters of the resolved holds leaving RAM, since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HoldCacheStats {
+    /// Holds named by a command that were not in RAM and were looked up in the archive
+    /// (found or not).
+    pub archive_reads: u64,
+    pub evictions: u64,
+}
+
+impl std::fmt::Debug for Holds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Holds").field("in_ram", &self.map.len()).field("archived", &self.archived.is_some()).finish()
+    }
 }
 
 impl Holds {
-    pub fn get(&self, pending_id: &str) -> Option<&Hold> {
+    /// Keeps at most `capacity` resolved local holds in RAM (beyond those of groups not yet
+    /// durable); the others are read from `archive`.
+    pub fn archive(&mut self, capacity: usize, archive: Box<dyn HoldArchive>) {
+        assert!(capacity > 0, "a hold cache holds at least one resolved hold");
+        debug_assert!(self.map.is_empty(), "the hold archive is chosen before any hold");
+        let archived = Archived {
+            archive,
+            capacity,
+            resolved: HashMap::new(),
+            order: VecDeque::new(),
+            // Holds resolved before the first group (a replay at start-up, whose tables are
+            // written after it) stay until a group is durable.
+            group: 1,
+            durable_group: 0,
+            stats: HoldCacheStats::default(),
+        };
+        self.archived = Some(archived);
+    }
+
+    /// The hold `pending_id`, from RAM or else from the archive.
+    pub fn get(&mut self, pending_id: &str) -> Option<Cow<'_, Hold>> {
+        if self.map.contains_key(pending_id) {
+            return self.map.get(pending_id).map(Cow::Borrowed);
+        }
+        let archived = self.archived.as_mut()?;
+        archived.stats.archive_reads += 1;
+        let hold = archived.archive.lookup(pending_id)?;
+        debug_assert!(hold.may_leave_ram(), "only resolved local holds leave RAM");
+        Some(Cow::Owned(hold))
+    }
+
+    /// The hold `pending_id` if it is in RAM: every pending and cross-node hold is.
+    pub fn in_ram(&self, pending_id: &str) -> Option<&Hold> {
         self.map.get(pending_id)
     }
 
-    pub fn contains(&self, pending_id: &str) -> bool {
-        self.map.contains_key(pending_id)
+    pub fn contains(&mut self, pending_id: &str) -> bool {
+        self.get(pending_id).is_some()
     }
 
+    /// The holds in RAM: every pending and cross-node hold, and the resolved local holds
+    /// that have not left it.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Hold)> {
         self.map.iter()
+    }
+
+    pub fn count_in_ram(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn stats(&self) -> HoldCacheStats {
+        self.archived.as_ref().map_or_else(HoldCacheStats::default, |a| a.stats)
+    }
+
+    /// The group the next changes belong to (see `IdIndex::next_group`).
+    pub fn start_group(&mut self, group: u64) {
+        if let Some(a) = &mut self.archived {
+            a.group = group;
+        }
+    }
+
+    /// Groups up to `group` are durable: the holds they resolved may leave RAM.
+    pub fn durable(&mut self, group: u64) {
+        if let Some(a) = &mut self.archived {
+            a.durable_group = a.durable_group.max(group);
+        }
+        self.evict();
+    }
+
+    /// Every hold held so far came from the file: it is durable (see
+    /// `IdIndex::number_groups_after`).
+    pub fn number_groups_after(&mut self, group: u64) {
+        if let Some(a) = &mut self.archived {
+            a.group = a.group.max(group);
+            a.durable_group = a.durable_group.max(group);
+        }
+        self.evict();
+    }
+
+    /// Drops the oldest resolved local holds beyond the capacity whose resolution is
+    /// durable; one that is not yet stops it (later ones are no older). `order` is kept
+    /// within twice the capacity too: ids a rollback left there must not pile up.
+    fn evict(&mut self) {
+        let Some(a) = &mut self.archived else { return };
+        while a.resolved.len() > a.capacity || a.order.len() > a.capacity.saturating_mul(2) {
+            let Some(oldest) = a.order.front() else { break };
+            match a.resolved.get(oldest) {
+                None => {}
+                Some(&group) if group > a.durable_group => break,
+                Some(_) => {
+                    a.resolved.remove(oldest);
+                    let hold = self.map.remove(oldest);
+                    debug_assert!(hold.is_some_and(|h| h.may_leave_ram()), "a hold leaving RAM is resolved and local");
+                    a.stats.evictions += 1;
+                }
+            }
+            a.order.pop_front();
+        }
     }
 
     /// Pending holds, by id; with `account`, those that debit or credit it. At most `limit`.
@@ -97,6 +235,85 @@ impl Holds {
             Some(Hold { state: HoldState::Pending, remote: Some(_), .. }) => self.outgoing.insert(pending_id.to_string()),
             _ => self.outgoing.remove(pending_id),
         };
+        if let Some(a) = &mut self.archived {
+            if now.is_some_and(Hold::may_leave_ram) {
+                if a.resolved.insert(pending_id.to_string(), a.group).is_none() {
+                    a.order.push_back(pending_id.to_string());
+                }
+            } else {
+                // Placed again, or a resolution rolled back: it stays.
+                a.resolved.remove(pending_id);
+            }
+            self.evict();
+        }
         before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// The holds of durable groups, as the file keeps them.
+    #[derive(Clone, Default)]
+    struct File(Arc<Mutex<HashMap<String, Hold>>>);
+
+    impl HoldArchive for File {
+        fn lookup(&self, pending_id: &str) -> Option<Hold> {
+            self.0.lock().unwrap().get(pending_id).cloned()
+        }
+    }
+
+    fn hold(state: HoldState) -> Hold {
+        let (debit, credit, asset) = ("a".to_string(), "b".to_string(), "EUR".to_string());
+        Hold { debit, credit, asset, amount: 1, expires_at_ms: None, device: None, state, remote: None }
+    }
+
+    #[test]
+    fn a_resolved_hold_leaves_ram_only_once_durable_and_reads_back() {
+        let file = File::default();
+        let mut holds = Holds::default();
+        holds.archive(1, Box::new(file.clone()));
+        let posted = hold(HoldState::Resolved(Resolution::Posted));
+        for (group, id) in [(1, "h1"), (2, "h2"), (3, "h3")] {
+            holds.start_group(group);
+            holds.set(id, Some(hold(HoldState::Pending)));
+            holds.set(id, Some(posted.clone()));
+        }
+        assert_eq!(holds.count_in_ram(), 3, "nothing is durable yet");
+        // Group 1 is written: h1 may go, and does (one resolved hold stays, beyond group 3's).
+        file.0.lock().unwrap().insert("h1".to_string(), posted.clone());
+        holds.durable(1);
+        assert_eq!((holds.count_in_ram(), holds.in_ram("h1")), (2, None));
+        assert_eq!(holds.get("h1").as_deref(), Some(&posted), "read back from the file");
+        assert_eq!(holds.stats(), HoldCacheStats { archive_reads: 1, evictions: 1 });
+        // A resolution rolled back keeps its hold; pending and cross-node holds never leave.
+        holds.start_group(4);
+        holds.set("h4", Some(hold(HoldState::Pending)));
+        let before = holds.set("h4", Some(posted.clone()));
+        holds.set("h4", before);
+        let remote = Hold { remote: Some("x@other".to_string()), ..posted.clone() };
+        holds.set("h5", Some(remote));
+        holds.durable(4);
+        assert!(holds.in_ram("h4").is_some_and(Hold::is_pending) && holds.in_ram("h5").is_some());
+        assert_eq!(holds.iter().filter(|(_, h)| h.may_leave_ram()).count(), 1);
+        assert!(holds.get("never").is_none());
+    }
+
+    #[test]
+    fn rollbacks_do_not_pile_up_ids() {
+        let mut holds = Holds::default();
+        holds.archive(4, Box::new(File::default()));
+        holds.set("h", Some(hold(HoldState::Pending)));
+        for group in 1..1_000 {
+            holds.start_group(group);
+            let before = holds.set("h", Some(hold(HoldState::Resolved(Resolution::Voided))));
+            holds.set("h", before);
+            holds.durable(group);
+        }
+        let archived = holds.archived.as_ref().unwrap();
+        assert!(archived.order.len() <= 8 && archived.resolved.is_empty(), "{}", archived.order.len());
+        assert!(holds.in_ram("h").is_some_and(Hold::is_pending));
     }
 }

@@ -11,7 +11,7 @@ use super::accounts::{Account, Accounts};
 use super::address::TransferKey;
 use super::change::{Change, EntryBody};
 use super::command::{Command, Journaled, NodeCommand, NodeOp, Op};
-use super::holds::{Hold, HoldState, Holds};
+use super::holds::{Hold, HoldArchive, HoldCacheStats, HoldState, Holds};
 use super::id_filter::IdFilter;
 use super::idempotency::{
     fingerprint, fingerprint_in_batch, journaled_recorded, sender_id, IdArchive, IdCacheStats, IdIndex, IdKey, IdRecord, Recorded,
@@ -116,9 +116,10 @@ impl Ledger {
         self.accounts.iter()
     }
 
-    /// A hold by its key (`principal:id`, see `IdKey`).
+    /// A hold by its key (`principal:id`, see `IdKey`), if it is in RAM: every pending and
+    /// cross-node hold is; a resolved local hold may have left (see `archive_holds`).
     pub fn hold(&self, pending_id: &str) -> Option<&Hold> {
-        self.holds.get(pending_id)
+        self.holds.in_ram(pending_id)
     }
 
     /// Pending holds, by id; with `account`, those that debit or credit it. At most `limit`.
@@ -162,6 +163,18 @@ impl Ledger {
         self.ids = IdIndex::recent(capacity, archive);
     }
 
+    /// Keeps at most `capacity` resolved local holds in RAM (beyond those of groups not yet
+    /// durable); the others are read back from `archive` (the node's file) when a command
+    /// names them. Set before the books are loaded.
+    pub fn archive_holds(&mut self, capacity: usize, archive: Box<dyn HoldArchive>) {
+        self.holds.archive(capacity, archive);
+    }
+
+    /// Holds in RAM and the counters of those that left it.
+    pub fn hold_cache(&self) -> (usize, HoldCacheStats) {
+        (self.holds.count_in_ram(), self.holds.stats())
+    }
+
     /// Keeps no id records: a replica, or an audit, that never answers a command.
     pub fn forget_ids(&mut self) {
         self.ids = IdIndex::none();
@@ -189,7 +202,9 @@ impl Ledger {
 
     /// Starts a group of commands (see `IdIndex::next_group`).
     pub fn next_group(&mut self) -> u64 {
-        self.ids.next_group()
+        let group = self.ids.next_group();
+        self.holds.start_group(group);
+        group
     }
 
     /// Numbers this ledger's groups after `group`: a ledger rebuilt from the file in a
@@ -197,11 +212,14 @@ impl Ledger {
     /// numbers the committer has already reported durable.
     pub fn number_groups_after(&mut self, group: u64) {
         self.ids.number_groups_after(group);
+        self.holds.number_groups_after(group);
     }
 
-    /// Groups up to `group` are durable: their id records may leave RAM.
+    /// Groups up to `group` are durable: their id records and the holds they resolved may
+    /// leave RAM.
     pub fn group_durable(&mut self, group: u64) {
         self.ids.durable(group);
+        self.holds.durable(group);
     }
 
     /// The id cache: records in RAM, bytes of its "never seen" filter, and its counters
@@ -441,7 +459,7 @@ impl Ledger {
         let mut out = Vec::new();
         for change in changes {
             let Change::HoldResolved { pending_id, resolution, posted, .. } = change else { continue };
-            let hold = self.holds.get(pending_id).expect("a resolved hold exists");
+            let hold = self.holds.in_ram(pending_id).expect("a hold resolved by this group is in RAM");
             let Some(owner) = &hold.device else { continue };
             // The device that resolves its own hold learns the outcome from its reply.
             if resolver == Some(owner.as_str()) {

@@ -95,7 +95,8 @@ impl Ledger {
                 .holds
                 .into_iter()
                 .map(|id| {
-                    let hold = self.holds.get(&id).cloned();
+                    // A hold changed by a group not yet durable is in RAM.
+                    let hold = self.holds.in_ram(&id).cloned();
                     (id, hold)
                 })
                 .collect(),

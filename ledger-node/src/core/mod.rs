@@ -31,7 +31,7 @@ pub mod wire;
 pub use accounts::Account;
 pub use change::{Change, EntryBody, Floor};
 pub use command::{Command, Journaled, Movement, NodeCommand, NodeOp, Op};
-pub use holds::{Hold, HoldState};
+pub use holds::{Hold, HoldArchive, HoldCacheStats, HoldState};
 pub use idempotency::Recorded;
 pub use ledger::{Effects, Head, Ledger, Limits};
 pub use live::LiveState;

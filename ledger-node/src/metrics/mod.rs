@@ -159,6 +159,9 @@ pub struct Metrics {
     id_cache_entries: Gauge,
     id_filter_bytes: Gauge,
     id_cache: [Counter; 4],
+    /// Holds in RAM, and the counters of resolved holds leaving it (`core::holds`).
+    holds_in_ram: Gauge,
+    hold_cache: [Counter; 2],
     /// Commits the disk refused, and whether the node refuses new commands now (`edge::disk`).
     write_failures: Counter,
     refusing_writes: Gauge,
@@ -185,6 +188,8 @@ impl Metrics {
             id_cache_entries: Gauge::default(),
             id_filter_bytes: Gauge::default(),
             id_cache: Default::default(),
+            holds_in_ram: Gauge::default(),
+            hold_cache: Default::default(),
             write_failures: Counter::default(),
             refusing_writes: Gauge::default(),
             heartbeat_ms: AtomicU64::new(now_ms()),
@@ -224,6 +229,13 @@ impl Metrics {
             let help = "Ids looked up in the file: evicted from RAM, or the filter's false positives";
             registry.register("edgeledger_id_cache_misses", help, misses);
             registry.register("edgeledger_id_cache_evictions", "Id records that left RAM (they stay in the file)", evictions);
+            let help =
+                "Holds in RAM: every pending and cross-node hold, and the most recently resolved (ledger.resolved_hold_cache_entries)";
+            registry.register("edgeledger_holds_in_ram", help, metrics.holds_in_ram.clone());
+            let [reads, evictions] = metrics.hold_cache.clone();
+            let help = "Holds a command named that were not in RAM, looked up in the file (resolved long ago, or unknown)";
+            registry.register("edgeledger_hold_archive_reads", help, reads);
+            registry.register("edgeledger_hold_evictions", "Resolved holds that left RAM (they stay in the file)", evictions);
             let help = "Commits the disk refused (full, a quota, a size limit, an I/O error); nothing of them was answered ok";
             registry.register("edgeledger_write_failures", help, metrics.write_failures.clone());
             let help = "1 while the node cannot write and answers new commands disk_full (reads and resends still answered)";
@@ -278,6 +290,14 @@ impl Metrics {
         self.id_cache_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
         self.id_filter_bytes.set(i64::try_from(filter_bytes).unwrap_or(i64::MAX));
         for (counter, total) in self.id_cache.iter().zip([stats.hits, stats.never_seen, stats.misses, stats.evictions]) {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+    }
+
+    /// The holds after a group: how many are in RAM, and the counters since start.
+    pub fn hold_cache(&self, in_ram: usize, stats: crate::core::HoldCacheStats) {
+        self.holds_in_ram.set(i64::try_from(in_ram).unwrap_or(i64::MAX));
+        for (counter, total) in self.hold_cache.iter().zip([stats.archive_reads, stats.evictions]) {
             counter.inc_by(total.saturating_sub(counter.get()));
         }
     }

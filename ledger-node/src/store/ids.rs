@@ -158,6 +158,11 @@ impl IdFault {
     pub fn take(&self) -> Option<StoreError> {
         self.0.lock().expect("lock").take()
     }
+
+    /// Keeps `fault` unless an earlier one is kept.
+    pub(super) fn record(&self, fault: StoreError) {
+        self.0.lock().expect("lock").get_or_insert(fault);
+    }
 }
 
 impl StoreIds {
@@ -172,7 +177,7 @@ impl IdArchive for StoreIds {
         match self.store.id_record(key) {
             Ok(found) => found,
             Err(fault) => {
-                self.fault.0.lock().expect("lock").get_or_insert(self.store.fail(fault));
+                self.fault.record(self.store.fail(fault));
                 None
             }
         }

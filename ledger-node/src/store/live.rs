@@ -15,7 +15,7 @@ use super::{Store, IDS, JOURNAL, META, REPLICA};
 use crate::core::address::TransferKey;
 use crate::core::id_filter::IdFilter;
 use crate::core::journal::{hex, Chain, Entry};
-use crate::core::{Head, Ledger, Received};
+use crate::core::{Head, Hold, Ledger, Received};
 use crate::core::{LiveChanges, LiveState};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
@@ -35,6 +35,11 @@ pub struct Opened {
 
 pub(super) const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_accounts");
 pub(super) const HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_holds");
+/// The node's resolved local holds: apart from the others, so that start-up reads only the
+/// holds that stay in RAM (`live_holds`: pending and cross-node ones), however many holds
+/// the node resolved over the years. Files written before it hold resolved holds in
+/// `live_holds` too; both tables are read as one.
+pub(super) const RESOLVED_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_holds_resolved");
 /// Key: the transfer key, `source|id`.
 pub(super) const RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("live_received");
 
@@ -71,6 +76,14 @@ impl Scope<'_> {
             Scope::Own => [ACCOUNTS, HOLDS, RECEIVED],
             Scope::Replica(_) => [REPLICA_ACCOUNTS, REPLICA_HOLDS, REPLICA_RECEIVED],
             Scope::Anchor => [ANCHOR_ACCOUNTS, ANCHOR_HOLDS, ANCHOR_RECEIVED],
+        }
+    }
+
+    /// Where the scope's resolved local holds go, when apart from the others.
+    fn resolved_holds(self) -> Option<Rows> {
+        match self {
+            Scope::Own => Some(RESOLVED_HOLDS),
+            Scope::Replica(_) | Scope::Anchor => None,
         }
     }
 
@@ -138,8 +151,21 @@ pub(super) fn write_changes(tx: &WriteTransaction, scope: Scope, changes: &LiveC
     let mut bytes = Vec::new();
     let accounts = changes.accounts.iter().map(|(name, a)| (scope.key(name), a.as_ref()));
     write_rows(&mut tx.open_table(accounts_table)?, accounts, encode_account, &mut bytes)?;
-    let holds = changes.holds.iter().map(|(id, h)| (scope.key(id), h.as_ref()));
-    write_rows(&mut tx.open_table(holds_table)?, holds, encode_hold, &mut bytes)?;
+    match scope.resolved_holds() {
+        None => {
+            let holds = changes.holds.iter().map(|(id, h)| (scope.key(id), h.as_ref()));
+            write_rows(&mut tx.open_table(holds_table)?, holds, encode_hold, &mut bytes)?;
+        }
+        Some(resolved_table) => {
+            // A hold is in one table: a resolved local one moves to its own, which nothing
+            // moves it out of (a resolution is final); a removed one leaves both.
+            let resolved = |h: &Option<Hold>| h.as_ref().is_some_and(Hold::may_leave_ram);
+            let in_holds = changes.holds.iter().map(|(id, h)| (scope.key(id), if resolved(h) { None } else { h.as_ref() }));
+            write_rows(&mut tx.open_table(holds_table)?, in_holds, encode_hold, &mut bytes)?;
+            let in_resolved = changes.holds.iter().map(|(id, h)| (scope.key(id), if resolved(h) { h.as_ref() } else { None }));
+            write_rows(&mut tx.open_table(resolved_table)?, in_resolved, encode_hold, &mut bytes)?;
+        }
+    }
     let received = changes.received.iter().map(|(key, r)| (Cow::Owned(scope.key(&key.to_string()).into_owned()), Some(r)));
     write_rows(&mut tx.open_table(received_table)?, received, encode_json, &mut bytes)?;
     Ok(())
@@ -183,7 +209,8 @@ impl Store {
         }
         let started = std::time::Instant::now();
         let (chain, head) = self.journal_end().map_err(|f| self.fail(f))?;
-        let state = self.live_state_at(Scope::Own, head).map_err(|f| self.fail(f))?;
+        // The resolved holds stay in their table: the ledger reads them back when named.
+        let state = self.read_live_state(Scope::Own, head, false).map_err(|f| self.fail(f))?;
         let (accounts, holds) = (state.accounts.len(), state.holds.len());
         ledger.restore_live(state.head, state.accounts, state.holds, state.received.into_values());
         ledger.check_invariants().map_err(|e| self.fail(Fault::Invariant(format!("the live tables: {e}"))))?;
@@ -288,6 +315,11 @@ impl Store {
     }
 
     pub(super) fn live_state_at(&self, scope: Scope, head: Head) -> Result<LiveState, Fault> {
+        self.read_live_state(scope, head, true)
+    }
+
+    /// The live state; without `resolved_holds`, none of the holds in their own table.
+    fn read_live_state(&self, scope: Scope, head: Head, resolved_holds: bool) -> Result<LiveState, Fault> {
         let db = self.db()?;
         let tx = db.begin_read()?;
         let [accounts_table, holds_table, received_table] = scope.tables();
@@ -297,9 +329,13 @@ impl Store {
             accounts.insert(name, account);
         }
         let mut holds = BTreeMap::new();
-        for (id, bytes) in scope.rows(&tx, holds_table)? {
-            let hold = decode_hold(&bytes).map_err(|e| Fault::Corrupt(format!("hold {id:?} cannot be read: {e}")))?;
-            holds.insert(id, hold);
+        for table in [Some(holds_table), scope.resolved_holds().filter(|_| resolved_holds)].into_iter().flatten() {
+            for (id, bytes) in scope.rows(&tx, table)? {
+                let hold = decode_hold(&bytes).map_err(|e| Fault::Corrupt(format!("hold {id:?} cannot be read: {e}")))?;
+                if holds.insert(id.clone(), hold).is_some() {
+                    return Err(Fault::Corrupt(format!("hold {id:?} is both pending and resolved in the live tables")));
+                }
+            }
         }
         let mut received = BTreeMap::new();
         for (key, bytes) in scope.rows(&tx, received_table)? {

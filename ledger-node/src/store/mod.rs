@@ -7,6 +7,7 @@
 
 mod error;
 mod history;
+mod holds;
 mod ids;
 mod journal;
 mod live;
@@ -17,6 +18,7 @@ mod sizes;
 
 pub use error::StoreError;
 pub use history::history;
+pub use holds::StoreHolds;
 pub use ids::{IdFault, StoreIds};
 pub use live::Opened;
 pub use prune::{Anchor, AnchorBooks, Prune};

@@ -2,7 +2,7 @@
 //! operator watches to see a full disk coming (read at scrape time, never on the hot path).
 
 use super::error::{Fault, StoreError};
-use super::live::{ACCOUNTS, HOLDS, RECEIVED, REPLICA_ACCOUNTS, REPLICA_HOLDS, REPLICA_RECEIVED};
+use super::live::{ACCOUNTS, HOLDS, RECEIVED, REPLICA_ACCOUNTS, REPLICA_HOLDS, REPLICA_RECEIVED, RESOLVED_HOLDS};
 use super::{Store, IDS, JOURNAL, REPLICA};
 use redb::{ReadableDatabase, ReadableTableMetadata};
 
@@ -43,6 +43,7 @@ impl Store {
         for (name, table) in [
             ("live_accounts", ACCOUNTS),
             ("live_holds", HOLDS),
+            ("live_holds_resolved", RESOLVED_HOLDS),
             ("live_received", RECEIVED),
             ("replica_live_accounts", REPLICA_ACCOUNTS),
             ("replica_live_holds", REPLICA_HOLDS),
@@ -93,6 +94,6 @@ mod tests {
         let sizes = store.sizes().unwrap();
         assert!(sizes.file_bytes > 0 && sizes.disk_bytes > 0 && sizes.disk_free_bytes > 0, "{sizes:?}");
         assert!(sizes.rows.iter().all(|(_, n)| *n == 0), "{sizes:?}");
-        assert_eq!(sizes.rows.len(), 9);
+        assert_eq!(sizes.rows.len(), 10);
     }
 }

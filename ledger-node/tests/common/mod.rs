@@ -5,7 +5,7 @@
 
 use ledger::core::address::TransferKey;
 use ledger::core::idempotency::{journaled_recorded, IdArchive, IdRecord};
-use ledger::core::{Account, EntryBody, Head, Hold, LiveChanges, LiveState, Received, Recorded};
+use ledger::core::{Account, EntryBody, Head, Hold, HoldArchive, LiveChanges, LiveState, Received, Recorded};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +46,16 @@ impl Written {
     /// The live tables, at journal head `head`.
     pub fn live_state(&self, head: Head) -> LiveState {
         LiveState { head, accounts: self.accounts.clone(), holds: self.holds.clone(), received: self.received.clone() }
+    }
+}
+
+/// Reads resolved holds back from `Written`'s live tables, as `store::StoreHolds` reads the
+/// file.
+pub struct Holds(pub Arc<Mutex<Written>>);
+
+impl HoldArchive for Holds {
+    fn lookup(&self, pending_id: &str) -> Option<Hold> {
+        self.0.lock().unwrap().holds.get(pending_id).cloned()
     }
 }
 
