@@ -63,13 +63,14 @@ USAGE:
       eu/berlin-1 each send N transfers (default 200) one after another to an account on
       us/nyc-1; the latency from command to the pending reply and to the final notice.
       Zenoh links are mutual TLS with access control; --plaintext: plain TCP (loopback).
-  ledger-bench soak [--transfers N] [--id-cache E] [--svg FILE]
+  ledger-bench soak [--transfers N] [--id-cache E] [--holds] [--svg FILE]
       An edge (embedded default, fresh data directory) driven by 32 MQTT clients x 16 in
       flight until its journal holds N transfers (default 2000000), its RSS and redb file
       size sampled every second; then SIGKILL and the time until the restarted node
       answers a command. Prints RSS and file bytes per transfer from 1 M to N and draws
       both against transfers in FILE (default soak.svg). --id-cache: the node's
-      ledger.id_cache_entries.
+      ledger.id_cache_entries. --holds: each payment is a hold and its post (N counts
+      entries: two per payment).
   ledger-bench soak-region [--entries N] [--edges E]
       A region following E edges (default 8; plain TCP on loopback), 32 MQTT clients x 16
       in flight spread over the edges, until its replicas hold N entries in all (default
@@ -131,6 +132,8 @@ struct MqttOpts {
     echo: bool,
     /// The spawned node's devices connect over MQTT-over-TLS (`listen_tls`).
     tls: bool,
+    /// Each payment is a hold then its post (two commands, two entries), as a charger pays.
+    holds: bool,
 }
 
 /// With `mqtt --tls`: the client configuration every connection uses (it trusts the
@@ -154,7 +157,8 @@ fn number<T: std::str::FromStr>(flag: &str, text: &str) -> Result<T, String> {
 }
 
 fn parse_mqtt(args: &[String]) -> Result<MqttOpts, String> {
-    let mut opts = MqttOpts { clients: 32, inflight: 16, seconds: 10, rate: None, connect: None, ledger: true, echo: true, tls: false };
+    let mut opts =
+        MqttOpts { clients: 32, inflight: 16, seconds: 10, rate: None, connect: None, ledger: true, echo: true, tls: false, holds: false };
     let (mut ledger_only, mut echo_only) = (false, false);
     let mut i = 0;
     while i < args.len() {
@@ -399,6 +403,7 @@ struct Plan {
     warm_end: Instant,
     end: Instant,
     drain_deadline: Instant,
+    holds: bool,
 }
 
 /// What one client saw; merged across clients at the end.
@@ -502,9 +507,16 @@ async fn run_client(k: usize, conn: Conn, plan: Plan, run: String) -> ClientStat
                 next_send = Some(scheduled);
                 break;
             }
-            let payload = format!(
-                r#"{{"id":"{prefix}{n}","op":"transfer","debit":"wallet:k{k}","credit":"merchant:k{k}","amount":"0.01","asset":"EUR"}}"#
-            );
+            let payload = match (plan.holds, n % 2) {
+                (false, _) => format!(
+                    r#"{{"id":"{prefix}{n}","op":"transfer","debit":"wallet:k{k}","credit":"merchant:k{k}","amount":"0.01","asset":"EUR"}}"#
+                ),
+                // Commands of one client are taken in order: the post follows its hold.
+                (true, 0) => format!(
+                    r#"{{"id":"{prefix}{n}","op":"hold","debit":"wallet:k{k}","credit":"merchant:k{k}","amount":"0.02","asset":"EUR"}}"#
+                ),
+                (true, _) => format!(r#"{{"id":"{prefix}{n}","op":"post","pending_id":"{prefix}{}","amount":"0.01"}}"#, n - 1),
+            };
             if client.publish(topic.clone(), QoS::AtLeastOnce, false, payload).await.is_err() {
                 stats.errors += 1;
                 stats.unanswered = pending.len() as u64;
@@ -551,7 +563,16 @@ async fn run_workload(name: &str, host: &str, port: u16, opts: &MqttOpts, run: &
     let t0 = Instant::now() + Duration::from_millis(200);
     let warm_end = t0 + WARMUP;
     let end = warm_end + Duration::from_secs(opts.seconds);
-    let plan = Plan { clients: opts.clients, inflight: opts.inflight, interval_ns, t0, warm_end, end, drain_deadline: end + DRAIN };
+    let plan = Plan {
+        clients: opts.clients,
+        inflight: opts.inflight,
+        interval_ns,
+        t0,
+        warm_end,
+        end,
+        drain_deadline: end + DRAIN,
+        holds: opts.holds,
+    };
     println!("{name}: {WARMUP:?} warm-up, then measuring {} s", opts.seconds);
     let mut drivers = Vec::with_capacity(opts.clients);
     let mut workers = Vec::with_capacity(opts.clients);

@@ -111,6 +111,7 @@ pub fn run(opts: &RegionSoakOpts) -> Result<(), String> {
                         ledger: true,
                         echo: false,
                         tls: false,
+                        holds: false,
                     };
                     run_workload("soak-region", "127.0.0.1", port, &opts, &run).await.map(|_| ())
                 })

@@ -14,13 +14,20 @@ use std::time::{Duration, Instant};
 pub struct SoakOpts {
     pub transfers: u64,
     pub id_cache: Option<usize>,
+    /// Holds and their posts instead of transfers.
+    pub holds: bool,
     pub svg: String,
 }
 
 pub fn parse(args: &[String]) -> Result<SoakOpts, String> {
-    let mut opts = SoakOpts { transfers: 2_000_000, id_cache: None, svg: "soak.svg".to_string() };
+    let mut opts = SoakOpts { transfers: 2_000_000, id_cache: None, holds: false, svg: "soak.svg".to_string() };
     let mut i = 0;
     while i < args.len() {
+        if args[i] == "--holds" {
+            opts.holds = true;
+            i += 1;
+            continue;
+        }
         let value = args.get(i + 1).ok_or_else(|| format!("{} needs a value", args[i]))?;
         match args[i].as_str() {
             "--transfers" => opts.transfers = value.parse().map_err(|_| format!("--transfers: {value:?} is not a whole number"))?,
@@ -80,6 +87,7 @@ pub fn run(opts: &SoakOpts) -> Result<(), String> {
             ledger: true,
             echo: false,
             tls: false,
+            holds: opts.holds,
         };
         let run = format!("soak{stretch}-{}", broker::random_hex(4));
         runtime.block_on(run_workload("soak", "127.0.0.1", port, &mqtt, &run))?;
