@@ -338,33 +338,51 @@ async fn a_region_opens_its_replicas_from_their_live_tables() {
         books_of(&store, &ledger)
     };
     let entries = Store::open_existing(&edge_dir.path().join("ledger.redb")).unwrap().0.journal_range(1, u64::MAX, 10_000).unwrap();
-    let replica_ledger = || {
+    // As a region keeps a replica: no id records, HOLD_CACHE resolved holds in RAM.
+    let replica_ledger = |region: &Arc<Store>| {
         let mut ledger = ledger::setup::ledger_for(&config());
         ledger.forget_ids();
+        ledger.archive_holds(HOLD_CACHE, Box::new(StoreHolds::of_replica(region.clone(), NODE, Default::default())));
         ledger
     };
+    // The replica's books: what it holds in RAM, and the resolved holds its tables hold.
+    let books_of_replica = |region: &Store, replica: &Ledger| {
+        let mut books = replica.live_state();
+        for (id, hold) in region.replica_live_state(NODE).unwrap().expect("tables").holds {
+            books.holds.entry(id).or_insert_with(|| {
+                assert!(hold.may_leave_ram());
+                hold
+            });
+        }
+        books
+    };
     {
-        let region = Store::open(region_dir.path(), "eu").unwrap();
-        let mut replica = replica_ledger();
+        let region = Arc::new(Store::open(region_dir.path(), "eu").unwrap());
+        let mut replica = replica_ledger(&region);
         let mut chain = region.open_replica(NODE, &mut replica).unwrap();
         replica.track_live_changes();
         for frame in entries.chunks(7) {
+            let group = replica.next_group();
             for entry in frame {
                 replica.replay(&chain.verify_next(entry).unwrap()).unwrap();
             }
             region.append_replica(NODE, frame, None, &replica.take_live_changes()).unwrap();
+            replica.group_durable(group);
         }
-        assert_same("replica vs edge", &replica.live_state(), &edge_books);
+        assert!(replica.hold_cache().1.evictions >= 2, "h1, h2 and h3 resolved: {:?}", replica.hold_cache());
+        assert_same("replica vs edge", &books_of_replica(&region, &replica), &edge_books);
     }
-    let region = Store::open(region_dir.path(), "eu").unwrap();
-    let mut opened = replica_ledger();
+    let region = Arc::new(Store::open(region_dir.path(), "eu").unwrap());
+    let mut opened = replica_ledger(&region);
     let chain = region.open_replica(NODE, &mut opened).unwrap();
     assert_eq!(chain.seq, entries.len() as u64);
-    assert_same("replica from its tables vs edge", &opened.live_state(), &edge_books);
-    let mut replayed = replica_ledger();
+    assert_eq!(opened.hold_cache().0, 1, "only the pending hold is read at start-up");
+    assert_same("replica from its tables vs edge", &books_of_replica(&region, &opened), &edge_books);
+    let mut replayed = ledger::setup::ledger_for(&config());
+    replayed.forget_ids();
     region.load_replica(NODE, &mut replayed).unwrap();
     assert_same("replica replayed vs edge", &replayed.live_state(), &edge_books);
-    drop(region);
+    drop((opened, region)); // the replica's hold archive holds the file too
     let args = ["verify".to_string(), "--db".to_string(), region_dir.path().join("ledger.redb").display().to_string()];
     let (code, out, err) = run_ledgerctl(&args).await;
     assert_eq!(code, 0, "{out}{err}");

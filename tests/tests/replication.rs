@@ -10,8 +10,14 @@ use std::time::Duration;
 const CATCH_UP: Duration = Duration::from_secs(60);
 
 fn region(zenoh_port: u16, edges: &[&str]) -> NodeProcess {
+    region_with(zenoh_port, edges, "")
+}
+
+/// A region with `ledger_toml` in its `[ledger]` section.
+fn region_with(zenoh_port: u16, edges: &[&str], ledger_toml: &str) -> NodeProcess {
     let edges: Vec<String> = edges.iter().map(|e| format!("\"{e}\"")).collect();
     NodeProcess::start(NodeOptions {
+        ledger_toml: ledger_toml.to_string(),
         node_id: Some("eu".into()),
         region_zenoh_port: Some(zenoh_port),
         extra_toml: format!(
@@ -166,16 +172,31 @@ async fn a_tampered_entry_is_refused_reported_and_never_applied() {
     serve.abort();
 }
 
+/// Ten holds of 0.02 on the edge, each posted at 0.01; the last entry's seq.
+async fn hold_and_post(device: &Device, round: &str) -> u64 {
+    let mut seq = 0;
+    for i in 0..10 {
+        let hold = device.request(cmd::hold(&format!("{round}-h{i}"), "wallet:a", "merchant:m", "0.02", "EUR", None)).await;
+        assert_eq!(hold["status"], "pending", "{hold}");
+        let post = device.request(cmd::post(&format!("{round}-p{i}"), &format!("{round}-h{i}"), Some("0.01"))).await;
+        assert_eq!(post["code"], "ok", "{post}");
+        seq = post["seq"].as_u64().unwrap();
+    }
+    seq
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_survive_sigkill_of_region_and_edge() {
     let zenoh_port = free_port();
-    let mut region_node = region(zenoh_port, &["eu/berlin-1"]);
+    // The replica keeps 2 resolved holds in RAM: the others are read back from its file.
+    let mut region_node = region_with(zenoh_port, &["eu/berlin-1"], "resolved_hold_cache_entries = 2");
     let mut berlin = edge("eu/berlin-1", zenoh_port);
     let device = Device::connect(berlin.port, "till-1").await;
     for (id, account, flags) in [("o1", "issuer", vec!["issuance"]), ("o2", "wallet:a", vec![]), ("o3", "merchant:m", vec![])] {
         assert_eq!(device.request(cmd::open(id, account, "EUR", &flags)).await["code"], "ok");
     }
     assert_eq!(device.request(cmd::transfer("fund", "issuer", "wallet:a", "100.00", "EUR")).await["code"], "ok");
+    hold_and_post(&device, "before").await;
 
     // Payments keep coming (each resent until answered) while first the region, then the
     // edge is killed and restarted.
@@ -197,6 +218,7 @@ async fn replicas_survive_sigkill_of_region_and_edge() {
         assert_eq!(reply["code"], "ok", "{reply}");
         head = head.max(reply["seq"].as_u64().unwrap());
     }
+    head = hold_and_post(&device, "after").await;
 
     let ops = operator_session(zenoh_port).await;
     let replica_head = eventually("the replica to reach the edge's head after both crashes", CATCH_UP, || async {
@@ -206,7 +228,13 @@ async fn replicas_survive_sigkill_of_region_and_edge() {
     let edge_status = eventually("the edge's status", CATCH_UP, || async { ask(&ops, "ledger/v1/status/eu/berlin-1").await }).await;
     assert_eq!(edge_status["head"]["hash"], replica_head["hash"]);
     let answer = ask(&ops, "ledger/v1/query/eu/balance?account=merchant:m@eu/berlin-1").await.unwrap();
-    assert_eq!(answer["balance"]["posted"], "3.00", "each payment once in the replica: {answer}");
+    assert_eq!(answer["balance"]["posted"], "3.20", "each payment once in the replica: {answer}");
+    assert_eq!(answer["balance"]["pending_credits"], "0.00", "{answer}");
+    // The replica's tables, resolved holds included, equal a replay of its journal.
+    region_node.kill9();
+    let args = ["verify".to_string(), "--db".to_string(), region_node.db_path().display().to_string()];
+    let (code, out, err) = harness::run_ledgerctl(&args).await;
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

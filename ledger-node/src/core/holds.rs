@@ -8,10 +8,11 @@
 //! command names it again. Pending holds and cross-node holds always stay in RAM: the
 //! first are the books' open amounts, the second are listed by operators' queries.
 
+use super::leaving::LeaveOrder;
 use super::money::Minor;
 use super::reply::Resolution;
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldState {
@@ -63,17 +64,10 @@ pub struct Holds {
     archived: Option<Archived>,
 }
 
-/// The resolved local holds in RAM, and where the others are.
+/// The resolved holds in RAM, and where the others are.
 struct Archived {
     archive: Box<dyn HoldArchive>,
-    capacity: usize,
-    /// Each resolved local hold in RAM with the group that resolved it.
-    resolved: HashMap<String, u64>,
-    /// The same ids, oldest resolution first (an id may be listed again after a rollback
-    /// and a second resolution; its entry in `resolved` says which group counts).
-    order: VecDeque<String>,
-    group: u64,
-    durable_group: u64,
+    leaving: LeaveOrder,
     stats: HoldCacheStats,
 }
 
@@ -98,18 +92,7 @@ impl Holds {
     pub fn archive(&mut self, capacity: usize, archive: Box<dyn HoldArchive>) {
         assert!(capacity > 0, "a hold cache holds at least one resolved hold");
         debug_assert!(self.map.is_empty(), "the hold archive is chosen before any hold");
-        let archived = Archived {
-            archive,
-            capacity,
-            resolved: HashMap::new(),
-            order: VecDeque::new(),
-            // Holds resolved before the first group (a replay at start-up, whose tables are
-            // written after it) stay until a group is durable.
-            group: 1,
-            durable_group: 0,
-            stats: HoldCacheStats::default(),
-        };
-        self.archived = Some(archived);
+        self.archived = Some(Archived { archive, leaving: LeaveOrder::new(capacity), stats: HoldCacheStats::default() });
     }
 
     /// The hold `pending_id`, from RAM or else from the archive.
@@ -150,46 +133,32 @@ impl Holds {
     /// The group the next changes belong to (see `IdIndex::next_group`).
     pub fn start_group(&mut self, group: u64) {
         if let Some(a) = &mut self.archived {
-            a.group = group;
+            a.leaving.start_group(group);
         }
     }
 
     /// Groups up to `group` are durable: the holds they resolved may leave RAM.
     pub fn durable(&mut self, group: u64) {
         if let Some(a) = &mut self.archived {
-            a.durable_group = a.durable_group.max(group);
+            a.leaving.durable(group);
         }
         self.evict();
     }
 
-    /// Every hold held so far came from the file: it is durable (see
-    /// `IdIndex::number_groups_after`).
+    /// Every hold held so far came from the file: it is durable.
     pub fn number_groups_after(&mut self, group: u64) {
         if let Some(a) = &mut self.archived {
-            a.group = a.group.max(group);
-            a.durable_group = a.durable_group.max(group);
+            a.leaving.number_groups_after(group);
         }
         self.evict();
     }
 
-    /// Drops the oldest resolved local holds beyond the capacity whose resolution is
-    /// durable; one that is not yet stops it (later ones are no older). `order` is kept
-    /// within twice the capacity too: ids a rollback left there must not pile up.
     fn evict(&mut self) {
         let Some(a) = &mut self.archived else { return };
-        while a.resolved.len() > a.capacity || a.order.len() > a.capacity.saturating_mul(2) {
-            let Some(oldest) = a.order.front() else { break };
-            match a.resolved.get(oldest) {
-                None => {}
-                Some(&group) if group > a.durable_group => break,
-                Some(_) => {
-                    a.resolved.remove(oldest);
-                    let hold = self.map.remove(oldest);
-                    debug_assert!(hold.is_some_and(|h| h.may_leave_ram()), "a hold leaving RAM is resolved and local");
-                    a.stats.evictions += 1;
-                }
-            }
-            a.order.pop_front();
+        while let Some(id) = a.leaving.next_to_leave() {
+            let hold = self.map.remove(&id);
+            debug_assert!(hold.is_some_and(|h| h.may_leave_ram()), "a hold leaving RAM is resolved");
+            a.stats.evictions += 1;
         }
     }
 
@@ -237,12 +206,10 @@ impl Holds {
         };
         if let Some(a) = &mut self.archived {
             if now.is_some_and(Hold::may_leave_ram) {
-                if a.resolved.insert(pending_id.to_string(), a.group).is_none() {
-                    a.order.push_back(pending_id.to_string());
-                }
+                a.leaving.made_final(pending_id);
             } else {
-                // Placed again, or a resolution rolled back: it stays.
-                a.resolved.remove(pending_id);
+                // Placed, or a resolution rolled back: it stays.
+                a.leaving.keep(pending_id);
             }
             self.evict();
         }
@@ -299,21 +266,5 @@ mod tests {
         assert!(holds.in_ram("h4").is_some_and(Hold::is_pending) && holds.in_ram("h5").is_some());
         assert_eq!(holds.iter().filter(|(_, h)| h.may_leave_ram()).count(), 1);
         assert!(holds.get("never").is_none());
-    }
-
-    #[test]
-    fn rollbacks_do_not_pile_up_ids() {
-        let mut holds = Holds::default();
-        holds.archive(4, Box::new(File::default()));
-        holds.set("h", Some(hold(HoldState::Pending)));
-        for group in 1..1_000 {
-            holds.start_group(group);
-            let before = holds.set("h", Some(hold(HoldState::Resolved(Resolution::Voided))));
-            holds.set("h", before);
-            holds.durable(group);
-        }
-        let archived = holds.archived.as_ref().unwrap();
-        assert!(archived.order.len() <= 8 && archived.resolved.is_empty(), "{}", archived.order.len());
-        assert!(holds.in_ram("h").is_some_and(Hold::is_pending));
     }
 }

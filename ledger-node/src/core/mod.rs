@@ -1,9 +1,10 @@
 //! The pure core: the ledger state machine and the types it speaks. No I/O: nothing here
 //! imports tokio, redb, zenoh, rumqttd or the shell, reads the clock or touches a file.
 //! Commands and the time go in; effects (replies, journal entries, id records, notices)
-//! come out. This is what the property tests hammer. One read port: id records that left
-//! RAM are read back through `idempotency::IdArchive`, which the shell implements over its
-//! file (tests, over a map); the core never writes through it.
+//! come out. This is what the property tests hammer. Read ports only: id records and
+//! resolved holds that left RAM are read back through `idempotency::IdArchive` and
+//! `holds::HoldArchive`, which the shell implements over its file (tests, over a map); the
+//! core never writes through them.
 
 pub mod accounts;
 pub mod address;
@@ -18,6 +19,7 @@ pub mod id_filter;
 pub mod idempotency;
 pub mod invariants;
 pub mod journal;
+pub mod leaving;
 pub mod ledger;
 pub mod live;
 pub mod live_changes;

@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::error::{Fatal, NodeError};
 use crate::metrics::{Metrics, Storage};
 use crate::setup::ledger_for;
-use crate::store::Store;
+use crate::store::{IdFault, Store, StoreHolds};
 use config::NodeConfig;
 use coordinator::Coordinator;
 use replicas::{follow_edge, replica_gauges, Replica, Replicas};
@@ -46,11 +46,18 @@ pub fn start(config: NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Node
         let mut ledger = ledger_for(&edge_config);
         // A replica never answers a resend: its edge does. It keeps no id records.
         ledger.forget_ids();
+        // Resolved holds leave RAM and are read back from the file when an entry names them.
+        let hold_fault = IdFault::default();
+        let archive = StoreHolds::of_replica(store.clone(), edge, hold_fault.clone());
+        ledger.archive_holds(config.ledger.resolved_hold_cache_entries, Box::new(archive));
         // From its live tables, without replaying the edge's history.
         let chain = store.open_replica(edge, &mut ledger)?;
+        if let Some(fault) = hold_fault.take() {
+            return Err(NodeError::Store(fault));
+        }
         ledger.track_live_changes();
         println!("ledger-node {}: replica of {edge} at {}", config.node.id, chain.seq);
-        replicas.insert(edge.clone(), Replica { chain, ledger, refused: None, updated_ms: now_ms() });
+        replicas.insert(edge.clone(), Replica { chain, ledger, refused: None, updated_ms: now_ms(), hold_fault });
     }
     let replicas: Replicas = Arc::new(Mutex::new(replicas));
     let watched = replicas.clone();

@@ -11,7 +11,7 @@ use crate::core::journal::{hex, Chain, Entry};
 use crate::core::Ledger;
 use crate::error::{Fatal, NodeError};
 use crate::metrics::{gauge, GaugeFamily};
-use crate::store::Store;
+use crate::store::{IdFault, Store};
 use bridge::sign::{NodeKeys, SignedHead};
 use bridge::zenoh::qos::CongestionControl;
 use bridge::{decode_frame, keys, split_proof, MAX_FRAME_ENTRIES, QUERY_TIMEOUT};
@@ -32,6 +32,8 @@ pub struct Replica {
     /// Why the last offered entry was refused; replication of this edge stops there.
     pub refused: Option<String>,
     pub updated_ms: u64,
+    /// Where the ledger's hold archive reports a hold it could not read back from the file.
+    pub hold_fault: IdFault,
 }
 
 pub type Replicas = Arc<Mutex<BTreeMap<String, Replica>>>;
@@ -158,13 +160,15 @@ async fn apply(link: &Link<'_>, (frame, trailer): Frame) -> bool {
     };
     let (session, store, replicas, fatal) = (link.session, link.store, link.replicas, link.fatal);
     let last_in_frame = frame.last().map(|(seq, _)| *seq);
-    let (accepted, chain, live) = {
+    let (accepted, chain, live, group) = {
         let mut all = replicas.lock().expect("replicas");
         let Some(replica) = all.get_mut(edge) else { return false };
         if replica.refused.is_some() {
             return false;
         }
         let mut accepted = Vec::new();
+        // The frame's holds resolved leave RAM once it is stored (`group_durable` below).
+        let group = replica.ledger.next_group();
         for (seq, bytes) in frame {
             if seq <= replica.chain.seq {
                 continue;
@@ -192,7 +196,14 @@ async fn apply(link: &Link<'_>, (frame, trailer): Frame) -> bool {
             }
         }
         replica.updated_ms = now_ms();
-        (accepted, replica.chain, replica.ledger.take_live_changes())
+        if let Some(fault) = replica.hold_fault.take() {
+            // A hold it could not read back was taken for one that does not exist: the
+            // replay of this frame cannot be trusted. Nothing of it is stored.
+            replica.refused = Some(format!("cannot read the replica's file: {fault}"));
+            fatal.report(NodeError::Store(fault));
+            return false;
+        }
+        (accepted, replica.chain, replica.ledger.take_live_changes(), group)
     };
     if accepted.is_empty() {
         return false;
@@ -212,6 +223,9 @@ async fn apply(link: &Link<'_>, (frame, trailer): Frame) -> bool {
         }
         fatal.report(e);
         return false;
+    }
+    if let Some(replica) = replicas.lock().expect("replicas").get_mut(edge) {
+        replica.ledger.group_durable(group);
     }
     let ack = json!({"seq": chain.seq, "hash": hex(&chain.hash)}).to_string();
     if let Err(e) = session.put(keys::journal_ack(edge), ack).congestion_control(CongestionControl::Block).await {

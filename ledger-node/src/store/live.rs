@@ -46,6 +46,7 @@ pub(super) const RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("
 /// A region's replicas' live state: the same rows, keyed `edge|key`.
 pub(super) const REPLICA_ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_accounts");
 pub(super) const REPLICA_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_holds");
+pub(super) const REPLICA_RESOLVED_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_holds_resolved");
 pub(super) const REPLICA_RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_received");
 
 /// The books as of the chain anchor of a pruned journal (`prune`): where a replay starts.
@@ -83,11 +84,18 @@ impl Scope<'_> {
     fn resolved_holds(self) -> Option<Rows> {
         match self {
             Scope::Own => Some(RESOLVED_HOLDS),
-            Scope::Replica(_) | Scope::Anchor => None,
+            Scope::Replica(_) => Some(REPLICA_RESOLVED_HOLDS),
+            Scope::Anchor => None,
         }
     }
 
-    fn key<'k>(self, key: &'k str) -> Cow<'k, str> {
+    /// The tables a hold may be in, resolved ones first.
+    pub(super) fn hold_tables(self) -> Vec<Rows> {
+        let [_, holds, _] = self.tables();
+        self.resolved_holds().into_iter().chain([holds]).collect()
+    }
+
+    pub(super) fn key<'k>(self, key: &'k str) -> Cow<'k, str> {
         match self {
             Scope::Own | Scope::Anchor => Cow::Borrowed(key),
             Scope::Replica(edge) => Cow::Owned(format!("{edge}|{key}")),
@@ -245,7 +253,8 @@ impl Store {
             return Ok(chain);
         }
         let (chain, head) = self.replica_end(edge).map_err(|f| self.fail(f))?;
-        let state = self.live_state_at(scope, head).map_err(|f| self.fail(f))?;
+        // The resolved holds stay in their table: replay reads one back when named.
+        let state = self.read_live_state(scope, head, false).map_err(|f| self.fail(f))?;
         ledger.restore_live(state.head, state.accounts, state.holds, state.received.into_values());
         ledger.check_invariants().map_err(|e| self.fail(Fault::Invariant(format!("the live tables of the replica of {edge}: {e}"))))?;
         Ok(chain)

@@ -63,14 +63,14 @@ USAGE:
       eu/berlin-1 each send N transfers (default 200) one after another to an account on
       us/nyc-1; the latency from command to the pending reply and to the final notice.
       Zenoh links are mutual TLS with access control; --plaintext: plain TCP (loopback).
-  ledger-bench soak [--transfers N] [--id-cache E] [--holds] [--svg FILE]
+  ledger-bench soak [--transfers N] [--id-cache E] [--hold-cache H] [--holds] [--svg FILE]
       An edge (embedded default, fresh data directory) driven by 32 MQTT clients x 16 in
       flight until its journal holds N transfers (default 2000000), its RSS and redb file
       size sampled every second; then SIGKILL and the time until the restarted node
       answers a command. Prints RSS and file bytes per transfer from 1 M to N and draws
       both against transfers in FILE (default soak.svg). --id-cache: the node's
-      ledger.id_cache_entries. --holds: each payment is a hold and its post (N counts
-      entries: two per payment).
+      ledger.id_cache_entries; --hold-cache: its ledger.resolved_hold_cache_entries.
+      --holds: each payment is a hold and its post (N counts entries: two per payment).
   ledger-bench soak-region [--entries N] [--edges E]
       A region following E edges (default 8; plain TCP on loopback), 32 MQTT clients x 16
       in flight spread over the edges, until its replicas hold N entries in all (default

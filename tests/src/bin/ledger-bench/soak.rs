@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 pub struct SoakOpts {
     pub transfers: u64,
     pub id_cache: Option<usize>,
+    /// The node's `ledger.resolved_hold_cache_entries`.
+    pub hold_cache: Option<usize>,
     /// Holds and their posts instead of transfers.
     pub holds: bool,
     pub svg: String,
 }
 
 pub fn parse(args: &[String]) -> Result<SoakOpts, String> {
-    let mut opts = SoakOpts { transfers: 2_000_000, id_cache: None, holds: false, svg: "soak.svg".to_string() };
+    let mut opts = SoakOpts { transfers: 2_000_000, id_cache: None, hold_cache: None, holds: false, svg: "soak.svg".to_string() };
     let mut i = 0;
     while i < args.len() {
         if args[i] == "--holds" {
@@ -32,6 +34,7 @@ pub fn parse(args: &[String]) -> Result<SoakOpts, String> {
         match args[i].as_str() {
             "--transfers" => opts.transfers = value.parse().map_err(|_| format!("--transfers: {value:?} is not a whole number"))?,
             "--id-cache" => opts.id_cache = Some(value.parse().map_err(|_| format!("--id-cache: {value:?} is not a whole number"))?),
+            "--hold-cache" => opts.hold_cache = Some(value.parse().map_err(|_| format!("--hold-cache: {value:?} is not a whole number"))?),
             "--svg" => opts.svg = value.clone(),
             other => return Err(format!("soak: unknown option {other}")),
         }
@@ -55,7 +58,10 @@ const STRETCH_S: u64 = 20;
 
 pub fn run(opts: &SoakOpts) -> Result<(), String> {
     let metrics = harness::free_port();
-    let ledger_toml = opts.id_cache.map_or(String::new(), |n| format!("id_cache_entries = {n}"));
+    let mut ledger_toml = opts.id_cache.map_or(String::new(), |n| format!("id_cache_entries = {n}\n"));
+    if let Some(n) = opts.hold_cache {
+        ledger_toml.push_str(&format!("resolved_hold_cache_entries = {n}\n"));
+    }
     let extra_toml = format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n");
     let node = Arc::new(Mutex::new(NodeProcess::start(NodeOptions { ledger_toml, extra_toml, ..NodeOptions::default() })));
     let port = node.lock().expect("node").port;
@@ -137,6 +143,15 @@ fn report(opts: &SoakOpts, samples: &[Sample], restart: Duration) -> Result<(), 
             per_transfer(m, last, |s| s.rss),
             per_transfer(m, last, |s| s.file),
             per_transfer(m, last, |s| s.disk),
+        );
+    }
+    // The second half of the run: the bounded buffers have long filled up.
+    if let Some(half) = at(samples, last.head / 2).filter(|s| s.head > last.head / 4) {
+        println!(
+            "soak: RSS {:.0} MiB at {} transfers: {:.1} bytes per transfer from there to the end",
+            half.rss as f64 / 1048576.0,
+            half.head,
+            per_transfer(half, last, |s| s.rss)
         );
     }
     let overall = |bytes: u64| bytes as f64 / last.head.max(1) as f64;
