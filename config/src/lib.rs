@@ -201,6 +201,10 @@ pub struct LedgerSection {
     /// cross-node holds always stay in RAM.
     #[serde(default = "default_resolved_hold_cache_entries")]
     pub resolved_hold_cache_entries: usize,
+    /// Decisions on cross-node transfers received that a node keeps in RAM, most recent
+    /// first; a redelivery of an older one reads it back from the file.
+    #[serde(default = "default_received_cache_entries")]
+    pub received_cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -304,6 +308,9 @@ fn default_id_cache_entries() -> usize {
 fn default_resolved_hold_cache_entries() -> usize {
     10_000
 }
+fn default_received_cache_entries() -> usize {
+    10_000
+}
 fn default_max_batch() -> usize {
     2_000
 }
@@ -357,6 +364,7 @@ impl Default for LedgerSection {
             max_hold_timeout_s: default_max_hold_timeout_s(),
             id_cache_entries: default_id_cache_entries(),
             resolved_hold_cache_entries: default_resolved_hold_cache_entries(),
+            received_cache_entries: default_received_cache_entries(),
         }
     }
 }
@@ -396,7 +404,8 @@ pub const MAX_COMMIT_WAIT_US: u64 = 1_000_000;
 pub const MAX_BATCH_OPS: usize = 1_000;
 /// Most id records an edge may keep in RAM (a few hundred bytes each).
 pub const MAX_ID_CACHE_ENTRIES: usize = 50_000_000;
-/// Most resolved holds an edge may keep in RAM (a few hundred bytes each).
+/// Most resolved holds, or decisions on transfers received, a node may keep in RAM (a few
+/// hundred bytes each).
 pub const MAX_RESOLVED_HOLD_CACHE_ENTRIES: usize = 10_000_000;
 /// Longest `retention.keep_for_s`: 100 years.
 pub const MAX_KEEP_FOR_S: u64 = 100 * 365 * 24 * 3600;
@@ -569,6 +578,10 @@ impl NodeConfig {
         if self.ledger.resolved_hold_cache_entries == 0 || self.ledger.resolved_hold_cache_entries > MAX_RESOLVED_HOLD_CACHE_ENTRIES {
             let range = format!("must be between 1 and {MAX_RESOLVED_HOLD_CACHE_ENTRIES}");
             return Err(err("ledger.resolved_hold_cache_entries", range));
+        }
+        if self.ledger.received_cache_entries == 0 || self.ledger.received_cache_entries > MAX_RESOLVED_HOLD_CACHE_ENTRIES {
+            let range = format!("must be between 1 and {MAX_RESOLVED_HOLD_CACHE_ENTRIES}");
+            return Err(err("ledger.received_cache_entries", range));
         }
         if self.ledger.max_batch_ops == 0 || self.ledger.max_batch_ops > MAX_BATCH_OPS {
             return Err(err("ledger.max_batch_ops", format!("must be between 1 and {MAX_BATCH_OPS}")));

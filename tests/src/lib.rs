@@ -705,6 +705,9 @@ impl Topology {
 
     fn start_with(tls: bool) -> Topology {
         let pki = TestPki::new(&[&REGIONS[..], &EDGES[..]].concat());
+        // Every node keeps 2 decided transfers of each kind in RAM: the others are read back
+        // from its file, so every cross-node test runs through that path too.
+        let ledger_toml = "resolved_hold_cache_entries = 2\nreceived_cache_entries = 2".to_string();
         let scheme = if tls { "tls" } else { "tcp" };
         let security = |node: &str| if tls { pki.zenoh_tls(node) } else { "insecure_plaintext = true\n".to_string() };
         let mut regions = BTreeMap::new();
@@ -722,6 +725,7 @@ impl Topology {
                     security(region),
                     edges.join(", ")
                 ),
+                ledger_toml: ledger_toml.clone(),
                 ..NodeOptions::default()
             });
             first_port.get_or_insert(port);
@@ -734,6 +738,7 @@ impl Topology {
             let node = NodeProcess::start(NodeOptions {
                 node_id: Some(edge.into()),
                 extra_toml: format!("[zenoh]\nconnect = [\"{scheme}/127.0.0.1:{}\"]\n{}", proxy.port, security(edge)),
+                ledger_toml: ledger_toml.clone(),
                 ..NodeOptions::default()
             });
             edges.insert(edge.to_string(), (node, proxy));

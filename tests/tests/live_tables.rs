@@ -10,7 +10,7 @@ use ledger::core::id_filter::IdFilter;
 use ledger::core::journal::Entry;
 use ledger::core::reply::Resolution;
 use ledger::core::{Effects, HoldState, Ledger, LiveState};
-use ledger::store::{Store, StoreHolds, StoreIds};
+use ledger::store::{Store, StoreArchive, StoreIds};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::json;
 use std::sync::Arc;
@@ -88,7 +88,9 @@ fn open_edge(store: &Arc<Store>) -> Result<(Ledger, ledger::core::journal::Chain
     let mut ledger = ledger::setup::ledger_for(&config());
     let (archive, fault) = StoreIds::new(store.clone());
     ledger.archive_ids(16, Box::new(archive));
-    ledger.archive_holds(HOLD_CACHE, Box::new(StoreHolds::new(store.clone(), fault)));
+    let finals = StoreArchive::new(store.clone(), fault);
+    ledger.archive_holds(HOLD_CACHE, Box::new(finals.clone()));
+    ledger.archive_received(HOLD_CACHE, Box::new(finals));
     let opened = store.open_books(&mut ledger).map_err(|e| e.to_string())?;
     ledger.track_live_changes();
     Ok((ledger, opened.chain, opened.ids_to_learn))
@@ -104,6 +106,10 @@ fn books_of(store: &Store, ledger: &Ledger) -> LiveState {
             assert!(hold.may_leave_ram(), "hold {} left RAM unresolved", missing.key());
             missing.insert(hold);
         }
+    }
+    // Decisions on transfers received are final: any may have left.
+    for (key, received) in tables.received {
+        books.received.entry(key).or_insert(received);
     }
     books
 }
@@ -342,7 +348,9 @@ async fn a_region_opens_its_replicas_from_their_live_tables() {
     let replica_ledger = |region: &Arc<Store>| {
         let mut ledger = ledger::setup::ledger_for(&config());
         ledger.forget_ids();
-        ledger.archive_holds(HOLD_CACHE, Box::new(StoreHolds::of_replica(region.clone(), NODE, Default::default())));
+        let finals = StoreArchive::of_replica(region.clone(), NODE, Default::default());
+        ledger.archive_holds(HOLD_CACHE, Box::new(finals.clone()));
+        ledger.archive_received(HOLD_CACHE, Box::new(finals));
         ledger
     };
     // The replica's books: what it holds in RAM, and the resolved holds its tables hold.

@@ -30,6 +30,8 @@ async fn a_source_settles_only_on_a_decision_its_destination_signed() {
     let region = bridge::open(&config::NodeConfig::from_toml(&region_toml).unwrap()).await.expect("the test's region session");
     let edge = NodeProcess::start(NodeOptions {
         node_id: Some("eu/solo-1".into()),
+        // One decided transfer in RAM: older ones are read back from the file.
+        ledger_toml: "resolved_hold_cache_entries = 1".into(),
         extra_toml: format!("[zenoh]\nconnect = [\"tls/127.0.0.1:{region_port}\"]\n{}", pki.zenoh_tls("eu/solo-1")),
         ..NodeOptions::default()
     });
@@ -82,6 +84,22 @@ async fn a_source_settles_only_on_a_decision_its_destination_signed() {
     assert_eq!(ack["code"], "ok", "{ack}");
     let balance = till.request(cmd::balance("b2", "wallet:a")).await;
     assert_eq!((balance["balance"]["posted"].as_str(), balance["balance"]["pending_debits"].as_str()), (Some("6.00"), Some("0.00")));
+    // A second payment, decided too: the first one's hold leaves RAM. A settlement of the
+    // first sent again must still be signed by its destination, read back from the file.
+    let paid = till.request(cmd::transfer("pay-2", "wallet:a", "merchant:m@us/nyc-1", "1.00", "EUR")).await;
+    assert_eq!(paid["status"], "pending", "{paid}");
+    let second = json!({"id": "till-1:pay-2", "status": "rejected", "code": "unknown_account", "message": "no such account", "seq": 10, "duplicate": false});
+    let second_bytes = decision_message("eu/solo-1", "till-1:pay-2", "us/nyc-1", "rejected", "unknown_account", Some(10));
+    let settlement = json!({"pending_id": "till-1:pay-2", "decision": second, "proof": signed_by("us/nyc-1", &second_bytes)});
+    assert_eq!(ask(&region, settle, settlement).await.expect("voided")["code"], "ok");
+    let unsigned = json!({"pending_id": "till-1:pay-1", "decision": decision});
+    let refused = ask(&region, settle, unsigned).await.expect_err("an unsigned settlement of a decided transfer");
+    assert!(refused.contains("proof: missing"), "{refused}");
+    let again = json!({"pending_id": "till-1:pay-1", "decision": decision, "proof": signed_by("us/nyc-1", &message)});
+    let again = ask(&region, settle, again).await.expect("the same decision again");
+    assert_eq!((&again["code"], &again["duplicate"]), (&json!("ok"), &json!(true)), "{again}");
+    let balance = till.request(cmd::balance("b2b", "wallet:a")).await;
+    assert_eq!(balance["balance"]["posted"], "6.00", "voided, and nothing posted twice: {balance}");
 
     // As a destination the edge credits only a delivery its source's region (us) signed.
     let deliver = "ledger/v1/transfer/eu/solo-1/deliver";

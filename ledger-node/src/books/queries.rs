@@ -4,10 +4,9 @@
 //! (`MAX_ANSWER_ROWS` rows, `MAX_HISTORY_SCAN` entries per history query).
 
 use super::reconcile::{AccountRow, IncomingRow, OutgoingRow};
-use crate::core::address::TransferKey;
 use crate::core::journal::Entry;
 use crate::core::money::format_minor;
-use crate::core::{Hold, Ledger};
+use crate::core::{Hold, Ledger, Received};
 use serde_json::{json, Value};
 
 /// Most entries one history query reads; the answer's `next_before` continues the scan.
@@ -123,27 +122,44 @@ pub fn accounts_page(ledger: &Ledger, page: &PageParams) -> Value {
     json!({"accounts": rows, "next_after": next, "seq": ledger.head().seq})
 }
 
-/// `side=out`: cross-node transfers sent from `ledger`'s node, by id; `side=in`: those it
-/// received, by `source|id`. `{"transfers":[…],"next_after":KEY|null,"seq":N}`.
-pub fn transfers_page(ledger: &Ledger, side: &str, page: &PageParams) -> Result<Value, String> {
+/// Which transfers a page lists: `out`, those sent from the node; `in`, those it received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Sent,
+    Received,
+}
+
+impl Side {
+    pub fn parse(text: &str) -> Result<Side, String> {
+        match text {
+            "out" => Ok(Side::Sent),
+            "in" => Ok(Side::Received),
+            other => Err(format!("side: {other:?} is neither out nor in")),
+        }
+    }
+}
+
+/// One page of transfers as the node's file lists them (`store::transfers_page`), in key
+/// order: sent ones by id, received ones by `source|id`; `next_after` continues it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransfersPage {
+    Sent { rows: Vec<(String, Hold)>, next_after: Option<String> },
+    Received { rows: Vec<Received>, next_after: Option<String> },
+}
+
+/// A page of transfers, rendered with `ledger`'s asset scales:
+/// `{"side":"out"|"in","transfers":[…],"next_after":KEY|null,"seq":N}`.
+pub fn transfers_answer(ledger: &Ledger, page: TransfersPage) -> Value {
     let seq = ledger.head().seq;
-    match side {
-        "out" => {
-            let after = page.after.as_deref();
-            let (rows, next) = smallest_after(ledger.cross_node_holds().map(|(id, h)| (id.as_str(), (id, h))), after, page.limit);
-            let rows: Vec<OutgoingRow> = rows.into_iter().map(|(id, h)| OutgoingRow::of(ledger, id, h)).collect();
-            Ok(json!({"side": "out", "transfers": rows, "next_after": next, "seq": seq}))
+    match page {
+        TransfersPage::Sent { rows, next_after } => {
+            let rows: Vec<OutgoingRow> = rows.iter().map(|(id, h)| OutgoingRow::of(ledger, id, h)).collect();
+            json!({"side": "out", "transfers": rows, "next_after": next_after, "seq": seq})
         }
-        "in" => {
-            // The cursor is a transfer key, `source|id`.
-            let after = page.after.as_deref().map(TransferKey::parse);
-            let after = after.as_ref().map(|k| (k.source.as_str(), k.id.as_str()));
-            let (rows, next) = smallest_after(ledger.received_all().map(|r| ((r.source.as_str(), r.id.as_str()), r)), after, page.limit);
-            let rows: Vec<IncomingRow> = rows.into_iter().map(IncomingRow::of).collect();
-            let next = next.map(|(source, id)| TransferKey::new(source, id).to_string());
-            Ok(json!({"side": "in", "transfers": rows, "next_after": next, "seq": seq}))
+        TransfersPage::Received { rows, next_after } => {
+            let rows: Vec<IncomingRow> = rows.iter().map(IncomingRow::of).collect();
+            json!({"side": "in", "transfers": rows, "next_after": next_after, "seq": seq})
         }
-        other => Err(format!("side: {other:?} is neither out nor in")),
     }
 }
 

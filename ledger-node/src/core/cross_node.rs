@@ -77,6 +77,7 @@ impl Ledger {
             return Effects::reply_only(Reply::rejected(Some(&command.id), rejection));
         };
         let fingerprint = fingerprint(None, &command);
+        // A decision that left RAM is read back: a redelivery never counts as a new transfer.
         if let Some(received) = self.received.get(&TransferKey::new(source, &command.id)) {
             let reply = received.recorded.resend(&fingerprint).unwrap_or_else(|| {
                 Reply::rejected(

@@ -3,12 +3,12 @@
 //! destination's decision).
 //!
 //! A node that runs for years resolves holds for years: with a `HoldArchive`, a resolved
-//! local hold leaves RAM once the group that resolved it is durable and more than
-//! `capacity` of them are held, and is read back from the archive (the node's file) when a
-//! command names it again. Pending holds and cross-node holds always stay in RAM: the
-//! first are the books' open amounts, the second are listed by operators' queries.
+//! hold (local, or a cross-node transfer sent and decided) leaves RAM once the group that
+//! resolved it is durable and more than `capacity` of them are held, and is read back from
+//! the archive (the node's file) when a command or a settlement names it again. Pending
+//! holds always stay in RAM: they are the books' open amounts.
 
-use super::leaving::LeaveOrder;
+use super::leaving::{LeaveOrder, LeaveStats, LeavesRam};
 use super::money::Minor;
 use super::reply::Resolution;
 use std::borrow::Cow;
@@ -40,9 +40,9 @@ impl Hold {
         self.state == HoldState::Pending
     }
 
-    /// Resolved and local: final, and needed only when a command names it again.
+    /// Resolved: final, and needed only when a command or a settlement names it again.
     pub fn may_leave_ram(&self) -> bool {
-        !self.is_pending() && self.remote.is_none()
+        !self.is_pending()
     }
 }
 
@@ -68,16 +68,6 @@ pub struct Holds {
 struct Archived {
     archive: Box<dyn HoldArchive>,
     leaving: LeaveOrder,
-    stats: HoldCacheStats,
-}
-
-/// Counters of the resolved holds leaving RAM, since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HoldCacheStats {
-    /// Holds named by a command that were not in RAM and were looked up in the archive
-    /// (found or not).
-    pub archive_reads: u64,
-    pub evictions: u64,
 }
 
 impl std::fmt::Debug for Holds {
@@ -92,7 +82,7 @@ impl Holds {
     pub fn archive(&mut self, capacity: usize, archive: Box<dyn HoldArchive>) {
         assert!(capacity > 0, "a hold cache holds at least one resolved hold");
         debug_assert!(self.map.is_empty(), "the hold archive is chosen before any hold");
-        self.archived = Some(Archived { archive, leaving: LeaveOrder::new(capacity), stats: HoldCacheStats::default() });
+        self.archived = Some(Archived { archive, leaving: LeaveOrder::new(capacity) });
     }
 
     /// The hold `pending_id`, from RAM or else from the archive.
@@ -101,13 +91,13 @@ impl Holds {
             return self.map.get(pending_id).map(Cow::Borrowed);
         }
         let archived = self.archived.as_mut()?;
-        archived.stats.archive_reads += 1;
+        archived.leaving.read_back();
         let hold = archived.archive.lookup(pending_id)?;
-        debug_assert!(hold.may_leave_ram(), "only resolved local holds leave RAM");
+        debug_assert!(hold.may_leave_ram(), "only resolved holds leave RAM");
         Some(Cow::Owned(hold))
     }
 
-    /// The hold `pending_id` if it is in RAM: every pending and cross-node hold is.
+    /// The hold `pending_id` if it is in RAM: every pending hold is.
     pub fn in_ram(&self, pending_id: &str) -> Option<&Hold> {
         self.map.get(pending_id)
     }
@@ -116,8 +106,7 @@ impl Holds {
         self.get(pending_id).is_some()
     }
 
-    /// The holds in RAM: every pending and cross-node hold, and the resolved local holds
-    /// that have not left it.
+    /// The holds in RAM: every pending hold, and the resolved ones that have not left it.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Hold)> {
         self.map.iter()
     }
@@ -126,40 +115,8 @@ impl Holds {
         self.map.len()
     }
 
-    pub fn stats(&self) -> HoldCacheStats {
-        self.archived.as_ref().map_or_else(HoldCacheStats::default, |a| a.stats)
-    }
-
-    /// The group the next changes belong to (see `IdIndex::next_group`).
-    pub fn start_group(&mut self, group: u64) {
-        if let Some(a) = &mut self.archived {
-            a.leaving.start_group(group);
-        }
-    }
-
-    /// Groups up to `group` are durable: the holds they resolved may leave RAM.
-    pub fn durable(&mut self, group: u64) {
-        if let Some(a) = &mut self.archived {
-            a.leaving.durable(group);
-        }
-        self.evict();
-    }
-
-    /// Every hold held so far came from the file: it is durable.
-    pub fn number_groups_after(&mut self, group: u64) {
-        if let Some(a) = &mut self.archived {
-            a.leaving.number_groups_after(group);
-        }
-        self.evict();
-    }
-
-    fn evict(&mut self) {
-        let Some(a) = &mut self.archived else { return };
-        while let Some(id) = a.leaving.next_to_leave() {
-            let hold = self.map.remove(&id);
-            debug_assert!(hold.is_some_and(|h| h.may_leave_ram()), "a hold leaving RAM is resolved");
-            a.stats.evictions += 1;
-        }
+    pub fn stats(&self) -> LeaveStats {
+        self.archived.as_ref().map_or_else(LeaveStats::default, |a| a.leaving.stats())
     }
 
     /// Pending holds, by id; with `account`, those that debit or credit it. At most `limit`.
@@ -217,6 +174,20 @@ impl Holds {
     }
 }
 
+impl LeavesRam for Holds {
+    fn leaving(&mut self) -> Option<&mut LeaveOrder> {
+        self.archived.as_mut().map(|a| &mut a.leaving)
+    }
+
+    fn evict(&mut self) {
+        let Some(a) = &mut self.archived else { return };
+        while let Some(id) = a.leaving.next_to_leave() {
+            let hold = self.map.remove(&id);
+            debug_assert!(hold.is_some_and(|h| h.may_leave_ram()), "a hold leaving RAM is resolved");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,8 +225,9 @@ mod tests {
         holds.durable(1);
         assert_eq!((holds.count_in_ram(), holds.in_ram("h1")), (2, None));
         assert_eq!(holds.get("h1").as_deref(), Some(&posted), "read back from the file");
-        assert_eq!(holds.stats(), HoldCacheStats { archive_reads: 1, evictions: 1 });
-        // A resolution rolled back keeps its hold; pending and cross-node holds never leave.
+        assert_eq!(holds.stats(), LeaveStats { archive_reads: 1, evictions: 1 });
+        // A resolution rolled back keeps its hold; a pending hold never leaves, a resolved
+        // cross-node one does.
         holds.start_group(4);
         holds.set("h4", Some(hold(HoldState::Pending)));
         let before = holds.set("h4", Some(posted.clone()));
@@ -263,8 +235,8 @@ mod tests {
         let remote = Hold { remote: Some("x@other".to_string()), ..posted.clone() };
         holds.set("h5", Some(remote));
         holds.durable(4);
-        assert!(holds.in_ram("h4").is_some_and(Hold::is_pending) && holds.in_ram("h5").is_some());
-        assert_eq!(holds.iter().filter(|(_, h)| h.may_leave_ram()).count(), 1);
+        assert!(holds.in_ram("h4").is_some_and(Hold::is_pending));
+        assert_eq!(holds.iter().filter(|(_, h)| h.may_leave_ram()).count(), 1, "h5 only");
         assert!(holds.get("never").is_none());
     }
 }

@@ -9,8 +9,49 @@
 
 use std::collections::{HashMap, VecDeque};
 
+/// Counters of the values that left RAM and of the reads back, since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaveStats {
+    /// Values asked for that were not in RAM, looked up in the archive (found or not).
+    pub archive_reads: u64,
+    pub evictions: u64,
+}
+
+/// An index whose final values may leave RAM: it says where its order is (None: nothing
+/// leaves) and removes what the order names; the group bookkeeping is the same for all.
+pub trait LeavesRam {
+    fn leaving(&mut self) -> Option<&mut LeaveOrder>;
+
+    /// Removes from RAM every value `next_to_leave` names.
+    fn evict(&mut self);
+
+    /// The group the next values belong to (see `IdIndex::next_group`).
+    fn start_group(&mut self, group: u64) {
+        if let Some(order) = self.leaving() {
+            order.start_group(group);
+        }
+    }
+
+    /// Groups up to `group` are durable: the values they made final may leave RAM.
+    fn durable(&mut self, group: u64) {
+        if let Some(order) = self.leaving() {
+            order.durable(group);
+        }
+        self.evict();
+    }
+
+    /// Every value held so far came from the file: it is durable.
+    fn number_groups_after(&mut self, group: u64) {
+        if let Some(order) = self.leaving() {
+            order.number_groups_after(group);
+        }
+        self.evict();
+    }
+}
+
 pub struct LeaveOrder {
     capacity: usize,
+    stats: LeaveStats,
     /// Each key that may leave, with the group that made its value final.
     made_in: HashMap<String, u64>,
     /// The same keys, oldest first; a key taken back (`keep`) and made final again is
@@ -25,7 +66,7 @@ impl LeaveOrder {
         assert!(capacity > 0, "a cache keeps at least one value");
         // Values made final before the first group (a replay at start-up, whose tables are
         // written after it) stay until a group is durable.
-        LeaveOrder { capacity, made_in: HashMap::new(), order: VecDeque::new(), group: 1, durable_group: 0 }
+        LeaveOrder { capacity, stats: LeaveStats::default(), made_in: HashMap::new(), order: VecDeque::new(), group: 1, durable_group: 0 }
     }
 
     /// The group the next values belong to (see `IdIndex::next_group`).
@@ -57,6 +98,15 @@ impl LeaveOrder {
         self.made_in.remove(key);
     }
 
+    /// A value not in RAM was looked up in the archive.
+    pub fn read_back(&mut self) {
+        self.stats.archive_reads += 1;
+    }
+
+    pub fn stats(&self) -> LeaveStats {
+        self.stats
+    }
+
     /// How many final values are in RAM.
     pub fn len(&self) -> usize {
         self.made_in.len()
@@ -78,6 +128,7 @@ impl LeaveOrder {
                 Some(_) => {
                     let key = self.order.pop_front().expect("checked");
                     self.made_in.remove(&key);
+                    self.stats.evictions += 1;
                     return Some(key);
                 }
             }

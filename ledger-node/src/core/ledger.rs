@@ -11,15 +11,16 @@ use super::accounts::{Account, Accounts};
 use super::address::TransferKey;
 use super::change::{Change, EntryBody};
 use super::command::{Command, Journaled, NodeCommand, NodeOp, Op};
-use super::holds::{Hold, HoldArchive, HoldCacheStats, HoldState, Holds};
+use super::holds::{Hold, HoldArchive, HoldState, Holds};
 use super::id_filter::IdFilter;
 use super::idempotency::{
     fingerprint, fingerprint_in_batch, journaled_recorded, sender_id, IdArchive, IdCacheStats, IdIndex, IdKey, IdRecord, Recorded,
 };
 use super::invariants::{check_books, check_totals, InvariantError};
+use super::leaving::{LeaveStats, LeavesRam};
 use super::money::{format_minor, Assets};
 use super::permissions::Permissions;
-use super::received::{Received, ReceivedIndex};
+use super::received::{Received, ReceivedArchive, ReceivedIndex};
 use super::reply::{BalanceView, Code, Notice, Rejection, Reply, Resolution, Status};
 
 /// Everything the shell must do for one command: persist `entry` and `recorded` in one
@@ -116,8 +117,8 @@ impl Ledger {
         self.accounts.iter()
     }
 
-    /// A hold by its key (`principal:id`, see `IdKey`), if it is in RAM: every pending and
-    /// cross-node hold is; a resolved local hold may have left (see `archive_holds`).
+    /// A hold by its key (`principal:id`, see `IdKey`), if it is in RAM: every pending hold
+    /// is; a resolved one may have left (see `archive_holds`).
     pub fn hold(&self, pending_id: &str) -> Option<&Hold> {
         self.holds.in_ram(pending_id)
     }
@@ -136,17 +137,20 @@ impl Ledger {
         self.holds.outgoing_count()
     }
 
-    /// Every cross-node transfer sent from this node, resolved or not.
+    /// Every cross-node transfer sent from this node and in RAM, resolved or not: all of
+    /// them unless resolved holds leave RAM (`archive_holds`).
     pub fn cross_node_holds(&self) -> impl Iterator<Item = (&String, &Hold)> {
         self.holds.iter().filter(|(_, h)| h.remote.is_some())
     }
 
-    /// The recorded decision on a cross-node transfer received from `source`.
+    /// The recorded decision on a cross-node transfer received from `source`, if it is in
+    /// RAM (see `archive_received`).
     pub fn received(&self, source: &str, id: &str) -> Option<&Recorded> {
-        self.received.get(&TransferKey::new(source, id)).map(|r| &r.recorded)
+        self.received.in_ram(&TransferKey::new(source, id)).map(|r| &r.recorded)
     }
 
-    /// Every cross-node transfer received here, decided either way.
+    /// Every cross-node transfer received here and in RAM, decided either way: all of them
+    /// unless decisions leave RAM (`archive_received`).
     pub fn received_all(&self) -> impl Iterator<Item = &Received> {
         self.received.iter()
     }
@@ -170,8 +174,20 @@ impl Ledger {
         self.holds.archive(capacity, archive);
     }
 
+    /// Keeps at most `capacity` decisions on transfers received in RAM (beyond those of
+    /// groups not yet durable); the others are read back from `archive` (the node's file)
+    /// when the transfer is delivered again. Set before the books are loaded.
+    pub fn archive_received(&mut self, capacity: usize, archive: Box<dyn ReceivedArchive>) {
+        self.received.archive(capacity, archive);
+    }
+
+    /// Decisions on transfers received in RAM and the counters of those that left it.
+    pub fn received_cache(&self) -> (usize, LeaveStats) {
+        (self.received.count_in_ram(), self.received.stats())
+    }
+
     /// Holds in RAM and the counters of those that left it.
-    pub fn hold_cache(&self) -> (usize, HoldCacheStats) {
+    pub fn hold_cache(&self) -> (usize, LeaveStats) {
         (self.holds.count_in_ram(), self.holds.stats())
     }
 
@@ -204,6 +220,7 @@ impl Ledger {
     pub fn next_group(&mut self) -> u64 {
         let group = self.ids.next_group();
         self.holds.start_group(group);
+        self.received.start_group(group);
         group
     }
 
@@ -213,6 +230,7 @@ impl Ledger {
     pub fn number_groups_after(&mut self, group: u64) {
         self.ids.number_groups_after(group);
         self.holds.number_groups_after(group);
+        self.received.number_groups_after(group);
     }
 
     /// Groups up to `group` are durable: their id records and the holds they resolved may
@@ -220,6 +238,7 @@ impl Ledger {
     pub fn group_durable(&mut self, group: u64) {
         self.ids.durable(group);
         self.holds.durable(group);
+        self.received.durable(group);
     }
 
     /// The id cache: records in RAM, bytes of its "never seen" filter, and its counters

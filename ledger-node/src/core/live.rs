@@ -100,7 +100,8 @@ impl Ledger {
                     (id, hold)
                 })
                 .collect(),
-            received: dirty.received.into_iter().filter_map(|key| self.received.get(&key).cloned().map(|r| (key, r))).collect(),
+            // A decision recorded by a group not yet durable is in RAM.
+            received: dirty.received.into_iter().filter_map(|key| self.received.in_ram(&key).cloned().map(|r| (key, r))).collect(),
         }
     }
 

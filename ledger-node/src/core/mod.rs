@@ -1,9 +1,9 @@
 //! The pure core: the ledger state machine and the types it speaks. No I/O: nothing here
 //! imports tokio, redb, zenoh, rumqttd or the shell, reads the clock or touches a file.
 //! Commands and the time go in; effects (replies, journal entries, id records, notices)
-//! come out. This is what the property tests hammer. Read ports only: id records and
-//! resolved holds that left RAM are read back through `idempotency::IdArchive` and
-//! `holds::HoldArchive`, which the shell implements over its file (tests, over a map); the
+//! come out. This is what the property tests hammer. Read ports only: id records,
+//! resolved holds and decisions on transfers received that left RAM are read back through
+//! `idempotency::IdArchive`, `holds::HoldArchive` and `received::ReceivedArchive`, which the shell implements over its file (tests, over a map); the
 //! core never writes through them.
 
 pub mod accounts;
@@ -33,10 +33,12 @@ pub mod wire;
 pub use accounts::Account;
 pub use change::{Change, EntryBody, Floor};
 pub use command::{Command, Journaled, Movement, NodeCommand, NodeOp, Op};
-pub use holds::{Hold, HoldArchive, HoldCacheStats, HoldState};
+pub use holds::{Hold, HoldArchive, HoldState};
 pub use idempotency::Recorded;
+pub use leaving::LeaveStats;
 pub use ledger::{Effects, Head, Ledger, Limits};
 pub use live::LiveState;
 pub use live_changes::LiveChanges;
 pub use permissions::{DeviceRights, Permissions, OPERATOR};
 pub use received::Received;
+pub use received::ReceivedArchive;

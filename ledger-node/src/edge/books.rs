@@ -7,7 +7,7 @@ use crate::core::journal::Chain;
 use crate::core::Ledger;
 use crate::error::NodeError;
 use crate::setup::ledger_for;
-use crate::store::{IdFault, Store, StoreHolds, StoreIds};
+use crate::store::{IdFault, Store, StoreArchive, StoreIds};
 use config::NodeConfig;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
@@ -52,8 +52,9 @@ impl Books {
         let mut ledger = ledger_for(&self.config);
         let (archive, id_fault) = StoreIds::new(self.store.clone());
         ledger.archive_ids(self.config.ledger.id_cache_entries, Box::new(archive));
-        let holds = StoreHolds::new(self.store.clone(), id_fault.clone());
-        ledger.archive_holds(self.config.ledger.resolved_hold_cache_entries, Box::new(holds));
+        let finals = StoreArchive::new(self.store.clone(), id_fault.clone());
+        ledger.archive_holds(self.config.ledger.resolved_hold_cache_entries, Box::new(finals.clone()));
+        ledger.archive_received(self.config.ledger.received_cache_entries, Box::new(finals));
         if self.config.zenoh.is_some() {
             ledger.enable_cross_node();
         }

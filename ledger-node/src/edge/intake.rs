@@ -232,8 +232,7 @@ impl Intake {
         }
         let (entries, filter_bytes, stats) = self.ledger.id_cache();
         self.metrics.id_cache(entries, filter_bytes, stats);
-        let (holds_in_ram, hold_stats) = self.ledger.hold_cache();
-        self.metrics.hold_cache(holds_in_ram, hold_stats);
+        self.metrics.finals_cache(self.ledger.hold_cache(), self.ledger.received_cache());
         let live = self.ledger.take_live_changes();
         if outcomes.is_empty() {
             debug_assert!(live.is_empty(), "only a command or an expiry changes the books");

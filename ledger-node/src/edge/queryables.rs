@@ -5,7 +5,7 @@
 
 use super::inbox::{Inbox, Request};
 use super::transfers;
-use crate::books::queries::{self, HistoryParams, PageParams};
+use crate::books::queries::{self, HistoryParams, PageParams, Side};
 use crate::core::address::Address;
 use crate::core::command;
 use crate::core::reply::Reply;
@@ -62,17 +62,28 @@ pub fn serve(session: &Session, edge: &str, inbox: Inbox, store: Arc<Store>, key
             (query, answer)
         }
     }));
-    let (me, settling) = (edge.to_string(), inbox.clone());
+    let (me, settling, settled) = (edge.to_string(), inbox.clone(), store.clone());
     tokio::spawn(serve_json(session.clone(), keys::transfer_settle(edge), move |query| {
-        let (me, inbox, keys) = (me.clone(), settling.clone(), keys.clone());
+        let (me, inbox, keys, store) = (me.clone(), settling.clone(), keys.clone(), settled.clone());
         async move {
-            let answer = transfers::settle(&inbox, &me, keys, &query).await;
+            let answer = transfers::settle(&inbox, store, &me, keys, &query).await;
             (query, answer)
         }
     }));
     tokio::spawn(serve_json(session.clone(), keys::balance(edge), asking(&inbox, balance, edge)));
     tokio::spawn(serve_json(session.clone(), keys::accounts(edge), asking(&inbox, accounts, edge)));
-    tokio::spawn(serve_json(session.clone(), keys::transfers(edge), asking(&inbox, transfers, edge)));
+    let (listing, store_listed) = (inbox.clone(), store.clone());
+    tokio::spawn(serve_json(session.clone(), keys::transfers(edge), move |query| {
+        let (inbox, store) = (listing.clone(), store_listed.clone());
+        let asked = transfers_asked(&query);
+        async move {
+            let answer = match asked {
+                Ok((side, page)) => transfers(inbox, store, side, page).await,
+                Err(refusal) => Err(refusal),
+            };
+            (query, answer)
+        }
+    }));
     tokio::spawn(serve_json(session.clone(), keys::command(edge), asking(&inbox, operator_command, edge)));
     tokio::spawn(serve_json(session.clone(), keys::pending(edge), asking(&inbox, pending, edge)));
     let me = edge.to_string();
@@ -114,10 +125,22 @@ fn accounts(query: &Query, _me: &str) -> Result<Asked, Refusal> {
     Ok(Request::Read(Box::new(move |ledger: &Ledger| Ok(queries::accounts_page(ledger, &page)))).into())
 }
 
-fn transfers(query: &Query, _me: &str) -> Result<Asked, Refusal> {
-    let side = query.parameters().get("side").unwrap_or("out").to_string();
+fn transfers_asked(query: &Query) -> Result<(Side, PageParams), Refusal> {
+    let side = Side::parse(query.parameters().get("side").unwrap_or("out")).map_err(Refusal::invalid)?;
     let page = PageParams::parse(|k| query.parameters().get(k)).map_err(Refusal::invalid)?;
-    Ok(Request::Read(Box::new(move |ledger: &Ledger| queries::transfers_page(ledger, &side, &page).map_err(Refusal::invalid))).into())
+    Ok((side, page))
+}
+
+/// A page of the transfers sent or received, from the file (decided ones leave RAM), with
+/// amounts at the scales the ledger knows.
+async fn transfers(inbox: Inbox, store: Arc<Store>, side: Side, page: PageParams) -> Answer {
+    let listed = tokio::task::spawn_blocking(move || store.transfers_page(None, side, page.after.as_deref(), page.limit)).await;
+    let listed = match listed {
+        Ok(Ok(listed)) => listed,
+        Ok(Err(e)) => return Err(Refusal::unavailable(e.to_string())),
+        Err(e) => return Err(Refusal::unavailable(e.to_string())),
+    };
+    inbox.ask(Request::Read(Box::new(move |ledger: &Ledger| Ok(queries::transfers_answer(ledger, listed))))).await
 }
 
 fn pending(query: &Query, me: &str) -> Result<Asked, Refusal> {

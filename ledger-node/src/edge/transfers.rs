@@ -9,7 +9,8 @@
 use super::inbox::{Inbox, Request};
 use crate::core::address::{Address, NodeId};
 use crate::core::transfer::{Delivery, Settlement};
-use crate::core::Ledger;
+use crate::core::{Hold, Ledger};
+use crate::store::Store;
 use bridge::sign::{decision_message, delivery_message, NodeKeys, Proof};
 use bridge::zenoh::query::Query;
 use bridge::{Answer, Refusal, MAX_REQUEST_BYTES};
@@ -38,12 +39,22 @@ pub async fn deliver(inbox: &Inbox, me: &str, keys: Option<&NodeKeys>, query: &Q
 
 /// The source's handling of a settlement: with keys, the decision's signature is checked
 /// against the hold's destination before the hold is posted or voided.
-pub async fn settle(inbox: &Inbox, me: &str, keys: Option<Arc<NodeKeys>>, query: &Query) -> Answer {
+pub async fn settle(inbox: &Inbox, store: Arc<Store>, me: &str, keys: Option<Arc<NodeKeys>>, query: &Query) -> Answer {
     let settlement: Settlement = bridge::query_json(query, MAX_REQUEST_BYTES)?;
     let settlement = settlement.checked().map_err(Refusal::invalid)?;
     if let Some(keys) = keys {
         let pending_id = settlement.pending_id.clone();
-        let destination = inbox.ask(Request::Read(Box::new(move |ledger: &Ledger| Ok(destination_of(ledger, &pending_id))))).await?;
+        // A decided hold may have left RAM: the file has it (a settlement sent again must
+        // be signed too).
+        let destination = inbox
+            .ask(Request::Read(Box::new(move |ledger: &Ledger| {
+                let hold = match ledger.hold(&pending_id) {
+                    Some(hold) => Some(hold.clone()),
+                    None => store.hold(&pending_id).map_err(|e| Refusal::unavailable(e.to_string()))?,
+                };
+                Ok(destination_of(hold.as_ref()))
+            })))
+            .await?;
         // No cross-node hold by that id: the ledger answers why, nothing to check.
         if let Some(destination) = destination.as_str() {
             let reply = serde_json::to_value(&settlement.decision).expect("a reply serializes");
@@ -63,8 +74,8 @@ fn check_proof(keys: &NodeKeys, proof: Option<&Value>, signer: &str, message: &[
 }
 
 /// The node a cross-node hold's credit lives on, or null.
-fn destination_of(ledger: &Ledger, pending_id: &str) -> Value {
-    let remote = ledger.hold(pending_id).and_then(|h| h.remote.as_deref());
+fn destination_of(hold: Option<&Hold>) -> Value {
+    let remote = hold.and_then(|h| h.remote.as_deref());
     let node = remote.and_then(|r| Address::split(r).node).map(str::to_string);
     node.map_or(Value::Null, Value::String)
 }

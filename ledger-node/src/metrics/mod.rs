@@ -11,6 +11,7 @@ pub use http::start;
 
 use crate::clock::now_ms;
 use crate::core::reply::Code;
+use crate::core::LeaveStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -159,9 +160,12 @@ pub struct Metrics {
     id_cache_entries: Gauge,
     id_filter_bytes: Gauge,
     id_cache: [Counter; 4],
-    /// Holds in RAM, and the counters of resolved holds leaving it (`core::holds`).
+    /// Holds in RAM and decisions on transfers received in RAM, and the counters of those
+    /// leaving it (`core::leaving`).
     holds_in_ram: Gauge,
     hold_cache: [Counter; 2],
+    received_in_ram: Gauge,
+    received_cache: [Counter; 2],
     /// Commits the disk refused, and whether the node refuses new commands now (`edge::disk`).
     write_failures: Counter,
     refusing_writes: Gauge,
@@ -190,6 +194,8 @@ impl Metrics {
             id_cache: Default::default(),
             holds_in_ram: Gauge::default(),
             hold_cache: Default::default(),
+            received_in_ram: Gauge::default(),
+            received_cache: Default::default(),
             write_failures: Counter::default(),
             refusing_writes: Gauge::default(),
             heartbeat_ms: AtomicU64::new(now_ms()),
@@ -236,6 +242,13 @@ impl Metrics {
             let help = "Holds a command named that were not in RAM, looked up in the file (resolved long ago, or unknown)";
             registry.register("edgeledger_hold_archive_reads", help, reads);
             registry.register("edgeledger_hold_evictions", "Resolved holds that left RAM (they stay in the file)", evictions);
+            let help = "Decisions on transfers received held in RAM (ledger.received_cache_entries, beyond the groups not yet durable)";
+            registry.register("edgeledger_received_in_ram", help, metrics.received_in_ram.clone());
+            let [reads, evictions] = metrics.received_cache.clone();
+            let help = "Deliveries whose decision was not in RAM, looked up in the file (decided long ago, or new)";
+            registry.register("edgeledger_received_archive_reads", help, reads);
+            let help = "Decisions on transfers received that left RAM (they stay in the file)";
+            registry.register("edgeledger_received_evictions", help, evictions);
             let help = "Commits the disk refused (full, a quota, a size limit, an I/O error); nothing of them was answered ok";
             registry.register("edgeledger_write_failures", help, metrics.write_failures.clone());
             let help = "1 while the node cannot write and answers new commands disk_full (reads and resends still answered)";
@@ -294,11 +307,15 @@ impl Metrics {
         }
     }
 
-    /// The holds after a group: how many are in RAM, and the counters since start.
-    pub fn hold_cache(&self, in_ram: usize, stats: crate::core::HoldCacheStats) {
-        self.holds_in_ram.set(i64::try_from(in_ram).unwrap_or(i64::MAX));
-        for (counter, total) in self.hold_cache.iter().zip([stats.archive_reads, stats.evictions]) {
-            counter.inc_by(total.saturating_sub(counter.get()));
+    /// After a group: holds and decisions received in RAM, and their counters since start.
+    pub fn finals_cache(&self, holds: (usize, LeaveStats), received: (usize, LeaveStats)) {
+        for (gauge, counters, (in_ram, stats)) in
+            [(&self.holds_in_ram, &self.hold_cache, holds), (&self.received_in_ram, &self.received_cache, received)]
+        {
+            gauge.set(i64::try_from(in_ram).unwrap_or(i64::MAX));
+            for (counter, total) in counters.iter().zip([stats.archive_reads, stats.evictions]) {
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::error::{Fatal, NodeError};
 use crate::metrics::{Metrics, Storage};
 use crate::setup::ledger_for;
-use crate::store::{IdFault, Store, StoreHolds};
+use crate::store::{IdFault, Store, StoreArchive};
 use config::NodeConfig;
 use coordinator::Coordinator;
 use replicas::{follow_edge, replica_gauges, Replica, Replicas};
@@ -46,10 +46,12 @@ pub fn start(config: NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Node
         let mut ledger = ledger_for(&edge_config);
         // A replica never answers a resend: its edge does. It keeps no id records.
         ledger.forget_ids();
-        // Resolved holds leave RAM and are read back from the file when an entry names them.
+        // Resolved holds and decisions on transfers received leave RAM and are read back from
+        // the file when an entry names them.
         let hold_fault = IdFault::default();
-        let archive = StoreHolds::of_replica(store.clone(), edge, hold_fault.clone());
-        ledger.archive_holds(config.ledger.resolved_hold_cache_entries, Box::new(archive));
+        let finals = StoreArchive::of_replica(store.clone(), edge, hold_fault.clone());
+        ledger.archive_holds(config.ledger.resolved_hold_cache_entries, Box::new(finals.clone()));
+        ledger.archive_received(config.ledger.received_cache_entries, Box::new(finals));
         // From its live tables, without replaying the edge's history.
         let chain = store.open_replica(edge, &mut ledger)?;
         if let Some(fault) = hold_fault.take() {

@@ -3,7 +3,7 @@
 //! replica is (`replica_seq`, `updated_ms`).
 
 use super::replicas::Replicas;
-use crate::books::queries::{self, HistoryParams, PageParams};
+use crate::books::queries::{self, HistoryParams, PageParams, Side};
 use crate::core::address::{Address, NodeId};
 use crate::core::journal::hex;
 use crate::core::Ledger;
@@ -22,10 +22,17 @@ pub async fn serve(session: Session, region: String, replicas: Replicas, store: 
     tokio::spawn(serve_json_now(session.clone(), keys::accounts(&region), move |query| {
         in_replica(&me, &held, query, |ledger, page| Ok(queries::accounts_page(ledger, page)))
     }));
-    let (me, held) = (region.clone(), replicas.clone());
-    tokio::spawn(serve_json_now(session.clone(), keys::transfers(&region), move |query| {
-        let side = query.parameters().get("side").unwrap_or("out").to_string();
-        in_replica(&me, &held, query, |ledger, page| queries::transfers_page(ledger, &side, page))
+    let (me, held, listed) = (region.clone(), replicas.clone(), store.clone());
+    tokio::spawn(serve_json(session.clone(), keys::transfers(&region), move |query| {
+        let (me, held, store) = (me.clone(), held.clone(), listed.clone());
+        let asked = transfers_asked(&me, &held, &query);
+        async move {
+            let answer = match asked {
+                Ok((edge, side, page)) => transfers(&held, store, edge, side, page).await,
+                Err(refusal) => Err(refusal),
+            };
+            (query, answer)
+        }
     }));
     let (me, held) = (region.clone(), replicas.clone());
     tokio::spawn(serve_json_now(session.clone(), keys::balance(&region), move |query| balance(&me, &held, query)));
@@ -107,6 +114,36 @@ fn in_replica(region: &str, replicas: &Replicas, query: &Query, read: impl Fn(&L
     let all = replicas.lock().expect("replicas");
     let r = all.get(edge).ok_or_else(|| Refusal::not_found(format!("edge: {edge} is not an edge of region {region}")))?;
     let mut answer = read(&r.ledger, &page).map_err(Refusal::invalid)?;
+    answer["edge"] = json!(edge);
+    answer["replica_seq"] = json!(r.chain.seq);
+    answer["updated_ms"] = json!(r.updated_ms);
+    Ok(answer)
+}
+
+/// `?edge=E&side=out|in`: which replica's transfers, and which page.
+fn transfers_asked(region: &str, replicas: &Replicas, query: &Query) -> Result<(String, Side, PageParams), Refusal> {
+    let edge = query.parameters().get("edge").ok_or_else(|| Refusal::invalid(format!("edge: missing (?edge=E, an edge of {region})")))?;
+    if !replicas.lock().expect("replicas").contains_key(edge) {
+        return Err(Refusal::not_found(format!("edge: {edge} is not an edge of region {region}")));
+    }
+    let side = Side::parse(query.parameters().get("side").unwrap_or("out")).map_err(Refusal::invalid)?;
+    let page = PageParams::parse(|k| query.parameters().get(k)).map_err(Refusal::invalid)?;
+    Ok((edge.to_string(), side, page))
+}
+
+/// A page of the transfers a replica's edge sent or received, from the region's file
+/// (decided ones leave RAM), with how fresh the replica is.
+async fn transfers(replicas: &Replicas, store: Arc<Store>, edge: String, side: Side, page: PageParams) -> Answer {
+    let of = edge.clone();
+    let listed = tokio::task::spawn_blocking(move || store.transfers_page(Some(&of), side, page.after.as_deref(), page.limit)).await;
+    let listed = match listed {
+        Ok(Ok(listed)) => listed,
+        Ok(Err(e)) => return Err(Refusal::unavailable(e.to_string())),
+        Err(e) => return Err(Refusal::unavailable(e.to_string())),
+    };
+    let all = replicas.lock().expect("replicas");
+    let r = all.get(&edge).ok_or_else(|| Refusal::not_found(format!("edge: {edge} is not an edge of this region")))?;
+    let mut answer = queries::transfers_answer(&r.ledger, listed);
     answer["edge"] = json!(edge);
     answer["replica_seq"] = json!(r.chain.seq);
     answer["updated_ms"] = json!(r.updated_ms);

@@ -17,7 +17,7 @@ use crate::core::id_filter::IdFilter;
 use crate::core::journal::{hex, Chain, Entry};
 use crate::core::{Head, Hold, Ledger, Received};
 use crate::core::{LiveChanges, LiveState};
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::borrow::Cow;
@@ -40,6 +40,9 @@ pub(super) const HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("liv
 /// the node resolved over the years. Files written before it hold resolved holds in
 /// `live_holds` too; both tables are read as one.
 pub(super) const RESOLVED_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_holds_resolved");
+/// The node's resolved cross-node holds (transfers it sent, decided): apart from the local
+/// ones, so that operators' listings of transfers sent read only these.
+pub(super) const SENT_RESOLVED: TableDefinition<&str, &[u8]> = TableDefinition::new("live_sent_resolved");
 /// Key: the transfer key, `source|id`.
 pub(super) const RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("live_received");
 
@@ -47,6 +50,7 @@ pub(super) const RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub(super) const REPLICA_ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_accounts");
 pub(super) const REPLICA_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_holds");
 pub(super) const REPLICA_RESOLVED_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_holds_resolved");
+pub(super) const REPLICA_SENT_RESOLVED: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_sent_resolved");
 pub(super) const REPLICA_RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("replica_live_received");
 
 /// The books as of the chain anchor of a pruned journal (`prune`): where a replay starts.
@@ -72,7 +76,7 @@ pub(super) enum Scope<'a> {
 
 impl Scope<'_> {
     /// The tables of accounts, holds and decisions received.
-    fn tables(self) -> [Rows; 3] {
+    pub(super) fn tables(self) -> [Rows; 3] {
         match self {
             Scope::Own => [ACCOUNTS, HOLDS, RECEIVED],
             Scope::Replica(_) => [REPLICA_ACCOUNTS, REPLICA_HOLDS, REPLICA_RECEIVED],
@@ -80,11 +84,12 @@ impl Scope<'_> {
         }
     }
 
-    /// Where the scope's resolved local holds go, when apart from the others.
-    fn resolved_holds(self) -> Option<Rows> {
+    /// Where the scope's resolved holds go, when apart from the pending ones: local holds,
+    /// and cross-node ones (transfers sent).
+    pub(super) fn resolved_holds(self) -> Option<[Rows; 2]> {
         match self {
-            Scope::Own => Some(RESOLVED_HOLDS),
-            Scope::Replica(_) => Some(REPLICA_RESOLVED_HOLDS),
+            Scope::Own => Some([RESOLVED_HOLDS, SENT_RESOLVED]),
+            Scope::Replica(_) => Some([REPLICA_RESOLVED_HOLDS, REPLICA_SENT_RESOLVED]),
             Scope::Anchor => None,
         }
     }
@@ -92,7 +97,18 @@ impl Scope<'_> {
     /// The tables a hold may be in, resolved ones first.
     pub(super) fn hold_tables(self) -> Vec<Rows> {
         let [_, holds, _] = self.tables();
-        self.resolved_holds().into_iter().chain([holds]).collect()
+        self.resolved_holds().into_iter().flatten().chain([holds]).collect()
+    }
+
+    /// The table `hold` goes in (None: removed from all).
+    fn table_of(self, hold: Option<&Hold>) -> Option<Rows> {
+        let [_, holds, _] = self.tables();
+        match (hold, self.resolved_holds()) {
+            (None, _) => None,
+            (Some(_), None) => Some(holds),
+            (Some(h), Some(_)) if h.is_pending() => Some(holds),
+            (Some(h), Some([local, sent])) => Some(if h.remote.is_some() { sent } else { local }),
+        }
     }
 
     pub(super) fn key<'k>(self, key: &'k str) -> Cow<'k, str> {
@@ -143,7 +159,7 @@ fn encode_json(value: &impl Serialize, out: &mut Vec<u8>) {
     serde_json::to_writer(&mut *out, value).expect("live state serializes");
 }
 
-fn decode_json<T: DeserializeOwned>(table: &str, key: &str, bytes: &[u8]) -> Result<T, Fault> {
+pub(super) fn decode_json<T: DeserializeOwned>(table: &str, key: &str, bytes: &[u8]) -> Result<T, Fault> {
     match bytes.split_first() {
         Some((&TAG, json)) => serde_json::from_slice(json).map_err(|e| Fault::Corrupt(format!("{table} {key:?} cannot be read: {e}"))),
         _ => Err(Fault::Corrupt(format!("{table} {key:?}: unknown format tag"))),
@@ -155,24 +171,19 @@ pub(super) fn write_changes(tx: &WriteTransaction, scope: Scope, changes: &LiveC
     if changes.is_empty() {
         return Ok(());
     }
-    let [accounts_table, holds_table, received_table] = scope.tables();
+    let [accounts_table, _, received_table] = scope.tables();
     let mut bytes = Vec::new();
     let accounts = changes.accounts.iter().map(|(name, a)| (scope.key(name), a.as_ref()));
     write_rows(&mut tx.open_table(accounts_table)?, accounts, encode_account, &mut bytes)?;
-    match scope.resolved_holds() {
-        None => {
-            let holds = changes.holds.iter().map(|(id, h)| (scope.key(id), h.as_ref()));
-            write_rows(&mut tx.open_table(holds_table)?, holds, encode_hold, &mut bytes)?;
-        }
-        Some(resolved_table) => {
-            // A hold is in one table: a resolved local one moves to its own, which nothing
-            // moves it out of (a resolution is final); a removed one leaves both.
-            let resolved = |h: &Option<Hold>| h.as_ref().is_some_and(Hold::may_leave_ram);
-            let in_holds = changes.holds.iter().map(|(id, h)| (scope.key(id), if resolved(h) { None } else { h.as_ref() }));
-            write_rows(&mut tx.open_table(holds_table)?, in_holds, encode_hold, &mut bytes)?;
-            let in_resolved = changes.holds.iter().map(|(id, h)| (scope.key(id), if resolved(h) { h.as_ref() } else { None }));
-            write_rows(&mut tx.open_table(resolved_table)?, in_resolved, encode_hold, &mut bytes)?;
-        }
+    // A hold is in one table: a resolved one moves to the table of its kind, which nothing
+    // moves it out of (a resolution is final); a removed one leaves them all.
+    for table in scope.hold_tables() {
+        let name = table.name();
+        let rows = changes.holds.iter().map(|(id, h)| {
+            let here = scope.table_of(h.as_ref()).is_some_and(|t| t.name() == name);
+            (scope.key(id), if here { h.as_ref() } else { None })
+        });
+        write_rows(&mut tx.open_table(table)?, rows, encode_hold, &mut bytes)?;
     }
     let received = changes.received.iter().map(|(key, r)| (Cow::Owned(scope.key(&key.to_string()).into_owned()), Some(r)));
     write_rows(&mut tx.open_table(received_table)?, received, encode_json, &mut bytes)?;
@@ -327,8 +338,9 @@ impl Store {
         self.read_live_state(scope, head, true)
     }
 
-    /// The live state; without `resolved_holds`, none of the holds in their own table.
-    fn read_live_state(&self, scope: Scope, head: Head, resolved_holds: bool) -> Result<LiveState, Fault> {
+    /// The live state; without `finals`, none of the final values that may stay out of RAM
+    /// (resolved holds in their own tables, decisions on transfers received).
+    fn read_live_state(&self, scope: Scope, head: Head, finals: bool) -> Result<LiveState, Fault> {
         let db = self.db()?;
         let tx = db.begin_read()?;
         let [accounts_table, holds_table, received_table] = scope.tables();
@@ -338,7 +350,8 @@ impl Store {
             accounts.insert(name, account);
         }
         let mut holds = BTreeMap::new();
-        for table in [Some(holds_table), scope.resolved_holds().filter(|_| resolved_holds)].into_iter().flatten() {
+        let resolved = scope.resolved_holds().filter(|_| finals).into_iter().flatten();
+        for table in [holds_table].into_iter().chain(resolved) {
             for (id, bytes) in scope.rows(&tx, table)? {
                 let hold = decode_hold(&bytes).map_err(|e| Fault::Corrupt(format!("hold {id:?} cannot be read: {e}")))?;
                 if holds.insert(id.clone(), hold).is_some() {
@@ -347,7 +360,8 @@ impl Store {
             }
         }
         let mut received = BTreeMap::new();
-        for (key, bytes) in scope.rows(&tx, received_table)? {
+        let received_rows = if finals { scope.rows(&tx, received_table)? } else { Vec::new() };
+        for (key, bytes) in received_rows {
             let decision: Received = decode_json("received transfer", &key, &bytes)?;
             received.insert(TransferKey::parse(&key), decision);
         }

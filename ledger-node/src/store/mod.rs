@@ -5,9 +5,9 @@
 //! Owns the file only: it verifies the hash chain as it reads and hands entries to the
 //! core to replay, but decides nothing about the books itself.
 
+mod archive;
 mod error;
 mod history;
-mod holds;
 mod ids;
 mod journal;
 mod live;
@@ -15,10 +15,11 @@ mod live_codec;
 mod prune;
 mod replica;
 mod sizes;
+mod transfers;
 
+pub use archive::StoreArchive;
 pub use error::StoreError;
 pub use history::history;
-pub use holds::StoreHolds;
 pub use ids::{IdFault, StoreIds};
 pub use live::Opened;
 pub use prune::{Anchor, AnchorBooks, Prune};

@@ -2,7 +2,10 @@
 //! operator watches to see a full disk coming (read at scrape time, never on the hot path).
 
 use super::error::{Fault, StoreError};
-use super::live::{ACCOUNTS, HOLDS, RECEIVED, REPLICA_ACCOUNTS, REPLICA_HOLDS, REPLICA_RECEIVED, REPLICA_RESOLVED_HOLDS, RESOLVED_HOLDS};
+use super::live::{
+    ACCOUNTS, HOLDS, RECEIVED, REPLICA_ACCOUNTS, REPLICA_HOLDS, REPLICA_RECEIVED, REPLICA_RESOLVED_HOLDS, REPLICA_SENT_RESOLVED,
+    RESOLVED_HOLDS, SENT_RESOLVED,
+};
 use super::{Store, IDS, JOURNAL, REPLICA};
 use redb::{ReadableDatabase, ReadableTableMetadata};
 
@@ -44,10 +47,12 @@ impl Store {
             ("live_accounts", ACCOUNTS),
             ("live_holds", HOLDS),
             ("live_holds_resolved", RESOLVED_HOLDS),
+            ("live_sent_resolved", SENT_RESOLVED),
             ("live_received", RECEIVED),
             ("replica_live_accounts", REPLICA_ACCOUNTS),
             ("replica_live_holds", REPLICA_HOLDS),
             ("replica_live_holds_resolved", REPLICA_RESOLVED_HOLDS),
+            ("replica_live_sent_resolved", REPLICA_SENT_RESOLVED),
             ("replica_live_received", REPLICA_RECEIVED),
         ] {
             let n = match tx.open_table(table) {
@@ -95,6 +100,6 @@ mod tests {
         let sizes = store.sizes().unwrap();
         assert!(sizes.file_bytes > 0 && sizes.disk_bytes > 0 && sizes.disk_free_bytes > 0, "{sizes:?}");
         assert!(sizes.rows.iter().all(|(_, n)| *n == 0), "{sizes:?}");
-        assert_eq!(sizes.rows.len(), 11);
+        assert_eq!(sizes.rows.len(), 13);
     }
 }

@@ -5,7 +5,7 @@
 
 use ledger::core::address::TransferKey;
 use ledger::core::idempotency::{journaled_recorded, IdArchive, IdRecord};
-use ledger::core::{Account, EntryBody, Head, Hold, HoldArchive, LiveChanges, LiveState, Received, Recorded};
+use ledger::core::{Account, EntryBody, Head, Hold, HoldArchive, LiveChanges, LiveState, Received, ReceivedArchive, Recorded};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -57,6 +57,32 @@ impl HoldArchive for Holds {
     fn lookup(&self, pending_id: &str) -> Option<Hold> {
         self.0.lock().unwrap().holds.get(pending_id).cloned()
     }
+}
+
+/// Reads decisions on transfers received back from `Written`'s live tables, as
+/// `store::StoreArchive` reads the file.
+pub struct Decisions(pub Arc<Mutex<Written>>);
+
+impl ReceivedArchive for Decisions {
+    fn lookup(&self, key: &TransferKey) -> Option<Received> {
+        self.0.lock().unwrap().received.get(key).cloned()
+    }
+}
+
+/// A ledger's books whose groups are all durable: what it holds in RAM, with the final
+/// values that left it as `tables` hold them (no other value may have left).
+pub fn books_of(ledger: &ledger::core::Ledger, tables: &Written) -> LiveState {
+    let mut books = ledger.live_state();
+    for (id, hold) in &tables.holds {
+        books.holds.entry(id.clone()).or_insert_with(|| {
+            assert!(hold.may_leave_ram(), "hold {id} left RAM unresolved");
+            hold.clone()
+        });
+    }
+    for (key, received) in &tables.received {
+        books.received.entry(key.clone()).or_insert_with(|| received.clone());
+    }
+    books
 }
 
 /// Reads id records back from `Written`, as `store::StoreIds` reads the file.
