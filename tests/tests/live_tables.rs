@@ -397,7 +397,7 @@ async fn a_region_opens_its_replicas_from_their_live_tables() {
 }
 
 /// Prunes everything `plan` allows, in passes; returns how many entries went.
-fn prune_all(store: &Store, plan: ledger::store::Prune) -> u64 {
+fn prune_all(store: &Arc<Store>, plan: ledger::store::Prune) -> u64 {
     let mut total = 0;
     // The books as of the anchor carried between passes, as the retention thread does.
     let mut books = None;
@@ -458,4 +458,14 @@ fn a_pruned_journal_answers_every_id_and_replays_and_verifies_from_its_anchor() 
         .unwrap();
     let out = String::from_utf8_lossy(&verify.stdout);
     assert!(verify.status.success(), "{out}{}", String::from_utf8_lossy(&verify.stderr));
+    // The books as of the anchor keep their resolved holds apart too: the pruning thread
+    // reads only the pending ones (h4) when it starts.
+    let db = Database::open(dir.path().join("ledger.redb")).unwrap();
+    let tx = db.begin_read().unwrap();
+    let keys = |name: &str| -> Vec<String> {
+        let table = tx.open_table(TableDefinition::<&str, &[u8]>::new(name)).unwrap();
+        table.iter().unwrap().map(|row| row.unwrap().0.value().to_string()).collect()
+    };
+    assert_eq!(keys("anchor_holds"), ["pos-1:h4"]);
+    assert_eq!(keys("anchor_holds_resolved"), ["pos-1:h1", "pos-1:h2", "pos-1:h3"]);
 }

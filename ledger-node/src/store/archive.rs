@@ -68,22 +68,38 @@ impl Store {
 #[derive(Clone)]
 pub struct StoreArchive {
     store: Arc<Store>,
-    /// The replica's edge; None: the node's own books.
-    edge: Option<String>,
+    whose: Whose,
     fault: IdFault,
+}
+
+/// Whose books an archive reads: see `Scope`.
+#[derive(Clone)]
+enum Whose {
+    Own,
+    Replica(String),
+    Anchor,
 }
 
 impl StoreArchive {
     pub fn new(store: Arc<Store>, fault: IdFault) -> StoreArchive {
-        StoreArchive { store, edge: None, fault }
+        StoreArchive { store, whose: Whose::Own, fault }
     }
 
     pub fn of_replica(store: Arc<Store>, edge: &str, fault: IdFault) -> StoreArchive {
-        StoreArchive { store, edge: Some(edge.to_string()), fault }
+        StoreArchive { store, whose: Whose::Replica(edge.to_string()), fault }
+    }
+
+    /// The books as of a pruned journal's anchor (the pruning thread's copy).
+    pub(super) fn of_anchor(store: Arc<Store>, fault: IdFault) -> StoreArchive {
+        StoreArchive { store, whose: Whose::Anchor, fault }
     }
 
     fn scope(&self) -> Scope<'_> {
-        self.edge.as_deref().map_or(Scope::Own, Scope::Replica)
+        match &self.whose {
+            Whose::Own => Scope::Own,
+            Whose::Replica(edge) => Scope::Replica(edge),
+            Whose::Anchor => Scope::Anchor,
+        }
     }
 
     fn kept<T>(&self, read: Result<Option<T>, StoreError>) -> Option<T> {

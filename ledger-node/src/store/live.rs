@@ -56,6 +56,8 @@ pub(super) const REPLICA_RECEIVED: TableDefinition<&str, &[u8]> = TableDefinitio
 /// The books as of the chain anchor of a pruned journal (`prune`): where a replay starts.
 pub(super) const ANCHOR_ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("anchor_accounts");
 pub(super) const ANCHOR_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("anchor_holds");
+pub(super) const ANCHOR_RESOLVED_HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("anchor_holds_resolved");
+pub(super) const ANCHOR_SENT_RESOLVED: TableDefinition<&str, &[u8]> = TableDefinition::new("anchor_sent_resolved");
 pub(super) const ANCHOR_RECEIVED: TableDefinition<&str, &[u8]> = TableDefinition::new("anchor_received");
 
 const TAG: u8 = 1;
@@ -90,7 +92,7 @@ impl Scope<'_> {
         match self {
             Scope::Own => Some([RESOLVED_HOLDS, SENT_RESOLVED]),
             Scope::Replica(_) => Some([REPLICA_RESOLVED_HOLDS, REPLICA_SENT_RESOLVED]),
-            Scope::Anchor => None,
+            Scope::Anchor => Some([ANCHOR_RESOLVED_HOLDS, ANCHOR_SENT_RESOLVED]),
         }
     }
 
@@ -340,7 +342,7 @@ impl Store {
 
     /// The live state; without `finals`, none of the final values that may stay out of RAM
     /// (resolved holds in their own tables, decisions on transfers received).
-    fn read_live_state(&self, scope: Scope, head: Head, finals: bool) -> Result<LiveState, Fault> {
+    pub(super) fn read_live_state(&self, scope: Scope, head: Head, finals: bool) -> Result<LiveState, Fault> {
         let db = self.db()?;
         let tx = db.begin_read()?;
         let [accounts_table, holds_table, received_table] = scope.tables();

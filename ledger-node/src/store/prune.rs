@@ -12,7 +12,9 @@
 //! All of it in one durable commit per pass. Must not: prune what the caller has not
 //! checked its region holds, or rewrite an entry that stays.
 
+use super::archive::StoreArchive;
 use super::error::{Fault, StoreError};
+use super::ids::IdFault;
 use super::ids::{decode_record, encode_pruned, Stored};
 use super::live::{write_changes, Scope};
 use super::{Store, IDS, JOURNAL, META};
@@ -21,6 +23,7 @@ use crate::core::journal::{hex, Chain, Entry, Hash};
 use crate::core::{Change, EntryBody, Head, Journaled, Ledger, LiveState, Op};
 use redb::{ReadableDatabase, ReadableTable};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The end of what was pruned. Zero (the genesis) while nothing was.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -37,7 +40,13 @@ pub struct Anchor {
 pub struct AnchorBooks {
     anchor: Anchor,
     ledger: Ledger,
+    /// Where the ledger's archives report a hold or decision they could not read back.
+    fault: IdFault,
 }
+
+/// Resolved holds and decisions the books as of the anchor keep in RAM: nothing reads them
+/// but a replay that names them again, which only a damaged journal does.
+const ANCHOR_CACHE: usize = 1_024;
 
 /// One pass of pruning.
 #[derive(Debug, Clone, Copy)]
@@ -58,12 +67,13 @@ const ANCHOR_ASSETS: &str = "anchor_assets";
 impl Store {
     /// The anchor of this node's journal.
     pub fn anchor(&self) -> Result<Anchor, StoreError> {
-        let read = || -> Result<Anchor, Fault> {
-            let db = self.db()?;
-            let tx = db.begin_read()?;
-            anchor_in(&tx.open_table(META)?)
-        };
-        read().map_err(|f| self.fail(f))
+        self.anchor_in_file().map_err(|f| self.fail(f))
+    }
+
+    fn anchor_in_file(&self) -> Result<Anchor, Fault> {
+        let db = self.db()?;
+        let tx = db.begin_read()?;
+        anchor_in(&tx.open_table(META)?)
     }
 
     /// The anchor and the books as of it: where a replay of the journal starts.
@@ -71,18 +81,8 @@ impl Store {
         self.anchor_state_inner().map_err(|f| self.fail(f))
     }
 
-    fn anchor_state_inner_seq(&self) -> Result<u64, Fault> {
-        let db = self.db()?;
-        let tx = db.begin_read()?;
-        Ok(anchor_in(&tx.open_table(META)?)?.chain.seq)
-    }
-
     pub(super) fn anchor_state_inner(&self) -> Result<(Anchor, LiveState), Fault> {
-        let anchor = {
-            let db = self.db()?;
-            let tx = db.begin_read()?;
-            anchor_in(&tx.open_table(META)?)?
-        };
+        let anchor = self.anchor_in_file()?;
         let state = self.live_state_at(Scope::Anchor, Head { seq: anchor.chain.seq, ts_ms: anchor.ts_ms })?;
         Ok((anchor, state))
     }
@@ -92,7 +92,12 @@ impl Store {
     /// read them from the tables into `empty()`, a ledger configured like the node's); it is
     /// None again after an error, since the pass's replay did not reach the file. Returns
     /// how many entries went.
-    pub fn prune(&self, plan: Prune, books: &mut Option<AnchorBooks>, empty: impl FnOnce() -> Ledger) -> Result<u64, StoreError> {
+    pub fn prune(
+        self: &Arc<Self>,
+        plan: Prune,
+        books: &mut Option<AnchorBooks>,
+        empty: impl FnOnce() -> Ledger,
+    ) -> Result<u64, StoreError> {
         let taken = books.take();
         let result = self.write(|| {
             let mut anchored = match taken {
@@ -108,19 +113,26 @@ impl Store {
         })
     }
 
-    fn anchor_books(&self, mut ledger: Ledger) -> Result<AnchorBooks, Fault> {
-        let (anchor, state) = self.anchor_state_inner()?;
+    fn anchor_books(self: &Arc<Self>, mut ledger: Ledger) -> Result<AnchorBooks, Fault> {
+        let anchor = self.anchor_in_file()?;
         // Its replay answers no command: it keeps no id records (pruned ids keep theirs in
-        // the file), and so no memory grows with the entries it goes through.
+        // the file), and its resolved holds and decisions leave RAM as the node's do, so no
+        // memory grows with the entries it goes through.
         ledger.forget_ids();
+        let fault = IdFault::default();
+        let finals = StoreArchive::of_anchor(self.clone(), fault.clone());
+        ledger.archive_holds(ANCHOR_CACHE, Box::new(finals.clone()));
+        ledger.archive_received(ANCHOR_CACHE, Box::new(finals));
+        let state = self.read_live_state(Scope::Anchor, Head { seq: anchor.chain.seq, ts_ms: anchor.ts_ms }, false)?;
         ledger.restore_live(state.head, state.accounts, state.holds, state.received.into_values());
         ledger.track_live_changes();
-        Ok(AnchorBooks { anchor, ledger })
+        Ok(AnchorBooks { anchor, ledger, fault })
     }
 
     fn prune_inner(&self, plan: Prune, books: &mut AnchorBooks) -> Result<u64, Fault> {
-        let AnchorBooks { anchor, ledger } = books;
-        if self.anchor_state_inner_seq()? != anchor.chain.seq {
+        let AnchorBooks { anchor, ledger, fault } = books;
+        let group = ledger.next_group();
+        if self.anchor_in_file()?.chain.seq != anchor.chain.seq {
             return Err(Fault::Corrupt("the journal's anchor moved under the pruning thread".to_string()));
         }
         let Anchor { mut chain, mut ts_ms, mut assets } = anchor.clone();
@@ -180,9 +192,13 @@ impl Store {
             meta.insert(ANCHOR_TS, ts_ms.to_string().as_str())?;
             meta.insert(ANCHOR_ASSETS, serde_json::to_string(&assets).expect("assets serialize").as_str())?;
         }
+        if let Some(e) = fault.take() {
+            return Err(Fault::Replay(format!("the books as of the anchor could not read a hold or decision back: {e}")));
+        }
         ledger.check_invariants().map_err(|e| Fault::Invariant(format!("the books as of entry {}: {e}", chain.seq)))?;
         write_changes(&tx, Scope::Anchor, &ledger.take_live_changes())?;
         tx.commit()?;
+        ledger.group_durable(group);
         *anchor = Anchor { chain, ts_ms, assets };
         Ok(pruned)
     }
