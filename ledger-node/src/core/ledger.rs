@@ -76,6 +76,9 @@ pub struct Ledger {
     pub(super) ids_from_seq: u64,
     /// What changed since the shell last took it (`live`); None: not noted.
     pub(super) dirty: Option<super::live_changes::Dirty>,
+    /// True while a journal entry is applied (`apply_recorded`): its changes are checked
+    /// against everything, the file included; a live command's were checked as it ran.
+    pub(super) replaying: bool,
 }
 
 impl Ledger {
@@ -93,6 +96,7 @@ impl Ledger {
             head: Head { seq: 0, ts_ms: 0 },
             ids_from_seq: 0,
             dirty: None,
+            replaying: false,
         }
     }
 
