@@ -87,8 +87,7 @@ impl Ledger {
                 // new: no hold has that key, in RAM or in the file, and the intake need not
                 // read the file to know. A journal being replayed may hold anything.
                 debug_assert!(self.replaying || !self.holds.contains(pending_id), "a live hold's id is new");
-                let placed_before =
-                    if self.replaying { self.holds.contains(pending_id) } else { self.holds.in_ram(pending_id).is_some() };
+                let placed_before = if self.replaying { self.holds.contains(pending_id) } else { self.holds.in_ram(pending_id).is_some() };
                 if placed_before {
                     return Err(ApplyError::Corrupt(format!("hold {pending_id} is placed twice")));
                 }
