@@ -5,6 +5,7 @@
 //! `committer` (the durability rule, see `committer`), and with zenoh `edge-link` (a tokio
 //! runtime for shipping and queryables) and, with `[retention]`, `retention` (pruning). Every one reports to `Fatal` when it stops.
 
+pub mod acks;
 pub mod books;
 pub mod committer;
 pub mod disk;

@@ -1,7 +1,8 @@
 //! Journal shipping from an edge to its region over zenoh. After each durable commit the
 //! committer hands the new entries here (`EdgeLink`, a `CommitListener`); they are pushed
 //! at once, and any range of the journal is served from redb, so a region that missed
-//! pushes fetches what it lacks. The region's acks say how far it has replicated.
+//! pushes fetches what it lacks. The region's acks say how far it has replicated (checked
+//! against the file in `acks`).
 //!
 //! With node identities every frame ends in the edge's signature over its last entry (a
 //! `SignedHead`): through the hash chain it vouches for every entry before it.
@@ -9,6 +10,7 @@
 //! The edge never waits for its region: pushes that cannot be sent at once are dropped and
 //! the region fetches them from the edge's redb when it can.
 
+use super::acks;
 use super::committer::CommitListener;
 use crate::core::journal::{hex, Chain, Entry};
 use crate::error::NodeError;
@@ -31,6 +33,7 @@ pub struct EdgeLink {
     push: tokio::sync::mpsc::Sender<Vec<Entry>>,
     head: Arc<Mutex<Chain>>,
     acked: Arc<AtomicU64>,
+    acks_refused: Arc<AtomicU64>,
 }
 
 impl CommitListener for EdgeLink {
@@ -57,7 +60,8 @@ impl EdgeLink {
     /// The link and the receiving end of its push queue.
     pub fn new(head: Chain, metrics: &Metrics) -> (EdgeLink, tokio::sync::mpsc::Receiver<Vec<Entry>>) {
         let (push, pushed) = tokio::sync::mpsc::channel::<Vec<Entry>>(PUSH_QUEUE);
-        let link = EdgeLink { push, head: Arc::new(Mutex::new(head)), acked: Arc::new(AtomicU64::new(0)) };
+        let acks_refused = acks::refused_counter(metrics);
+        let link = EdgeLink { push, head: Arc::new(Mutex::new(head)), acked: Arc::new(AtomicU64::new(0)), acks_refused };
         let watched = link.clone();
         metrics.add_gauges(Box::new(move |out| {
             let head = watched.head.lock().expect("head lock").seq;
@@ -86,8 +90,8 @@ pub async fn ship(
         .await
         .map_err(|e| NodeError::Zenoh(format!("zenoh: cannot declare the journal publisher of {edge}: {e}")))?;
     tokio::spawn(serve_range(session.clone(), edge.clone(), store.clone(), keys.clone()));
+    tokio::spawn(acks::follow(session.clone(), edge.clone(), store.clone(), link.acked.clone(), link.acks_refused.clone()));
     tokio::spawn(serve_status(session.clone(), edge.clone(), link.clone(), store));
-    tokio::spawn(follow_acks(session.clone(), edge.clone(), link.acked.clone()));
     while let Some(entries) = pushed.recv().await {
         if let Err(e) = publisher.put(frame_of(&edge, &entries, keys.as_deref())).await {
             tracing::warn!("journal push failed: {e}");
@@ -164,17 +168,4 @@ async fn serve_status(session: bridge::zenoh::Session, edge: String, link: EdgeL
         }))
     })
     .await
-}
-
-async fn follow_acks(session: bridge::zenoh::Session, edge: String, acked: Arc<AtomicU64>) {
-    let subscriber = match session.declare_subscriber(keys::journal_ack(&edge)).await {
-        Ok(s) => s,
-        Err(e) => return tracing::error!("zenoh subscriber: {e}"),
-    };
-    while let Ok(sample) = subscriber.recv_async().await {
-        let ack: serde_json::Value = serde_json::from_slice(&sample.payload().to_bytes()).unwrap_or_default();
-        if let Some(seq) = ack["seq"].as_u64() {
-            acked.fetch_max(seq, Ordering::SeqCst);
-        }
-    }
 }
