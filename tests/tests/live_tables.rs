@@ -432,6 +432,11 @@ fn a_pruned_journal_answers_every_id_and_replays_and_verifies_from_its_anchor() 
         let anchor = store.anchor().unwrap();
         assert_eq!(anchor.chain.seq, chain.seq - 5);
         assert_eq!(store.journal_range(1, u64::MAX, 100).unwrap()[0].seq, anchor.chain.seq + 1, "the rest stays");
+        // A range from within the pruned part names the anchor; one past it starts there.
+        let refused = store.range_after_anchor(anchor.chain.seq, 100).unwrap();
+        assert_eq!(refused.err().map(|a| a.chain), Some(anchor.chain), "a range into the pruned part");
+        let served = store.range_after_anchor(anchor.chain.seq + 1, 3).unwrap().expect("after the anchor");
+        assert_eq!(served.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=3).map(|i| anchor.chain.seq + i).collect::<Vec<_>>());
         assert_same("a replay from the anchor vs the tables", &replayed(&store).live_state(), &books_of(&store, &ledger));
         (before, chain.seq)
     };

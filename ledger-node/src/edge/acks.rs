@@ -90,14 +90,10 @@ pub async fn follow(session: bridge::zenoh::Session, edge: String, store: Arc<St
         }
         let reader = store.clone();
         let seq = ack.seq;
-        let read = tokio::task::spawn_blocking(move || -> Result<(u64, Option<Hash>), crate::store::StoreError> {
-            let anchor = reader.anchor()?.chain.seq;
-            let own = reader.journal_range(seq, seq, 1)?.into_iter().find(|e| e.seq == seq).map(|e| e.hash);
-            Ok((anchor, own))
-        })
-        .await;
+        let read = tokio::task::spawn_blocking(move || reader.range_after_anchor(seq, 1)).await;
         let (anchor, own) = match read {
-            Ok(Ok(read)) => read,
+            Ok(Ok(Ok(entries))) => (0, entries.into_iter().find(|e| e.seq == seq).map(|e| e.hash)),
+            Ok(Ok(Err(anchor))) => (anchor.chain.seq, None),
             Ok(Err(e)) => {
                 tracing::warn!("checking the ack of entry {seq} for {edge}: {e}");
                 continue;

@@ -123,14 +123,7 @@ async fn serve_range(session: bridge::zenoh::Session, edge: String, store: Arc<S
         let from: u64 = params.get("from").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
         let limit: usize = params.get("limit").and_then(|v| v.parse().ok()).unwrap_or(MAX_FRAME_ENTRIES).clamp(1, MAX_FRAME_ENTRIES);
         let store = store.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let anchor = store.anchor()?;
-            match from <= anchor.chain.seq {
-                true => Ok(Err(anchor)),
-                false => store.journal_range(from, u64::MAX, limit).map(Ok),
-            }
-        })
-        .await;
+        let read = tokio::task::spawn_blocking(move || store.range_after_anchor(from, limit)).await;
         let sent = match read {
             Ok(Ok(Ok(entries))) => query.reply(query.key_expr().clone(), frame_of(&edge, &entries, keys.as_deref())).await,
             Ok(Ok(Err(anchor))) => {

@@ -76,6 +76,28 @@ impl Store {
         anchor_in(&tx.open_table(META)?)
     }
 
+    /// Entries from `from` on, at most `limit`, read in one transaction with the anchor, so
+    /// that a pass between the two cannot make the answer start past `from`: Err(anchor)
+    /// when `from` lies within the pruned part.
+    pub fn range_after_anchor(&self, from: u64, limit: usize) -> Result<Result<Vec<Entry>, Anchor>, StoreError> {
+        let read = || -> Result<Result<Vec<Entry>, Anchor>, Fault> {
+            let db = self.db()?;
+            let tx = db.begin_read()?;
+            let anchor = anchor_in(&tx.open_table(META)?)?;
+            if from <= anchor.chain.seq {
+                return Ok(Err(anchor));
+            }
+            let journal = tx.open_table(JOURNAL)?;
+            let mut out = Vec::new();
+            for row in journal.range(from..)?.take(limit) {
+                let (seq, value) = row?;
+                out.push(Entry::decode(seq.value(), value.value())?);
+            }
+            Ok(Ok(out))
+        };
+        read().map_err(|f| self.fail(f))
+    }
+
     /// The anchor and the books as of it: where a replay of the journal starts.
     pub fn anchor_state(&self) -> Result<(Anchor, LiveState), StoreError> {
         self.anchor_state_inner().map_err(|f| self.fail(f))
