@@ -34,21 +34,32 @@ pub enum Verdict {
     Refused(String),
 }
 
-/// Judges `ack` against what was acknowledged so far, the journal's anchor and the hash
-/// of this edge's own entry at `ack.seq` (None: the file holds no such entry).
-pub fn judge(ack: &Ack, acknowledged: u64, anchor_seq: u64, own: Option<&Hash>) -> Verdict {
-    if ack.seq <= acknowledged || ack.seq <= anchor_seq {
+/// What this edge's file says of the entry an ack names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InFile {
+    /// Pruned: at or before the anchor, acknowledged before (the ack is an old one).
+    Pruned,
+    /// No such entry: past the head.
+    Missing,
+    /// The entry, with the hash this edge wrote.
+    Written(Hash),
+}
+
+/// Judges `ack` against what was acknowledged so far and what the file says of its entry.
+pub fn judge(ack: &Ack, acknowledged: u64, in_file: &InFile) -> Verdict {
+    if ack.seq <= acknowledged {
         return Verdict::Stale;
     }
-    match own {
-        None => Verdict::Refused(format!("the region acknowledged entry {}, which this edge's journal does not hold", ack.seq)),
-        Some(hash) if hex(hash) != ack.hash.to_ascii_lowercase() => Verdict::Refused(format!(
+    match in_file {
+        InFile::Pruned => Verdict::Stale,
+        InFile::Missing => Verdict::Refused(format!("the region acknowledged entry {}, which this edge's journal does not hold", ack.seq)),
+        InFile::Written(hash) if hex(hash) != ack.hash.to_ascii_lowercase() => Verdict::Refused(format!(
             "the region acknowledged entry {} with hash {}, but this edge wrote it with hash {}",
             ack.seq,
             ack.hash,
             hex(hash)
         )),
-        Some(_) => Verdict::Advance(ack.seq),
+        InFile::Written(_) => Verdict::Advance(ack.seq),
     }
 }
 
@@ -86,21 +97,20 @@ pub async fn follow(session: bridge::zenoh::Session, edge: String, store: Arc<St
         };
         let acknowledged = acked.load(Ordering::SeqCst);
         if ack.seq <= acknowledged {
-            continue;
+            continue; // stale: spare the read
         }
-        let reader = store.clone();
-        let seq = ack.seq;
+        let (reader, seq) = (store.clone(), ack.seq);
         let read = tokio::task::spawn_blocking(move || reader.range_after_anchor(seq, 1)).await;
-        let (anchor, own) = match read {
-            Ok(Ok(Ok(entries))) => (0, entries.into_iter().find(|e| e.seq == seq).map(|e| e.hash)),
-            Ok(Ok(Err(anchor))) => (anchor.chain.seq, None),
+        let in_file = match read {
+            Ok(Ok(Ok(entries))) => entries.into_iter().find(|e| e.seq == seq).map_or(InFile::Missing, |e| InFile::Written(e.hash)),
+            Ok(Ok(Err(_anchor))) => InFile::Pruned,
             Ok(Err(e)) => {
                 tracing::warn!("checking the ack of entry {seq} for {edge}: {e}");
                 continue;
             }
             Err(e) => return tracing::error!("checking acks for {edge}: {e}"),
         };
-        match judge(&ack, acknowledged, anchor, own.as_ref()) {
+        match judge(&ack, acknowledged, &in_file) {
             Verdict::Advance(seq) => {
                 acked.fetch_max(seq, Ordering::SeqCst);
             }
@@ -124,18 +134,19 @@ mod tests {
     #[test]
     fn an_ack_counts_only_with_the_hash_this_edge_wrote() {
         let (mine, other) = ([7u8; 32], [8u8; 32]);
-        assert_eq!(judge(&ack(10, &mine), 5, 0, Some(&mine)), Verdict::Advance(10));
+        let written = InFile::Written(mine);
+        assert_eq!(judge(&ack(10, &mine), 5, &written), Verdict::Advance(10));
         let upper = Ack { seq: 10, hash: hex(&mine).to_ascii_uppercase() };
-        assert_eq!(judge(&upper, 5, 0, Some(&mine)), Verdict::Advance(10), "hex in either case");
-        assert!(matches!(judge(&ack(10, &other), 5, 0, Some(&mine)), Verdict::Refused(why) if why.contains("entry 10")));
-        assert!(matches!(judge(&ack(10, &mine), 5, 0, None), Verdict::Refused(why) if why.contains("does not hold")));
+        assert_eq!(judge(&upper, 5, &written), Verdict::Advance(10), "hex in either case");
+        assert!(matches!(judge(&ack(10, &other), 5, &written), Verdict::Refused(why) if why.contains("entry 10")));
+        assert!(matches!(judge(&ack(10, &mine), 5, &InFile::Missing), Verdict::Refused(why) if why.contains("does not hold")));
     }
 
     #[test]
     fn old_and_pruned_acks_change_nothing() {
         let mine = [7u8; 32];
-        assert_eq!(judge(&ack(5, &mine), 5, 0, Some(&mine)), Verdict::Stale, "at what was acknowledged");
-        assert_eq!(judge(&ack(4, &[1; 32]), 5, 0, None), Verdict::Stale, "below it, whatever its hash");
-        assert_eq!(judge(&ack(20, &mine), 0, 20, None), Verdict::Stale, "within the pruned part after a restart");
+        assert_eq!(judge(&ack(5, &mine), 5, &InFile::Written(mine)), Verdict::Stale, "at what was acknowledged");
+        assert_eq!(judge(&ack(4, &[1; 32]), 5, &InFile::Missing), Verdict::Stale, "below it, whatever its hash");
+        assert_eq!(judge(&ack(20, &mine), 0, &InFile::Pruned), Verdict::Stale, "within the pruned part after a restart");
     }
 }

@@ -125,13 +125,7 @@ impl Store {
         let read = || -> Result<Vec<Entry>, Fault> {
             let db = self.db()?;
             let tx = db.begin_read()?;
-            let journal = tx.open_table(JOURNAL)?;
-            let mut out = Vec::new();
-            for row in journal.range(from..=to)?.take(limit) {
-                let (seq, value) = row?;
-                out.push(Entry::decode(seq.value(), value.value())?);
-            }
-            Ok(out)
+            entries_in(&tx.open_table(JOURNAL)?, from, to, limit)
         };
         read().map_err(|f| self.fail(f))
     }
@@ -167,4 +161,14 @@ impl Store {
         };
         read().map_err(|f| self.fail(f))
     }
+}
+
+/// The entries `from..=to` of `journal`, at most `limit`, decoded.
+pub(super) fn entries_in(journal: &impl ReadableTable<u64, &'static [u8]>, from: u64, to: u64, limit: usize) -> Result<Vec<Entry>, Fault> {
+    let mut out = Vec::new();
+    for row in journal.range(from..=to)?.take(limit) {
+        let (seq, value) = row?;
+        out.push(Entry::decode(seq.value(), value.value())?);
+    }
+    Ok(out)
 }

@@ -16,6 +16,7 @@ use super::archive::StoreArchive;
 use super::error::{Fault, StoreError};
 use super::ids::IdFault;
 use super::ids::{decode_record, encode_pruned, Stored};
+use super::journal::entries_in;
 use super::live::{write_changes, Scope};
 use super::{Store, IDS, JOURNAL, META};
 use crate::core::idempotency::{recorded_in_entry, IdKey};
@@ -87,13 +88,7 @@ impl Store {
             if from <= anchor.chain.seq {
                 return Ok(Err(anchor));
             }
-            let journal = tx.open_table(JOURNAL)?;
-            let mut out = Vec::new();
-            for row in journal.range(from..)?.take(limit) {
-                let (seq, value) = row?;
-                out.push(Entry::decode(seq.value(), value.value())?);
-            }
-            Ok(Ok(out))
+            entries_in(&tx.open_table(JOURNAL)?, from, u64::MAX, limit).map(Ok)
         };
         read().map_err(|f| self.fail(f))
     }
