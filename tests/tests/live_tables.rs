@@ -10,7 +10,7 @@ use ledger::core::id_filter::IdFilter;
 use ledger::core::journal::Entry;
 use ledger::core::reply::Resolution;
 use ledger::core::{Effects, HoldState, Ledger, LiveState};
-use ledger::store::{Store, StoreArchive, StoreIds};
+use ledger::store::{Rows, Store, StoreArchive, StoreIds};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::json;
 use std::sync::Arc;
@@ -24,15 +24,15 @@ const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("ids");
 
 /// Rewrites a file's journal and id records as releases before the binary encodings wrote
-/// them: JSON bodies (chained anew over those bytes, with the head to match) and id records
-/// with the fingerprint in hex and fixed-width numbers.
+/// them: JSON bodies (chained anew over those bytes, with the head to match) in rows that
+/// repeat the previous entry's hash, and id records with the fingerprint in hex and
+/// fixed-width numbers.
 fn as_older_release(tx: &redb::WriteTransaction) {
     let mut journal = tx.open_table(JOURNAL).unwrap();
     let rows: Vec<(u64, Vec<u8>)> = journal.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value(), v.value().to_vec())).collect();
     let mut prev = ledger::core::journal::GENESIS;
     for (seq, bytes) in &rows {
-        let entry = Entry::decode(*seq, bytes).unwrap();
-        let body = serde_json::to_vec(&entry.parse_body().unwrap()).unwrap();
+        let body = serde_json::to_vec(&Rows::Compact.body(*seq, bytes).unwrap()).unwrap();
         let hash = ledger::core::journal::hash_of(&prev, *seq, &body);
         journal.insert(*seq, Entry { seq: *seq, prev, hash, body }.encode().as_slice()).unwrap();
         prev = hash;
@@ -257,6 +257,7 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
             let mut meta = tx.open_table(META).unwrap();
             meta.insert("format", "edgeledger-2").unwrap();
             meta.remove("live").unwrap();
+            assert_eq!(meta.remove("rows").unwrap().unwrap().value(), "compact", "a new file's rows");
             tx.open_table(LIVE_ACCOUNTS).unwrap().retain(|_, _| false).unwrap();
             tx.open_table(LIVE_HOLDS).unwrap().retain(|_, _| false).unwrap();
             assert!(tx.delete_table(LIVE_HOLDS_RESOLVED).unwrap(), "resolved holds have a table of their own");
@@ -297,7 +298,9 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
     let db = Database::open(dir.path().join("ledger.redb")).unwrap();
     let format = db.begin_read().unwrap().open_table(META).unwrap().get("format").unwrap().map(|v| v.value().to_string());
-    assert_eq!(format.as_deref(), Some("edgeledger-4"), "marked, so that an older release refuses it");
+    assert_eq!(format.as_deref(), Some("edgeledger-5"), "marked, so that an older release refuses it");
+    let rows = db.begin_read().unwrap().open_table(META).unwrap().get("rows").unwrap().map(|v| v.value().to_string());
+    assert_eq!(rows.as_deref(), Some("linked"), "its rows keep their layout");
 }
 
 #[tokio::test]
@@ -390,6 +393,18 @@ async fn a_region_opens_its_replicas_from_their_live_tables() {
     replayed.forget_ids();
     region.load_replica(NODE, &mut replayed).unwrap();
     assert_same("replica replayed vs edge", &replayed.live_state(), &edge_books);
+    // Rows are read back linked from any point: ranges and newest-first reads (history).
+    for from in [1, 2, entries.len() as u64 / 2, entries.len() as u64] {
+        assert_eq!(region.replica_range(NODE, from, 10_000).unwrap(), entries[from as usize - 1..], "from {from}");
+        let newest: Vec<_> = region.entries_before(Some(NODE), from + 1, 5).unwrap().into_iter().rev().collect();
+        assert_eq!(newest, entries[(from as usize).saturating_sub(5)..from as usize], "before {}", from + 1);
+    }
+    let three_newest: Vec<u64> = (entries.len() as u64 - 2..=entries.len() as u64).rev().collect();
+    let newest = region.entries_before(Some(NODE), u64::MAX, 3).unwrap();
+    assert_eq!(newest.iter().map(|e| e.seq).collect::<Vec<_>>(), three_newest);
+    let edge = Store::open_existing(&edge_dir.path().join("ledger.redb")).unwrap().0;
+    let newest = edge.entries_before(None, u64::MAX, 3).unwrap();
+    assert_eq!(newest, entries[entries.len() - 3..].iter().rev().cloned().collect::<Vec<_>>(), "the edge's own, newest first");
     drop((opened, region)); // the replica's hold archive holds the file too
     let args = ["verify".to_string(), "--db".to_string(), region_dir.path().join("ledger.redb").display().to_string()];
     let (code, out, err) = run_ledgerctl(&args).await;

@@ -26,16 +26,22 @@ fn transfer(id: &str, debit: &str, credit: &str, amount: &str, asset: &str) -> C
 
 /// Books a few commands into a fresh file the way a node does, and returns its directory.
 fn booked(dir: &Path, assets: &str) {
+    booked_with(dir, assets, 0);
+}
+
+/// `booked`, then `more` transfers of 0.001 (entries 5 to 4 + more).
+fn booked_with(dir: &Path, assets: &str, more: usize) {
     let config = config(assets);
     let store = Store::open(dir, NODE).unwrap();
     let mut ledger = ledger::setup::ledger_for(&config);
     let mut chain = store.load(&mut ledger).unwrap();
-    let commands = [
+    let mut commands = vec![
         open("o1", "issuer", "KWH", vec![Flag::Issuance]),
         open("o2", "meter", "KWH", vec![]),
         transfer("t1", "issuer", "meter", "1.250", "KWH"),
         transfer("t2", "issuer", "meter", "2.000", "KWH"),
     ];
+    commands.extend((0..more).map(|i| transfer(&format!("m{i}"), "issuer", "meter", "0.001", "KWH")));
     let effects: Vec<Effects> = commands.into_iter().map(|c| ledger.submit(Some("dev"), c, 1_000)).collect();
     assert!(effects.iter().all(|e| e.reply.as_ref().unwrap().code.as_str() == "ok"));
     store.commit(&mut chain, &effects, &ledger.take_live_changes()).unwrap();
@@ -71,27 +77,44 @@ fn a_clean_file_loads_and_balances() {
     assert!(ledger.recorded(Some("dev"), "t2").is_some(), "the journal restores the ids of accepted commands");
 }
 
-#[test]
-fn a_tampered_entry_is_refused_with_the_path() {
-    let dir = tempfile::tempdir().unwrap();
-    booked(dir.path(), KWH3);
-    let db = Database::create(dir.path().join("ledger.redb")).unwrap();
+/// Changes the amount of entry 3 (1.250) in its row, which holds the body alone (no row
+/// before 64 holds a hash).
+fn tamper_entry_3(dir: &Path) {
+    let db = Database::create(dir.join("ledger.redb")).unwrap();
     let tx = db.begin_write().unwrap();
     {
         let mut journal = tx.open_table(JOURNAL).unwrap();
         let stored = journal.get(3).unwrap().unwrap().value().to_vec();
-        // Stored as prev hash (32) ‖ hash (32) ‖ body: change the amount in the body only.
-        let json = serde_json::to_string(&ledger::core::entry_codec::decode(&stored[64..]).unwrap()).unwrap();
+        let json = serde_json::to_string(&ledger::core::entry_codec::decode(&stored).unwrap()).unwrap();
         assert!(json.contains("1250"));
         let body: ledger::core::EntryBody = serde_json::from_str(&json.replace("1250", "9250")).unwrap();
-        let forged = [&stored[..64], &ledger::core::entry_codec::encode(&body)].concat();
+        let forged = ledger::core::entry_codec::encode(&body);
         assert_ne!(stored, forged);
         journal.insert(3, forged.as_slice()).unwrap();
     }
     tx.commit().unwrap();
-    drop(db);
+}
+
+#[test]
+fn a_tampered_entry_is_refused_with_the_path() {
+    // Four entries: the change shows against the head the last commit recorded.
+    let dir = tempfile::tempdir().unwrap();
+    booked(dir.path(), KWH3);
+    tamper_entry_3(dir.path());
     let err = load_err(dir.path(), KWH3);
-    assert!(err.contains("entry 3") && err.contains("tampered") && err.contains("ledger.redb"), "{err}");
+    assert!(err.contains("journal entries 1 to 4") && err.contains("tampered") && err.contains("ledger.redb"), "{err}");
+    // Seventy: it shows at entry 64, the first row that holds its hash.
+    let dir = tempfile::tempdir().unwrap();
+    booked_with(dir.path(), KWH3, 66);
+    tamper_entry_3(dir.path());
+    let err = load_err(dir.path(), KWH3);
+    assert!(err.contains("journal entries 1 to 64 do not hash to the hash stored with entry 64") && err.contains("tampered"), "{err}");
+    let verify = std::process::Command::new(harness::ledgerctl_binary())
+        .args(["verify", "--db", dir.path().join("ledger.redb").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&verify.stdout).to_string() + &String::from_utf8_lossy(&verify.stderr);
+    assert!(!verify.status.success() && out.contains("entries 1 to 64"), "ledgerctl verify --db: {out}");
 }
 
 #[test]

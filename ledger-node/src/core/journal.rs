@@ -21,11 +21,29 @@ pub struct Entry {
 /// Why a stored entry cannot be trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChainError {
-    Truncated { seq: u64 },
-    Gap { expected: u64, found: u64 },
-    BrokenLink { seq: u64 },
-    BadHash { seq: u64 },
-    BadBody { seq: u64, reason: String },
+    Truncated {
+        seq: u64,
+    },
+    Gap {
+        expected: u64,
+        found: u64,
+    },
+    BrokenLink {
+        seq: u64,
+    },
+    BadHash {
+        seq: u64,
+    },
+    /// Entries `from..=to` do not hash to the hash stored with entry `to`: the store keeps
+    /// a hash only every so many entries, so the change is somewhere in that span.
+    BadSpan {
+        from: u64,
+        to: u64,
+    },
+    BadBody {
+        seq: u64,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for ChainError {
@@ -35,6 +53,9 @@ impl std::fmt::Display for ChainError {
             ChainError::Gap { expected, found } => write!(f, "journal gap: expected entry {expected}, found {found}"),
             ChainError::BrokenLink { seq } => write!(f, "journal entry {seq} does not link to the hash of entry {}", seq - 1),
             ChainError::BadHash { seq } => write!(f, "journal entry {seq} does not match its hash (tampered or corrupt)"),
+            ChainError::BadSpan { from, to } => {
+                write!(f, "journal entries {from} to {to} do not hash to the hash stored with entry {to} (one of them tampered or corrupt)")
+            }
             ChainError::BadBody { seq, reason } => write!(f, "journal entry {seq} cannot be read: {reason}"),
         }
     }
@@ -54,7 +75,8 @@ impl Entry {
         Entry { seq: body.seq, prev, hash: hash_of(&prev, body.seq, &bytes), body: bytes }
     }
 
-    /// Stored form: prev (32 bytes) ‖ hash (32 bytes) ‖ body.
+    /// Wire form (replication frames; rows of files before format 5): prev (32 bytes) ‖
+    /// hash (32 bytes) ‖ body.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + self.body.len());
         out.extend_from_slice(&self.prev);
@@ -87,12 +109,17 @@ impl Entry {
     }
 
     pub fn parse_body(&self) -> Result<EntryBody, ChainError> {
-        let body = entry_codec::decode(&self.body).map_err(|reason| ChainError::BadBody { seq: self.seq, reason })?;
-        if body.seq != self.seq {
-            return Err(ChainError::BadBody { seq: self.seq, reason: format!("body says seq {}", body.seq) });
-        }
-        Ok(body)
+        parse_body(self.seq, &self.body)
     }
+}
+
+/// What the body bytes of entry `seq` say.
+pub fn parse_body(seq: u64, bytes: &[u8]) -> Result<EntryBody, ChainError> {
+    let body = entry_codec::decode(bytes).map_err(|reason| ChainError::BadBody { seq, reason })?;
+    if body.seq != seq {
+        return Err(ChainError::BadBody { seq, reason: format!("body says seq {}", body.seq) });
+    }
+    Ok(body)
 }
 
 /// The end of a hash chain: the last sealed entry's number and hash. The committer seals

@@ -14,7 +14,6 @@ use super::error::{Fault, StoreError};
 use super::{Store, IDS, JOURNAL};
 use crate::core::entry_codec;
 use crate::core::idempotency::{recorded_in_entry, sender_id, IdArchive, IdRecord};
-use crate::core::journal::Entry;
 use crate::core::wire::{Reader, Writer};
 use crate::core::Recorded;
 use redb::ReadableDatabase;
@@ -132,8 +131,7 @@ impl Store {
             Stored::Journaled { seq, op, fingerprint } => {
                 let journal = tx.open_table(JOURNAL)?;
                 let bytes = journal.get(seq)?.ok_or_else(|| Fault::Corrupt(format!("id record {key:?} points at missing entry {seq}")))?;
-                let entry = Entry::decode(seq, bytes.value())?;
-                let body = entry.parse_body().map_err(|e| Fault::Corrupt(format!("entry {seq} (of id {key:?}): {e}")))?;
+                let body = self.rows.body(seq, bytes.value()).map_err(|e| Fault::Corrupt(format!("entry {seq} (of id {key:?}): {e}")))?;
                 let recorded = recorded_in_entry(&body, key, op, fingerprint);
                 let recorded = recorded.ok_or_else(|| Fault::Corrupt(format!("entry {seq} does not hold the command of id {key:?}")))?;
                 Ok(Some(recorded))

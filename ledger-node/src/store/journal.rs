@@ -3,6 +3,7 @@
 
 use super::error::{Fault, StoreError};
 use super::ids::{decode_record, encode_record, holds_reply, Stored};
+use super::rows::{check_head, entries_in};
 use super::{Store, IDS, JOURNAL, META};
 use crate::core::journal::{hex, Chain, Entry};
 use crate::core::{Effects, Ledger, LiveChanges};
@@ -51,21 +52,14 @@ impl Store {
         let mut chain = anchor.chain;
         for row in journal.iter()? {
             let (seq, value) = row?;
-            let entry = Entry::decode(seq.value(), value.value())?;
+            let entry = self.rows.decode(seq.value(), &chain.hash, &anchor.chain, value.value())?;
             let body = chain.verify_next(&entry)?;
             ledger.replay(&body).map_err(Fault::Replay)?;
         }
         // The head written with the last commit: a journal cut short at its end still
         // verifies link by link, but no longer reaches it.
-        let meta = tx.open_table(META)?;
-        let head = meta.get("head")?.map(|v| v.value().to_string());
-        let found = format!("{}:{}", chain.seq, hex(&chain.hash));
-        if head.as_deref().is_some_and(|h| h != found) || (head.is_none() && chain.seq > 0) {
-            return Err(Fault::Corrupt(format!(
-                "the journal ends at {found}, but the last commit recorded {}: entries are missing",
-                head.as_deref().unwrap_or("no head")
-            )));
-        }
+        let head = tx.open_table(META)?.get("head")?.map(|v| v.value().to_string());
+        check_head(self.rows, &anchor.chain, &chain, head.as_deref())?;
         ledger.check_invariants().map_err(Fault::Invariant)?;
         Ok(chain)
     }
@@ -98,7 +92,7 @@ impl Store {
             for effect in effects {
                 if let Some(body) = &effect.entry {
                     let entry = chain.seal(body);
-                    journal.insert(entry.seq, entry.encode().as_slice())?;
+                    journal.insert(entry.seq, self.rows.encode(&entry).as_slice())?;
                     sealed.push(entry);
                 }
                 records.extend(effect.recorded.iter());
@@ -120,12 +114,13 @@ impl Store {
         Ok(sealed)
     }
 
-    /// Reads journal entries `from..=to` (inclusive), at most `limit` of them.
+    /// Reads journal entries `from..=to` (inclusive; those not pruned), at most `limit` of them.
     pub fn journal_range(&self, from: u64, to: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         let read = || -> Result<Vec<Entry>, Fault> {
             let db = self.db()?;
             let tx = db.begin_read()?;
-            entries_in(&tx.open_table(JOURNAL)?, from, to, limit)
+            let anchor = super::anchor::anchor_in(&tx.open_table(META)?)?;
+            entries_in(self.rows, &tx.open_table(JOURNAL)?, &anchor.chain, from, to, limit)
         };
         read().map_err(|f| self.fail(f))
     }
@@ -140,35 +135,27 @@ impl Store {
         let read = || -> Result<Vec<Entry>, Fault> {
             let db = self.db()?;
             let tx = db.begin_read()?;
-            let mut out = Vec::new();
-            match replica_of {
+            // Newest first: from the last entry there is before `before`.
+            let first = |end: Option<u64>| end.map(|end| (end.saturating_sub(limit as u64 - 1).max(1), end));
+            let mut out = match replica_of {
                 None => {
                     let journal = tx.open_table(JOURNAL)?;
-                    for row in journal.range(1..=end)?.rev().take(limit) {
-                        let (seq, value) = row?;
-                        out.push(Entry::decode(seq.value(), value.value())?);
-                    }
+                    let Some((start, end)) = first(journal.range(1..=end)?.next_back().transpose()?.map(|(seq, _)| seq.value())) else {
+                        return Ok(Vec::new());
+                    };
+                    let anchor = super::anchor::anchor_in(&tx.open_table(META)?)?;
+                    entries_in(self.rows, &journal, &anchor.chain, start, end, limit)?
                 }
                 Some(edge) => {
                     let replica = tx.open_table(super::REPLICA)?;
-                    for row in replica.range((edge, 1)..=(edge, end))?.rev().take(limit) {
-                        let (key, value) = row?;
-                        out.push(Entry::decode(key.value().1, value.value())?);
-                    }
+                    let last = replica.range((edge, 1)..=(edge, end))?.next_back().transpose()?.map(|(key, _)| key.value().1);
+                    let Some((start, end)) = first(last) else { return Ok(Vec::new()) };
+                    super::rows::replica_entries(self.rows, &replica, edge, start, end, limit)?
                 }
-            }
+            };
+            out.reverse();
             Ok(out)
         };
         read().map_err(|f| self.fail(f))
     }
-}
-
-/// The entries `from..=to` of `journal`, at most `limit`, decoded.
-pub(super) fn entries_in(journal: &impl ReadableTable<u64, &'static [u8]>, from: u64, to: u64, limit: usize) -> Result<Vec<Entry>, Fault> {
-    let mut out = Vec::new();
-    for row in journal.range(from..=to)?.take(limit) {
-        let (seq, value) = row?;
-        out.push(Entry::decode(seq.value(), value.value())?);
-    }
-    Ok(out)
 }

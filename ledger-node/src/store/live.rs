@@ -14,7 +14,7 @@ use super::live_codec::{decode_account, decode_hold, encode_account, encode_hold
 use super::{Store, IDS, JOURNAL, META, REPLICA};
 use crate::core::address::TransferKey;
 use crate::core::id_filter::IdFilter;
-use crate::core::journal::{hex, Chain, Entry};
+use crate::core::journal::Chain;
 use crate::core::{Head, Hold, Ledger, Received};
 use crate::core::{LiveChanges, LiveState};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
@@ -303,10 +303,11 @@ impl Store {
         match last {
             None => Ok((Chain::default(), Head { seq: 0, ts_ms: 0 })),
             Some(row) => {
-                let (key, bytes) = row?;
-                let entry = Entry::decode(key.value().1, bytes.value())?;
-                let body = entry.parse_body()?;
-                Ok((Chain { seq: entry.seq, hash: entry.hash }, Head { seq: entry.seq, ts_ms: body.ts_ms }))
+                let seq = row?.0.value().1;
+                let last = super::rows::replica_entries(self.rows, &replica, edge, seq, seq, 1)?;
+                let last = last.first().ok_or_else(|| Fault::Corrupt(format!("the replica of {edge} cannot read its entry {seq}")))?;
+                let body = last.parse_body()?;
+                Ok((Chain { seq, hash: last.hash }, Head { seq, ts_ms: body.ts_ms }))
             }
         }
     }
@@ -317,22 +318,20 @@ impl Store {
         let db = self.db()?;
         let tx = db.begin_read()?;
         let journal = tx.open_table(JOURNAL)?;
-        let (chain, head) = match journal.last()? {
+        let meta = tx.open_table(META)?;
+        let anchor = super::anchor::anchor_in(&meta)?;
+        let last_seq = journal.last()?.map(|(seq, _)| seq.value());
+        let (chain, head) = match last_seq {
             None => (Chain::default(), Head { seq: 0, ts_ms: 0 }),
-            Some((seq, bytes)) => {
-                let entry = Entry::decode(seq.value(), bytes.value())?;
-                let body = entry.parse_body()?;
-                (Chain { seq: entry.seq, hash: entry.hash }, Head { seq: entry.seq, ts_ms: body.ts_ms })
+            Some(seq) => {
+                let last = super::rows::entries_in(self.rows, &journal, &anchor.chain, seq, seq, 1)?;
+                let last = last.first().ok_or_else(|| Fault::Corrupt(format!("the journal cannot read its entry {seq}")))?;
+                let body = last.parse_body()?;
+                (Chain { seq, hash: last.hash }, Head { seq, ts_ms: body.ts_ms })
             }
         };
-        let recorded = tx.open_table(META)?.get("head")?.map(|v| v.value().to_string());
-        let found = format!("{}:{}", chain.seq, hex(&chain.hash));
-        if recorded.as_deref().is_some_and(|r| r != found) || (recorded.is_none() && chain.seq > 0) {
-            return Err(Fault::Corrupt(format!(
-                "the journal ends at {found}, but the last commit recorded {}: entries are missing",
-                recorded.as_deref().unwrap_or("no head")
-            )));
-        }
+        let recorded = meta.get("head")?.map(|v| v.value().to_string());
+        super::rows::check_head(self.rows, &anchor.chain, &chain, recorded.as_deref())?;
         Ok((chain, head))
     }
 

@@ -5,6 +5,7 @@
 //! Owns the file only: it verifies the hash chain as it reads and hands entries to the
 //! core to replay, but decides nothing about the books itself.
 
+mod anchor;
 mod archive;
 mod error;
 mod history;
@@ -14,16 +15,19 @@ mod live;
 mod live_codec;
 mod prune;
 mod replica;
+mod rows;
 mod sizes;
 mod transfers;
 
+pub use anchor::Anchor;
 pub use archive::StoreArchive;
 pub use error::StoreError;
 pub use history::history;
 pub use ids::{IdFault, StoreIds};
 pub use live::Opened;
-pub use prune::{Anchor, AnchorBooks, Prune};
-pub use sizes::{file_sizes, Sizes};
+pub use prune::{AnchorBooks, Prune};
+pub use rows::Rows;
+pub use sizes::{file_sizes, Sizes, TableBytes};
 
 use error::Fault;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -48,14 +52,17 @@ pub const DB_CACHE_BYTES: usize = 128 * 1024 * 1024;
 
 /// The file name of a node's database inside its data directory.
 pub const DB_FILE: &str = "ledger.redb";
-/// `edgeledger-4`: journal bodies and id records in their binary encodings
-/// (`core::entry_codec`, `ids`). Files of format 3 (live tables, JSON bodies) and 2 (no live
-/// tables yet) are taken and marked 4: their entries stay as they are, JSON, and read so (the
-/// hash chain covers them as written); an edge writes the live tables of a format 2 file
-/// from a replay at its first start. Format 1 (ids not yet keyed per sender) is refused
-/// (see `StoreError::Format`).
-const FORMAT: &str = "edgeledger-4";
-const FORMATS_TAKEN: [&str; 2] = ["edgeledger-3", "edgeledger-2"];
+/// `edgeledger-5`: journal rows without the previous entry's hash (meta `rows`, see
+/// `rows`). Format 4 brought journal bodies and id records in their binary encodings
+/// (`core::entry_codec`, `ids`). Files of format 4, 3 (live tables, JSON bodies) and 2 (no
+/// live tables yet) are taken and marked 5, with `rows = linked`: their rows keep their
+/// layout and their entries stay as they are (the hash chain covers them as written); an
+/// edge writes the live tables of a format 2 file from a replay at its first start. Format 1
+/// (ids not yet keyed per sender) is refused (see `StoreError::Format`).
+const FORMAT: &str = "edgeledger-5";
+const FORMATS_TAKEN: [&str; 3] = ["edgeledger-4", "edgeledger-3", "edgeledger-2"];
+/// Meta key of the file's row layout.
+const ROWS: &str = "rows";
 
 /// How a node opens its file. After a crash (SIGKILL, power loss) redb may check the whole
 /// file before it opens; that takes time in proportion to the file, so it is logged.
@@ -88,6 +95,8 @@ pub struct Store {
     /// A write failed: redb refuses every later operation (`PreviousIo`) until the file is
     /// opened again.
     write_failed: AtomicBool,
+    /// How the file stores journal entries, for good.
+    rows: Rows,
 }
 
 /// The open database, held for one operation: `reopen` waits for it.
@@ -110,8 +119,8 @@ impl Store {
         let started = std::time::Instant::now();
         let db = builder().create(&path).map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
         tracing::info!(ms = started.elapsed().as_millis() as u64, "database opened");
-        let store = Store::of(db, path);
-        store.claim(node_id).map_err(|f| store.fail(f))?;
+        let mut store = Store::of(db, path);
+        store.rows = store.claim(node_id).map_err(|f| store.fail(f))?;
         Ok(store)
     }
 
@@ -128,13 +137,14 @@ impl Store {
             }
             e => fail(e.to_string()),
         })?;
-        let store = Store::of(db, path.to_path_buf());
-        let node = store.identity().map_err(|f| store.fail(f))?;
+        let mut store = Store::of(db, path.to_path_buf());
+        let (node, rows) = store.identity().map_err(|f| store.fail(f))?;
+        store.rows = rows;
         Ok((store, node))
     }
 
     fn of(db: Database, path: PathBuf) -> Store {
-        Store { db: RwLock::new(Some(db)), path, write_failed: AtomicBool::new(false) }
+        Store { db: RwLock::new(Some(db)), path, write_failed: AtomicBool::new(false), rows: Rows::Compact }
     }
 
     pub fn path(&self) -> &Path {
@@ -200,10 +210,12 @@ impl Store {
         fault.at(&self.path)
     }
 
-    /// Records the node id on first use; refuses a file of another node.
-    fn claim(&self, node_id: &str) -> Result<(), Fault> {
+    /// Records the node id on first use; refuses a file of another node. Returns the file's
+    /// row layout.
+    fn claim(&self, node_id: &str) -> Result<Rows, Fault> {
         let db = self.db()?;
         let tx = begin_durable(&db)?;
+        let rows;
         {
             let mut meta = tx.open_table(META)?;
             let found = meta.get("node_id")?.map(|v| v.value().to_string());
@@ -216,6 +228,7 @@ impl Store {
                         // Marked at once: an older release must not write to it again.
                         Some(older) if FORMATS_TAKEN.contains(&older) => {
                             meta.insert("format", FORMAT)?;
+                            meta.insert(ROWS, Rows::Linked.name())?;
                         }
                         _ => return Err(Fault::Format { found: format, expected: FORMAT }),
                     }
@@ -223,9 +236,11 @@ impl Store {
                 None => {
                     meta.insert("node_id", node_id)?;
                     meta.insert("format", FORMAT)?;
+                    meta.insert(ROWS, Rows::Compact.name())?;
                     meta.insert(live::LIVE_KEY, live::COMPLETE)?;
                 }
             }
+            rows = rows_in(&meta)?;
             tx.open_table(JOURNAL)?;
             tx.open_table(IDS)?;
             tx.open_table(REPLICA)?;
@@ -235,22 +250,32 @@ impl Store {
             tx.open_table(live::RECEIVED)?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(rows)
     }
 
-    /// The node id of an existing file, after checking its format.
-    fn identity(&self) -> Result<String, Fault> {
+    /// The node id of an existing file and its row layout, after checking its format.
+    fn identity(&self) -> Result<(String, Rows), Fault> {
         let db = self.db()?;
         let tx = db.begin_read()?;
         let meta = tx.open_table(META).map_err(|e| Fault::Corrupt(format!("not an edgeledger database: {e}")))?;
         let node = meta.get("node_id")?.map(|v| v.value().to_string());
         let format = meta.get("format")?.map(|v| v.value().to_string());
         match (node, format.as_deref()) {
-            (Some(node), Some(format)) if format == FORMAT || FORMATS_TAKEN.contains(&format) => Ok(node),
+            (Some(node), Some(FORMAT)) => Ok((node, rows_in(&meta)?)),
+            // Read only: marked when a node of this release opens it.
+            (Some(node), Some(format)) if FORMATS_TAKEN.contains(&format) => Ok((node, Rows::Linked)),
             (_, _) => Err(Fault::Format { found: format, expected: FORMAT }),
         }
     }
+}
 
+/// The row layout a file of this format names.
+fn rows_in(meta: &impl ReadableTable<&'static str, &'static str>) -> Result<Rows, Fault> {
+    let name = meta.get(ROWS)?.map(|v| v.value().to_string());
+    name.as_deref().and_then(Rows::named).ok_or_else(|| Fault::Corrupt(format!("meta {ROWS} is {name:?}, not a row layout")))
+}
+
+impl Store {
     /// The head the last commit recorded (`seq:hash`), if any.
     pub fn recorded_head(&self) -> Result<Option<String>, StoreError> {
         let read = || -> Result<Option<String>, Fault> {

@@ -12,29 +12,19 @@
 //! All of it in one durable commit per pass. Must not: prune what the caller has not
 //! checked its region holds, or rewrite an entry that stays.
 
+use super::anchor::{anchor_in, write_anchor, Anchor};
 use super::archive::StoreArchive;
 use super::error::{Fault, StoreError};
 use super::ids::IdFault;
 use super::ids::{decode_record, encode_pruned, Stored};
-use super::journal::entries_in;
 use super::live::{write_changes, Scope};
+use super::rows::entries_in;
 use super::{Store, IDS, JOURNAL, META};
 use crate::core::idempotency::{recorded_in_entry, IdKey};
-use crate::core::journal::{hex, Chain, Entry, Hash};
+use crate::core::journal::Entry;
 use crate::core::{Change, EntryBody, Head, Journaled, Ledger, LiveState, Op};
 use redb::{ReadableDatabase, ReadableTable};
-use std::collections::BTreeMap;
 use std::sync::Arc;
-
-/// The end of what was pruned. Zero (the genesis) while nothing was.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Anchor {
-    pub chain: Chain,
-    pub ts_ms: u64,
-    /// Assets and their scales as opened by the pruned entries: an audit from the anchor
-    /// reads amounts with them.
-    pub assets: BTreeMap<String, u32>,
-}
 
 /// The books as of the anchor, kept by the pruning thread between passes so that a pass
 /// reads only the entries it prunes, not the books.
@@ -61,10 +51,6 @@ pub struct Prune {
     pub max_entries: usize,
 }
 
-const ANCHOR: &str = "anchor";
-const ANCHOR_TS: &str = "anchor_ts_ms";
-const ANCHOR_ASSETS: &str = "anchor_assets";
-
 impl Store {
     /// The anchor of this node's journal.
     pub fn anchor(&self) -> Result<Anchor, StoreError> {
@@ -88,7 +74,7 @@ impl Store {
             if from <= anchor.chain.seq {
                 return Ok(Err(anchor));
             }
-            entries_in(&tx.open_table(JOURNAL)?, from, u64::MAX, limit).map(Ok)
+            entries_in(self.rows, &tx.open_table(JOURNAL)?, &anchor.chain, from, u64::MAX, limit).map(Ok)
         };
         read().map_err(|f| self.fail(f))
     }
@@ -164,11 +150,7 @@ impl Store {
             if upto <= chain.seq {
                 return Ok(0);
             }
-            let mut rows = Vec::new();
-            for row in journal.range(chain.seq + 1..=upto)?.take(plan.max_entries) {
-                let (seq, bytes) = row?;
-                rows.push(Entry::decode(seq.value(), bytes.value())?);
-            }
+            let rows = entries_in(self.rows, &journal, &chain, chain.seq + 1, upto, plan.max_entries)?;
             for entry in rows {
                 let mut next = chain;
                 let body = next.verify_next(&entry)?;
@@ -204,10 +186,7 @@ impl Store {
             if pruned == 0 {
                 return Ok(0); // nothing old enough: no commit, the committer need not wait
             }
-            let mut meta = tx.open_table(META)?;
-            meta.insert(ANCHOR, format!("{}:{}", chain.seq, hex(&chain.hash)).as_str())?;
-            meta.insert(ANCHOR_TS, ts_ms.to_string().as_str())?;
-            meta.insert(ANCHOR_ASSETS, serde_json::to_string(&assets).expect("assets serialize").as_str())?;
+            write_anchor(&mut tx.open_table(META)?, &Anchor { chain, ts_ms, assets: assets.clone() })?;
         }
         if let Some(e) = fault.take() {
             return Err(Fault::Replay(format!("the books as of the anchor could not read a hold or decision back: {e}")));
@@ -230,26 +209,4 @@ fn ids_taken(body: &EntryBody) -> Vec<(IdKey, Option<usize>)> {
         out.extend(ops.iter().enumerate().map(|(i, op)| (IdKey::new(device, &op.id), Some(i))));
     }
     out
-}
-
-fn anchor_in(meta: &impl ReadableTable<&'static str, &'static str>) -> Result<Anchor, Fault> {
-    let Some(text) = meta.get(ANCHOR)?.map(|v| v.value().to_string()) else { return Ok(Anchor::default()) };
-    let bad = |what: &str| Fault::Corrupt(format!("the journal's anchor {text:?}: {what}"));
-    let (seq, hash) = text.split_once(':').ok_or_else(|| bad("not seq:hash"))?;
-    let seq: u64 = seq.parse().map_err(|_| bad("seq"))?;
-    let hash = parse_hash(hash).ok_or_else(|| bad("hash"))?;
-    let ts_ms = meta.get(ANCHOR_TS)?.and_then(|v| v.value().parse().ok()).ok_or_else(|| bad("no time"))?;
-    let assets = meta.get(ANCHOR_ASSETS)?.map(|v| serde_json::from_str(v.value())).transpose().map_err(|_| bad("assets"))?;
-    Ok(Anchor { chain: Chain { seq, hash }, ts_ms, assets: assets.unwrap_or_default() })
-}
-
-fn parse_hash(text: &str) -> Option<Hash> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut hash = [0u8; 32];
-    for (i, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(hash)
 }

@@ -2,6 +2,7 @@
 //! at start, appending verified entries, and reading them back.
 
 use super::error::{Fault, StoreError};
+use super::rows::replica_entries;
 use super::{Store, REPLICA, REPLICA_SIGNED};
 use crate::core::journal::{Chain, Entry};
 use crate::core::{Ledger, LiveChanges};
@@ -17,7 +18,7 @@ impl Store {
             let mut chain = Chain::default();
             for row in replica.range((edge, 0)..=(edge, u64::MAX))? {
                 let (key, value) = row?;
-                let entry = Entry::decode(key.value().1, value.value())?;
+                let entry = self.rows.decode(key.value().1, &chain.hash, &Chain::default(), value.value())?;
                 let body = chain.verify_next(&entry)?;
                 ledger.replay(&body).map_err(|e| Fault::Replay(format!("replica of {edge}: {e}")))?;
             }
@@ -36,7 +37,7 @@ impl Store {
             {
                 let mut replica = tx.open_table(REPLICA)?;
                 for entry in entries {
-                    replica.insert((edge, entry.seq), entry.encode().as_slice())?;
+                    replica.insert((edge, entry.seq), self.rows.encode(entry).as_slice())?;
                 }
                 if let Some(head) = signed_head {
                     tx.open_table(REPLICA_SIGNED)?.insert(edge, head)?;
@@ -93,13 +94,7 @@ impl Store {
         let read = || -> Result<Vec<Entry>, Fault> {
             let db = self.db()?;
             let tx = db.begin_read()?;
-            let replica = tx.open_table(REPLICA)?;
-            let mut out = Vec::new();
-            for row in replica.range((edge, from)..=(edge, u64::MAX))?.take(limit) {
-                let (key, value) = row?;
-                out.push(Entry::decode(key.value().1, value.value())?);
-            }
-            Ok(out)
+            replica_entries(self.rows, &tx.open_table(REPLICA)?, edge, from, u64::MAX, limit)
         };
         read().map_err(|f| self.fail(f))
     }

@@ -7,7 +7,7 @@ use super::live::{
     RESOLVED_HOLDS, SENT_RESOLVED,
 };
 use super::{Store, IDS, JOURNAL, REPLICA};
-use redb::{ReadableDatabase, ReadableTableMetadata};
+use redb::{ReadableDatabase, ReadableTableMetadata, TableHandle};
 
 /// Rows per table, by the name the metrics give it.
 pub type TableRows = Vec<(&'static str, u64)>;
@@ -63,6 +63,49 @@ impl Store {
             rows.push((name, n));
         }
         Ok(rows)
+    }
+}
+
+/// Where one table's bytes go, as redb counts them (`TableStats`): what a benchmark prints
+/// to say where the disk per transfer goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableBytes {
+    pub name: String,
+    pub rows: u64,
+    /// Keys and values as stored in leaves, without redb's per-row offsets.
+    pub stored: u64,
+    /// Leaf and branch pages times the page size: what the table takes in the file.
+    pub pages: u64,
+    pub leaf_pages: u64,
+    pub branch_pages: u64,
+}
+
+/// redb's page size: the default, which a node does not change.
+const REDB_PAGE_BYTES: u64 = 4096;
+
+impl Store {
+    /// Every table of the file with its rows and bytes (a full walk of each tree: for
+    /// benchmarks and tools, never on a node's path).
+    pub fn table_bytes(&self) -> Result<Vec<TableBytes>, StoreError> {
+        let read = || -> Result<Vec<TableBytes>, Fault> {
+            let db = self.db()?;
+            let tx = db.begin_read()?;
+            let mut out = Vec::new();
+            for handle in tx.list_tables()? {
+                let table = tx.open_untyped_table(handle.clone())?;
+                let stats = table.stats()?;
+                out.push(TableBytes {
+                    name: handle.name().to_string(),
+                    rows: table.len()?,
+                    stored: stats.stored_bytes(),
+                    pages: (stats.leaf_pages() + stats.branch_pages()) * REDB_PAGE_BYTES,
+                    leaf_pages: stats.leaf_pages(),
+                    branch_pages: stats.branch_pages(),
+                });
+            }
+            Ok(out)
+        };
+        read().map_err(|f| self.fail(f))
     }
 }
 

@@ -115,7 +115,31 @@ pub fn run(opts: &SoakOpts) -> Result<(), String> {
     if answered["status"] != "committed" {
         return Err(format!("the restarted node answered {answered}"));
     }
-    report(opts, &samples, restart)
+    report(opts, &samples, restart)?;
+    // Where the disk goes: the node is stopped, and the file read table by table.
+    let mut node = node.lock().expect("node");
+    node.kill9();
+    report_tables(&node.db_path(), samples.last().map_or(1, |s| s.head.max(1)))
+}
+
+/// Each table's rows, stored bytes and pages, per transfer.
+fn report_tables(db: &std::path::Path, transfers: u64) -> Result<(), String> {
+    let (store, _) = ledger::store::Store::open_existing(db).map_err(|e| e.to_string())?;
+    let mut tables = store.table_bytes().map_err(|e| e.to_string())?;
+    tables.sort_by_key(|t| std::cmp::Reverse(t.pages));
+    let per = |bytes: u64| bytes as f64 / transfers as f64;
+    for t in tables.iter().filter(|t| t.pages > 0) {
+        println!(
+            "soak: table {:<28} {:>10} rows, stored {:>7.1} B/transfer, pages {:>7.1} B/transfer ({} leaf, {} branch)",
+            t.name,
+            t.rows,
+            per(t.stored),
+            per(t.pages),
+            t.leaf_pages,
+            t.branch_pages
+        );
+    }
+    Ok(())
 }
 
 fn journal_head(metrics_port: u16) -> u64 {
