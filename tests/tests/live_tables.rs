@@ -44,11 +44,12 @@ fn as_older_release(tx: &redb::WriteTransaction) {
         ids.iter().unwrap().map(|r| r.unwrap()).map(|(k, v)| (k.value().to_string(), v.value().to_vec())).collect();
     let mut rewritten = 0;
     for (key, bytes) in records {
-        if bytes[0] != 2 {
-            continue; // a rejection's record: the same then
-        }
-        let fingerprint: String = bytes[1..17].iter().map(|b| format!("{b:02x}")).collect();
-        let mut rest = &bytes[17..];
+        // Tag 2 holds its fingerprint; tag 4's is computed again from its entry.
+        let (fingerprint, mut rest) = match bytes[0] {
+            2 => (Some(bytes[1..17].iter().map(|b| format!("{b:02x}")).collect::<String>()), &bytes[17..]),
+            4 => (None, &bytes[1..]),
+            _ => continue, // a rejection's record: the same then
+        };
         let mut varint = || {
             let (mut value, mut shift) = (0u64, 0);
             loop {
@@ -62,6 +63,11 @@ fn as_older_release(tx: &redb::WriteTransaction) {
             }
         };
         let (seq, op) = (varint(), varint());
+        let fingerprint = fingerprint.unwrap_or_else(|| {
+            let (_, row) = rows.iter().find(|(s, _)| *s == seq).expect("the record's entry");
+            let body = Rows::Compact.body(seq, row).unwrap();
+            ledger::core::idempotency::fingerprint_in_entry(&body, (op > 0).then(|| op as usize - 1)).unwrap()
+        });
         let mut old = vec![1u8];
         old.extend_from_slice(fingerprint.as_bytes());
         old.extend_from_slice(&seq.to_be_bytes());

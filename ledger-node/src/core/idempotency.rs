@@ -340,6 +340,39 @@ pub fn recorded_in_entry(body: &EntryBody, key: &str, op: Option<usize>, fingerp
     journaled_recorded(body, fingerprint, op)
 }
 
+/// The fingerprint the id of an accepted command (`op`: of its batch's op) was taken
+/// under, computed again from its journal entry. Exact only for a command that
+/// `reads_back`; `None` when the entry holds no such command.
+pub fn fingerprint_in_entry(body: &EntryBody, op: Option<usize>) -> Option<String> {
+    let Journaled::Device(command) = &body.command else { return None };
+    let device = body.device.as_deref();
+    match (op, &command.op) {
+        (None, _) => Some(fingerprint(device, command)),
+        (Some(i), Op::Batch { ops }) => Some(fingerprint_in_batch(device, &command.id, ops.get(i)?)),
+        (Some(_), _) => None,
+    }
+}
+
+/// Whether `command`, read back from its journal entry, serializes to the same JSON, so
+/// that its fingerprint can be computed again instead of being stored. Every field does
+/// but a `metadata` number that is not an integer: serde_json does not read every float
+/// back to the same value (9.8e26, for one).
+pub fn reads_back(command: &Command) -> bool {
+    fn exact(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Number(n) => n.is_i64() || n.is_u64(),
+            serde_json::Value::Array(items) => items.iter().all(exact),
+            serde_json::Value::Object(fields) => fields.values().all(exact),
+            _ => true,
+        }
+    }
+    match &command.op {
+        Op::Transfer(movement) | Op::Hold { movement, .. } => movement.metadata.as_ref().is_none_or(exact),
+        Op::Batch { ops } => ops.iter().all(reads_back),
+        Op::OpenAccount { .. } | Op::CloseAccount { .. } | Op::Post { .. } | Op::Void { .. } | Op::Balance { .. } => true,
+    }
+}
+
 /// BLAKE3 over the device and the canonical JSON of the command, so that no device can
 /// craft a command that passes for another's. Stable across runs and versions, which
 /// replay relies on.
@@ -355,4 +388,56 @@ pub fn fingerprint(device: Option<&str>, command: &impl Serialize) -> String {
 /// "duplicate" of something it never was.
 pub fn fingerprint_in_batch(device: Option<&str>, batch_id: &str, op: &Command) -> String {
     fingerprint(device, &Command { id: format!("{batch_id}/{}", op.id), op: op.op.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::command::parse;
+    use crate::core::entry_codec;
+
+    /// The intake's fingerprints, and those an entry gives back after its bytes are read.
+    fn taken_and_read_back(json: &str) -> (bool, Vec<(String, Option<String>)>) {
+        let command = parse(json.as_bytes(), 16).expect("a valid command");
+        let device = Some("pos-1");
+        let mut taken = vec![(None, fingerprint(device, &command))];
+        if let Op::Batch { ops } = &command.op {
+            taken.extend(ops.iter().enumerate().map(|(i, op)| (Some(i), fingerprint_in_batch(device, &command.id, op))));
+        }
+        let reads = reads_back(&command);
+        let body = EntryBody {
+            seq: 7,
+            ts_ms: 1,
+            device: device.map(str::to_string),
+            command: Journaled::Device(command),
+            changes: vec![],
+            reply: None,
+        };
+        let read = entry_codec::decode(&entry_codec::encode(&body)).expect("it reads");
+        (reads, taken.into_iter().map(|(op, f)| (f, fingerprint_in_entry(&read, op))).collect())
+    }
+
+    #[test]
+    fn an_entry_gives_back_the_fingerprints_of_commands_that_read_back() {
+        for json in [
+            r#"{"id":"t1","op":"transfer","debit":"wallet:a","credit":"till:1","amount":"1.50","asset":"EUR","metadata":{"order":"A-17","n":[1,-2,{"x":null,"y":true}],"big":18446744073709551615}}"#,
+            r#"{"id":"h1","op":"hold","debit":"wallet:a","credit":"till:1","amount":"1.50","asset":"EUR","timeout_s":30}"#,
+            r#"{"id":"b1","op":"batch","ops":[{"id":"b1a","op":"transfer","debit":"wallet:a","credit":"till:1","amount":"1","asset":"EUR","metadata":{"k":"\u00e9\n"}},{"id":"b1b","op":"post","pending_id":"h1"}]}"#,
+            r#"{"id":"o1","op":"open_account","account":"wallet:z","asset":"EUR","flags":["no_overdraft"],"overdraft_limit":"5"}"#,
+        ] {
+            let (reads, fingerprints) = taken_and_read_back(json);
+            assert!(reads, "{json}");
+            for (taken, again) in fingerprints {
+                assert_eq!(Some(taken), again, "{json}");
+            }
+        }
+        // A float anywhere in metadata, of the command or of a batch's op: the fingerprint
+        // is stored instead (this one does not read back to the same value).
+        for json in [
+            r#"{"id":"t2","op":"transfer","debit":"wallet:a","credit":"till:1","amount":"1","asset":"EUR","metadata":{"kwh":9.8e26}}"#,
+            r#"{"id":"b2","op":"batch","ops":[{"id":"b2a","op":"transfer","debit":"wallet:a","credit":"till:1","amount":"1","asset":"EUR","metadata":{"a":[0.5]}}]}"#,
+        ] {
+            assert!(!taken_and_read_back(json).0, "{json}");
+        }
+    }
 }

@@ -1,10 +1,12 @@
 //! The id records in the file (table `ids`, key `principal:id`): every id a node took,
 //! written in the same commit as its group, and read back for ids that left RAM.
 //!
-//! Value: tag `0` then the JSON of a rejection's `Recorded`; or tag `2`, the fingerprint (16
-//! bytes; the one taken at intake, since a command's JSON need not read back to the same
-//! bytes), the entry's seq (varint) and the batch op's index plus one (varint; `0` for the
-//! command itself): the reply is read from that entry (`recorded_in_entry`); or, once that
+//! Value: tag `0` then the JSON of a rejection's `Recorded`; or tag `4`, the entry's seq
+//! (varint) and the batch op's index plus one (varint; `0` for the command itself): the
+//! reply is read from that entry (`recorded_in_entry`) and the fingerprint computed again
+//! from it (`fingerprint_in_entry`), for a command that `reads_back`; or tag `2`, the same
+//! after the fingerprint (16 bytes), for one that does not (a float in its metadata), so
+//! the one taken at intake is kept; or, once that
 //! entry is pruned (`prune`), tag `3`: the fingerprint (16 bytes), the seq (varint) and the
 //! reply itself (`entry_codec::encode_reply`). Files of format 3 and before also hold tag
 //! `1`: the fingerprint as 32 ASCII hex digits, seq (u64) and op (u32, `u32::MAX` for the
@@ -13,8 +15,9 @@
 use super::error::{Fault, StoreError};
 use super::{Store, IDS, JOURNAL};
 use crate::core::entry_codec;
-use crate::core::idempotency::{recorded_in_entry, sender_id, IdArchive, IdRecord};
+use crate::core::idempotency::{fingerprint_in_entry, recorded_in_entry, sender_id, IdArchive, IdRecord};
 use crate::core::wire::{Reader, Writer};
+use crate::core::EntryBody;
 use crate::core::Recorded;
 use redb::ReadableDatabase;
 use std::sync::{Arc, Mutex};
@@ -23,6 +26,7 @@ const REJECTED: u8 = 0;
 const JOURNALED_HEX: u8 = 1;
 const JOURNALED: u8 = 2;
 const PRUNED: u8 = 3;
+const JOURNALED_BARE: u8 = 4;
 const FINGERPRINT_HEX_DIGITS: usize = 32;
 const NOT_IN_BATCH: u32 = u32::MAX;
 
@@ -32,11 +36,13 @@ pub(super) enum Stored {
     /// The record holds its reply: a rejection's, or an accepted command's whose entry was
     /// pruned.
     Held(Box<Recorded>),
-    /// The command is in entry `seq` (op `op` of its batch).
-    Journaled { seq: u64, op: Option<usize>, fingerprint: String },
+    /// The command is in entry `seq` (op `op` of its batch), taken under `fingerprint`:
+    /// None when it is computed again from the entry.
+    Journaled { seq: u64, op: Option<usize>, fingerprint: Option<String> },
 }
 
-pub(super) fn encode_record(record: &IdRecord, out: &mut Vec<u8>) {
+/// `bare`: the entry's command `reads_back`, so its fingerprint is not stored.
+pub(super) fn encode_record(record: &IdRecord, bare: bool, out: &mut Vec<u8>) {
     match record {
         IdRecord::Rejected(recorded) => {
             out.push(REJECTED);
@@ -44,11 +50,24 @@ pub(super) fn encode_record(record: &IdRecord, out: &mut Vec<u8>) {
         }
         IdRecord::Journaled { fingerprint, seq, op } => {
             let mut w = Writer(out);
-            w.u8(JOURNALED);
-            write_fingerprint(&mut w, fingerprint);
+            if bare {
+                w.u8(JOURNALED_BARE);
+            } else {
+                w.u8(JOURNALED);
+                write_fingerprint(&mut w, fingerprint);
+            }
             w.varint(*seq);
             w.varint(op.map_or(0, |i| i as u64 + 1));
         }
+    }
+}
+
+/// The fingerprint of a journaled record: the one stored, or the one its entry gives.
+pub(super) fn fingerprint_of(stored: Option<String>, body: &EntryBody, op: Option<usize>, key: &str) -> Result<String, Fault> {
+    match stored {
+        Some(fingerprint) => Ok(fingerprint),
+        None => fingerprint_in_entry(body, op)
+            .ok_or_else(|| Fault::Corrupt(format!("entry {} does not hold the command of id {key:?}", body.seq))),
     }
 }
 
@@ -97,9 +116,9 @@ pub(super) fn decode_record(key: &str, bytes: &[u8]) -> Result<Stored, String> {
             Ok(Stored::Held(Box::new(Recorded { fingerprint, reply })))
         }
         Some((&REJECTED, json)) => serde_json::from_slice(json).map(|r| Stored::Held(Box::new(r))).map_err(|e| e.to_string()),
-        Some((&JOURNALED, rest)) => {
+        Some((&(JOURNALED | JOURNALED_BARE), rest)) => {
             let mut r = Reader::new(rest);
-            let fingerprint = read_fingerprint(&mut r)?;
+            let fingerprint = if bytes[0] == JOURNALED { Some(read_fingerprint(&mut r)?) } else { None };
             let seq = r.varint()?;
             let op = match r.varint()? {
                 0 => None,
@@ -112,7 +131,7 @@ pub(super) fn decode_record(key: &str, bytes: &[u8]) -> Result<Stored, String> {
             let fingerprint = std::str::from_utf8(&rest[..FINGERPRINT_HEX_DIGITS]).map_err(|e| e.to_string())?.to_string();
             let seq = u64::from_be_bytes(rest[FINGERPRINT_HEX_DIGITS..FINGERPRINT_HEX_DIGITS + 8].try_into().expect("8 bytes"));
             let op = u32::from_be_bytes(rest[FINGERPRINT_HEX_DIGITS + 8..].try_into().expect("4 bytes"));
-            Ok(Stored::Journaled { seq, op: (op != NOT_IN_BATCH).then_some(op as usize), fingerprint })
+            Ok(Stored::Journaled { seq, op: (op != NOT_IN_BATCH).then_some(op as usize), fingerprint: Some(fingerprint) })
         }
         _ => Err(format!("unknown id record of {} bytes", bytes.len())),
     }
@@ -132,6 +151,7 @@ impl Store {
                 let journal = tx.open_table(JOURNAL)?;
                 let bytes = journal.get(seq)?.ok_or_else(|| Fault::Corrupt(format!("id record {key:?} points at missing entry {seq}")))?;
                 let body = self.rows.body(seq, bytes.value()).map_err(|e| Fault::Corrupt(format!("entry {seq} (of id {key:?}): {e}")))?;
+                let fingerprint = fingerprint_of(fingerprint, &body, op, key)?;
                 let recorded = recorded_in_entry(&body, key, op, fingerprint);
                 let recorded = recorded.ok_or_else(|| Fault::Corrupt(format!("entry {seq} does not hold the command of id {key:?}")))?;
                 Ok(Some(recorded))
@@ -194,30 +214,48 @@ mod tests {
         let cases = [
             (
                 IdRecord::Journaled { fingerprint: fingerprint.clone(), seq: 42, op: None },
-                Stored::Journaled { seq: 42, op: None, fingerprint: fingerprint.clone() },
+                false,
+                Stored::Journaled { seq: 42, op: None, fingerprint: Some(fingerprint.clone()) },
             ),
             (
                 IdRecord::Journaled { fingerprint: fingerprint.clone(), seq: u64::MAX, op: Some(7) },
-                Stored::Journaled { seq: u64::MAX, op: Some(7), fingerprint: fingerprint.clone() },
+                false,
+                Stored::Journaled { seq: u64::MAX, op: Some(7), fingerprint: Some(fingerprint.clone()) },
             ),
-            (IdRecord::Rejected(Box::new(rejected.clone())), Stored::Held(Box::new(rejected))),
+            (
+                IdRecord::Journaled { fingerprint: fingerprint.clone(), seq: 42, op: Some(3) },
+                true,
+                Stored::Journaled { seq: 42, op: Some(3), fingerprint: None },
+            ),
+            (IdRecord::Rejected(Box::new(rejected.clone())), true, Stored::Held(Box::new(rejected))),
         ];
-        for (record, stored) in &cases {
+        for (record, bare, stored) in &cases {
             let mut bytes = Vec::new();
-            encode_record(record, &mut bytes);
+            encode_record(record, *bare, &mut bytes);
             assert_eq!(&decode_record("pos-1:t-1", &bytes).unwrap(), stored);
         }
         let mut bytes = Vec::new();
-        encode_record(&cases[0].0, &mut bytes);
+        encode_record(&cases[0].0, false, &mut bytes);
         assert_eq!(bytes.len(), 1 + 16 + 1 + 1, "tag, fingerprint, seq, op");
         assert_eq!(bytes[17..], [42, 0]);
+        bytes.clear();
+        encode_record(&cases[0].0, true, &mut bytes);
+        assert_eq!(bytes, [JOURNALED_BARE, 42, 0], "tag, seq, op: the entry gives the fingerprint back");
         // As files of format 3 and before hold it.
         let mut old = vec![JOURNALED_HEX];
         old.extend_from_slice(fingerprint.as_bytes());
         old.extend_from_slice(&42u64.to_be_bytes());
         old.extend_from_slice(&u32::MAX.to_be_bytes());
-        assert_eq!(decode_record("pos-1:t-1", &old).unwrap(), Stored::Journaled { seq: 42, op: None, fingerprint });
-        for bad in [&[1, 2, 3][..], &[JOURNALED, 0x80], &[JOURNALED, 1, 0, 0], &[], &[PRUNED, 1, 2]] {
+        assert_eq!(decode_record("pos-1:t-1", &old).unwrap(), Stored::Journaled { seq: 42, op: None, fingerprint: Some(fingerprint) });
+        for bad in [
+            &[1, 2, 3][..],
+            &[JOURNALED, 0x80],
+            &[JOURNALED, 1, 0, 0],
+            &[],
+            &[PRUNED, 1, 2],
+            &[JOURNALED_BARE, 42],
+            &[JOURNALED_BARE, 1, 0, 0],
+        ] {
             assert!(decode_record("pos-1:t-1", bad).is_err(), "{bad:?}");
         }
         // Pruned: the reply travels with the record, without its id and seq.

@@ -5,8 +5,9 @@ use super::error::{Fault, StoreError};
 use super::ids::{decode_record, encode_record, holds_reply, Stored};
 use super::rows::{check_head, entries_in};
 use super::{Store, IDS, JOURNAL, META};
+use crate::core::idempotency::reads_back;
 use crate::core::journal::{hex, Chain, Entry};
-use crate::core::{Effects, Ledger, LiveChanges};
+use crate::core::{Effects, Journaled, Ledger, LiveChanges};
 use redb::{ReadableDatabase, ReadableTable};
 
 impl Store {
@@ -90,20 +91,23 @@ impl Store {
             let mut ids = tx.open_table(IDS)?;
             let mut records = Vec::new();
             for effect in effects {
+                // Its ids' fingerprints need not be stored when the entry gives them back.
+                let mut bare = false;
                 if let Some(body) = &effect.entry {
                     let entry = chain.seal(body);
                     journal.insert(entry.seq, self.rows.encode(&entry).as_slice())?;
                     sealed.push(entry);
+                    bare = matches!(&body.command, Journaled::Device(command) if reads_back(command));
                 }
-                records.extend(effect.recorded.iter());
+                records.extend(effect.recorded.iter().map(|(id, record)| (id, record, bare)));
             }
             // In key order, the inserts walk the B-tree's leaves once instead of jumping
             // between devices' ranges.
-            records.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            records.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let mut bytes = Vec::new();
-            for (id, record) in records {
+            for (id, record, bare) in records {
                 bytes.clear();
-                encode_record(record, &mut bytes);
+                encode_record(record, bare, &mut bytes);
                 ids.insert(id.as_str(), bytes.as_slice())?;
             }
             let mut meta = tx.open_table(META)?;

@@ -16,7 +16,7 @@ use super::anchor::{anchor_in, write_anchor, Anchor};
 use super::archive::StoreArchive;
 use super::error::{Fault, StoreError};
 use super::ids::IdFault;
-use super::ids::{decode_record, encode_pruned, Stored};
+use super::ids::{decode_record, encode_pruned, fingerprint_of, Stored};
 use super::live::{write_changes, Scope};
 use super::rows::entries_in;
 use super::{Store, IDS, JOURNAL, META};
@@ -172,6 +172,7 @@ impl Store {
                     if seq != entry.seq {
                         continue;
                     }
+                    let fingerprint = fingerprint_of(fingerprint, &body, op, key.as_str())?;
                     let recorded = recorded_in_entry(&body, key.as_str(), op, fingerprint);
                     let recorded = recorded
                         .ok_or_else(|| Fault::Corrupt(format!("entry {seq} does not hold the command of id {:?}", key.as_str())))?;
