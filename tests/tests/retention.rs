@@ -2,7 +2,8 @@
 //! over mutual TLS. The edge prunes only what the region acknowledged, answers every
 //! resent id (pruned entries included) `duplicate` with its seq, before and after a
 //! SIGKILL, refuses a range request into what it pruned with a clear answer, and its file
-//! verifies from the anchor; the region's replica keeps every entry.
+//! verifies from the anchor; the region's replica keeps every entry. An acknowledgement
+//! that names an entry under a hash the edge never wrote prunes nothing.
 
 use harness::{cmd, eventually, free_port, ledgerctl_binary, operator_tls, Device, NodeOptions, NodeProcess, TestPki};
 use std::time::Duration;
@@ -89,6 +90,76 @@ async fn an_edge_prunes_what_its_region_holds_and_still_answers_every_id() {
         std::process::Command::new(ledgerctl_binary()).args(["verify", "--db", edge.db_path().to_str().unwrap()]).output().unwrap();
     let out = String::from_utf8_lossy(&verify.stdout);
     assert!(verify.status.success(), "{out}{}", String::from_utf8_lossy(&verify.stderr));
+}
+
+/// A region whose replica diverged from its edge (a bug, a disk restored from an old copy)
+/// acknowledges an entry under a hash the edge never wrote: the edge refuses the ack,
+/// counts it and prunes nothing on its word; the same region acknowledging the entry the
+/// edge did write lets it prune. The region is played by the test: a zenoh router under
+/// the region's own identity and access rules, which the edge connects to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_under_another_hash_prunes_nothing() {
+    let pki = TestPki::new(&["eu", EDGE]);
+    let port = free_port();
+    let region_toml = format!(
+        "[node]\nid = \"eu\"\nrole = \"region\"\n\n[zenoh]\nlisten = [\"tls/127.0.0.1:{port}\"]\n{}\n[replication]\nedges = [\"{EDGE}\"]\n",
+        pki.zenoh_tls("eu")
+    );
+    let region = bridge::open(&config::NodeConfig::from_toml(&region_toml).unwrap()).await.unwrap();
+    let metrics = free_port();
+    let edge = NodeProcess::start(NodeOptions {
+        node_id: Some(EDGE.into()),
+        extra_toml: format!(
+            "[zenoh]\nconnect = [\"tls/127.0.0.1:{port}\"]\n{}\n[retention]\nkeep_entries = {KEEP}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+            pki.zenoh_tls(EDGE)
+        ),
+        ..NodeOptions::default()
+    });
+    let device = Device::connect(edge.port, "pos-1").await;
+    for c in commands() {
+        let reply = device.request(c).await;
+        assert_eq!(reply["code"], "ok", "{reply}");
+    }
+    let head = PAYMENTS + 2;
+    // The hash the edge wrote, from its range queryable, as a region reads it.
+    let written = eventually("the edge's entry", DEADLINE, || async {
+        let selector = format!("{}?from={head};limit=1", bridge::keys::journal_range(EDGE));
+        let reply = region.get(&selector).await.ok()?.recv_async().await.ok()?;
+        let records = bridge::decode_frame(&reply.result().ok()?.payload().to_bytes()).ok()?;
+        let (seq, bytes) = records.into_iter().find(|(seq, _)| *seq == head)?;
+        Some(ledger::core::journal::Entry::decode(seq, &bytes).ok()?.hash)
+    })
+    .await;
+    let ack = |hash: &[u8; 32]| serde_json::json!({"seq": head, "hash": ledger::core::journal::hex(hash)}).to_string();
+    let publish = |payload: String| {
+        let region = region.clone();
+        async move {
+            let put = region.put(bridge::keys::journal_ack(EDGE), payload);
+            put.congestion_control(bridge::zenoh::qos::CongestionControl::Block).await.unwrap();
+        }
+    };
+    let mut other = written;
+    other[0] ^= 1;
+    let refused = eventually("the ack under another hash refused", DEADLINE, || {
+        let publish = publish(ack(&other));
+        async move {
+            publish.await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Some(gauge(metrics, "edgeledger_acks_refused_total ")).filter(|n| *n > 0)
+        }
+    })
+    .await;
+    assert!(refused >= 1);
+    assert_eq!(gauge(metrics, "edgeledger_replicated_seq "), 0, "the refused ack moved nothing");
+    assert_eq!(gauge(metrics, "edgeledger_journal_anchor_seq "), 0, "nothing pruned");
+    assert_eq!(gauge(metrics, "edgeledger_table_rows{table=\"journal\"} "), head);
+    // The entry the edge wrote: it prunes all but the newest KEEP.
+    publish(ack(&written)).await;
+    let anchor = eventually("the edge prunes", DEADLINE, || async {
+        Some(gauge(metrics, "edgeledger_journal_anchor_seq ")).filter(|a| *a == head - KEEP)
+    })
+    .await;
+    assert_eq!(gauge(metrics, "edgeledger_replicated_seq "), head, "{anchor}");
 }
 
 /// Two accounts opened, then PAYMENTS transfers: one entry each.
