@@ -172,6 +172,49 @@ async fn a_tampered_entry_is_refused_reported_and_never_applied() {
     serve.abort();
 }
 
+/// An edge that booked more than two frames' worth of entries before its region first
+/// came up: the region catches up range by range (asking for the next while it applies
+/// one) and ends with the edge's head, its books and a file that verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_catches_up_a_backlog_of_several_frames() {
+    let zenoh_port = free_port();
+    let berlin = edge("eu/berlin-1", zenoh_port);
+    let device = Device::connect(berlin.port, "till-1").await;
+    for (id, account, flags) in [("o1", "issuer", vec!["issuance"]), ("o2", "wallet:a", vec![]), ("o3", "merchant:m", vec![])] {
+        assert_eq!(device.request(cmd::open(id, account, "EUR", &flags)).await["code"], "ok");
+    }
+    assert_eq!(device.request(cmd::transfer("fund", "issuer", "wallet:a", "100.00", "EUR")).await["code"], "ok");
+    let payments = 2 * bridge::MAX_FRAME_ENTRIES + 300;
+    for i in 0..payments {
+        device.publish(cmd::transfer(&format!("p{i}"), "wallet:a", "merchant:m", "0.01", "EUR").to_string()).await;
+    }
+    let head = 4 + payments as u64;
+    let reads = std::sync::atomic::AtomicU64::new(0);
+    let read = eventually("every payment booked", CATCH_UP, || async {
+        let n = reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let read = device.request(cmd::balance(&format!("b-{n}"), "merchant:m")).await;
+        (read["seq"] == head).then_some(read)
+    })
+    .await;
+    assert_eq!(read["balance"]["posted"], format!("{}.{:02}", payments / 100, payments % 100), "{read}");
+
+    let mut region_node = region(zenoh_port, &["eu/berlin-1"]);
+    let ops = operator_session(zenoh_port).await;
+    let replica_head = eventually("the replica to reach the edge's head", CATCH_UP, || async {
+        replica(&ops, "eu/berlin-1").await.filter(|r| r["seq"] == head)
+    })
+    .await;
+    assert!(replica_head["refused"].is_null(), "{replica_head}");
+    let edge_status = eventually("the edge's status", CATCH_UP, || async { ask(&ops, "ledger/v1/status/eu/berlin-1").await }).await;
+    assert_eq!(edge_status["head"]["hash"], replica_head["hash"]);
+    let answer = ask(&ops, "ledger/v1/query/eu/balance?account=merchant:m@eu/berlin-1").await.unwrap();
+    assert_eq!(answer["balance"]["posted"], read["balance"]["posted"], "{answer}");
+    region_node.kill9();
+    let args = ["verify".to_string(), "--db".to_string(), region_node.db_path().display().to_string()];
+    let (code, out, err) = harness::run_ledgerctl(&args).await;
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 /// Ten holds of 0.02 on the edge, each posted at 0.01; the last entry's seq.
 async fn hold_and_post(device: &Device, round: &str) -> u64 {
     let mut seq = 0;

@@ -66,16 +66,28 @@ pub async fn follow_edge(
         if replicas.lock().expect("replicas").get(&edge).is_none_or(|r| r.refused.is_some()) {
             return;
         }
-        // Drain the edge's journal by ranges until it has nothing new.
+        // Drain the edge's journal by ranges until it has nothing new. While a full frame is
+        // verified, replayed and stored, the range after it is already asked for; it is used
+        // only if the frame was taken whole (it starts where the replica then ends).
+        let mut prefetched: Option<(u64, Option<Frame>)> = None;
         loop {
             let cursor = replicas.lock().expect("replicas").get(&edge).map_or(0, |r| r.chain.seq);
-            let selector = format!("{}?from={};limit={MAX_FRAME_ENTRIES}", keys::journal_range(&edge), cursor + 1);
-            let frame = match fetch(&session, &selector).await {
-                Some(frame) => frame,
-                None => break,
+            let frame = match prefetched.take() {
+                Some((from, frame)) if from == cursor + 1 => frame,
+                _ => fetch(&session, &range_selector(&edge, cursor + 1)).await,
             };
+            let Some(frame) = frame else { break };
             let got = frame.0.len();
-            if got == 0 || !apply(&link, frame).await {
+            let last = frame.0.last().map_or(cursor, |(seq, _)| *seq);
+            let applied = if got == MAX_FRAME_ENTRIES {
+                let selector = range_selector(&edge, last + 1);
+                let (next, applied) = tokio::join!(fetch(&session, &selector), apply(&link, frame));
+                prefetched = Some((last + 1, next));
+                applied
+            } else {
+                got > 0 && apply(&link, frame).await
+            };
+            if !applied {
                 break;
             }
             grown.notify_one();
@@ -100,6 +112,11 @@ pub async fn follow_edge(
 
 /// A frame's entries and its trailer (the edge's signed head), if any.
 type Frame = (bridge::Records, Option<Vec<u8>>);
+
+/// Entries `from..` of `edge`'s journal, a frame's worth at most.
+fn range_selector(edge: &str, from: u64) -> String {
+    format!("{}?from={from};limit={MAX_FRAME_ENTRIES}", keys::journal_range(edge))
+}
 
 async fn fetch(session: &bridge::zenoh::Session, selector: &str) -> Option<Frame> {
     let replies = session.get(selector).congestion_control(CongestionControl::Block).timeout(QUERY_TIMEOUT).await.ok()?;
