@@ -124,22 +124,32 @@ async fn run_async(opts: &GeoOpts) -> Result<(), String> {
         let healed = Instant::now();
         let at_heal = replica.load(Ordering::SeqCst);
         proxy.heal();
+        // The edge's zenoh session reconnects on its own retry schedule (up to 2 s apart):
+        // the drain proper starts when the replica first grows again.
+        wait_for(&replica, at_heal + 1).await?;
+        let (linked, at_link) = (Instant::now(), replica.load(Ordering::SeqCst));
         wait_for(&replica, head).await?;
         let took = healed.elapsed();
+        let draining = linked.elapsed();
         let backlog = head - at_heal;
+        let linked_eps = (head - at_link) as f64 / draining.as_secs_f64();
         println!(
-            "geo: {} s partition: backlog {backlog} entries (replica stayed at {before}), drained in {:.2} s: {:.0} entries/s",
+            "geo: {} s partition: backlog {backlog} entries (replica stayed at {before}), drained in {:.2} s after healing: {:.0} entries/s; \
+             the link back after {:.2} s, then {:.0} entries/s",
             opts.partition_s,
             took.as_secs_f64(),
-            backlog as f64 / took.as_secs_f64()
+            backlog as f64 / took.as_secs_f64(),
+            (took - draining).as_secs_f64(),
+            linked_eps
         );
         println!(
-            "RESULT geo rate={} lag_p50_ms={:.1} lag_p99_ms={:.1} backlog={backlog} drain_s={:.2} drain_eps={:.0}",
+            "RESULT geo rate={} lag_p50_ms={:.1} lag_p99_ms={:.1} backlog={backlog} drain_s={:.2} drain_eps={:.0} relink_s={:.2} linked_drain_eps={linked_eps:.0}",
             opts.rate,
             lag.value_at_quantile(0.5) as f64 / 1000.0,
             lag.value_at_quantile(0.99) as f64 / 1000.0,
             took.as_secs_f64(),
-            backlog as f64 / took.as_secs_f64()
+            backlog as f64 / took.as_secs_f64(),
+            (took - draining).as_secs_f64(),
         );
     }
     stop.store(true, Ordering::SeqCst);
