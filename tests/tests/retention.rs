@@ -29,14 +29,7 @@ async fn an_edge_prunes_what_its_region_holds_and_still_answers_every_id() {
         ..NodeOptions::default()
     });
     let metrics = free_port();
-    let mut edge = NodeProcess::start(NodeOptions {
-        node_id: Some(EDGE.into()),
-        extra_toml: format!(
-            "[zenoh]\nconnect = [\"tls/127.0.0.1:{port}\"]\n{}\n[retention]\nkeep_entries = {KEEP}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
-            pki.zenoh_tls(EDGE)
-        ),
-        ..NodeOptions::default()
-    });
+    let mut edge = retention_edge(&pki, port, metrics);
     let device = Device::connect(edge.port, "pos-1").await;
     let mut replies = Vec::new();
     for c in commands() {
@@ -107,14 +100,7 @@ async fn an_ack_under_another_hash_prunes_nothing() {
     );
     let region = bridge::open(&config::NodeConfig::from_toml(&region_toml).unwrap()).await.unwrap();
     let metrics = free_port();
-    let edge = NodeProcess::start(NodeOptions {
-        node_id: Some(EDGE.into()),
-        extra_toml: format!(
-            "[zenoh]\nconnect = [\"tls/127.0.0.1:{port}\"]\n{}\n[retention]\nkeep_entries = {KEEP}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
-            pki.zenoh_tls(EDGE)
-        ),
-        ..NodeOptions::default()
-    });
+    let edge = retention_edge(&pki, port, metrics);
     let device = Device::connect(edge.port, "pos-1").await;
     for c in commands() {
         let reply = device.request(c).await;
@@ -143,8 +129,8 @@ async fn an_ack_under_another_hash_prunes_nothing() {
     let refused = eventually("the ack under another hash refused", DEADLINE, || {
         let publish = publish(ack(&other));
         async move {
+            // Published again on each poll: the edge may not have subscribed yet.
             publish.await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
             Some(gauge(metrics, "edgeledger_acks_refused_total ")).filter(|n| *n > 0)
         }
     })
@@ -160,6 +146,19 @@ async fn an_ack_under_another_hash_prunes_nothing() {
     })
     .await;
     assert_eq!(gauge(metrics, "edgeledger_replicated_seq "), head, "{anchor}");
+}
+
+/// The edge with `[retention] keep_entries = KEEP`, its region at `port` over mutual TLS,
+/// metrics on `metrics`.
+fn retention_edge(pki: &TestPki, port: u16, metrics: u16) -> NodeProcess {
+    NodeProcess::start(NodeOptions {
+        node_id: Some(EDGE.into()),
+        extra_toml: format!(
+            "[zenoh]\nconnect = [\"tls/127.0.0.1:{port}\"]\n{}\n[retention]\nkeep_entries = {KEEP}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+            pki.zenoh_tls(EDGE)
+        ),
+        ..NodeOptions::default()
+    })
 }
 
 /// Two accounts opened, then PAYMENTS transfers: one entry each.

@@ -161,17 +161,34 @@ pub(super) fn entries_in(
     to: u64,
     limit: usize,
 ) -> Result<Vec<Entry>, Fault> {
-    let from = from.max(anchor.seq + 1);
+    read_linked(rows, anchor, from, to, limit, |lo, n| {
+        let mut raw = Vec::new();
+        for row in journal.range(lo..=to)?.take(n) {
+            let (seq, value) = row?;
+            raw.push((seq.value(), value.value().to_vec()));
+        }
+        Ok(raw)
+    })
+}
+
+/// Entries `from..=to` after `start`, at most `limit`: `read(lo, n)` gives at most `n` rows
+/// from `lo` on (through `to`), `lo` being where linking `from` must start.
+fn read_linked(
+    rows: Rows,
+    start: &Chain,
+    from: u64,
+    to: u64,
+    limit: usize,
+    read: impl FnOnce(u64, usize) -> Result<RawRows, Fault>,
+) -> Result<Vec<Entry>, Fault> {
+    let from = from.max(start.seq + 1);
     if from > to || limit == 0 {
         return Ok(Vec::new());
     }
-    let lo = rows.base(from, anchor).max(anchor.seq + 1);
-    let mut raw = Vec::new();
-    for row in journal.range(lo..=to)?.take((from - lo) as usize + limit) {
-        let (seq, value) = row?;
-        raw.push((seq.value(), value.value().to_vec()));
-    }
-    rows.link(from, anchor, raw)
+    let lo = rows.base(from, start).max(start.seq + 1);
+    // At most `CHECKPOINT` rows before `from`, only hashed on the way.
+    let before = usize::try_from(from - lo).expect("fewer rows than a checkpoint span");
+    rows.link(from, start, read(lo, before.saturating_add(limit))?)
 }
 
 /// Checks the journal's end as read (`end`, linked from `anchor`) against the head the
@@ -204,18 +221,14 @@ pub(super) fn replica_entries(
     to: u64,
     limit: usize,
 ) -> Result<Vec<Entry>, Fault> {
-    let from = from.max(1);
-    if from > to || limit == 0 {
-        return Ok(Vec::new());
-    }
-    let start = Chain::default();
-    let lo = rows.base(from, &start).max(1);
-    let mut raw = Vec::new();
-    for row in replica.range((edge, lo)..=(edge, to))?.take((from - lo) as usize + limit) {
-        let (key, value) = row?;
-        raw.push((key.value().1, value.value().to_vec()));
-    }
-    rows.link(from, &start, raw)
+    read_linked(rows, &Chain::default(), from, to, limit, |lo, n| {
+        let mut raw = Vec::new();
+        for row in replica.range((edge, lo)..=(edge, to))?.take(n) {
+            let (key, value) = row?;
+            raw.push((key.value().1, value.value().to_vec()));
+        }
+        Ok(raw)
+    })
 }
 
 #[cfg(test)]
