@@ -54,6 +54,8 @@ pub fn served_by_edge(edge: &str) -> Vec<String> {
         keys::command(edge),
         keys::transfer_deliver(edge),
         keys::transfer_settle(edge),
+        keys::transfer_deliveries(edge),
+        keys::transfer_settlements(edge),
     ]
 }
 
@@ -107,8 +109,8 @@ pub fn grants(node: &NodeConfig) -> Vec<Grant> {
                 grants.push(grant(edge.clone(), &["reply"], replies));
             }
             for peer in zenoh.map(|z| z.peer_regions.clone()).unwrap_or_default() {
-                grants.push(grant(peer.clone(), QUERY, vec![keys::transfer_relay(me)]));
-                grants.push(grant(peer.clone(), SERVE, vec![keys::transfer_relay(&peer)]));
+                grants.push(grant(peer.clone(), QUERY, vec![keys::transfer_relay(me), keys::transfer_relays(me)]));
+                grants.push(grant(peer.clone(), SERVE, vec![keys::transfer_relay(&peer), keys::transfer_relays(&peer)]));
             }
             for name in &operators {
                 grants.push(grant(operator_common_name(name), QUERY, operator_reads_via_region()));
@@ -178,6 +180,9 @@ mod tests {
         let deliver = keys::transfer_deliver("eu/berlin-1");
         let who: Vec<&str> = grants.iter().filter(|g| g.key_exprs.contains(&deliver)).map(|g| g.subject.as_str()).collect();
         assert_eq!(who, ["eu"]);
+        let bulk = keys::transfer_deliveries("eu/berlin-1");
+        let who: Vec<&str> = grants.iter().filter(|g| g.key_exprs.contains(&bulk)).map(|g| g.subject.as_str()).collect();
+        assert_eq!(who, ["eu"]);
         let admin = grants.iter().find(|g| g.subject == "operator:admin").unwrap();
         assert!(admin.key_exprs.contains(&keys::command("eu/berlin-1")));
         assert!(!admin.key_exprs.iter().any(|k| k.contains("transfer")));
@@ -193,8 +198,10 @@ mod tests {
             assert!(g.key_exprs.iter().all(|k| k.contains("/eu/a/") || k.ends_with("/eu/a")), "{g:?}");
         }
         let relay: Vec<&Grant> = grants.iter().filter(|g| g.subject == "us").collect();
-        assert!(relay.iter().any(|g| g.messages == QUERY && g.key_exprs == [keys::transfer_relay("eu")]));
-        assert!(relay.iter().all(|g| g.key_exprs.iter().all(|k| k.starts_with("ledger/v1/transfer/") && k.ends_with("/relay"))));
+        let asked = [keys::transfer_relay("eu"), keys::transfer_relays("eu")];
+        assert!(relay.iter().any(|g| g.messages == QUERY && g.key_exprs == asked));
+        let relay_key = |k: &String| k.starts_with("ledger/v1/transfer/") && (k.ends_with("/relay") || k.ends_with("/relays"));
+        assert!(relay.iter().all(|g| g.key_exprs.iter().all(relay_key)));
         let acl = zenoh_access_control(&region);
         assert_eq!(acl["default_permission"], "deny");
         // zenoh parses what we generate.

@@ -27,6 +27,11 @@ pub const MAX_FRAME_ENTRIES: usize = 1_000;
 pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
 /// Largest request payload (a delivery, a settlement, an operator command) a node reads.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// Most transfers in one bulk message (deliveries, relays, settlements, and the answers).
+pub const MAX_TRANSFER_BATCH: usize = 256;
+/// Largest bulk request payload a node reads: `MAX_TRANSFER_BATCH` transfers with their
+/// decisions' digests, with room to spare.
+pub const MAX_BATCH_REQUEST_BYTES: usize = 1024 * 1024;
 /// How long a range query may take before it is asked again.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -107,6 +112,22 @@ pub mod keys {
     /// A source edge takes the destination's decision here and posts or voids its hold.
     pub fn transfer_settle(edge: &str) -> String {
         format!("ledger/v1/transfer/{edge}/settle")
+    }
+
+    /// `transfer_deliver` in bulk: many transfers to one destination edge in one message,
+    /// decided in one group commit (what a region's coordinator sends).
+    pub fn transfer_deliveries(edge: &str) -> String {
+        format!("ledger/v1/transfer/{edge}/deliveries")
+    }
+
+    /// `transfer_relay` in bulk: a batch of deliveries for one of the region's edges.
+    pub fn transfer_relays(region: &str) -> String {
+        format!("ledger/v1/transfer/{region}/relays")
+    }
+
+    /// `transfer_settle` in bulk: many decisions for one source edge in one message.
+    pub fn transfer_settlements(edge: &str) -> String {
+        format!("ledger/v1/transfer/{edge}/settlements")
     }
 }
 
@@ -190,6 +211,35 @@ impl fmt::Display for AskError {
 }
 
 impl std::error::Error for AskError {}
+
+/// The answer to a bulk request: one outcome per item, in the request's order, each the
+/// item's answer (`{"ok": …}`) or why it was not taken (`{"refused": …}`); the sender
+/// retries the refused ones on their own.
+pub fn outcomes_json(outcomes: Vec<Answer>) -> serde_json::Value {
+    let items = outcomes.into_iter().map(|o| match o {
+        Ok(value) => serde_json::json!({ "ok": value }),
+        Err(refusal) => serde_json::json!({ "refused": refusal }),
+    });
+    serde_json::Value::Array(items.collect())
+}
+
+/// Reads `outcomes_json` back, checking it has one outcome per item sent (`expected`).
+pub fn outcomes_of(value: serde_json::Value, expected: usize) -> Result<Vec<Answer>, String> {
+    let serde_json::Value::Array(items) = value else { return Err("outcomes: not a list".to_string()) };
+    if items.len() != expected {
+        return Err(format!("outcomes: {} for {expected} items", items.len()));
+    }
+    let outcome = |mut item: serde_json::Value| -> Result<Answer, String> {
+        if let Some(ok) = item.get_mut("ok") {
+            return Ok(Ok(ok.take()));
+        }
+        match item.get_mut("refused") {
+            Some(refused) => serde_json::from_value(refused.take()).map(Err).map_err(|e| format!("outcomes: refused: {e}")),
+            None => Err("outcomes: an item is neither ok nor refused".to_string()),
+        }
+    };
+    items.into_iter().map(outcome).collect()
+}
 
 /// Reads an error reply's payload back into the refusal it carries.
 pub fn refusal_of(payload: &[u8]) -> Refusal {

@@ -164,6 +164,35 @@ pub fn decision_message(source: &str, id: &str, destination: &str, status: &str,
     format!("edgeledger/v1/decision\n{source}\n{id}\n{destination}\n{status}\n{code}\n{seq}\n").into_bytes()
 }
 
+/// The bytes a source's region signs for a batch of deliveries (one signature for all):
+/// each delivery's own message (`delivery_message`), in the batch's order.
+pub fn deliveries_message<'a>(deliveries: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = b"edgeledger/v1/deliveries\n".to_vec();
+    for message in deliveries {
+        out.extend_from_slice(&(message.len() as u64).to_be_bytes());
+        out.extend_from_slice(message);
+    }
+    out
+}
+
+/// The SHA-256 of one decision's message (`decision_message`), hex: what a destination
+/// lists, and signs once, for a batch of decisions.
+pub fn decision_digest(message: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, message).as_ref())
+}
+
+/// The bytes a destination signs for a batch of decisions: `destination` and the digest of
+/// each decision in the batch's order (empty for an item it did not decide). A source checks
+/// one signature per batch, then that its own decision's digest is the one listed.
+pub fn decisions_message(destination: &str, digests: &[Option<String>]) -> Vec<u8> {
+    let mut out = format!("edgeledger/v1/decisions\n{destination}\n").into_bytes();
+    for digest in digests {
+        out.extend_from_slice(digest.as_deref().unwrap_or_default().as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
 /// The DER contents of the first PEM block labelled `label` in `path`.
 fn pem_block(path: &Path, label: &str) -> Result<Vec<u8>, String> {
     let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;

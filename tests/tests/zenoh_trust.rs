@@ -22,7 +22,7 @@ fn delivery(id: &str, amount: &str) -> Value {
 }
 
 /// Every way a session could try to move money on berlin: an operator command that mints,
-/// deliveries (direct and relayed), a settlement. Returns what answered, which must be nothing.
+/// deliveries (direct and relayed), a settlement, one at a time and in bulk. Returns what answered, which must be nothing.
 async fn try_everything(session: &Session, tag: &str) -> Vec<String> {
     let settlement = json!({"pending_id": "pay-1", "decision": {"id": "pay-1", "status": "committed", "code": "ok",
         "message": "credited", "seq": 1, "duplicate": false}});
@@ -30,7 +30,14 @@ async fn try_everything(session: &Session, tag: &str) -> Vec<String> {
         ("ledger/v1/command/eu/berlin-1", mint(&format!("{tag}-mint"))),
         ("ledger/v1/transfer/eu/berlin-1/deliver", delivery(&format!("{tag}-d"), "250.00")),
         ("ledger/v1/transfer/eu/relay", delivery(&format!("{tag}-r"), "750.00")),
-        ("ledger/v1/transfer/eu/berlin-1/settle", settlement),
+        ("ledger/v1/transfer/eu/berlin-1/settle", settlement.clone()),
+        ("ledger/v1/transfer/eu/berlin-1/deliveries", json!({"deliveries": [delivery(&format!("{tag}-bd"), "250.00")]})),
+        ("ledger/v1/transfer/eu/relays", json!({"deliveries": [delivery(&format!("{tag}-br"), "750.00")]})),
+        (
+            "ledger/v1/transfer/eu/berlin-1/settlements",
+            json!({"groups": [{"destination": "eu/paris-1",
+            "decided": [{"index": 0, "pending_id": "pay-1", "decision": settlement["decision"]}]}]}),
+        ),
     ];
     let mut answered = Vec::new();
     for (selector, payload) in attempts {

@@ -2,7 +2,7 @@
 //! destination, the settlement it takes back to the source, and the rule for what counts
 //! as a decision. Checked hard here: they come from the network.
 
-use super::address::{valid_address, valid_node, Address, TransferKey};
+use super::address::{valid_address, valid_node, Address, NodeId, TransferKey};
 use super::command::{valid_id, Movement, NodeCommand, NodeOp};
 use super::reply::{truncate, Code, Reply, Status, MAX_MESSAGE_BYTES};
 use serde::{Deserialize, Serialize};
@@ -81,6 +81,103 @@ impl Settlement {
             return Err("pending_id: not a command id".to_string());
         }
         truncate(&mut self.decision.message, MAX_MESSAGE_BYTES);
+        Ok(self)
+    }
+}
+
+/// Most decision groups (destination batches) one settlement message carries: each brings
+/// its list of digests along, so this bounds the message.
+pub const MAX_DECISION_GROUPS: usize = 16;
+
+/// Many deliveries to one destination edge in one message, vouched for by one signature of
+/// the sources' region over all of them (`proof`; the deliveries carry none of their own).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryBatch {
+    pub deliveries: Vec<Delivery>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<serde_json::Value>,
+}
+
+impl DeliveryBatch {
+    /// Hard checks at the boundary: 1 to `max` deliveries, each for `destination`, all from
+    /// edges of one region (the one whose signature vouches for them). Returns that region.
+    pub fn check(&self, destination: &str, max: usize) -> Result<String, String> {
+        if self.deliveries.is_empty() || self.deliveries.len() > max {
+            return Err(format!("deliveries: {} of them; 1 to {max} per message", self.deliveries.len()));
+        }
+        let mut region: Option<String> = None;
+        for (i, delivery) in self.deliveries.iter().enumerate() {
+            delivery.check(destination).map_err(|e| format!("deliveries[{i}].{e}"))?;
+            if delivery.proof.is_some() {
+                return Err(format!("deliveries[{i}].proof: a batch is signed as a whole (its own proof)"));
+            }
+            let source = NodeId::parse(&delivery.source).filter(|s| s.is_edge());
+            let Some(source) = source else { return Err(format!("deliveries[{i}].source: {:?} is not an edge", delivery.source)) };
+            match &region {
+                None => region = Some(source.region().to_string()),
+                Some(r) if r != source.region() => {
+                    return Err(format!("deliveries[{i}].source: {} is not an edge of {r}, as the first one is", delivery.source))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(region.expect("at least one delivery"))
+    }
+}
+
+/// One decision in a settlement message: `index` is its place in its destination's batch
+/// (its digest's, in `DecisionGroup::digests`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Decided {
+    pub index: usize,
+    pub pending_id: String,
+    pub decision: Reply,
+}
+
+/// Decisions one destination made in one batch, with what it signed for that batch: the
+/// digest of every decision in it and its signature over them (when nodes have identities).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DecisionGroup {
+    pub destination: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<serde_json::Value>,
+    pub decided: Vec<Decided>,
+}
+
+/// Many decisions for one source edge in one message, grouped by the batch they were made in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettlementBatch {
+    pub groups: Vec<DecisionGroup>,
+}
+
+impl SettlementBatch {
+    /// Checks a settlement message from the network: at most `max` decisions in at most
+    /// `MAX_DECISION_GROUPS` groups, ids well formed, indexes inside their group's digests,
+    /// messages bounded.
+    pub fn checked(mut self, max: usize) -> Result<SettlementBatch, String> {
+        let count: usize = self.groups.iter().map(|g| g.decided.len()).sum();
+        if count == 0 || count > max || self.groups.len() > MAX_DECISION_GROUPS {
+            return Err(format!("groups: {count} decisions in {} groups; 1 to {max} in at most {MAX_DECISION_GROUPS}", self.groups.len()));
+        }
+        for (g, group) in self.groups.iter_mut().enumerate() {
+            if !valid_node(&group.destination) {
+                return Err(format!("groups[{g}].destination: {:?} is not a node id", group.destination));
+            }
+            if group.digests.len() > max {
+                return Err(format!("groups[{g}].digests: {}; at most {max}", group.digests.len()));
+            }
+            for (i, decided) in group.decided.iter_mut().enumerate() {
+                if !valid_id(&decided.pending_id) {
+                    return Err(format!("groups[{g}].decided[{i}].pending_id: not a command id"));
+                }
+                if !group.digests.is_empty() && decided.index >= group.digests.len() {
+                    return Err(format!("groups[{g}].decided[{i}].index: {} is past the digests", decided.index));
+                }
+                truncate(&mut decided.decision.message, MAX_MESSAGE_BYTES);
+            }
+        }
         Ok(self)
     }
 }

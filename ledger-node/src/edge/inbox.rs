@@ -59,19 +59,36 @@ impl Inbox {
         (Inbox { calls, waker: Arc::new(waker) }, queued)
     }
 
-    /// Queues a request for the intake and waits for its answer (after its group commits).
-    pub async fn ask(&self, request: Request) -> Answer {
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        match self.calls.try_send(Call { request, answer }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(Refusal::busy("busy: the node's request queue is full; ask again")),
-            Err(TrySendError::Disconnected(_)) => return Err(Refusal::unavailable("the node is stopping")),
+    /// Queues many requests at once (they usually share one group and one commit) and waits
+    /// for each answer; a request the queue has no room for is answered `busy` alone.
+    pub async fn ask_many(&self, requests: Vec<Request>) -> Vec<Answer> {
+        let mut waiting = Vec::with_capacity(requests.len());
+        for request in requests {
+            let (answer, answered) = tokio::sync::oneshot::channel();
+            waiting.push(match self.calls.try_send(Call { request, answer }) {
+                Ok(()) => Ok(answered),
+                Err(TrySendError::Full(_)) => Err(Refusal::busy("busy: the node's request queue is full; ask again")),
+                Err(TrySendError::Disconnected(_)) => Err(Refusal::unavailable("the node is stopping")),
+            });
         }
         self.waker.wake();
-        match tokio::time::timeout(QUERY_TIMEOUT, answered).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(Refusal::unavailable("the node stopped before answering")),
-            Err(_) => Err(Refusal::busy("no answer in time; ask again")),
+        let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
+        let mut answers = Vec::with_capacity(waiting.len());
+        for queued in waiting {
+            answers.push(match queued {
+                Ok(answered) => match tokio::time::timeout_at(deadline, answered).await {
+                    Ok(Ok(answer)) => answer,
+                    Ok(Err(_)) => Err(Refusal::unavailable("the node stopped before answering")),
+                    Err(_) => Err(Refusal::busy("no answer in time; ask again")),
+                },
+                Err(refusal) => Err(refusal),
+            });
         }
+        answers
+    }
+
+    /// Queues a request for the intake and waits for its answer (after its group commits).
+    pub async fn ask(&self, request: Request) -> Answer {
+        self.ask_many(vec![request]).await.pop().expect("one answer per request")
     }
 }

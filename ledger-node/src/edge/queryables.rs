@@ -1,4 +1,5 @@
-//! An edge's zenoh queryables: deliveries and settlements from its region (`transfers`), operator reads
+//! An edge's zenoh queryables: deliveries and settlements from its region, one at a time or
+//! in bulk (`transfers`), operator reads
 //! of its books, operator commands. Each checks its input at the boundary and goes through
 //! the inbox, so it is answered in order with device commands and after their commit;
 //! history reads the journal from redb directly.
@@ -59,6 +60,22 @@ pub fn serve(session: &Session, edge: &str, inbox: Inbox, store: Arc<Store>, key
         let (me, inbox, keys) = (me.clone(), delivering.clone(), signing.clone());
         async move {
             let answer = transfers::deliver(&inbox, &me, keys.as_deref(), &query).await;
+            (query, answer)
+        }
+    }));
+    let (me, delivering, signing) = (edge.to_string(), inbox.clone(), keys.clone());
+    tokio::spawn(serve_json(session.clone(), keys::transfer_deliveries(edge), move |query| {
+        let (me, inbox, keys) = (me.clone(), delivering.clone(), signing.clone());
+        async move {
+            let answer = transfers::deliver_batch(&inbox, &me, keys.as_deref(), &query).await;
+            (query, answer)
+        }
+    }));
+    let (me, settling, settled, signing) = (edge.to_string(), inbox.clone(), store.clone(), keys.clone());
+    tokio::spawn(serve_json(session.clone(), keys::transfer_settlements(edge), move |query| {
+        let (me, inbox, keys, store) = (me.clone(), settling.clone(), signing.clone(), settled.clone());
+        async move {
+            let answer = transfers::settle_batch(&inbox, store, &me, keys, &query).await;
             (query, answer)
         }
     }));

@@ -6,33 +6,42 @@
 //! decision under the transfer id; the region then brings the decision back to the source,
 //! which posts or voids the hold and tells the device.
 //!
+//! Transfers travel in bulk: one message carries up to `MAX_TRANSFER_BATCH` deliveries to
+//! one destination edge, or settlements to one source edge, signed once (`lanes`), and the
+//! receiving edge decides them in one group commit; each transfer's outcome comes back on
+//! its own, so one that fails is retried alone, with back-off.
+//!
 //! The region keeps no state of its own for this. What is in flight is what its replicas
 //! show as pending cross-node holds, and every step is idempotent (a redelivery gets the
 //! recorded decision, a second settlement is a duplicate), so after a crash anywhere a step
 //! is simply done again. A transfer is voided only on the destination's recorded rejection,
 //! never because an answer is slow or missing.
 
+use super::lanes::{self, Decision, Outcomes};
 use super::replicas::Replicas;
 use crate::books::queries;
 use crate::clock::now_ms;
 use crate::core::address::{qualified, NodeId, TransferKey};
 use crate::core::money::format_minor;
-use crate::core::reply::{Code, Reply};
-use crate::core::transfer::{decision_of, Delivery, Settlement};
+use crate::core::reply::Code;
+use crate::core::transfer::Delivery;
 use crate::metrics::{gauge, GaugeFamily, Gauges};
-use bridge::sign::{delivery_message, NodeKeys};
-use bridge::zenoh::query::Query;
+use bridge::sign::NodeKeys;
 use bridge::zenoh::Session;
-use bridge::{ask_json, keys, serve_json, serve_json_now, Answer, Refusal, QUERY_TIMEOUT};
+use bridge::{keys, serve_json, serve_json_now, MAX_TRANSFER_BATCH};
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// Transfers one region drives at once; the others wait in the replicas for a free slot.
-pub const MAX_ACTIVE: usize = 512;
+/// Transfers one region drives at once, settled ones included until their replica shows
+/// them resolved; the others wait in the replicas for a free slot.
+pub const MAX_ACTIVE: usize = 4096;
+/// Bulk messages on their way to one edge at once, per stage (deliveries to a destination,
+/// settlements to a source); each carries at most `MAX_TRANSFER_BATCH` transfers.
+pub const BATCHES_IN_FLIGHT: usize = 2;
 /// First and longest wait between attempts at one step.
 pub const RETRY_FIRST: Duration = Duration::from_millis(100);
 pub const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -42,7 +51,7 @@ pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
 /// source's settlement entry has not replicated yet; doing it again is harmless).
 pub const RESETTLE_AFTER: Duration = Duration::from_secs(30);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 enum Stage {
     /// Waiting for the destination's decision.
@@ -65,26 +74,55 @@ struct Flight {
     since_ms: u64,
     #[serde(skip)]
     settled_at: Option<Instant>,
+    /// In a message on its way now.
+    #[serde(skip)]
+    sending: bool,
+    /// Not sent again before this (back-off after a failed attempt).
+    #[serde(skip)]
+    retry_at: Option<Instant>,
+    #[serde(skip)]
+    wait: Duration,
+    /// The destination's decision, from `Settling` on.
+    #[serde(skip)]
+    decided: Option<Decision>,
 }
 
-/// A destination's recorded decision and, with node identities, its signature over it.
-struct Decided {
-    reply: Reply,
-    proof: Option<Value>,
+/// A stage of transfers to one edge (the destination when delivering, the source when
+/// settling): what shares a bulk message.
+type Lane = (Stage, String);
+
+/// Transfers sent together in one message.
+struct Batch {
+    lane: Lane,
+    keys: Vec<TransferKey>,
+}
+
+/// What a message did for one transfer.
+#[derive(Clone)]
+enum Step {
+    Decided(Box<Decision>),
+    Settled,
 }
 
 /// A region's driver of the cross-node transfers its edges send.
 pub struct Coordinator {
     region: String,
-    /// With node identities: signs each delivery (this region read the hold in the
-    /// source's signed journal).
+    /// With node identities: signs each batch of deliveries (this region read the holds in
+    /// the source's signed journal).
     keys: Option<Arc<NodeKeys>>,
     /// The regions whose relays this one takes (`zenoh.peer_regions`); empty: any other.
     peer_regions: Vec<String>,
     session: Session,
     replicas: Replicas,
     wake: Arc<Notify>,
-    flights: Mutex<BTreeMap<TransferKey, Flight>>,
+    flights: Mutex<Flights>,
+}
+
+#[derive(Default)]
+struct Flights {
+    by_key: BTreeMap<TransferKey, Flight>,
+    /// Messages on their way per lane (at most `BATCHES_IN_FLIGHT`).
+    sending: HashMap<Lane, usize>,
 }
 
 impl Coordinator {
@@ -96,36 +134,47 @@ impl Coordinator {
         replicas: Replicas,
         wake: Arc<Notify>,
     ) -> Arc<Coordinator> {
-        let flights = Mutex::new(BTreeMap::new());
+        let flights = Mutex::new(Flights::default());
         Arc::new(Coordinator { region: region.to_string(), keys, peer_regions, session, replicas, wake, flights })
     }
 
-    /// Drives transfers for ever: wakes when a replica grows, or every `SCAN_INTERVAL`.
+    /// Drives transfers for ever: wakes when a replica grows, a message is answered, a
+    /// retry is due, or every `SCAN_INTERVAL`.
     pub async fn run(self: Arc<Self>) {
         let me = self.region.clone();
         let this = self.clone();
         tokio::spawn(serve_json(self.session.clone(), keys::transfer_relay(&me), move |query| {
             let this = this.clone();
             async move {
-                let answer = this.relay(&query).await;
+                let answer = lanes::relay(&this.session, &this.region, &this.peer_regions, &query).await;
+                (query, answer)
+            }
+        }));
+        let this = self.clone();
+        tokio::spawn(serve_json(self.session.clone(), keys::transfer_relays(&me), move |query| {
+            let this = this.clone();
+            async move {
+                let answer = lanes::relay_batch(&this.session, &this.region, &this.peer_regions, &query).await;
                 (query, answer)
             }
         }));
         let this = self.clone();
         tokio::spawn(serve_json_now(self.session.clone(), keys::in_flight(&me), move |_| Ok(this.in_flight())));
         loop {
-            let _ = tokio::time::timeout(SCAN_INTERVAL, self.wake.notified()).await;
-            for delivery in self.scan() {
-                tokio::spawn(self.clone().drive(delivery));
+            let nap = self.until_next_retry().min(SCAN_INTERVAL);
+            let _ = tokio::time::timeout(nap, self.wake.notified()).await;
+            self.scan();
+            for batch in self.due() {
+                tokio::spawn(self.clone().send(batch));
             }
         }
     }
 
     /// New transfers to drive, taken from the replicas; forgets settled ones the replicas
     /// show resolved.
-    fn scan(&self) -> Vec<Delivery> {
+    fn scan(&self) {
         let replicas = self.replicas.lock().expect("replicas");
-        let mut flights = self.flights.lock().expect("flights");
+        let flights = &mut self.flights.lock().expect("flights").by_key;
         flights.retain(|_, f| {
             if f.stage != Stage::Settled {
                 return true;
@@ -134,7 +183,6 @@ impl Coordinator {
                 replicas.get(&f.delivery.source).and_then(|r| r.ledger.hold(&f.delivery.id)).is_some_and(|h| h.is_pending());
             still_pending && f.settled_at.is_some_and(|t| t.elapsed() < RESETTLE_AFTER)
         });
-        let mut new = Vec::new();
         'edges: for (edge, replica) in replicas.iter() {
             for (id, hold) in replica.ledger.outgoing() {
                 if flights.len() >= MAX_ACTIVE {
@@ -155,123 +203,129 @@ impl Coordinator {
                     proof: None,
                 };
                 let flight = Flight {
-                    delivery: delivery.clone(),
+                    delivery,
                     stage: Stage::Delivering,
                     attempts: 0,
                     last_error: None,
                     decision: None,
                     since_ms: now_ms(),
                     settled_at: None,
+                    sending: false,
+                    retry_at: None,
+                    wait: RETRY_FIRST,
+                    decided: None,
                 };
                 flights.insert(key, flight);
-                new.push(delivery);
-            }
-        }
-        new
-    }
-
-    /// Takes one transfer to its end: the destination's decision, then the source's
-    /// settlement, each retried with back-off until it is acknowledged.
-    async fn drive(self: Arc<Self>, delivery: Delivery) {
-        let key = delivery.key();
-        let mut wait = RETRY_FIRST;
-        let decision = loop {
-            match self.deliver(&delivery).await {
-                Ok(decision) => break decision,
-                Err(e) => self.failed(&key, e, &mut wait).await,
-            }
-        };
-        self.advance(&key, Stage::Settling, Some(decision.reply.code));
-        let mut wait = RETRY_FIRST;
-        loop {
-            match self.settle(&delivery, &decision).await {
-                Ok(()) => break,
-                Err(e) => self.failed(&key, e, &mut wait).await,
-            }
-        }
-        self.advance(&key, Stage::Settled, Some(decision.reply.code));
-    }
-
-    async fn failed(&self, key: &TransferKey, why: String, wait: &mut Duration) {
-        tracing::debug!(transfer = %key, "{why}; retrying in {wait:?}");
-        if let Some(f) = self.flights.lock().expect("flights").get_mut(key) {
-            f.attempts += 1;
-            f.last_error = Some(why);
-        }
-        tokio::time::sleep(*wait).await;
-        *wait = (*wait * 2).min(RETRY_MAX);
-    }
-
-    fn advance(&self, key: &TransferKey, stage: Stage, decision: Option<Code>) {
-        if let Some(f) = self.flights.lock().expect("flights").get_mut(key) {
-            f.stage = stage;
-            f.decision = decision;
-            f.last_error = None;
-            if stage == Stage::Settled {
-                f.settled_at = Some(Instant::now());
             }
         }
     }
 
-    /// The destination's recorded decision: straight from it when it is one of our edges,
-    /// through its region otherwise.
-    async fn deliver(&self, delivery: &Delivery) -> Result<Decided, String> {
-        let destination = NodeId::parse(delivery.destination()).ok_or_else(|| format!("credit: {} names no node", delivery.credit))?;
-        let region = destination.region();
-        let selector = if region == self.region { keys::transfer_deliver(destination.as_str()) } else { keys::transfer_relay(region) };
-        let mut delivery = delivery.clone();
-        if let Some(keys) = &self.keys {
-            let d = &delivery;
-            let message = delivery_message(&d.source, &d.id, &d.debit, &d.credit, &d.asset, &d.amount);
-            delivery.proof = Some(serde_json::to_value(keys.signer.sign(&message)).expect("a proof serializes"));
-        }
-        let payload = serde_json::to_string(&delivery).expect("delivery serializes");
-        let mut answer = ask_json(&self.session, &selector, Some(payload), QUERY_TIMEOUT).await.map_err(|e| e.to_string())?;
-        // The destination's signature travels on to the source untouched.
-        let proof = answer.as_object_mut().and_then(|a| a.remove("proof"));
-        let reply: Reply = serde_json::from_value(answer).map_err(|e| format!("decision: {e}"))?;
-        Ok(Decided { reply: decision_of(reply)?, proof })
+    /// How long until the earliest back-off ends.
+    fn until_next_retry(&self) -> Duration {
+        let flights = self.flights.lock().expect("flights");
+        let now = Instant::now();
+        let next = flights.by_key.values().filter(|f| !f.sending).filter_map(|f| f.retry_at).min();
+        next.map_or(SCAN_INTERVAL, |at| at.saturating_duration_since(now))
     }
 
-    async fn settle(&self, delivery: &Delivery, decided: &Decided) -> Result<(), String> {
-        let settlement = Settlement { pending_id: delivery.id.clone(), decision: decided.reply.clone(), proof: decided.proof.clone() };
-        let payload = serde_json::to_string(&settlement).expect("settlement serializes");
-        let answer =
-            ask_json(&self.session, &keys::transfer_settle(&delivery.source), Some(payload), QUERY_TIMEOUT).await.map_err(|e| {
-                match e.refusal() {
-                    Some(refusal) => format!("{}: {refusal}", delivery.source),
-                    None => e.to_string(),
+    /// The messages to send now: per lane, up to `BATCHES_IN_FLIGHT` on their way, each of
+    /// up to `MAX_TRANSFER_BATCH` transfers that are due (not on their way, not backing off).
+    fn due(&self) -> Vec<Batch> {
+        let now = Instant::now();
+        let mut guard = self.flights.lock().expect("flights");
+        let Flights { by_key, sending } = &mut *guard;
+        let mut ready: BTreeMap<Lane, Vec<TransferKey>> = BTreeMap::new();
+        for (key, f) in by_key.iter() {
+            let lane = match f.stage {
+                Stage::Delivering => (f.stage, f.delivery.destination().to_string()),
+                Stage::Settling => (f.stage, f.delivery.source.clone()),
+                Stage::Settled => continue,
+            };
+            if !f.sending && f.retry_at.is_none_or(|at| at <= now) {
+                ready.entry(lane).or_default().push(key.clone());
+            }
+        }
+        let mut batches = Vec::new();
+        for (lane, keys) in ready {
+            let busy = sending.entry(lane.clone()).or_default();
+            let mut keys = keys.into_iter().peekable();
+            while *busy < BATCHES_IN_FLIGHT && keys.peek().is_some() {
+                let batch: Vec<TransferKey> = match lane.0 {
+                    Stage::Settling => settlement_batch(by_key, &mut keys),
+                    _ => keys.by_ref().take(MAX_TRANSFER_BATCH).collect(),
+                };
+                for key in &batch {
+                    by_key.get_mut(key).expect("a ready flight").sending = true;
                 }
-            })?;
-        let ack: Reply = serde_json::from_value(answer).map_err(|e| format!("{}: settlement answer: {e}", delivery.source))?;
-        match ack.code {
-            Code::Ok => Ok(()),
-            code => Err(format!("{} refused the settlement: {}: {}", delivery.source, code.as_str(), ack.message)),
+                *busy += 1;
+                batches.push(Batch { lane: lane.clone(), keys: batch });
+            }
         }
+        batches
     }
 
-    /// A delivery for one of this region's edges, from another region's coordinator.
-    async fn relay(&self, query: &Query) -> Answer {
-        let delivery: Delivery = bridge::query_json(query, bridge::MAX_REQUEST_BYTES)?;
-        let destination = NodeId::parse(delivery.destination()).filter(|d| d.is_edge() && d.region() == self.region);
-        let Some(destination) = destination else {
-            return Err(Refusal::not_found(format!("credit: {} is not an edge of region {}", delivery.destination(), self.region)));
+    /// Sends one message and records what it did for each of its transfers.
+    async fn send(self: Arc<Self>, batch: Batch) {
+        let steps = match batch.lane.0 {
+            Stage::Delivering => self.deliver(&batch).await,
+            _ => self.settle(&batch).await,
         };
-        delivery.check(destination.as_str()).map_err(Refusal::invalid)?;
-        // A relay carries a transfer from another region's edge: never one of ours (our
-        // edges' transfers are in our replicas), never from a region we do not trade with.
-        let source_region = NodeId::parse(&delivery.source).map(|s| s.region().to_string());
-        let from_peer = source_region
-            .as_deref()
-            .is_some_and(|r| r != self.region && (self.peer_regions.is_empty() || self.peer_regions.iter().any(|p| p == r)));
-        if !from_peer {
-            return Err(Refusal::invalid(format!("source: {} is not an edge of a peer region of {}", delivery.source, self.region)));
+        let mut guard = self.flights.lock().expect("flights");
+        let flights = &mut *guard;
+        if let Some(busy) = flights.sending.get_mut(&batch.lane) {
+            *busy = busy.saturating_sub(1);
         }
-        let payload = serde_json::to_string(&delivery).expect("delivery serializes");
-        ask_json(&self.session, &keys::transfer_deliver(destination.as_str()), Some(payload), QUERY_TIMEOUT).await.map_err(|e| match e {
-            bridge::AskError::Refused { refusal, .. } => refusal,
-            other => Refusal::unavailable(other.to_string()),
-        })
+        let steps = match steps {
+            Ok(steps) => steps,
+            Err(why) => vec![Err(why); batch.keys.len()],
+        };
+        assert_eq!(steps.len(), batch.keys.len(), "one outcome per transfer sent");
+        for (key, step) in batch.keys.iter().zip(steps) {
+            let Some(f) = flights.by_key.get_mut(key) else { continue };
+            f.sending = false;
+            match step {
+                Ok(Step::Decided(decision)) => {
+                    f.decision = Some(decision.reply.code);
+                    f.decided = Some(*decision);
+                    f.advance(Stage::Settling);
+                }
+                Ok(Step::Settled) => {
+                    f.decided = None;
+                    f.settled_at = Some(Instant::now());
+                    f.advance(Stage::Settled);
+                }
+                Err(why) => {
+                    tracing::debug!(transfer = %key, "{why}; retrying in {:?}", f.wait);
+                    f.attempts += 1;
+                    f.last_error = Some(why);
+                    f.retry_at = Some(Instant::now() + f.wait);
+                    f.wait = (f.wait * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        drop(guard);
+        self.wake.notify_one();
+    }
+
+    /// The destination's recorded decisions on a batch of deliveries.
+    async fn deliver(&self, batch: &Batch) -> Result<Outcomes<Step>, String> {
+        let destination = NodeId::parse(&batch.lane.1).ok_or_else(|| format!("credit: {} names no node", batch.lane.1))?;
+        let deliveries = self.with_flights(&batch.keys, |f| f.delivery.clone());
+        let decided = lanes::deliver(&self.session, &self.region, self.keys.as_deref(), &destination, deliveries).await?;
+        Ok(decided.into_iter().map(|d| d.map(|d| Step::Decided(Box::new(d)))).collect())
+    }
+
+    /// The source's settlement of a batch of decided transfers.
+    async fn settle(&self, batch: &Batch) -> Result<Outcomes<Step>, String> {
+        let decided = self.with_flights(&batch.keys, |f| (f.delivery.id.clone(), f.decided.clone().expect("a settling flight is decided")));
+        let settled = lanes::settle(&self.session, &batch.lane.1, &decided).await?;
+        Ok(settled.into_iter().map(|s| s.map(|()| Step::Settled)).collect())
+    }
+
+    /// `read` of each flight in `keys` (a batch's: they stay while it is on its way).
+    fn with_flights<T>(&self, keys: &[TransferKey], read: impl Fn(&Flight) -> T) -> Vec<T> {
+        let flights = self.flights.lock().expect("flights");
+        keys.iter().map(|k| read(flights.by_key.get(k).expect("a flight on its way stays"))).collect()
     }
 
     /// Gauges for the region's metrics: transfers driven now, by stage, and waiting.
@@ -280,7 +334,7 @@ impl Coordinator {
         Box::new(move |out: &mut Vec<GaugeFamily>| {
             let waiting: usize = this.replicas.lock().expect("replicas").values().map(|r| r.ledger.outgoing_count()).sum();
             let (mut delivering, mut settling) = (0, 0);
-            for flight in this.flights.lock().expect("flights").values() {
+            for flight in this.flights.lock().expect("flights").by_key.values() {
                 match flight.stage {
                     Stage::Delivering => delivering += 1,
                     Stage::Settling => settling += 1,
@@ -301,9 +355,41 @@ impl Coordinator {
 
     fn in_flight(&self) -> Value {
         let waiting: usize = self.replicas.lock().expect("replicas").values().map(|r| r.ledger.outgoing_count()).sum();
-        let flights = self.flights.lock().expect("flights");
+        let flights = &self.flights.lock().expect("flights").by_key;
         let shown: Vec<&Flight> = flights.values().filter(|f| f.stage != Stage::Settled).take(queries::MAX_ANSWER_ROWS).collect();
         let active = flights.values().filter(|f| f.stage != Stage::Settled).count();
         json!({"region": self.region, "in_flight": shown, "active": active, "pending_in_replicas": waiting})
     }
+}
+
+impl Flight {
+    fn advance(&mut self, stage: Stage) {
+        self.stage = stage;
+        self.last_error = None;
+        self.retry_at = None;
+        self.wait = RETRY_FIRST;
+    }
+}
+
+/// The next settlement message of a lane: up to `MAX_TRANSFER_BATCH` transfers from at most
+/// `MAX_DECISION_GROUPS` destination batches (each group carries its digests along).
+fn settlement_batch(
+    flights: &BTreeMap<TransferKey, Flight>,
+    keys: &mut std::iter::Peekable<impl Iterator<Item = TransferKey>>,
+) -> Vec<TransferKey> {
+    use crate::core::transfer::MAX_DECISION_GROUPS;
+    let mut batch = Vec::new();
+    let mut groups: Vec<*const lanes::Signed> = Vec::new();
+    while batch.len() < MAX_TRANSFER_BATCH {
+        let Some(key) = keys.peek() else { break };
+        let signed = flights[key].decided.as_ref().map_or(std::ptr::null(), |d| Arc::as_ptr(&d.signed));
+        if !groups.contains(&signed) {
+            if groups.len() == MAX_DECISION_GROUPS {
+                break;
+            }
+            groups.push(signed);
+        }
+        batch.push(keys.next().expect("peeked"));
+    }
+    batch
 }

@@ -4,6 +4,7 @@
 //! to `Fatal` when it stops.
 
 pub mod coordinator;
+pub mod lanes;
 pub mod queryables;
 pub mod replicas;
 
