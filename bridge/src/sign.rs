@@ -13,6 +13,7 @@ use ring::signature::{EcdsaKeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, E
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 use std::path::Path;
+use std::sync::Mutex;
 
 /// Largest certificate a proof may carry (DER bytes).
 pub const MAX_CERT_BYTES: usize = 4096;
@@ -52,13 +53,29 @@ impl Signer {
 /// Checks proofs against the deployment's CA.
 pub struct Verifier {
     ca_der: Vec<u8>,
+    /// Certificates already checked against the CA: a node signs every frame and batch with
+    /// the same one, and checking it is as costly as checking the signature.
+    checked: Mutex<Vec<Checked>>,
+}
+
+/// Most certificates a verifier remembers as checked (about one per node it hears from);
+/// when full it forgets them all and checks again.
+pub const MAX_CHECKED_CERTS: usize = 64;
+
+/// A certificate the CA issued: its DER, common name, validity (Unix seconds) and key.
+struct Checked {
+    der: Vec<u8>,
+    name: String,
+    not_before: i64,
+    not_after: i64,
+    key: Vec<u8>,
 }
 
 impl Verifier {
     pub fn load(ca: &Path) -> Result<Verifier, String> {
         let ca_der = pem_block(ca, "CERTIFICATE")?;
         x509_parser::parse_x509_certificate(&ca_der).map_err(|e| format!("{}: not an X.509 certificate: {e}", ca.display()))?;
-        Ok(Verifier { ca_der })
+        Ok(Verifier { ca_der, checked: Mutex::new(Vec::new()) })
     }
 
     /// Ok when `proof` signs `message` with the key of a certificate the CA issued to `signer`
@@ -66,19 +83,46 @@ impl Verifier {
     pub fn verify(&self, proof: &Proof, signer: &str, message: &[u8]) -> Result<(), String> {
         let cert_der = unhex(&proof.cert, MAX_CERT_BYTES).map_err(|e| format!("proof.cert: {e}"))?;
         let signature = unhex(&proof.signature, MAX_SIGNATURE_BYTES).map_err(|e| format!("proof.signature: {e}"))?;
-        let (_, ca) = x509_parser::parse_x509_certificate(&self.ca_der).map_err(|e| format!("CA: {e}"))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| format!("proof.cert: not X.509: {e}"))?;
-        cert.verify_signature(Some(ca.public_key())).map_err(|_| "proof.cert: not issued by this deployment's CA".to_string())?;
-        if !cert.validity().is_valid() {
-            return Err("proof.cert: expired or not yet valid".to_string());
-        }
-        let name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or_default();
+        let (name, key) = self.issued(&cert_der)?;
         if name != signer {
             return Err(format!("proof.cert: signed by {name:?}, not by {signer:?}"));
         }
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, cert.public_key().subject_public_key.data.as_ref())
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &key)
             .verify(message, &signature)
             .map_err(|_| format!("proof.signature: does not sign this message with {signer}'s key"))
+    }
+
+    /// The common name and public key of `cert_der` when the CA issued it and it is valid
+    /// now; the CA's signature on it is checked once and remembered.
+    fn issued(&self, cert_der: &[u8]) -> Result<(String, Vec<u8>), String> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        let valid = |c: &Checked| -> Result<(String, Vec<u8>), String> {
+            if now < c.not_before || now > c.not_after {
+                return Err("proof.cert: expired or not yet valid".to_string());
+            }
+            Ok((c.name.clone(), c.key.clone()))
+        };
+        if let Some(known) = self.checked.lock().expect("checked certificates").iter().find(|c| c.der == cert_der) {
+            return valid(known);
+        }
+        let (_, ca) = x509_parser::parse_x509_certificate(&self.ca_der).map_err(|e| format!("CA: {e}"))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("proof.cert: not X.509: {e}"))?;
+        cert.verify_signature(Some(ca.public_key())).map_err(|_| "proof.cert: not issued by this deployment's CA".to_string())?;
+        let name = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or_default().to_string();
+        let checked = Checked {
+            der: cert_der.to_vec(),
+            name,
+            not_before: cert.validity().not_before.timestamp(),
+            not_after: cert.validity().not_after.timestamp(),
+            key: cert.public_key().subject_public_key.data.to_vec(),
+        };
+        let answer = valid(&checked);
+        let mut known = self.checked.lock().expect("checked certificates");
+        if known.len() >= MAX_CHECKED_CERTS {
+            known.clear();
+        }
+        known.push(checked);
+        answer
     }
 }
 
@@ -247,6 +291,33 @@ mod tests {
         let mixed = Proof { cert: sf.cert.clone(), signature: proof.signature.clone() };
         assert!(verifier.verify(&mixed, "us/sf-1", &message).is_err());
         assert!(verifier.verify(&Proof { cert: "zz".into(), signature: proof.signature }, "us/nyc-1", &message).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_certificate_checked_once_is_remembered_and_still_bound_to_its_name_and_key() {
+        let dir = std::env::temp_dir().join(format!("edgeledger-sign-cache-{}", std::process::id()));
+        let other = dir.join("other");
+        let ids = [Identity::Node("us/nyc-1".into())];
+        ensure(&dir, &ids, &[]).unwrap();
+        ensure(&other, &ids, &[]).unwrap();
+        let verifier = Verifier::load(&dir.join("ca.pem")).unwrap();
+        let nyc = Signer::load(&ids[0].files(&dir)).unwrap();
+        let message = decision_message("eu/berlin-1", "pay-1", "us/nyc-1", "committed", "ok", Some(7));
+        for _ in 0..3 {
+            verifier.verify(&nyc.sign(&message), "us/nyc-1", &message).unwrap();
+        }
+        assert_eq!(verifier.checked.lock().unwrap().len(), 1, "checked against the CA once");
+        // Remembered, the certificate still names its node and its key signs only what it signed.
+        assert!(verifier.verify(&nyc.sign(&message), "us/sf-1", &message).unwrap_err().contains("not by"));
+        let other_message = decision_message("eu/berlin-1", "pay-2", "us/nyc-1", "committed", "ok", Some(8));
+        assert!(verifier.verify(&nyc.sign(&message), "us/nyc-1", &other_message).unwrap_err().contains("does not sign"));
+        // A certificate another CA issued is refused every time and never remembered.
+        let stranger = Signer::load(&ids[0].files(&other)).unwrap();
+        for _ in 0..2 {
+            assert!(verifier.verify(&stranger.sign(&message), "us/nyc-1", &message).unwrap_err().contains("CA"));
+        }
+        assert_eq!(verifier.checked.lock().unwrap().len(), 1);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

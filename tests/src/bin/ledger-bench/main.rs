@@ -19,6 +19,7 @@
 //!
 //! Money is only ever decimal strings here; f64 appears in statistics only.
 
+mod cross;
 mod geo;
 mod region_soak;
 mod soak;
@@ -58,10 +59,12 @@ USAGE:
       A region following an edge over zenoh: replication lag at R payments/s (default
       5000) for S seconds (default 10), then a P-second partition (default 60) and the rate
       at which the backlog drains after it.
-  ledger-bench cross [--devices D] [--count N] [--plaintext]
+  ledger-bench cross [--devices D] [--count N] [--rate R] [--plaintext]
       Cross-region payments on the 2 regions x 2 edges topology: D devices (default 1) on
-      eu/berlin-1 each send N transfers (default 200) one after another to an account on
-      us/nyc-1; the latency from command to the pending reply and to the final notice.
+      eu/berlin-1 each send N transfers (default 200) to an account on us/nyc-1, each after
+      the previous one's final notice, or with --rate R paced at R transfers/s in all (open
+      loop, latency from the scheduled send time); the latency from command to the pending
+      reply and to the final notice.
       Zenoh links are mutual TLS with access control; --plaintext: plain TCP (loopback).
   ledger-bench soak [--transfers N] [--id-cache E] [--hold-cache H] [--holds] [--svg FILE]
       An edge (embedded default, fresh data directory) driven by 32 MQTT clients x 16 in
@@ -107,7 +110,7 @@ fn main() {
         }),
         "core" => parse_core(&args[1..]).and_then(|opts| run_core(&opts)),
         "geo" => geo::parse(&args[1..]).and_then(|opts| geo::run(&opts)),
-        "cross" => geo::parse_cross(&args[1..]).and_then(|opts| geo::run_cross(&opts)),
+        "cross" => cross::parse(&args[1..]).and_then(|opts| cross::run(&opts)),
         "soak" => soak::parse(&args[1..]).and_then(|opts| soak::run(&opts)),
         "soak-region" => region_soak::parse(&args[1..]).and_then(|opts| region_soak::run(&opts)),
         other => Err(format!("unknown subcommand {other:?}\n\n{USAGE}")),
