@@ -24,10 +24,3 @@ pub mod node;
 pub mod region;
 pub mod setup;
 pub mod store;
-
-/// Every binary that links the ledger (the node, `ledgerctl`, the benchmarks) allocates
-/// with mimalloc: the core and the shell allocate small, short-lived strings and vectors
-/// per command, and glibc's allocator was a quarter of the time spent applying and
-/// committing them (BENCHMARKS.md, "The allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
