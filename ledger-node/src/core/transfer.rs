@@ -191,3 +191,64 @@ pub fn decision_of(reply: Reply) -> Result<Reply, String> {
         _ => Err(format!("not a recorded decision: {} {}", reply.code.as_str(), reply.message)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(source: &str, id: &str) -> Delivery {
+        Delivery {
+            source: source.to_string(),
+            id: id.to_string(),
+            debit: format!("wallet:x@{source}"),
+            credit: "merchant:m@us/nyc-1".to_string(),
+            asset: "EUR".to_string(),
+            amount: "1.00".to_string(),
+            proof: None,
+        }
+    }
+
+    #[test]
+    fn a_delivery_batch_is_one_region_for_one_destination_and_bounded() {
+        let batch = |deliveries: Vec<Delivery>| DeliveryBatch { deliveries, proof: None };
+        let ok = batch(vec![delivery("eu/berlin-1", "a"), delivery("eu/paris-1", "b")]);
+        assert_eq!(ok.check("us/nyc-1", 4).unwrap(), "eu");
+        assert!(batch(Vec::new()).check("us/nyc-1", 4).unwrap_err().contains("1 to 4"));
+        let five = batch((0..5).map(|i| delivery("eu/berlin-1", &format!("t{i}"))).collect());
+        assert!(five.check("us/nyc-1", 4).unwrap_err().contains("5 of them"));
+        let mixed = batch(vec![delivery("eu/berlin-1", "a"), delivery("us/sf-1", "b")]);
+        assert!(mixed.check("us/nyc-1", 4).unwrap_err().starts_with("deliveries[1].source"));
+        let from_a_region = batch(vec![delivery("eu", "a")]);
+        assert!(from_a_region.check("us/nyc-1", 4).unwrap_err().contains("is not an edge"));
+        assert!(ok.check("us/sf-1", 4).unwrap_err().starts_with("deliveries[0].credit"));
+        let mut signed_alone = ok.clone();
+        signed_alone.deliveries[1].proof = Some(serde_json::json!({}));
+        assert!(signed_alone.check("us/nyc-1", 4).unwrap_err().starts_with("deliveries[1].proof"));
+    }
+
+    #[test]
+    fn a_settlement_batch_is_bounded_and_its_indexes_point_into_its_digests() {
+        let decided = |index: usize, id: &str| Decided {
+            index,
+            pending_id: id.to_string(),
+            decision: Reply::ok(id, Status::Committed, 9, "x".repeat(4000)),
+        };
+        let group = |digests: usize, decided: Vec<Decided>| DecisionGroup {
+            destination: "us/nyc-1".to_string(),
+            digests: vec![Some("00".to_string()); digests],
+            proof: None,
+            decided,
+        };
+        let ok = SettlementBatch { groups: vec![group(2, vec![decided(0, "a"), decided(1, "b")])] }.checked(4).unwrap();
+        assert!(ok.groups[0].decided[0].decision.message.len() <= MAX_MESSAGE_BYTES, "the message is bounded");
+        let past = SettlementBatch { groups: vec![group(2, vec![decided(2, "a")])] };
+        assert!(past.checked(4).unwrap_err().contains("groups[0].decided[0].index"));
+        let too_many = SettlementBatch { groups: vec![group(5, (0..5).map(|i| decided(i, &format!("t{i}"))).collect())] };
+        assert!(too_many.checked(4).unwrap_err().contains("1 to 4"));
+        let groups = (0..=MAX_DECISION_GROUPS).map(|i| group(1, vec![decided(0, &format!("t{i}"))])).collect();
+        assert!(SettlementBatch { groups }.checked(100).unwrap_err().contains("at most"));
+        let bad_id = SettlementBatch { groups: vec![group(1, vec![decided(0, "")])] };
+        assert!(bad_id.checked(4).unwrap_err().contains("pending_id"));
+        assert!(SettlementBatch { groups: Vec::new() }.checked(4).is_err());
+    }
+}

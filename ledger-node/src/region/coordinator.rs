@@ -393,3 +393,62 @@ fn settlement_batch(
     }
     batch
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::reply::{Reply, Status};
+    use crate::core::transfer::MAX_DECISION_GROUPS;
+
+    /// A settling flight whose decision was signed in `signed`.
+    fn settling(id: &str, signed: &Arc<lanes::Signed>) -> Flight {
+        let delivery = Delivery {
+            source: "eu/berlin-1".to_string(),
+            id: id.to_string(),
+            debit: "wallet:a@eu/berlin-1".to_string(),
+            credit: "merchant:m@us/nyc-1".to_string(),
+            asset: "EUR".to_string(),
+            amount: "1.00".to_string(),
+            proof: None,
+        };
+        let decided = Decision { reply: Reply::ok(id, Status::Committed, 1, "ok"), index: 0, signed: signed.clone() };
+        Flight {
+            delivery,
+            stage: Stage::Settling,
+            attempts: 0,
+            last_error: None,
+            decision: Some(Code::Ok),
+            since_ms: 0,
+            settled_at: None,
+            sending: false,
+            retry_at: None,
+            wait: RETRY_FIRST,
+            decided: Some(decided),
+        }
+    }
+
+    #[test]
+    fn a_settlement_message_carries_at_most_its_share_of_groups_and_transfers() {
+        let signed = |n: usize| Arc::new(lanes::Signed { destination: format!("us/e-{n}"), digests: Vec::new(), proof: None });
+        // One transfer from each of more destination batches than a message may carry.
+        let groups: Vec<_> = (0..MAX_DECISION_GROUPS + 4).map(signed).collect();
+        let mut flights = BTreeMap::new();
+        for (i, group) in groups.iter().enumerate() {
+            flights.insert(TransferKey::new("eu/berlin-1", &format!("t{i:03}")), settling(&format!("t{i:03}"), group));
+        }
+        let mut keys = flights.keys().cloned().collect::<Vec<_>>().into_iter().peekable();
+        assert_eq!(settlement_batch(&flights, &mut keys).len(), MAX_DECISION_GROUPS);
+        assert_eq!(settlement_batch(&flights, &mut keys).len(), 4);
+        assert!(keys.peek().is_none());
+
+        // Many transfers of one batch: cut at MAX_TRANSFER_BATCH.
+        let one = signed(0);
+        let mut flights = BTreeMap::new();
+        for i in 0..MAX_TRANSFER_BATCH + 10 {
+            flights.insert(TransferKey::new("eu/berlin-1", &format!("t{i:04}")), settling(&format!("t{i:04}"), &one));
+        }
+        let mut keys = flights.keys().cloned().collect::<Vec<_>>().into_iter().peekable();
+        assert_eq!(settlement_batch(&flights, &mut keys).len(), MAX_TRANSFER_BATCH);
+        assert_eq!(settlement_batch(&flights, &mut keys).len(), 10);
+    }
+}
