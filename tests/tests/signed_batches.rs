@@ -98,6 +98,22 @@ async fn one_signature_covers_a_batch_and_each_transfer_is_still_checked() {
     assert!(outcomes[2]["refused"]["error"].as_str().unwrap().contains("destination is us/nyc-1"), "{answer}");
     assert_eq!(wallet(&till, "b2").await, ("6.00".into(), "3.00".into()), "pay-1 posted, pay-2 and pay-3 still held");
 
+    // A local hold, and an id with no hold at all: no destination to check a signature
+    // against, so nothing is settled, however well the decision is signed.
+    assert_eq!(till.request(cmd::open("o3", "merchant:local", "EUR", &[])).await["code"], "ok");
+    let held = till.request(cmd::hold("local-1", "wallet:a", "merchant:local", "1.00", "EUR", None)).await;
+    assert_eq!(held["status"], "pending", "{held}");
+    let strays =
+        vec![digest("till-1:local-1", "us/nyc-1", "committed", "ok", 12), digest("till-1:ghost", "us/nyc-1", "committed", "ok", 13)];
+    let stray = json!({"destination": "us/nyc-1", "digests": strays, "proof": signed_by("us/nyc-1", &decisions_message("us/nyc-1", &strays)),
+        "decided": [{"index": 0, "pending_id": "till-1:local-1", "decision": decision("till-1:local-1", "committed", "ok", 12)},
+                    {"index": 1, "pending_id": "till-1:ghost", "decision": decision("till-1:ghost", "committed", "ok", 13)}]});
+    let answer = ask(&region, settlements, json!({"groups": [stray]})).await.unwrap();
+    for outcome in answer.as_array().unwrap() {
+        assert!(outcome["refused"]["error"].as_str().unwrap().contains("names no cross-node hold"), "{answer}");
+    }
+    assert_eq!(wallet(&till, "b2b").await, ("6.00".into(), "4.00".into()), "the local hold still pending");
+
     // As a destination: a batch is credited only as the sources' region signed it.
     let deliveries = "ledger/v1/transfer/eu/solo-1/deliveries";
     let one = |id: &str, source: &str, credit: &str, amount: &str| json!({"source": source, "id": id, "debit": format!("wallet:x@{source}"), "credit": credit, "asset": "EUR", "amount": amount});

@@ -54,12 +54,12 @@ pub async fn settle(inbox: &Inbox, store: Arc<Store>, me: &str, keys: Option<Arc
                 Ok(destination_of(hold.as_ref()))
             })))
             .await?;
-        // No cross-node hold by that id: the ledger answers why, nothing to check.
-        if let Some(destination) = destination.as_str() {
-            let reply = serde_json::to_value(&settlement.decision).expect("a reply serializes");
-            let message = decision_bytes(me, &settlement.pending_id, destination, &reply);
-            check_proof(&keys, settlement.proof.as_ref(), destination, &message, "decision", "its destination")?;
-        }
+        // No cross-node hold by that id: nothing a signature could be checked against, so
+        // nothing is settled (a hold made under that id meanwhile must not take it).
+        let Some(destination) = destination.as_str() else { return Err(no_hold(&settlement.pending_id, me)) };
+        let reply = serde_json::to_value(&settlement.decision).expect("a reply serializes");
+        let message = decision_bytes(me, &settlement.pending_id, destination, &reply);
+        check_proof(&keys, settlement.proof.as_ref(), destination, &message, "decision", "its destination")?;
     }
     inbox.ask(Request::Settle { pending_id: settlement.pending_id, decision: settlement.decision }).await
 }
@@ -93,7 +93,9 @@ pub async fn deliver_batch(inbox: &Inbox, me: &str, keys: Option<&NodeKeys>, que
 pub async fn settle_batch(inbox: &Inbox, store: Arc<Store>, me: &str, keys: Option<Arc<NodeKeys>>, query: &Query) -> Answer {
     let batch: SettlementBatch = bridge::query_json(query, MAX_BATCH_REQUEST_BYTES)?;
     let batch = batch.checked(MAX_TRANSFER_BATCH).map_err(Refusal::invalid)?;
+    // With keys, one check per decision, in the message's order; without, none.
     let mut checks: Vec<Result<(), Refusal>> = Vec::new();
+    let with_keys = keys.is_some();
     if let Some(keys) = keys {
         let ids: Vec<String> = batch.groups.iter().flat_map(|g| g.decided.iter().map(|d| d.pending_id.clone())).collect();
         let destinations = inbox.ask(Request::Read(Box::new(move |ledger: &Ledger| destinations_of(ledger, &store, &ids)))).await?;
@@ -103,8 +105,8 @@ pub async fn settle_batch(inbox: &Inbox, store: Arc<Store>, me: &str, keys: Opti
             for decided in &group.decided {
                 let destination = destinations.next().unwrap_or(Value::Null);
                 checks.push(signed.clone().and_then(|()| match destination.as_str() {
-                    // No cross-node hold by that id: the ledger answers why, nothing to check.
-                    None => Ok(()),
+                    // No cross-node hold by that id: nothing to check the signature against.
+                    None => Err(no_hold(&decided.pending_id, me)),
                     Some(d) if d != group.destination => Err(Refusal::invalid(format!(
                         "decision: {} is signed by {}, but its hold's destination is {d}",
                         decided.pending_id, group.destination
@@ -125,7 +127,11 @@ pub async fn settle_batch(inbox: &Inbox, store: Arc<Store>, me: &str, keys: Opti
     let mut requests = Vec::new();
     let mut outcomes: Vec<Option<Answer>> = Vec::new();
     for (k, decided) in decided.enumerate() {
-        match checks.get(k).cloned().unwrap_or(Ok(())) {
+        let check = match with_keys {
+            true => checks.get(k).cloned().expect("a check per decision"),
+            false => Ok(()),
+        };
+        match check {
             Ok(()) => {
                 requests.push(Request::Settle { pending_id: decided.pending_id, decision: decided.decision });
                 outcomes.push(None);
@@ -136,6 +142,11 @@ pub async fn settle_batch(inbox: &Inbox, store: Arc<Store>, me: &str, keys: Opti
     let mut answers = inbox.ask_many(requests).await.into_iter();
     let outcomes = outcomes.into_iter().map(|o| o.unwrap_or_else(|| answers.next().expect("one answer per request"))).collect();
     Ok(outcomes_json(outcomes))
+}
+
+/// A settlement names no cross-node hold of this edge.
+fn no_hold(pending_id: &str, me: &str) -> Refusal {
+    Refusal::not_found(format!("pending_id: {pending_id} names no cross-node hold on {me}"))
 }
 
 /// Ok when a group of decisions carries its destination's signature over its digests.

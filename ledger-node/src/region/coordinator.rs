@@ -102,6 +102,8 @@ struct Batch {
 enum Step {
     Decided(Box<Decision>),
     Settled,
+    /// The source refused the decision itself: it is fetched again.
+    Redeliver(String),
 }
 
 /// A region's driver of the cross-node transfers its edges send.
@@ -220,11 +222,12 @@ impl Coordinator {
         }
     }
 
-    /// How long until the earliest back-off ends.
+    /// How long until the earliest back-off still running ends. A transfer already due but
+    /// not sent waits for a slot in its lane: the answer that frees it wakes the loop.
     fn until_next_retry(&self) -> Duration {
         let flights = self.flights.lock().expect("flights");
         let now = Instant::now();
-        let next = flights.by_key.values().filter(|f| !f.sending).filter_map(|f| f.retry_at).min();
+        let next = flights.by_key.values().filter(|f| !f.sending).filter_map(|f| f.retry_at).filter(|at| *at > now).min();
         next.map_or(SCAN_INTERVAL, |at| at.saturating_duration_since(now))
     }
 
@@ -274,6 +277,10 @@ impl Coordinator {
         let flights = &mut *guard;
         if let Some(busy) = flights.sending.get_mut(&batch.lane) {
             *busy = busy.saturating_sub(1);
+            // Lanes are named by the edges transfers name: none is kept once idle.
+            if *busy == 0 {
+                flights.sending.remove(&batch.lane);
+            }
         }
         let steps = match steps {
             Ok(steps) => steps,
@@ -288,6 +295,18 @@ impl Coordinator {
                     f.decision = Some(decision.reply.code);
                     f.decided = Some(*decision);
                     f.advance(Stage::Settling);
+                }
+                Ok(Step::Redeliver(why)) => {
+                    // The source refused the decision as it stands (say, a signature it cannot
+                    // check): ask the destination again, which answers its recorded decision.
+                    tracing::debug!(transfer = %key, "{why}; delivering again for a fresh decision");
+                    f.attempts += 1;
+                    f.decided = None;
+                    f.decision = None;
+                    f.stage = Stage::Delivering;
+                    f.last_error = Some(why);
+                    f.retry_at = Some(Instant::now() + f.wait);
+                    f.wait = (f.wait * 2).min(RETRY_MAX);
                 }
                 Ok(Step::Settled) => {
                     f.decided = None;
@@ -319,7 +338,11 @@ impl Coordinator {
     async fn settle(&self, batch: &Batch) -> Result<Outcomes<Step>, String> {
         let decided = self.with_flights(&batch.keys, |f| (f.delivery.id.clone(), f.decided.clone().expect("a settling flight is decided")));
         let settled = lanes::settle(&self.session, &batch.lane.1, &decided).await?;
-        Ok(settled.into_iter().map(|s| s.map(|()| Step::Settled)).collect())
+        let step = |s: Result<lanes::Settled, String>| match s? {
+            lanes::Settled::Done => Ok(Step::Settled),
+            lanes::Settled::Refused(why) => Ok(Step::Redeliver(why)),
+        };
+        Ok(settled.into_iter().map(step).collect())
     }
 
     /// `read` of each flight in `keys` (a batch's: they stay while it is on its way).

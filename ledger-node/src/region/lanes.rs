@@ -7,12 +7,13 @@
 //! send when (that is the coordinator's).
 
 use crate::core::address::NodeId;
-use crate::core::reply::{Code, Reply};
+use crate::core::command::MAX_ID_BYTES;
+use crate::core::reply::{truncate, Code, Reply, MAX_MESSAGE_BYTES};
 use crate::core::transfer::{decision_of, DecisionGroup, Delivery, DeliveryBatch, SettlementBatch};
 use bridge::sign::{deliveries_message, delivery_message, NodeKeys};
 use bridge::zenoh::query::Query;
 use bridge::zenoh::Session;
-use bridge::{ask_json, keys, outcomes_of, Answer, AskError, Refusal, MAX_BATCH_REQUEST_BYTES, MAX_REQUEST_BYTES};
+use bridge::{ask_json, keys, outcomes_of, Answer, AskError, Refusal, RefusalKind, MAX_BATCH_REQUEST_BYTES, MAX_REQUEST_BYTES};
 use bridge::{MAX_TRANSFER_BATCH, QUERY_TIMEOUT};
 use serde_json::Value;
 use std::sync::Arc;
@@ -37,6 +38,15 @@ pub struct Decision {
 
 /// Per transfer: its outcome, or why it must be tried again.
 pub type Outcomes<T> = Vec<Result<T, String>>;
+
+/// What a source did with one decision.
+#[derive(Debug)]
+pub enum Settled {
+    /// Posted or voided (or had been).
+    Done,
+    /// Refused as invalid (its signature or shape): only a fresh decision will do.
+    Refused(String),
+}
 
 /// Where this region sends deliveries for `destination`: the edge itself when it is ours,
 /// its region's relay otherwise.
@@ -75,9 +85,19 @@ pub async fn deliver(
     let proof = answer.get_mut("proof").map(Value::take).filter(|p| !p.is_null());
     let outcomes = answer.get_mut("outcomes").map(Value::take).unwrap_or_default();
     let outcomes = outcomes_of(outcomes, count).map_err(|e| format!("{selector}: {e}"))?;
+    // What the source will be shown must pass its checks, or the transfer would wait for
+    // ever on a decision it refuses: one digest per delivery (none without identities).
+    let hex = |d: &Option<String>| d.as_ref().is_none_or(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()));
+    if (node_keys.is_some() && digests.len() != count) || digests.len() > count || !digests.iter().all(hex) {
+        return Err(format!("{selector}: {} digests for {count} deliveries, or not SHA-256 hex", digests.len()));
+    }
     let signed = Arc::new(Signed { destination: destination.to_string(), digests, proof });
     let decision = |(index, outcome): (usize, Answer)| {
-        let reply: Reply = serde_json::from_value(outcome.map_err(|refusal| refusal.error)?).map_err(|e| format!("decision: {e}"))?;
+        let mut reply: Reply = serde_json::from_value(outcome.map_err(|refusal| refusal.error)?).map_err(|e| format!("decision: {e}"))?;
+        if reply.id.as_ref().is_some_and(|id| id.len() > MAX_ID_BYTES) {
+            return Err("decision: id too long".to_string());
+        }
+        truncate(&mut reply.message, MAX_MESSAGE_BYTES);
         Ok(Decision { reply: decision_of(reply)?, index, signed: signed.clone() })
     };
     Ok(outcomes.into_iter().enumerate().map(decision).collect())
@@ -85,7 +105,7 @@ pub async fn deliver(
 
 /// Settles `decided` (pending ids at `source`, each with its decision) in one message,
 /// grouped by the batch each decision was signed in. Answers in `decided`'s order.
-pub async fn settle(session: &Session, source: &str, decided: &[(String, Decision)]) -> Result<Outcomes<()>, String> {
+pub async fn settle(session: &Session, source: &str, decided: &[(String, Decision)]) -> Result<Outcomes<Settled>, String> {
     assert!(!decided.is_empty() && decided.len() <= MAX_TRANSFER_BATCH, "a settlement batch is 1 to MAX_TRANSFER_BATCH");
     // Groups in order of first appearance; `order` maps each answer back to `decided`.
     let mut groups: Vec<(Arc<Signed>, DecisionGroup)> = Vec::new();
@@ -115,23 +135,30 @@ pub async fn settle(session: &Session, source: &str, decided: &[(String, Decisio
     let batch = SettlementBatch { groups: groups.into_iter().map(|(_, g)| g).collect() };
     let payload = serde_json::to_string(&batch).expect("a settlement batch serializes");
     let selector = keys::transfer_settlements(source);
-    let answer = ask_json(session, &selector, Some(payload), QUERY_TIMEOUT).await.map_err(|e| match e.refusal() {
-        Some(refusal) => format!("{source}: {refusal}"),
-        None => e.to_string(),
-    })?;
-    let outcomes = outcomes_of(answer, decided.len()).map_err(|e| format!("{selector}: {e}"))?;
-    let mut answers: Vec<Result<(), String>> = vec![Ok(()); decided.len()];
+    let outcomes = match ask_json(session, &selector, Some(payload), QUERY_TIMEOUT).await {
+        Ok(answer) => outcomes_of(answer, decided.len()).map_err(|e| format!("{selector}: {e}"))?,
+        // The message as a whole was refused as invalid: every decision in it is fetched again.
+        Err(AskError::Refused { refusal, .. }) if refusal.kind == RefusalKind::Invalid => {
+            return Ok((0..decided.len()).map(|_| Ok(Settled::Refused(format!("{source}: {refusal}")))).collect());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut answers: Vec<Result<Settled, String>> = (0..decided.len()).map(|_| Err("no outcome".to_string())).collect();
     for (k, outcome) in order.into_iter().zip(outcomes) {
         answers[k] = settled(source, outcome);
     }
     Ok(answers)
 }
 
-fn settled(source: &str, outcome: Answer) -> Result<(), String> {
-    let ack: Reply =
-        serde_json::from_value(outcome.map_err(|r| format!("{source}: {r}"))?).map_err(|e| format!("{source}: settlement answer: {e}"))?;
+fn settled(source: &str, outcome: Answer) -> Result<Settled, String> {
+    let ack = match outcome {
+        Ok(ack) => ack,
+        Err(refusal) if refusal.kind == RefusalKind::Invalid => return Ok(Settled::Refused(format!("{source}: {refusal}"))),
+        Err(refusal) => return Err(format!("{source}: {refusal}")),
+    };
+    let ack: Reply = serde_json::from_value(ack).map_err(|e| format!("{source}: settlement answer: {e}"))?;
     match ack.code {
-        Code::Ok => Ok(()),
+        Code::Ok => Ok(Settled::Done),
         code => Err(format!("{source} refused the settlement: {}: {}", code.as_str(), ack.message)),
     }
 }
