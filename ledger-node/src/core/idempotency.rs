@@ -7,8 +7,9 @@ use super::change::EntryBody;
 use super::command::{Command, Journaled, Op};
 use super::id_filter::IdFilter;
 use super::reply::{Reply, Status};
+use super::shards::Sharded;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// An id as the ledger keys it: the principal that sent it (a device id, `~operator`) and
@@ -88,9 +89,9 @@ pub trait IdArchive: Send {
 /// rest in an `IdArchive`. A record is evicted only once the group that made it is durable,
 /// so an id is never treated as new: it is in RAM, or on disk.
 pub struct IdIndex {
-    /// Keys shared with `order`: one allocation per record. The node's map is allocated
-    /// for its capacity up front, so it never grows (and stalls) while serving.
-    map: HashMap<Arc<str>, Cached>,
+    /// Keys shared with `order`: one allocation per record. Sharded (`shards`): eviction
+    /// churns it, and one table this size would rehash all at once, stalling the intake.
+    map: Sharded<Arc<str>, Cached>,
     /// Insertion order, oldest first: what eviction takes.
     order: VecDeque<Arc<str>>,
     mode: Keep,
@@ -137,7 +138,7 @@ impl Default for IdIndex {
 
 impl IdIndex {
     fn with(mode: Keep) -> IdIndex {
-        IdIndex { map: HashMap::new(), order: VecDeque::new(), mode, durable_group: 0, group: 0, stats: IdCacheStats::default() }
+        IdIndex { map: Sharded::with_capacity(0), order: VecDeque::new(), mode, durable_group: 0, group: 0, stats: IdCacheStats::default() }
     }
 
     /// Keeps no records: for ledgers that replay a journal and never answer commands.
@@ -149,7 +150,7 @@ impl IdIndex {
     pub fn recent(capacity: usize, archive: Box<dyn IdArchive>) -> IdIndex {
         assert!(capacity > 0, "an id cache holds at least one record");
         let mode = Keep::Recent { capacity, archive, filter: IdFilter::default(), complete: true };
-        IdIndex { map: HashMap::with_capacity(capacity.min(1 << 20)), ..IdIndex::with(mode) }
+        IdIndex { map: Sharded::with_capacity(capacity.min(1 << 20)), ..IdIndex::with(mode) }
     }
 
     /// The record of `key`: from RAM, or else from the archive.

@@ -27,6 +27,7 @@ pub mod money;
 pub mod permissions;
 pub mod received;
 pub mod reply;
+pub mod shards;
 pub mod transfer;
 pub mod wire;
 
