@@ -429,6 +429,18 @@ impl TestPki {
         self.files(&format!("operator:{OPERATOR}"))
     }
 
+    /// A zenoh router under `region`'s identity and access rules, listening on `port` for
+    /// `edges`: for a test that plays the region (one that misbehaves, or is compromised).
+    pub async fn region_stand_in(&self, region: &str, port: u16, edges: &[&str]) -> bridge::zenoh::Session {
+        let edges: Vec<String> = edges.iter().map(|e| format!("\"{e}\"")).collect();
+        let toml = format!(
+            "[node]\nid = \"{region}\"\nrole = \"region\"\n\n[zenoh]\nlisten = [\"tls/127.0.0.1:{port}\"]\n{}\n[replication]\nedges = [{}]\n",
+            self.zenoh_tls(region),
+            edges.join(", ")
+        );
+        bridge::open(&config::NodeConfig::from_toml(&toml).expect("a region config")).await.expect("the test's region session")
+    }
+
     /// The `[zenoh]` lines that give `node` its identity and let the operator in.
     pub fn zenoh_tls(&self, node: &str) -> String {
         let f = self.files(node);

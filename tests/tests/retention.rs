@@ -94,11 +94,7 @@ async fn an_edge_prunes_what_its_region_holds_and_still_answers_every_id() {
 async fn an_ack_under_another_hash_prunes_nothing() {
     let pki = TestPki::new(&["eu", EDGE]);
     let port = free_port();
-    let region_toml = format!(
-        "[node]\nid = \"eu\"\nrole = \"region\"\n\n[zenoh]\nlisten = [\"tls/127.0.0.1:{port}\"]\n{}\n[replication]\nedges = [\"{EDGE}\"]\n",
-        pki.zenoh_tls("eu")
-    );
-    let region = bridge::open(&config::NodeConfig::from_toml(&region_toml).unwrap()).await.unwrap();
+    let region = pki.region_stand_in("eu", port, &[EDGE]).await;
     let metrics = free_port();
     let edge = retention_edge(&pki, port, metrics);
     let device = Device::connect(edge.port, "pos-1").await;

@@ -33,14 +33,7 @@ async fn wallet(till: &Device, id: &str) -> (String, String) {
 async fn one_signature_covers_a_batch_and_each_transfer_is_still_checked() {
     let pki = TestPki::new(&["eu", "us", "eu/solo-1", "us/nyc-1", "us/sf-1"]);
     let region_port = free_port();
-    let files = pki.files("eu");
-    let region_toml = format!(
-        "[node]\nid = \"eu\"\nrole = \"region\"\n[zenoh]\nlisten = [\"tls/127.0.0.1:{region_port}\"]\ntls_root_ca = \"{}\"\ntls_certificate = \"{}\"\ntls_private_key = \"{}\"\n[replication]\nedges = [\"eu/solo-1\"]\n",
-        files.ca.display(),
-        files.cert.display(),
-        files.key.display()
-    );
-    let region = bridge::open(&config::NodeConfig::from_toml(&region_toml).unwrap()).await.expect("the test's region session");
+    let region = pki.region_stand_in("eu", region_port, &["eu/solo-1"]).await;
     let edge = NodeProcess::start(NodeOptions {
         node_id: Some("eu/solo-1".into()),
         extra_toml: format!("[zenoh]\nconnect = [\"tls/127.0.0.1:{region_port}\"]\n{}", pki.zenoh_tls("eu/solo-1")),

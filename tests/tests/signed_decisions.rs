@@ -20,14 +20,7 @@ async fn a_source_settles_only_on_a_decision_its_destination_signed() {
     let pki = TestPki::new(&["eu", "us", "eu/solo-1", "us/nyc-1"]);
     let region_port = free_port();
     // The test is region eu: a router with eu's identity and eu's access rules.
-    let files = pki.files("eu");
-    let region_toml = format!(
-        "[node]\nid = \"eu\"\nrole = \"region\"\n[zenoh]\nlisten = [\"tls/127.0.0.1:{region_port}\"]\ntls_root_ca = \"{}\"\ntls_certificate = \"{}\"\ntls_private_key = \"{}\"\n[replication]\nedges = [\"eu/solo-1\"]\n",
-        files.ca.display(),
-        files.cert.display(),
-        files.key.display()
-    );
-    let region = bridge::open(&config::NodeConfig::from_toml(&region_toml).unwrap()).await.expect("the test's region session");
+    let region = pki.region_stand_in("eu", region_port, &["eu/solo-1"]).await;
     let edge = NodeProcess::start(NodeOptions {
         node_id: Some("eu/solo-1".into()),
         // One decided transfer in RAM: older ones are read back from the file.

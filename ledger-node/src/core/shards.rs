@@ -13,6 +13,7 @@ use std::hash::{BuildHasher, Hash};
 pub const SHARDS: usize = 1024;
 
 pub struct Sharded<K, V> {
+    /// Empty until the first insert: most ledgers (a region's replicas) never keep a record.
     shards: Vec<HashMap<K, V>>,
     /// Picks the shard; keyed at random, so chosen keys cannot pile into one shard.
     hasher: RandomState,
@@ -20,10 +21,17 @@ pub struct Sharded<K, V> {
 }
 
 impl<K: Hash + Eq, V> Sharded<K, V> {
-    /// Room for `capacity` entries spread over the shards, allocated now.
+    /// Room for `capacity` entries spread over the shards, allocated now (none for 0).
     pub fn with_capacity(capacity: usize) -> Sharded<K, V> {
-        let per_shard = capacity.div_ceil(SHARDS);
-        Sharded { shards: (0..SHARDS).map(|_| HashMap::with_capacity(per_shard)).collect(), hasher: RandomState::new(), len: 0 }
+        let mut map = Sharded { shards: Vec::new(), hasher: RandomState::new(), len: 0 };
+        if capacity > 0 {
+            map.allocate(capacity.div_ceil(SHARDS));
+        }
+        map
+    }
+
+    fn allocate(&mut self, per_shard: usize) {
+        self.shards = (0..SHARDS).map(|_| HashMap::with_capacity(per_shard)).collect();
     }
 
     fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
@@ -35,10 +43,13 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shards[self.shard(key)].get(key)
+        self.shards.get(self.shard(key))?.get(key)
     }
 
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        if self.shards.is_empty() {
+            self.allocate(0);
+        }
         let shard = self.shard(&key);
         let old = self.shards[shard].insert(key, value);
         if old.is_none() {
@@ -53,7 +64,7 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         let shard = self.shard(key);
-        let old = self.shards[shard].remove(key);
+        let old = self.shards.get_mut(shard)?.remove(key);
         if old.is_some() {
             self.len -= 1;
         }
@@ -80,7 +91,10 @@ mod tests {
 
     #[test]
     fn behaves_as_one_map_and_keeps_count() {
-        let mut map: Sharded<Arc<str>, u64> = Sharded::with_capacity(10);
+        let mut map: Sharded<Arc<str>, u64> = Sharded::with_capacity(0);
+        assert_eq!(map.get("id-1"), None, "nothing allocated, nothing found");
+        assert_eq!(map.remove("id-1"), None);
+        assert!(map.is_empty());
         for i in 0..5_000u64 {
             assert_eq!(map.insert(Arc::from(format!("id-{i}").as_str()), i), None);
         }

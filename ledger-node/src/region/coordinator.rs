@@ -300,13 +300,10 @@ impl Coordinator {
                     // The source refused the decision as it stands (say, a signature it cannot
                     // check): ask the destination again, which answers its recorded decision.
                     tracing::debug!(transfer = %key, "{why}; delivering again for a fresh decision");
-                    f.attempts += 1;
                     f.decided = None;
                     f.decision = None;
                     f.stage = Stage::Delivering;
-                    f.last_error = Some(why);
-                    f.retry_at = Some(Instant::now() + f.wait);
-                    f.wait = (f.wait * 2).min(RETRY_MAX);
+                    f.back_off(why);
                 }
                 Ok(Step::Settled) => {
                     f.decided = None;
@@ -315,10 +312,7 @@ impl Coordinator {
                 }
                 Err(why) => {
                     tracing::debug!(transfer = %key, "{why}; retrying in {:?}", f.wait);
-                    f.attempts += 1;
-                    f.last_error = Some(why);
-                    f.retry_at = Some(Instant::now() + f.wait);
-                    f.wait = (f.wait * 2).min(RETRY_MAX);
+                    f.back_off(why);
                 }
             }
         }
@@ -386,6 +380,14 @@ impl Coordinator {
 }
 
 impl Flight {
+    /// A failed attempt: not sent again for `wait`, which doubles up to `RETRY_MAX`.
+    fn back_off(&mut self, why: String) {
+        self.attempts += 1;
+        self.last_error = Some(why);
+        self.retry_at = Some(Instant::now() + self.wait);
+        self.wait = (self.wait * 2).min(RETRY_MAX);
+    }
+
     fn advance(&mut self, stage: Stage) {
         self.stage = stage;
         self.last_error = None;
