@@ -4,6 +4,11 @@ use config::NodeConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// glibc's malloc was a third of the ledger core's time; see BENCHMARKS.md, "The allocator,
+/// adopted".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const HELP: &str = "\
 ledger-node: an edgeledger node (MQTT in, redb ledger inside)
 

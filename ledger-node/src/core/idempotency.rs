@@ -91,7 +91,9 @@ pub trait IdArchive: Send {
 pub struct IdIndex {
     /// Keys shared with `order`: one allocation per record. Sharded (`shards`): eviction
     /// churns it, and one table this size would rehash all at once, stalling the intake.
-    map: Sharded<Arc<str>, Cached>,
+    /// Records are boxed: a table slot is then 24 bytes, not a whole reply, so a shard's
+    /// rehash moves little.
+    map: Sharded<Arc<str>, Box<Cached>>,
     /// Insertion order, oldest first: what eviction takes.
     order: VecDeque<Arc<str>>,
     mode: Keep,
@@ -186,7 +188,7 @@ impl IdIndex {
                 *capacity
             }
         };
-        let cached = Cached { recorded, group: self.group };
+        let cached = Box::new(Cached { recorded, group: self.group });
         let key: Arc<str> = key.into();
         // Keeping everything, nothing is ever evicted: no order to keep.
         if self.map.insert(key.clone(), cached).is_none() && capacity != usize::MAX {

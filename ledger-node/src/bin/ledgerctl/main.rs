@@ -18,6 +18,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 use table::{cell, Table};
 
+/// glibc's malloc was a third of the ledger core's time; see BENCHMARKS.md, "The allocator,
+/// adopted".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EXIT_CODES: &str = "\
 Exit codes:
   0  done; for verify and reconcile: everything checked and nothing differs

@@ -37,6 +37,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// glibc's malloc was a third of the ledger core's time; see BENCHMARKS.md, "The allocator,
+/// adopted".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::sync::mpsc;
 
 const USAGE: &str = "\
@@ -840,13 +845,16 @@ fn submit_ok(ledger: &mut Ledger, command: Command, now: u64) -> Result<Effects,
 
 fn core_once(batch: usize, transfers: usize) -> Result<CoreResult, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-    let store = Store::open(dir.path(), CORE_NODE).map_err(|e| e.to_string())?;
+    let store = Arc::new(Store::open(dir.path(), CORE_NODE).map_err(|e| e.to_string())?);
     // The committer thread of a node does this sealing; here it is part of the measured commit.
     let mut chain = ledger::core::journal::Chain::default();
     let mut node_config = config::NodeConfig::embedded_default();
     node_config.node.id = CORE_NODE.to_string();
     let mut ledger = ledger::setup::ledger_for(&node_config);
-    // As on an edge: each commit also writes what the group changed into the live tables.
+    // As on an edge: the recent ids in RAM (the rest read back from the file), and each
+    // commit also writes what the group changed into the live tables.
+    let (archive, _) = ledger::store::StoreIds::new(store.clone());
+    ledger.archive_ids(node_config.ledger.id_cache_entries, Box::new(archive));
     ledger.track_live_changes();
 
     // Setup, untimed: the issuer, the accounts, and funds that outlast any run.
@@ -872,6 +880,7 @@ fn core_once(batch: usize, transfers: usize) -> Result<CoreResult, String> {
     let mut commits = 0;
     let mut now = now_ms();
     let started = Instant::now();
+    let mut group_number = ledger.next_group();
     for i in 0..transfers {
         let command = transfer_cmd(format!("t{i}"), &wallets[i % CORE_ACCOUNTS], &merchants[(i * 7) % CORE_ACCOUNTS], "0.01");
         let t = Instant::now();
@@ -888,6 +897,9 @@ fn core_once(batch: usize, transfers: usize) -> Result<CoreResult, String> {
             commit += t.elapsed();
             commits += 1;
             group.clear();
+            // As the intake: the group is durable, its id records may leave RAM.
+            ledger.group_durable(group_number);
+            group_number = ledger.next_group();
             // The node reads the clock once per group too.
             now = now_ms();
         }
