@@ -94,8 +94,9 @@ pub struct IdIndex {
     /// Records are boxed: a table slot is then 24 bytes, not a whole reply, so a shard's
     /// rehash moves little.
     map: Sharded<Arc<str>, Box<Cached>>,
-    /// Insertion order, oldest first: what eviction takes.
-    order: VecDeque<Arc<str>>,
+    /// Insertion order, oldest first, with the group that made each record: what eviction
+    /// takes, told durable or not without a lookup in `map`.
+    order: VecDeque<(Arc<str>, u64)>,
     mode: Keep,
     /// Records of groups up to this one are durable (see `IdIndex::durable`).
     durable_group: u64,
@@ -192,7 +193,7 @@ impl IdIndex {
         let key: Arc<str> = key.into();
         // Keeping everything, nothing is ever evicted: no order to keep.
         if self.map.insert(key.clone(), cached).is_none() && capacity != usize::MAX {
-            self.order.push_back(key);
+            self.order.push_back((key, self.group));
         }
         self.evict(capacity);
     }
@@ -226,12 +227,19 @@ impl IdIndex {
     /// flight beyond its capacity.
     fn evict(&mut self, capacity: usize) {
         while self.map.len() > capacity {
-            let Some(oldest) = self.order.front() else { break };
-            if self.map.get(oldest).is_some_and(|c| c.group > self.durable_group) {
-                break;
+            match self.order.front() {
+                Some((_, group)) if *group <= self.durable_group => {}
+                _ => break,
             }
-            let oldest = self.order.pop_front().expect("checked");
-            self.map.remove(&oldest);
+            let (oldest, _) = self.order.pop_front().expect("checked");
+            let Some(cached) = self.map.remove(&oldest) else { continue };
+            if cached.group > self.durable_group {
+                // Recorded again since (a record replaced by a later group): it keeps its
+                // place until that group is durable.
+                self.order.push_back((oldest.clone(), cached.group));
+                self.map.insert(oldest, cached);
+                continue;
+            }
             self.stats.evictions += 1;
         }
     }
@@ -442,5 +450,52 @@ mod tests {
         ] {
             assert!(!taken_and_read_back(json).0, "{json}");
         }
+    }
+
+    /// The node's file, for the cache's misses: records written there by the shell.
+    struct FileStandIn(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Recorded>>>);
+
+    impl IdArchive for FileStandIn {
+        fn lookup(&self, key: &str) -> Option<Recorded> {
+            self.0.lock().unwrap().get(key).cloned()
+        }
+    }
+
+    fn recorded(n: u64) -> Recorded {
+        Recorded { fingerprint: format!("f{n}"), reply: Reply::ok(&format!("t{n}"), Status::Committed, n, "transfer committed") }
+    }
+
+    #[test]
+    fn the_cache_evicts_the_oldest_durable_records_only() {
+        let file = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let mut ids = IdIndex::recent(2, Box::new(FileStandIn(file.clone())));
+        let g1 = ids.next_group();
+        for n in 1..=3 {
+            ids.insert(&format!("d:t{n}"), recorded(n));
+        }
+        assert_eq!(ids.len(), 3, "nothing leaves RAM before its group is durable");
+        let g2 = ids.next_group();
+        ids.insert("d:t4", recorded(4));
+        // t2 recorded again by a later group (a replaced record keeps its first place in line).
+        ids.insert("d:t2", recorded(22));
+        for n in 1..=3 {
+            file.lock().unwrap().insert(format!("d:t{n}"), recorded(n));
+        }
+        ids.durable(g1);
+        // t1 and t3 leave; t2 was recorded again by g2, which is not durable: it stays.
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids.stats.evictions, 2);
+        assert_eq!(ids.get("d:t2"), Some(recorded(22)), "the newer record, from RAM");
+        let hits = ids.stats.hits;
+        assert_eq!(ids.get("d:t1"), Some(recorded(1)), "an evicted record is read back from the file");
+        assert_eq!(ids.stats.hits, hits);
+        assert_eq!(ids.get("d:t9"), None, "never seen");
+        ids.durable(g2);
+        ids.next_group();
+        ids.insert("d:t5", recorded(5));
+        assert_eq!(ids.len(), 2, "at capacity once every group is durable");
+        // t2 went back in line behind t4 when its second record kept it in RAM.
+        assert!(ids.map.get("d:t4").is_none(), "the oldest durable record left");
+        assert!(ids.map.get("d:t2").is_some() && ids.map.get("d:t5").is_some());
     }
 }
