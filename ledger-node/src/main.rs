@@ -32,9 +32,24 @@ USAGE:
                                       and every --host (a DNS name or an address)
     ledger-node --help                this text
 
-Logging: RUST_LOG (default: info,rumqttd=off; the broker's own logs cost a formatted
-span per message, enable them with RUST_LOG=info,rumqttd=warn).
+Logging: RUST_LOG (default: info). The broker's own logs stay off unless RUST_LOG names
+rumqttd (RUST_LOG=info,rumqttd=warn): they cost a formatted span per message.
 ";
+
+/// The log filter of `RUST_LOG` (default `info`), with the broker's logs off unless it names
+/// them: rumqttd opens an error-level span per message, which any level but `off` formats
+/// (a quarter of the broker's router thread under `RUST_LOG=warn`).
+fn log_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let directives = rust_log.map(str::trim).filter(|d| !d.is_empty()).unwrap_or("info");
+    let directives = match directives.contains("rumqttd") {
+        true => directives.to_string(),
+        false => format!("{directives},rumqttd=off"),
+    };
+    tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!("ledger-node: RUST_LOG {directives:?} is not a log filter ({e}); logging at info");
+        tracing_subscriber::EnvFilter::new("info,rumqttd=off")
+    })
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -110,8 +125,7 @@ fn pki(dir: &str, args: &[&str]) -> ExitCode {
 }
 
 fn run(config: NodeConfig) -> ExitCode {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     // Past a file size limit (RLIMIT_FSIZE) the kernel sends SIGXFSZ, which kills by
     // default; ignored, the write fails with EFBIG and the node refuses writes instead.
@@ -128,4 +142,26 @@ fn run(config: NodeConfig) -> ExitCode {
 fn fail(message: &str) -> ExitCode {
     eprintln!("ledger-node: {message}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn the_broker_logs_only_when_rust_log_names_it() {
+        for (rust_log, directives) in [
+            (None, ["info", "rumqttd=off"]),
+            (Some(""), ["info", "rumqttd=off"]),
+            (Some("warn"), ["warn", "rumqttd=off"]),
+            (Some("debug,ledger=trace"), ["ledger=trace", "rumqttd=off"]),
+            (Some("info,rumqttd=warn"), ["info", "rumqttd=warn"]),
+        ] {
+            let filter = log_filter(rust_log).to_string();
+            let shown: Vec<&str> = filter.split(',').collect();
+            assert!(directives.iter().all(|d| shown.contains(d)), "{rust_log:?} gave {filter}");
+        }
+        assert!(!log_filter(Some("info,rumqttd=warn")).to_string().contains("rumqttd=off"));
+        assert!(log_filter(Some("[[[")).to_string().contains("rumqttd=off"), "an invalid filter falls back to the default");
+    }
 }
