@@ -4,8 +4,8 @@ use config::NodeConfig;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// glibc's malloc was a third of the ledger core's time; see BENCHMARKS.md, "The allocator,
-/// adopted".
+/// glibc's malloc and free were a third of the ledger core's time; see BENCHMARKS.md,
+/// "Speed: the allocator adopted".
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

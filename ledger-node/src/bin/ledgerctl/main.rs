@@ -18,8 +18,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 use table::{cell, Table};
 
-/// glibc's malloc was a third of the ledger core's time; see BENCHMARKS.md, "The allocator,
-/// adopted".
+/// glibc's malloc and free were a third of the ledger core's time; see BENCHMARKS.md,
+/// "Speed: the allocator adopted".
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -37,12 +37,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
-/// glibc's malloc was a third of the ledger core's time; see BENCHMARKS.md, "The allocator,
-/// adopted".
+/// glibc's malloc and free were a third of the ledger core's time; see BENCHMARKS.md,
+/// "Speed: the allocator adopted".
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use tokio::sync::mpsc;
 
 const USAGE: &str = "\
 ledger-bench: throughput and latency of edgeledger
