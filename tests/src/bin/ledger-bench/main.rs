@@ -853,7 +853,7 @@ fn core_once(batch: usize, transfers: usize) -> Result<CoreResult, String> {
     let mut ledger = ledger::setup::ledger_for(&node_config);
     // As on an edge: the recent ids in RAM (the rest read back from the file), and each
     // commit also writes what the group changed into the live tables.
-    let (archive, _) = ledger::store::StoreIds::new(store.clone());
+    let (archive, id_fault) = ledger::store::StoreIds::new(store.clone());
     ledger.archive_ids(node_config.ledger.id_cache_entries, Box::new(archive));
     ledger.track_live_changes();
 
@@ -905,6 +905,10 @@ fn core_once(batch: usize, transfers: usize) -> Result<CoreResult, String> {
         }
     }
     let total = started.elapsed();
+    // A record the cache could not read back would have let an id pass as new.
+    if let Some(fault) = id_fault.take() {
+        return Err(format!("reading id records back from the file failed: {fault}"));
+    }
     ledger.check_invariants().map_err(|e| format!("books do not balance after the run: {e}"))?;
     Ok(CoreResult { transfers, commits, total, submit, commit })
 }
