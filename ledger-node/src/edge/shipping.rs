@@ -92,12 +92,34 @@ pub async fn ship(
     tokio::spawn(serve_range(session.clone(), edge.clone(), store.clone(), keys.clone()));
     tokio::spawn(acks::follow(session.clone(), edge.clone(), store.clone(), link.acked.clone(), link.acks_refused.clone()));
     tokio::spawn(serve_status(session.clone(), edge.clone(), link.clone(), store));
-    while let Some(entries) = pushed.recv().await {
+    let mut carried = None;
+    while let Some(entries) = next_push(&mut pushed, &mut carried).await {
         if let Err(e) = publisher.put(frame_of(&edge, &entries, keys.as_deref())).await {
             tracing::warn!("journal push failed: {e}");
         }
     }
     Err(NodeError::Stopped { part: "journal shipping", why: "the committer no longer feeds it".to_string() })
+}
+
+/// The entries of the next push: the next committed group, with the groups queued behind it
+/// while the last push was sent, as long as they continue it (a group dropped from a full
+/// queue leaves a gap no frame may span) and fit in one frame. A group that does not join
+/// is `carried` to the next push. One frame, and one signature, for all of them.
+async fn next_push(pushed: &mut tokio::sync::mpsc::Receiver<Vec<Entry>>, carried: &mut Option<Vec<Entry>>) -> Option<Vec<Entry>> {
+    let mut entries = match carried.take() {
+        Some(entries) => entries,
+        None => pushed.recv().await?,
+    };
+    while entries.len() < MAX_FRAME_ENTRIES {
+        let Ok(more) = pushed.try_recv() else { break };
+        let continues = entries.last().and_then(|e| e.seq.checked_add(1)) == more.first().map(|e| e.seq);
+        if !continues || entries.len() + more.len() > MAX_FRAME_ENTRIES {
+            *carried = Some(more);
+            break;
+        }
+        entries.extend(more);
+    }
+    Some(entries)
 }
 
 /// A frame of `entries`; with keys, ending in the edge's signed head of its last entry.
@@ -161,4 +183,35 @@ async fn serve_status(session: bridge::zenoh::Session, edge: String, link: EdgeL
         }))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(seqs: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        seqs.map(|seq| Entry { seq, prev: [0; 32], hash: [0; 32], body: Vec::new() }).collect()
+    }
+
+    fn seqs(entries: &[Entry]) -> (u64, u64) {
+        (entries[0].seq, entries.last().expect("entries").seq)
+    }
+
+    #[tokio::test]
+    async fn queued_groups_ship_as_one_frame_unless_a_gap_or_the_frame_limit_parts_them() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        // 7..=full makes exactly one full frame.
+        let full = MAX_FRAME_ENTRIES as u64 + 6;
+        for g in [group(1..=2), group(3..=5), group(7..=9), group(10..=full), group(full + 1..=full + 14)] {
+            tx.send(g).await.expect("queued");
+        }
+        drop(tx);
+        let mut carried = None;
+        let mut frames = Vec::new();
+        while let Some(entries) = next_push(&mut rx, &mut carried).await {
+            frames.push(seqs(&entries));
+        }
+        // 1-5 joined; 6 is missing, so 7 starts a frame; the last group would pass the limit.
+        assert_eq!(frames, vec![(1, 5), (7, full), (full + 1, full + 14)]);
+    }
 }

@@ -96,10 +96,20 @@ pub async fn follow_edge(
             }
         }
         // Then wait for a push (applied at once when it continues the replica) or the tick.
+        // Pushes that queued up meanwhile are taken with it, consecutive ones as one frame:
+        // one signature check, one durable commit and one ack for all of them.
         match tokio::time::timeout(PULL_INTERVAL, subscriber.recv_async()).await {
             Ok(Ok(sample)) => {
-                if let Ok(frame) = decode_frame(&sample.payload().to_bytes()) {
-                    if apply(&link, split_proof(frame)).await {
+                let mut frames = Coalesced::default();
+                frames.add(decode_frame(&sample.payload().to_bytes()));
+                while let Ok(Some(sample)) = subscriber.try_recv() {
+                    frames.add(decode_frame(&sample.payload().to_bytes()));
+                    if frames.queued() >= PUSHES_BUFFERED {
+                        break;
+                    }
+                }
+                for frame in frames.into_frames() {
+                    if apply(&link, frame).await {
                         grown.notify_one();
                     }
                 }
@@ -107,6 +117,44 @@ pub async fn follow_edge(
             Ok(Err(_)) => return,
             Err(_) => {}
         }
+    }
+}
+
+/// Pushes taken together, in the order they came: each one that continues the frame before
+/// it (its first entry right after that one's last) joins it, up to `MAX_FRAME_ENTRIES`
+/// entries, and the joined frame keeps the later trailer, whose signed head (through the
+/// hash chain) vouches for every entry before it. Anything else starts a frame of its own;
+/// `apply` skips what the replica has and stops at a gap, as for single pushes.
+#[derive(Default)]
+struct Coalesced {
+    frames: Vec<Frame>,
+    pushes: usize,
+}
+
+impl Coalesced {
+    fn add(&mut self, decoded: Result<bridge::Records, String>) {
+        self.pushes += 1;
+        let Ok(records) = decoded else { return };
+        let (entries, trailer) = split_proof(records);
+        let Some(first) = entries.first().map(|(seq, _)| *seq) else { return };
+        if let Some((last_entries, last_trailer)) = self.frames.last_mut() {
+            let continues = last_entries.last().is_some_and(|(seq, _)| seq.checked_add(1) == Some(first));
+            let signed_alike = last_trailer.is_some() == trailer.is_some();
+            if continues && signed_alike && last_entries.len() + entries.len() <= MAX_FRAME_ENTRIES {
+                last_entries.extend(entries);
+                *last_trailer = trailer;
+                return;
+            }
+        }
+        self.frames.push((entries, trailer));
+    }
+
+    fn queued(&self) -> usize {
+        self.pushes
+    }
+
+    fn into_frames(self) -> Vec<Frame> {
+        self.frames
     }
 }
 
@@ -262,4 +310,50 @@ pub fn replica_gauges(replicas: &Replicas, out: &mut Vec<GaugeFamily>) {
     gauge(out, "edgeledger_replica_age_seconds", "Seconds since the replica last grew (or was loaded).", ages);
     let refused: Vec<_> = all.iter().map(|(edge, r)| (label(edge), u64::from(r.refused.is_some()))).collect();
     gauge(out, "edgeledger_replica_refused", "1 when the replica refused an entry of the edge and stopped there.", refused);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bridge::{encode_frame, PROOF_SEQ};
+
+    fn push(seqs: std::ops::RangeInclusive<u64>, trailer: Option<&[u8]>) -> Result<bridge::Records, String> {
+        let bodies: Vec<(u64, Vec<u8>)> =
+            seqs.map(|seq| (seq, seq.to_be_bytes().to_vec())).chain(trailer.map(|t| (PROOF_SEQ, t.to_vec()))).collect();
+        decode_frame(&encode_frame(bodies.iter().map(|(seq, b)| (*seq, &b[..]))))
+    }
+
+    fn shape(frames: &[Frame]) -> Vec<(u64, u64, Option<Vec<u8>>)> {
+        frames.iter().map(|(e, t)| (e[0].0, e.last().expect("entries").0, t.clone())).collect()
+    }
+
+    #[test]
+    fn consecutive_pushes_join_under_the_later_signature_and_the_rest_stay_apart() {
+        let mut c = Coalesced::default();
+        c.add(push(1..=3, Some(b"head-3")));
+        c.add(push(4..=4, Some(b"head-4")));
+        // A gap (5 was dropped from the ring): its own frame, for apply to stop at.
+        c.add(push(6..=7, Some(b"head-7")));
+        // An overlap (a push repeating 7): its own frame too.
+        c.add(push(7..=8, Some(b"head-8")));
+        // Unsigned after signed never joins (the signature would be lost).
+        c.add(push(9..=9, None));
+        c.add(Err("bad frame".to_string()));
+        assert_eq!(c.queued(), 6);
+        assert_eq!(
+            shape(&c.into_frames()),
+            vec![(1, 4, Some(b"head-4".to_vec())), (6, 7, Some(b"head-7".to_vec())), (7, 8, Some(b"head-8".to_vec())), (9, 9, None)]
+        );
+    }
+
+    #[test]
+    fn a_joined_frame_stays_within_the_frame_limit() {
+        let mut c = Coalesced::default();
+        let half = MAX_FRAME_ENTRIES as u64 / 2;
+        c.add(push(1..=half, None));
+        c.add(push(half + 1..=2 * half, None));
+        c.add(push(2 * half + 1..=2 * half + 1, None));
+        let frames = c.into_frames();
+        assert_eq!(frames.iter().map(|(e, _)| e.len()).collect::<Vec<_>>(), vec![2 * half as usize, 1]);
+    }
 }
