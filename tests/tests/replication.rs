@@ -153,7 +153,8 @@ async fn a_tampered_entry_is_refused_reported_and_never_applied() {
     let serve = tokio::spawn(async move {
         while let Ok(query) = queryable.recv_async().await {
             let from: u64 = query.parameters().get("from").and_then(|v| v.parse().ok()).unwrap_or(1);
-            let wanted: Vec<(u64, Vec<u8>)> = bridge::decode_frame(&frame).unwrap().into_iter().filter(|(s, _)| *s >= from).collect();
+            let wanted: Vec<(u64, Vec<u8>)> =
+                bridge::Frame::decode(frame.clone()).unwrap().entries().filter(|(s, _)| *s >= from).map(|(s, b)| (s, b.to_vec())).collect();
             let reply = bridge::encode_frame(wanted.iter().map(|(s, b)| (*s, &b[..])));
             let _ = query.reply(query.key_expr().clone(), reply).await;
         }

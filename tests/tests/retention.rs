@@ -107,9 +107,9 @@ async fn an_ack_under_another_hash_prunes_nothing() {
     let written = eventually("the edge's entry", DEADLINE, || async {
         let selector = format!("{}?from={head};limit=1", bridge::keys::journal_range(EDGE));
         let reply = region.get(&selector).await.ok()?.recv_async().await.ok()?;
-        let records = bridge::decode_frame(&reply.result().ok()?.payload().to_bytes()).ok()?;
-        let (seq, bytes) = records.into_iter().find(|(seq, _)| *seq == head)?;
-        Some(ledger::core::journal::Entry::decode(seq, &bytes).ok()?.hash)
+        let frame = bridge::Frame::decode(reply.result().ok()?.payload().to_bytes().into_owned()).ok()?;
+        let (seq, bytes) = frame.entries().find(|(seq, _)| *seq == head)?;
+        Some(ledger::core::journal::Entry::decode(seq, bytes).ok()?.hash)
     })
     .await;
     let ack = |hash: &[u8; 32]| serde_json::json!({"seq": head, "hash": ledger::core::journal::hex(hash)}).to_string();

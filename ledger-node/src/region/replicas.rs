@@ -14,7 +14,7 @@ use crate::metrics::{gauge, GaugeFamily};
 use crate::store::{IdFault, Store};
 use bridge::sign::{NodeKeys, SignedHead};
 use bridge::zenoh::qos::CongestionControl;
-use bridge::{decode_frame, keys, split_proof, MAX_FRAME_ENTRIES, QUERY_TIMEOUT};
+use bridge::{keys, Frame, MAX_FRAME_ENTRIES, QUERY_TIMEOUT};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -61,6 +61,20 @@ pub async fn follow_edge(
         Ok(s) => s,
         Err(e) => return tracing::error!("zenoh subscriber: {e}"),
     };
+    // The edge's range queryable appearing means the edge (re)connected: after a partition
+    // heals, the region pulls at once instead of at its next tick. The querier is declared
+    // for its matching status only; ranges are fetched with `get` as before.
+    let querier = match session.declare_querier(keys::journal_range(&edge)).await {
+        Ok(q) => q,
+        Err(e) => return tracing::error!("zenoh querier: {e}"),
+    };
+    let mut appeared = match querier.matching_listener().await {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            tracing::warn!("{edge}: no matching listener ({e}); pulling every {PULL_INTERVAL:?} only");
+            None
+        }
+    };
     loop {
         // A refused edge stays where it stopped until an operator acts: stop asking it.
         if replicas.lock().expect("replicas").get(&edge).is_none_or(|r| r.refused.is_some()) {
@@ -77,8 +91,8 @@ pub async fn follow_edge(
                 _ => fetch(&session, &range_selector(&edge, cursor + 1)).await,
             };
             let Some(frame) = frame else { break };
-            let got = frame.0.len();
-            let last = frame.0.last().map_or(cursor, |(seq, _)| *seq);
+            let got = frame.len();
+            let last = frame.last_seq().unwrap_or(cursor);
             let applied = if got == MAX_FRAME_ENTRIES {
                 let selector = range_selector(&edge, last + 1);
                 let (next, applied) = tokio::join!(fetch(&session, &selector), apply(&link, frame));
@@ -98,12 +112,27 @@ pub async fn follow_edge(
         // Then wait for a push (applied at once when it continues the replica) or the tick.
         // Pushes that queued up meanwhile are taken with it, consecutive ones as one frame:
         // one signature check, one durable commit and one ack for all of them.
-        match tokio::time::timeout(PULL_INTERVAL, subscriber.recv_async()).await {
+        let reconnected = async {
+            match &appeared {
+                Some(listener) => listener.recv_async().await.map(|status| status.matching()),
+                None => std::future::pending().await,
+            }
+        };
+        let pushed = tokio::select! {
+            pushed = tokio::time::timeout(PULL_INTERVAL, subscriber.recv_async()) => pushed,
+            status = reconnected => {
+                if status.is_err() {
+                    appeared = None;
+                }
+                continue;
+            }
+        };
+        match pushed {
             Ok(Ok(sample)) => {
                 let mut frames = Coalesced::default();
-                frames.add(decode_frame(&sample.payload().to_bytes()));
+                frames.add(Frame::decode(sample.payload().to_bytes().into_owned()));
                 while let Ok(Some(sample)) = subscriber.try_recv() {
-                    frames.add(decode_frame(&sample.payload().to_bytes()));
+                    frames.add(Frame::decode(sample.payload().to_bytes().into_owned()));
                     if frames.queued() >= PUSHES_BUFFERED {
                         break;
                     }
@@ -132,21 +161,19 @@ struct Coalesced {
 }
 
 impl Coalesced {
-    fn add(&mut self, decoded: Result<bridge::Records, String>) {
+    fn add(&mut self, decoded: Result<Frame, String>) {
         self.pushes += 1;
-        let Ok(records) = decoded else { return };
-        let (entries, trailer) = split_proof(records);
-        let Some(first) = entries.first().map(|(seq, _)| *seq) else { return };
-        if let Some((last_entries, last_trailer)) = self.frames.last_mut() {
-            let continues = last_entries.last().is_some_and(|(seq, _)| seq.checked_add(1) == Some(first));
-            let signed_alike = last_trailer.is_some() == trailer.is_some();
-            if continues && signed_alike && last_entries.len() + entries.len() <= MAX_FRAME_ENTRIES {
-                last_entries.extend(entries);
-                *last_trailer = trailer;
+        let Ok(frame) = decoded else { return };
+        let Some(first) = frame.first_seq() else { return };
+        if let Some(last) = self.frames.last_mut() {
+            let continues = last.last_seq().and_then(|seq| seq.checked_add(1)) == Some(first);
+            let signed_alike = last.trailer().is_some() == frame.trailer().is_some();
+            if continues && signed_alike && last.len() + frame.len() <= MAX_FRAME_ENTRIES {
+                last.join(frame);
                 return;
             }
         }
-        self.frames.push((entries, trailer));
+        self.frames.push(frame);
     }
 
     fn queued(&self) -> usize {
@@ -158,9 +185,6 @@ impl Coalesced {
     }
 }
 
-/// A frame's entries and its trailer (the edge's signed head), if any.
-type Frame = (bridge::Records, Option<Vec<u8>>);
-
 /// Entries `from..` of `edge`'s journal, a frame's worth at most.
 fn range_selector(edge: &str, from: u64) -> String {
     format!("{}?from={from};limit={MAX_FRAME_ENTRIES}", keys::journal_range(edge))
@@ -170,8 +194,8 @@ async fn fetch(session: &bridge::zenoh::Session, selector: &str) -> Option<Frame
     let replies = session.get(selector).congestion_control(CongestionControl::Block).timeout(QUERY_TIMEOUT).await.ok()?;
     let reply = replies.recv_async().await.ok()?;
     let sample = reply.result().ok()?;
-    match decode_frame(&sample.payload().to_bytes()) {
-        Ok(frame) => Some(split_proof(frame)),
+    match Frame::decode(sample.payload().to_bytes().into_owned()) {
+        Ok(frame) => Some(frame),
         Err(e) => {
             tracing::warn!("{selector}: {e}");
             None
@@ -192,16 +216,17 @@ struct Link<'a> {
 /// With node identities: the frame is one run of consecutive entries and ends in the edge's
 /// signed head of its last entry, which (through the hash chain checked below) vouches for
 /// every entry in it. Returns the head to store, or why the frame is refused.
-fn signed_head(link: &Link, entries: &[(u64, Vec<u8>)], trailer: Option<&[u8]>) -> Result<Option<Vec<u8>>, String> {
+fn signed_head(link: &Link, frame: &Frame) -> Result<Option<Vec<u8>>, String> {
     let Some(keys) = link.keys else { return Ok(None) };
-    let Some((last_seq, last_bytes)) = entries.last() else { return Ok(None) };
-    if entries.windows(2).any(|w| w[1].0 != w[0].0 + 1) {
+    let Some((last_seq, last_bytes)) = frame.entries().next_back() else { return Ok(None) };
+    let seqs: Vec<u64> = frame.entries().map(|(seq, _)| seq).collect();
+    if seqs.windows(2).any(|w| w[0].checked_add(1) != Some(w[1])) {
         return Err("entries not consecutive".to_string());
     }
-    let trailer = trailer.ok_or_else(|| format!("entries up to {last_seq} are not signed by {}", link.edge))?;
+    let trailer = frame.trailer().ok_or_else(|| format!("entries up to {last_seq} are not signed by {}", link.edge))?;
     let head: SignedHead = serde_json::from_slice(trailer).map_err(|e| format!("signed head: {e}"))?;
-    let last = Entry::decode(*last_seq, last_bytes).map_err(|e| format!("entry {last_seq}: {e}"))?;
-    head.check(&keys.verifier, link.edge, *last_seq, &last.hash).map_err(|e| format!("entries up to {last_seq}: {e}"))?;
+    let last = Entry::decode(last_seq, last_bytes).map_err(|e| format!("entry {last_seq}: {e}"))?;
+    head.check(&keys.verifier, link.edge, last_seq, &last.hash).map_err(|e| format!("entries up to {last_seq}: {e}"))?;
     Ok(Some(trailer.to_vec()))
 }
 
@@ -210,9 +235,9 @@ fn signed_head(link: &Link, entries: &[(u64, Vec<u8>)], trailer: Option<&[u8]>) 
 /// range may overlap); a gap leaves the rest for the next range fetch. An entry that breaks
 /// the chain or does not apply to the replica's books is refused: neither stored nor kept;
 /// so is a frame whose signature does not check (with node identities).
-async fn apply(link: &Link<'_>, (frame, trailer): Frame) -> bool {
+async fn apply(link: &Link<'_>, frame: Frame) -> bool {
     let edge = link.edge;
-    let signed = match signed_head(link, &frame, trailer.as_deref()) {
+    let signed = match signed_head(link, &frame) {
         Ok(signed) => signed,
         Err(why) => {
             let why = format!("frame refused: {why}");
@@ -224,7 +249,7 @@ async fn apply(link: &Link<'_>, (frame, trailer): Frame) -> bool {
         }
     };
     let (session, store, replicas, fatal) = (link.session, link.store, link.replicas, link.fatal);
-    let last_in_frame = frame.last().map(|(seq, _)| *seq);
+    let last_in_frame = frame.last_seq();
     let (accepted, chain, live, group) = {
         let mut all = replicas.lock().expect("replicas");
         let Some(replica) = all.get_mut(edge) else { return false };
@@ -234,7 +259,7 @@ async fn apply(link: &Link<'_>, (frame, trailer): Frame) -> bool {
         let mut accepted = Vec::new();
         // The frame's holds resolved leave RAM once it is stored (`group_durable` below).
         let group = replica.ledger.next_group();
-        for (seq, bytes) in frame {
+        for (seq, bytes) in frame.entries() {
             if seq <= replica.chain.seq {
                 continue;
             }
@@ -242,7 +267,7 @@ async fn apply(link: &Link<'_>, (frame, trailer): Frame) -> bool {
                 break;
             }
             let mut next = replica.chain;
-            let checked = Entry::decode(seq, &bytes)
+            let checked = Entry::decode(seq, bytes)
                 .and_then(|entry| next.verify_next(&entry).map(|body| (entry, body)))
                 .map_err(|e| e.to_string())
                 // Replay refuses, and undoes, an entry after which the books no longer balance.
@@ -317,14 +342,14 @@ mod tests {
     use super::*;
     use bridge::{encode_frame, PROOF_SEQ};
 
-    fn push(seqs: std::ops::RangeInclusive<u64>, trailer: Option<&[u8]>) -> Result<bridge::Records, String> {
+    fn push(seqs: std::ops::RangeInclusive<u64>, trailer: Option<&[u8]>) -> Result<Frame, String> {
         let bodies: Vec<(u64, Vec<u8>)> =
             seqs.map(|seq| (seq, seq.to_be_bytes().to_vec())).chain(trailer.map(|t| (PROOF_SEQ, t.to_vec()))).collect();
-        decode_frame(&encode_frame(bodies.iter().map(|(seq, b)| (*seq, &b[..]))))
+        Frame::decode(encode_frame(bodies.iter().map(|(seq, b)| (*seq, &b[..]))))
     }
 
     fn shape(frames: &[Frame]) -> Vec<(u64, u64, Option<Vec<u8>>)> {
-        frames.iter().map(|(e, t)| (e[0].0, e.last().expect("entries").0, t.clone())).collect()
+        frames.iter().map(|f| (f.first_seq().expect("entries"), f.last_seq().expect("entries"), f.trailer().map(<[u8]>::to_vec))).collect()
     }
 
     #[test]
@@ -354,6 +379,6 @@ mod tests {
         c.add(push(half + 1..=2 * half, None));
         c.add(push(2 * half + 1..=2 * half + 1, None));
         let frames = c.into_frames();
-        assert_eq!(frames.iter().map(|(e, _)| e.len()).collect::<Vec<_>>(), vec![2 * half as usize, 1]);
+        assert_eq!(frames.iter().map(Frame::len).collect::<Vec<_>>(), vec![2 * half as usize, 1]);
     }
 }

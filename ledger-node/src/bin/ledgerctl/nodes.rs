@@ -192,11 +192,10 @@ impl Nodes {
             return Err(Fail::unreachable(format!("{selector}: no answer: is {edge} running and connected?")));
         };
         let payload = answer.map_err(|refusal| Fail::refused(format!("{selector}: {refusal}")))?;
-        let frame = bridge::decode_frame(&payload).map_err(|e| Fail::differs(format!("{edge}: {e}")))?;
-        let (frame, _signed_head) = bridge::split_proof(frame);
+        let frame = bridge::Frame::decode(payload).map_err(|e| Fail::differs(format!("{edge}: {e}")))?;
         frame
-            .into_iter()
-            .map(|(seq, bytes)| Entry::decode(seq, &bytes).map_err(|e| Fail::differs(format!("{edge}: entry {seq}: {e}"))))
+            .entries()
+            .map(|(seq, bytes)| Entry::decode(seq, bytes).map_err(|e| Fail::differs(format!("{edge}: entry {seq}: {e}"))))
             .collect()
     }
 }
