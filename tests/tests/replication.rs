@@ -66,7 +66,7 @@ async fn the_region_follows_its_edge_through_a_partition() {
     assert_eq!(device.request(cmd::transfer("fund", "issuer", "wallet:a", "100.00", "EUR")).await["code"], "ok");
     let head = pay(&device, 0, 50).await;
     eventually("the replica to reach the edge's head", CATCH_UP, || async {
-        replica(&ops, "eu/berlin-1").await.filter(|r| r["seq"] == head)
+        replica(&ops, "eu/berlin-1").await.filter(|r| r["seq"] == head && r["stored_seq"] == head)
     })
     .await;
 
@@ -202,7 +202,7 @@ async fn a_region_catches_up_a_backlog_of_several_frames() {
     let mut region_node = region(zenoh_port, &["eu/berlin-1"]);
     let ops = operator_session(zenoh_port).await;
     let replica_head = eventually("the replica to reach the edge's head", CATCH_UP, || async {
-        replica(&ops, "eu/berlin-1").await.filter(|r| r["seq"] == head)
+        replica(&ops, "eu/berlin-1").await.filter(|r| r["seq"] == head && r["stored_seq"] == head)
     })
     .await;
     assert!(replica_head["refused"].is_null(), "{replica_head}");
@@ -266,7 +266,7 @@ async fn replicas_survive_sigkill_of_region_and_edge() {
 
     let ops = operator_session(zenoh_port).await;
     let replica_head = eventually("the replica to reach the edge's head after both crashes", CATCH_UP, || async {
-        replica(&ops, "eu/berlin-1").await.filter(|r| r["seq"] == head)
+        replica(&ops, "eu/berlin-1").await.filter(|r| r["seq"] == head && r["stored_seq"] == head)
     })
     .await;
     let edge_status = eventually("the edge's status", CATCH_UP, || async { ask(&ops, "ledger/v1/status/eu/berlin-1").await }).await;

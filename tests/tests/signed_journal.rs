@@ -92,9 +92,10 @@ async fn a_region_keeps_only_entries_their_edge_signed() {
     }
 
     let ops = operator_tls(&[port], &pki.operator()).await;
-    let good =
-        eventually("the signed journal replicated", CATCH_UP, || async { replica(&ops, "eu/good-1").await.filter(|r| r["seq"] == 4) })
-            .await;
+    let good = eventually("the signed journal replicated", CATCH_UP, || async {
+        replica(&ops, "eu/good-1").await.filter(|r| r["stored_seq"] == 4)
+    })
+    .await;
     assert!(good["refused"].is_null(), "{good}");
     for (edge, why) in [("eu/foreign-1", "CA"), ("eu/unsigned-1", "not signed"), ("eu/borrowed-1", "not by \"eu/borrowed-1\"")] {
         let refused =

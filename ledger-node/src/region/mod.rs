@@ -60,7 +60,7 @@ pub fn start(config: NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Node
         }
         ledger.track_live_changes();
         println!("ledger-node {}: replica of {edge} at {}", config.node.id, chain.seq);
-        replicas.insert(edge.clone(), Replica { chain, ledger, refused: None, updated_ms: now_ms(), hold_fault });
+        replicas.insert(edge.clone(), Replica { chain, stored_seq: chain.seq, ledger, refused: None, updated_ms: now_ms(), hold_fault });
     }
     let replicas: Replicas = Arc::new(Mutex::new(replicas));
     let watched = replicas.clone();

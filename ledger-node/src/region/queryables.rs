@@ -55,7 +55,7 @@ fn status(region: &str, replicas: &Replicas) -> Value {
     let all = replicas.lock().expect("replicas");
     let edges: Vec<Value> = all
         .iter()
-        .map(|(edge, r)| json!({"edge": edge, "seq": r.chain.seq, "hash": hex(&r.chain.hash), "refused": r.refused, "updated_ms": r.updated_ms}))
+        .map(|(edge, r)| json!({"edge": edge, "seq": r.chain.seq, "stored_seq": r.stored_seq, "hash": hex(&r.chain.hash), "refused": r.refused, "updated_ms": r.updated_ms}))
         .collect();
     json!({"node": region, "role": "region", "edges": edges})
 }

@@ -27,7 +27,12 @@ pub const PULL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A region's copy of one edge's journal and the books it implies.
 pub struct Replica {
+    /// Where the replica is in memory: verified and replayed, being stored (what the
+    /// coordinator and the region's answers see).
     pub chain: Chain,
+    /// The last entry stored durably (and acknowledged to the edge): at most one frame
+    /// behind `chain`.
+    pub stored_seq: u64,
     pub ledger: Ledger,
     /// Why the last offered entry was refused; replication of this edge stops there.
     pub refused: Option<String>,
@@ -49,7 +54,9 @@ pub async fn follow_edge(
     fatal: Fatal,
     keys: Option<Arc<NodeKeys>>,
 ) {
-    let link = Link { session: &session, edge: &edge, store: &store, replicas: &replicas, fatal: &fatal, keys: keys.as_deref() };
+    let link = Arc::new(Link { session: session.clone(), edge: edge.clone(), store, replicas: replicas.clone(), fatal, keys, grown });
+    // The frame being stored while the next one is verified and replayed (one at a time).
+    let mut storing: Storing = None;
     // Pushes are only a fast path. A bounded FIFO would block zenoh's receive path when
     // full, and with it the range replies this task is waiting for; a ring drops the
     // oldest pushes instead, which the range fetch makes up for.
@@ -95,16 +102,15 @@ pub async fn follow_edge(
             let last = frame.last_seq().unwrap_or(cursor);
             let applied = if got == MAX_FRAME_ENTRIES {
                 let selector = range_selector(&edge, last + 1);
-                let (next, applied) = tokio::join!(fetch(&session, &selector), apply(&link, frame));
+                let (next, applied) = tokio::join!(fetch(&session, &selector), apply(&link, frame, &mut storing));
                 prefetched = Some((last + 1, next));
                 applied
             } else {
-                got > 0 && apply(&link, frame).await
+                got > 0 && apply(&link, frame, &mut storing).await
             };
             if !applied {
                 break;
             }
-            grown.notify_one();
             if got < MAX_FRAME_ENTRIES {
                 break;
             }
@@ -138,9 +144,7 @@ pub async fn follow_edge(
                     }
                 }
                 for frame in frames.into_frames() {
-                    if apply(&link, frame).await {
-                        grown.notify_one();
-                    }
+                    apply(&link, frame, &mut storing).await;
                 }
             }
             Ok(Err(_)) => return,
@@ -204,30 +208,45 @@ async fn fetch(session: &bridge::zenoh::Session, selector: &str) -> Option<Frame
 }
 
 /// What `apply` works with for one edge.
-struct Link<'a> {
-    session: &'a bridge::zenoh::Session,
-    edge: &'a str,
-    store: &'a Arc<Store>,
-    replicas: &'a Replicas,
-    fatal: &'a Fatal,
-    keys: Option<&'a NodeKeys>,
+struct Link {
+    session: bridge::zenoh::Session,
+    edge: String,
+    store: Arc<Store>,
+    replicas: Replicas,
+    fatal: Fatal,
+    keys: Option<Arc<NodeKeys>>,
+    /// Told each time the replica grows durably (the coordinator looks for new transfers).
+    grown: Arc<tokio::sync::Notify>,
 }
+
+/// The store of a frame's entries running in the background; true once stored and acked.
+type Storing = Option<tokio::task::JoinHandle<bool>>;
 
 /// With node identities: the frame is one run of consecutive entries and ends in the edge's
 /// signed head of its last entry, which (through the hash chain checked below) vouches for
 /// every entry in it. Returns the head to store, or why the frame is refused.
 fn signed_head(link: &Link, frame: &Frame) -> Result<Option<Vec<u8>>, String> {
-    let Some(keys) = link.keys else { return Ok(None) };
+    let Some(keys) = link.keys.as_deref() else { return Ok(None) };
+    let edge = link.edge.as_str();
     let Some((last_seq, last_bytes)) = frame.entries().next_back() else { return Ok(None) };
     let seqs: Vec<u64> = frame.entries().map(|(seq, _)| seq).collect();
     if seqs.windows(2).any(|w| w[0].checked_add(1) != Some(w[1])) {
         return Err("entries not consecutive".to_string());
     }
-    let trailer = frame.trailer().ok_or_else(|| format!("entries up to {last_seq} are not signed by {}", link.edge))?;
+    let trailer = frame.trailer().ok_or_else(|| format!("entries up to {last_seq} are not signed by {edge}"))?;
     let head: SignedHead = serde_json::from_slice(trailer).map_err(|e| format!("signed head: {e}"))?;
     let last = Entry::decode(last_seq, last_bytes).map_err(|e| format!("entry {last_seq}: {e}"))?;
-    head.check(&keys.verifier, link.edge, last_seq, &last.hash).map_err(|e| format!("entries up to {last_seq}: {e}"))?;
+    head.check(&keys.verifier, edge, last_seq, &last.hash).map_err(|e| format!("entries up to {last_seq}: {e}"))?;
     Ok(Some(trailer.to_vec()))
+}
+
+/// A frame's entries verified and replayed into the replica in memory, to be stored.
+struct Prepared {
+    accepted: Vec<Entry>,
+    signed: Option<Vec<u8>>,
+    chain: Chain,
+    live: crate::core::LiveChanges,
+    group: u64,
 }
 
 /// Verifies, replays and stores the entries of `frame` that continue the replica. Returns
@@ -235,8 +254,24 @@ fn signed_head(link: &Link, frame: &Frame) -> Result<Option<Vec<u8>>, String> {
 /// range may overlap); a gap leaves the rest for the next range fetch. An entry that breaks
 /// the chain or does not apply to the replica's books is refused: neither stored nor kept;
 /// so is a frame whose signature does not check (with node identities).
-async fn apply(link: &Link<'_>, frame: Frame) -> bool {
-    let edge = link.edge;
+///
+/// The store runs in the background (`storing`) so that the next frame is verified and
+/// replayed while this one is written; stores stay one at a time and in order, and a frame
+/// is acknowledged to the edge, and shown to the coordinator, only once it is durable.
+async fn apply(link: &Arc<Link>, frame: Frame, storing: &mut Storing) -> bool {
+    let Some(prepared) = prepare(link, frame) else { return false };
+    if let Some(previous) = storing.take() {
+        if !previous.await.unwrap_or(false) {
+            return false;
+        }
+    }
+    let link = link.clone();
+    *storing = Some(tokio::spawn(async move { store(&link, prepared).await }));
+    true
+}
+
+fn prepare(link: &Link, frame: Frame) -> Option<Prepared> {
+    let edge = link.edge.as_str();
     let signed = match signed_head(link, &frame) {
         Ok(signed) => signed,
         Err(why) => {
@@ -245,62 +280,66 @@ async fn apply(link: &Link<'_>, frame: Frame) -> bool {
             if let Some(replica) = link.replicas.lock().expect("replicas").get_mut(edge) {
                 replica.refused.get_or_insert(why);
             }
-            return false;
+            return None;
         }
     };
-    let (session, store, replicas, fatal) = (link.session, link.store, link.replicas, link.fatal);
     let last_in_frame = frame.last_seq();
-    let (accepted, chain, live, group) = {
-        let mut all = replicas.lock().expect("replicas");
-        let Some(replica) = all.get_mut(edge) else { return false };
-        if replica.refused.is_some() {
-            return false;
+    let mut all = link.replicas.lock().expect("replicas");
+    let replica = all.get_mut(edge)?;
+    if replica.refused.is_some() {
+        return None;
+    }
+    let mut accepted = Vec::new();
+    // The frame's holds resolved leave RAM once it is stored (`group_durable` in `store`).
+    let group = replica.ledger.next_group();
+    for (seq, bytes) in frame.entries() {
+        if seq <= replica.chain.seq {
+            continue;
         }
-        let mut accepted = Vec::new();
-        // The frame's holds resolved leave RAM once it is stored (`group_durable` below).
-        let group = replica.ledger.next_group();
-        for (seq, bytes) in frame.entries() {
-            if seq <= replica.chain.seq {
-                continue;
+        if seq != replica.chain.seq + 1 {
+            break;
+        }
+        let mut next = replica.chain;
+        let checked = Entry::decode(seq, bytes)
+            .and_then(|entry| next.verify_next(&entry).map(|body| (entry, body)))
+            .map_err(|e| e.to_string())
+            // Replay refuses, and undoes, an entry after which the books no longer balance.
+            .and_then(|(entry, body)| replica.ledger.replay(&body).map(|()| entry));
+        match checked {
+            Ok(entry) => {
+                replica.chain = next;
+                accepted.push(entry);
             }
-            if seq != replica.chain.seq + 1 {
+            Err(why) => {
+                let why = format!("entry {seq} refused: {why}");
+                tracing::error!(edge, "replication stopped: {why}");
+                replica.refused = Some(why);
                 break;
             }
-            let mut next = replica.chain;
-            let checked = Entry::decode(seq, bytes)
-                .and_then(|entry| next.verify_next(&entry).map(|body| (entry, body)))
-                .map_err(|e| e.to_string())
-                // Replay refuses, and undoes, an entry after which the books no longer balance.
-                .and_then(|(entry, body)| replica.ledger.replay(&body).map(|()| entry));
-            match checked {
-                Ok(entry) => {
-                    replica.chain = next;
-                    accepted.push(entry);
-                }
-                Err(why) => {
-                    let why = format!("entry {seq} refused: {why}");
-                    tracing::error!(edge, "replication stopped: {why}");
-                    replica.refused = Some(why);
-                    break;
-                }
-            }
         }
-        replica.updated_ms = now_ms();
-        if let Some(fault) = replica.hold_fault.take() {
-            // A hold it could not read back was taken for one that does not exist: the
-            // replay of this frame cannot be trusted. Nothing of it is stored.
-            replica.refused = Some(format!("cannot read the replica's file: {fault}"));
-            fatal.report(NodeError::Store(fault));
-            return false;
-        }
-        (accepted, replica.chain, replica.ledger.take_live_changes(), group)
-    };
+    }
+    replica.updated_ms = now_ms();
+    if let Some(fault) = replica.hold_fault.take() {
+        // A hold it could not read back was taken for one that does not exist: the
+        // replay of this frame cannot be trusted. Nothing of it is stored.
+        replica.refused = Some(format!("cannot read the replica's file: {fault}"));
+        link.fatal.report(NodeError::Store(fault));
+        return None;
+    }
     if accepted.is_empty() {
-        return false;
+        return None;
     }
     // The signed head is kept only with the entry it signs.
     let signed = signed.filter(|_| accepted.last().map(|e| e.seq) == last_in_frame);
-    let (store, edge_id) = (store.clone(), edge.to_string());
+    Some(Prepared { accepted, signed, chain: replica.chain, live: replica.ledger.take_live_changes(), group })
+}
+
+/// Stores prepared entries durably, then lets the replica's resolved holds leave RAM,
+/// acknowledges the edge and wakes the coordinator. False when the store failed.
+async fn store(link: &Link, prepared: Prepared) -> bool {
+    let Prepared { accepted, signed, chain, live, group } = prepared;
+    let edge = link.edge.as_str();
+    let (store, edge_id) = (link.store.clone(), edge.to_string());
     let stored = match tokio::task::spawn_blocking(move || store.append_replica(&edge_id, &accepted, signed.as_deref(), &live)).await {
         Ok(result) => result.map_err(NodeError::Store),
         Err(e) => Err(NodeError::Stopped { part: "replica writer", why: e.to_string() }),
@@ -308,17 +347,19 @@ async fn apply(link: &Link<'_>, frame: Frame) -> bool {
     if let Err(e) = stored {
         // The replica in memory is ahead of the disk now: take no more of it, and stop the
         // node; it rebuilds the replica from disk on restart.
-        if let Some(replica) = replicas.lock().expect("replicas").get_mut(edge) {
+        if let Some(replica) = link.replicas.lock().expect("replicas").get_mut(edge) {
             replica.refused = Some(format!("cannot be stored: {e}"));
         }
-        fatal.report(e);
+        link.fatal.report(e);
         return false;
     }
-    if let Some(replica) = replicas.lock().expect("replicas").get_mut(edge) {
+    if let Some(replica) = link.replicas.lock().expect("replicas").get_mut(edge) {
         replica.ledger.group_durable(group);
+        replica.stored_seq = chain.seq;
     }
+    link.grown.notify_one();
     let ack = json!({"seq": chain.seq, "hash": hex(&chain.hash)}).to_string();
-    if let Err(e) = session.put(keys::journal_ack(edge), ack).congestion_control(CongestionControl::Block).await {
+    if let Err(e) = link.session.put(keys::journal_ack(edge), ack).congestion_control(CongestionControl::Block).await {
         tracing::debug!("ack for {edge}: {e}");
     }
     true
