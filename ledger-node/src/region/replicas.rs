@@ -22,6 +22,9 @@ use std::time::Duration;
 
 /// Pushes a region keeps while busy fetching ranges; older ones are dropped.
 pub const PUSHES_BUFFERED: usize = 64;
+/// Ranges a catching-up region asks for ahead of the frame it applies (each at most
+/// `MAX_FRAME_ENTRIES` entries).
+pub const RANGES_AHEAD: usize = 3;
 /// How often a region asks an edge for entries when no push arrived.
 pub const PULL_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -87,33 +90,39 @@ pub async fn follow_edge(
         if replicas.lock().expect("replicas").get(&edge).is_none_or(|r| r.refused.is_some()) {
             return;
         }
-        // Drain the edge's journal by ranges until it has nothing new. While a full frame is
-        // verified, replayed and stored, the range after it is already asked for; it is used
-        // only if the frame was taken whole (it starts where the replica then ends).
-        let mut prefetched: Option<(u64, Option<Frame>)> = None;
+        // Drain the edge's journal by ranges until it has nothing new. After a full frame the
+        // next `RANGES_AHEAD` ranges are asked for at once, each starting where the one before
+        // would end if full, while frames are verified, replayed and stored; a range is used
+        // only if it starts where the replica then ends (else it is dropped).
+        let mut ahead: std::collections::VecDeque<(u64, tokio::task::JoinHandle<Option<Frame>>)> = Default::default();
         loop {
             let cursor = replicas.lock().expect("replicas").get(&edge).map_or(0, |r| r.chain.seq);
-            let frame = match prefetched.take() {
-                Some((from, frame)) if from == cursor + 1 => frame,
-                _ => fetch(&session, &range_selector(&edge, cursor + 1)).await,
+            while ahead.front().is_some_and(|(from, _)| *from != cursor + 1) {
+                if let Some((_, stale)) = ahead.pop_front() {
+                    stale.abort();
+                }
+            }
+            let frame = match ahead.pop_front() {
+                Some((_, asked)) => asked.await.ok().flatten(),
+                None => fetch(&session, &range_selector(&edge, cursor + 1)).await,
             };
             let Some(frame) = frame else { break };
             let got = frame.len();
-            let last = frame.last_seq().unwrap_or(cursor);
-            let applied = if got == MAX_FRAME_ENTRIES {
-                let selector = range_selector(&edge, last + 1);
-                let (next, applied) = tokio::join!(fetch(&session, &selector), apply(&link, frame, &mut storing));
-                prefetched = Some((last + 1, next));
-                applied
-            } else {
-                got > 0 && apply(&link, frame, &mut storing).await
-            };
-            if !applied {
+            if got == MAX_FRAME_ENTRIES {
+                let mut from = ahead.back().map_or(frame.last_seq().unwrap_or(cursor) + 1, |(from, _)| from + MAX_FRAME_ENTRIES as u64);
+                while ahead.len() < RANGES_AHEAD {
+                    let (session, selector) = (session.clone(), range_selector(&edge, from));
+                    ahead.push_back((from, tokio::spawn(async move { fetch(&session, &selector).await })));
+                    from += MAX_FRAME_ENTRIES as u64;
+                }
+            }
+            let applied = got > 0 && apply(&link, frame, &mut storing).await;
+            if !applied || got < MAX_FRAME_ENTRIES {
                 break;
             }
-            if got < MAX_FRAME_ENTRIES {
-                break;
-            }
+        }
+        for (_, asked) in ahead.drain(..) {
+            asked.abort();
         }
         // Then wait for a push (applied at once when it continues the replica) or the tick.
         // Pushes that queued up meanwhile are taken with it, consecutive ones as one frame:
