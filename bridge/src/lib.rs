@@ -381,7 +381,7 @@ pub const PROOF_SEQ: u64 = u64::MAX;
 /// (the sender's signed head) if it carried one. One buffer for the whole frame: a region
 /// catching up reads a thousand entries per frame, and a buffer per entry was a tenth of
 /// its time (`ledger-bench geo`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Frame {
     bytes: Vec<u8>,
     /// `(seq, start, end)` of each entry's bytes, in the frame's order.
@@ -444,9 +444,15 @@ impl Frame {
         self.trailer.map(|(start, end)| &self.bytes[start..end])
     }
 
-    /// Appends the entries of `later` and takes its trailer in place of this one's. The
-    /// caller sees to it that they continue this frame's entries and stay within a frame.
+    /// Appends the entries of `later` and takes its trailer in place of this one's (this
+    /// one's bytes stay in the buffer, unused). The caller sees to it that they continue
+    /// this frame's entries and stay within a frame.
     pub fn join(&mut self, later: Frame) {
+        debug_assert!(self.len() + later.len() <= MAX_FRAME_ENTRIES, "a joined frame stays within a frame");
+        debug_assert!(
+            self.last_seq().is_none() || self.last_seq().and_then(|seq| seq.checked_add(1)) == later.first_seq(),
+            "a joined frame continues this one"
+        );
         let base = self.bytes.len();
         self.bytes.extend_from_slice(&later.bytes);
         self.entries.extend(later.entries.iter().map(|&(seq, start, end)| (seq, base + start, base + end)));

@@ -19,6 +19,11 @@ fn body_of(id: &str, op: Op) -> Command {
 
 /// Four entries of `edge`, built by a real ledger core.
 fn journal(edge: &str) -> Vec<Entry> {
+    journal_with(edge, vec![])
+}
+
+/// The same four entries, the second opening wallet:a with `flags`.
+fn journal_with(edge: &str, wallet_flags: Vec<Flag>) -> Vec<Entry> {
     let config = config::NodeConfig::from_toml(&format!("[node]\nid = \"{edge}\"\n")).unwrap();
     let mut ledger = ledger::setup::ledger_for(&config);
     let mut chain = Chain::default();
@@ -30,7 +35,7 @@ fn journal(edge: &str) -> Vec<Entry> {
     let open = |id: &str, account: &str, flags: Vec<Flag>| {
         body_of(id, Op::OpenAccount { account: account.into(), asset: "EUR".into(), flags, overdraft_limit: None })
     };
-    [open("o1", "issuer", vec![Flag::Issuance]), open("o2", "wallet:a", vec![]), m("t1"), m("t2")]
+    [open("o1", "issuer", vec![Flag::Issuance]), open("o2", "wallet:a", wallet_flags), m("t1"), m("t2")]
         .into_iter()
         .map(|c| chain.seal(ledger.submit(Some("dev"), c, 1_000).entry.as_ref().expect("accepted")))
         .collect()
@@ -52,7 +57,7 @@ async fn replica(ops: &harness::Ops, edge: &str) -> Option<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_region_keeps_only_entries_their_edge_signed() {
-    let edges = ["eu/good-1", "eu/foreign-1", "eu/unsigned-1", "eu/borrowed-1"];
+    let edges = ["eu/good-1", "eu/foreign-1", "eu/unsigned-1", "eu/borrowed-1", "eu/spliced-1"];
     let pki = TestPki::new(&[&["eu"][..], &edges[..]].concat());
     let port = free_port();
     let names: Vec<String> = edges.iter().map(|e| format!("\"{e}\"")).collect();
@@ -69,17 +74,25 @@ async fn a_region_keeps_only_entries_their_edge_signed() {
     let stranger = TestPki::new(&["eu/foreign-1"]);
     // Each fake edge serves its journal on its own range key, under its own certificate
     // (access control lets only that identity serve it), signed as the case says.
-    let cases: [(&str, Option<Signer>); 4] = [
-        ("eu/good-1", Some(Signer::load(&pki.files("eu/good-1")).unwrap())),
-        ("eu/foreign-1", Some(Signer::load(&stranger.files("eu/foreign-1")).unwrap())),
-        ("eu/unsigned-1", None),
-        ("eu/borrowed-1", Some(Signer::load(&pki.files("eu/good-1")).unwrap())),
+    // spliced-1: a forged entry 2 that links to entry 1, ahead of the edge's genuine and
+    // signed entries 3 and 4 (which link to the genuine entry 2): the signature covers
+    // nothing before the break, so none of the frame may be kept.
+    let genuine = journal("eu/spliced-1");
+    let forged = journal_with("eu/spliced-1", vec![Flag::NoOverdraft]);
+    assert_ne!(forged[1].hash, genuine[1].hash);
+    let spliced = vec![forged[0].clone(), forged[1].clone(), genuine[2].clone(), genuine[3].clone()];
+    let cases: [(&str, Option<Signer>, Vec<Entry>); 5] = [
+        ("eu/good-1", Some(Signer::load(&pki.files("eu/good-1")).unwrap()), journal("eu/good-1")),
+        ("eu/foreign-1", Some(Signer::load(&stranger.files("eu/foreign-1")).unwrap()), journal("eu/foreign-1")),
+        ("eu/unsigned-1", None, journal("eu/unsigned-1")),
+        ("eu/borrowed-1", Some(Signer::load(&pki.files("eu/good-1")).unwrap()), journal("eu/borrowed-1")),
+        ("eu/spliced-1", Some(Signer::load(&pki.files("eu/spliced-1")).unwrap()), spliced),
     ];
     let mut serving = Vec::new();
-    for (edge, signer) in cases {
+    for (edge, signer, entries) in cases {
         let session =
             bridge::open_client(&[format!("tls/127.0.0.1:{port}")], Duration::from_secs(10), Some(&pki.files(edge))).await.unwrap();
-        let bytes = frame(edge, &journal(edge), signer.as_ref());
+        let bytes = frame(edge, &entries, signer.as_ref());
         let queryable = session.declare_queryable(bridge::keys::journal_range(edge)).await.unwrap();
         serving.push(tokio::spawn(async move {
             let _session = session;
@@ -97,7 +110,12 @@ async fn a_region_keeps_only_entries_their_edge_signed() {
     })
     .await;
     assert!(good["refused"].is_null(), "{good}");
-    for (edge, why) in [("eu/foreign-1", "CA"), ("eu/unsigned-1", "not signed"), ("eu/borrowed-1", "not by \"eu/borrowed-1\"")] {
+    for (edge, why) in [
+        ("eu/foreign-1", "CA"),
+        ("eu/unsigned-1", "not signed"),
+        ("eu/borrowed-1", "not by \"eu/borrowed-1\""),
+        ("eu/spliced-1", "the signed head covers none of it"),
+    ] {
         let refused =
             eventually("the region to refuse", CATCH_UP, || async { replica(&ops, edge).await.filter(|r| !r["refused"].is_null()) }).await;
         assert_eq!(refused["seq"], 0, "{edge}: nothing of it kept: {refused}");

@@ -110,6 +110,12 @@ async fn next_push(pushed: &mut tokio::sync::mpsc::Receiver<Vec<Entry>>, carried
         Some(entries) => entries,
         None => pushed.recv().await?,
     };
+    // A group of more entries than a frame takes (a commit of up to `commit.max_batch`
+    // commands) goes out in frames of `MAX_FRAME_ENTRIES`.
+    if entries.len() > MAX_FRAME_ENTRIES {
+        *carried = Some(entries.split_off(MAX_FRAME_ENTRIES));
+        return Some(entries);
+    }
     while entries.len() < MAX_FRAME_ENTRIES {
         let Ok(more) = pushed.try_recv() else { break };
         let continues = entries.last().and_then(|e| e.seq.checked_add(1)) == more.first().map(|e| e.seq);
@@ -213,5 +219,21 @@ mod tests {
         }
         // 1-5 joined; 6 is missing, so 7 starts a frame; the last group would pass the limit.
         assert_eq!(frames, vec![(1, 5), (7, full), (full + 1, full + 14)]);
+    }
+
+    #[tokio::test]
+    async fn a_group_larger_than_a_frame_ships_in_frames() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let limit = MAX_FRAME_ENTRIES as u64;
+        tx.send(group(1..=2 * limit + 5)).await.expect("queued");
+        tx.send(group(2 * limit + 6..=2 * limit + 7)).await.expect("queued");
+        drop(tx);
+        let mut carried = None;
+        let mut frames = Vec::new();
+        while let Some(entries) = next_push(&mut rx, &mut carried).await {
+            assert!(entries.len() <= MAX_FRAME_ENTRIES);
+            frames.push(seqs(&entries));
+        }
+        assert_eq!(frames, vec![(1, limit), (limit + 1, 2 * limit), (2 * limit + 1, 2 * limit + 7)]);
     }
 }

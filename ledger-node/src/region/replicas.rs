@@ -33,8 +33,10 @@ pub struct Replica {
     /// Where the replica is in memory: verified and replayed, being stored (what the
     /// coordinator and the region's answers see).
     pub chain: Chain,
-    /// The last entry stored durably (and acknowledged to the edge): at most one frame
-    /// behind `chain`.
+    /// The last entry stored durably (and acknowledged to the edge): at most two frames
+    /// behind `chain`, the one being written and the one prepared meanwhile. The edge keeps
+    /// every entry until it is acknowledged, so a region that stops in between takes them
+    /// again from `stored_seq`.
     pub stored_seq: u64,
     pub ledger: Ledger,
     /// Why the last offered entry was refused; replication of this edge stops there.
@@ -74,11 +76,12 @@ pub async fn follow_edge(
     // The edge's range queryable appearing means the edge (re)connected: after a partition
     // heals, the region pulls at once instead of at its next tick. The querier is declared
     // for its matching status only; ranges are fetched with `get` as before.
-    let querier = match session.declare_querier(keys::journal_range(&edge)).await {
-        Ok(q) => q,
-        Err(e) => return tracing::error!("zenoh querier: {e}"),
+    let querier = session.declare_querier(keys::journal_range(&edge)).await;
+    let listener = match &querier {
+        Ok(querier) => querier.matching_listener().await,
+        Err(e) => Err(format!("{e}").into()),
     };
-    let mut appeared = match querier.matching_listener().await {
+    let mut appeared = match listener {
         Ok(listener) => Some(listener),
         Err(e) => {
             tracing::warn!("{edge}: no matching listener ({e}); pulling every {PULL_INTERVAL:?} only");
@@ -109,11 +112,16 @@ pub async fn follow_edge(
             let Some(frame) = frame else { break };
             let got = frame.len();
             if got == MAX_FRAME_ENTRIES {
-                let mut from = ahead.back().map_or(frame.last_seq().unwrap_or(cursor) + 1, |(from, _)| from + MAX_FRAME_ENTRIES as u64);
-                while ahead.len() < RANGES_AHEAD {
-                    let (session, selector) = (session.clone(), range_selector(&edge, from));
-                    ahead.push_back((from, tokio::spawn(async move { fetch(&session, &selector).await })));
-                    from += MAX_FRAME_ENTRIES as u64;
+                // Seqs from a reply not yet verified: no arithmetic on them may overflow.
+                let step = MAX_FRAME_ENTRIES as u64;
+                let mut from = match ahead.back() {
+                    Some((from, _)) => from.checked_add(step),
+                    None => frame.last_seq().and_then(|last| last.checked_add(1)),
+                };
+                while let (Some(at), true) = (from, ahead.len() < RANGES_AHEAD) {
+                    let (session, selector) = (session.clone(), range_selector(&edge, at));
+                    ahead.push_back((at, tokio::spawn(async move { fetch(&session, &selector).await })));
+                    from = at.checked_add(step);
                 }
             }
             let applied = got > 0 && apply(&link, frame, &mut storing).await;
@@ -176,7 +184,11 @@ struct Coalesced {
 impl Coalesced {
     fn add(&mut self, decoded: Result<Frame, String>) {
         self.pushes += 1;
-        let Ok(frame) = decoded else { return };
+        let frame = match decoded {
+            Ok(frame) => frame,
+            // The range fetch makes up for it.
+            Err(e) => return tracing::warn!("journal push dropped: {e}"),
+        };
         let Some(first) = frame.first_seq() else { return };
         if let Some(last) = self.frames.last_mut() {
             let continues = last.last_seq().and_then(|seq| seq.checked_add(1)) == Some(first);
@@ -259,7 +271,7 @@ struct Prepared {
 }
 
 /// Verifies, replays and stores the entries of `frame` that continue the replica. Returns
-/// whether it made progress. Entries the replica already has are skipped (a push and a
+/// whether it made progress (entries replayed, their write under way). Entries the replica already has are skipped (a push and a
 /// range may overlap); a gap leaves the rest for the next range fetch. An entry that breaks
 /// the chain or does not apply to the replica's books is refused: neither stored nor kept;
 /// so is a frame whose signature does not check (with node identities).
@@ -298,34 +310,52 @@ fn prepare(link: &Link, frame: Frame) -> Option<Prepared> {
     if replica.refused.is_some() {
         return None;
     }
-    let mut accepted = Vec::new();
-    // The frame's holds resolved leave RAM once it is stored (`group_durable` in `store`).
-    let group = replica.ledger.next_group();
+    // First the chain: the entries that continue the replica, decoded and linked, before
+    // anything touches the books.
+    let mut linked = Vec::new();
+    let mut next = replica.chain;
+    let mut broken = None;
     for (seq, bytes) in frame.entries() {
-        if seq <= replica.chain.seq {
+        if seq <= next.seq {
             continue;
         }
-        if seq != replica.chain.seq + 1 {
+        if Some(seq) != next.seq.checked_add(1) {
             break;
         }
-        let mut next = replica.chain;
-        let checked = Entry::decode(seq, bytes)
-            .and_then(|entry| next.verify_next(&entry).map(|body| (entry, body)))
-            .map_err(|e| e.to_string())
-            // Replay refuses, and undoes, an entry after which the books no longer balance.
-            .and_then(|(entry, body)| replica.ledger.replay(&body).map(|()| entry));
-        match checked {
-            Ok(entry) => {
-                replica.chain = next;
-                accepted.push(entry);
-            }
-            Err(why) => {
-                let why = format!("entry {seq} refused: {why}");
-                tracing::error!(edge, "replication stopped: {why}");
-                replica.refused = Some(why);
+        match Entry::decode(seq, bytes).and_then(|entry| next.verify_next(&entry).map(|body| (entry, body))) {
+            Ok(checked) => linked.push(checked),
+            Err(e) => {
+                broken = Some(format!("entry {seq} refused: {e}"));
                 break;
             }
         }
+    }
+    // A signature vouches for its last entry and, through the chain, for those before it,
+    // and for nothing else: with one, the whole frame must link up to that entry from the
+    // replica's head, or none of it is kept (entries forged ahead of genuine ones would
+    // otherwise pass up to where the chain breaks).
+    if signed.is_some() && (broken.is_some() || (!linked.is_empty() && Some(next.seq) != last_in_frame)) {
+        let why = broken.unwrap_or_else(|| format!("entries after {} are missing", next.seq));
+        let why = format!("frame refused: {why}; the signed head covers none of it");
+        tracing::error!(edge, "replication stopped: {why}");
+        replica.refused = Some(why);
+        return None;
+    }
+    let mut accepted = Vec::new();
+    // The frame's holds resolved leave RAM once it is stored (`group_durable` in `store`).
+    let group = replica.ledger.next_group();
+    for (entry, body) in linked {
+        // Replay refuses, and undoes, an entry after which the books no longer balance.
+        if let Err(why) = replica.ledger.replay(&body) {
+            broken = Some(format!("entry {} refused: {why}", entry.seq));
+            break;
+        }
+        replica.chain = Chain { seq: entry.seq, hash: entry.hash };
+        accepted.push(entry);
+    }
+    if let Some(why) = broken {
+        tracing::error!(edge, "replication stopped: {why}");
+        replica.refused = Some(why);
     }
     replica.updated_ms = now_ms();
     if let Some(fault) = replica.hold_fault.take() {
