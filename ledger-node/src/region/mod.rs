@@ -1,10 +1,12 @@
-//! A region node: replicas of its edges' journals (`replicas`), the coordinator of the
-//! cross-node transfers they send (`coordinator`), and the queryables operators read them
+//! A region node: replicas of its edges' journals (`replicas`, which takes queued pushes
+//! together with `pushes`), the coordinator of the cross-node transfers they send
+//! (`coordinator`, sending in bulk through `lanes`), and the queryables operators read them
 //! through (`queryables`). All on one tokio runtime in the `region` thread, which reports
 //! to `Fatal` when it stops.
 
 pub mod coordinator;
 pub mod lanes;
+pub mod pushes;
 pub mod queryables;
 pub mod replicas;
 
