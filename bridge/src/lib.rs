@@ -381,7 +381,7 @@ pub const PROOF_SEQ: u64 = u64::MAX;
 /// (the sender's signed head) if it carried one. One buffer for the whole frame: a region
 /// catching up reads a thousand entries per frame, and a buffer per entry was a tenth of
 /// its time (`ledger-bench geo`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug)]
 pub struct Frame {
     bytes: Vec<u8>,
     /// `(seq, start, end)` of each entry's bytes, in the frame's order.

@@ -232,10 +232,11 @@ struct Prepared {
 }
 
 /// Verifies, replays and stores the entries of `frame` that continue the replica. Returns
-/// whether it made progress (entries replayed, their write under way). Entries the replica already has are skipped (a push and a
-/// range may overlap); a gap leaves the rest for the next range fetch. An entry that breaks
-/// the chain or does not apply to the replica's books is refused: neither stored nor kept;
-/// so is a frame whose signature does not check (with node identities).
+/// whether it made progress (entries replayed, their write under way). Entries the replica
+/// already has are skipped (a push and a range may overlap); a gap leaves the rest for the
+/// next range fetch. An entry that breaks the chain or does not apply to the replica's
+/// books is refused: neither stored nor kept. With node identities, so is the whole frame
+/// when its signature does not check or its entries do not link up to the signed one.
 ///
 /// The store runs in the background (`storing`) so that the next frame is verified and
 /// replayed while this one is written; stores stay one at a time and in order, and a frame
@@ -243,8 +244,18 @@ struct Prepared {
 async fn apply(link: &Arc<Link>, frame: Frame, storing: &mut Storing) -> bool {
     let Some(prepared) = prepare(link, frame) else { return false };
     if let Some(previous) = storing.take() {
-        if !previous.await.unwrap_or(false) {
-            return false;
+        match previous.await {
+            Ok(true) => {}
+            // The failed write refused the replica and stopped the node.
+            Ok(false) => return false,
+            // A write that did not finish leaves a hole the next one must not write past.
+            Err(e) => {
+                if let Some(replica) = link.replicas.lock().expect("replicas").get_mut(&link.edge) {
+                    replica.refused = Some(format!("cannot be stored: the replica writer stopped: {e}"));
+                }
+                link.fatal.report(NodeError::Stopped { part: "replica writer", why: e.to_string() });
+                return false;
+            }
         }
     }
     let link = link.clone();
