@@ -10,7 +10,7 @@ use ledger::core::id_filter::IdFilter;
 use ledger::core::journal::Entry;
 use ledger::core::reply::Resolution;
 use ledger::core::{Effects, HoldState, Ledger, LiveState};
-use ledger::store::{Rows, Store, StoreArchive, StoreIds};
+use ledger::store::{ReplicaFrame, Rows, Store, StoreArchive, StoreIds};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::json;
 use std::sync::Arc;
@@ -383,7 +383,8 @@ async fn a_region_opens_its_replicas_from_their_live_tables() {
             for entry in frame {
                 replica.replay(&chain.verify_next(entry).unwrap()).unwrap();
             }
-            region.append_replica(NODE, frame, None, &replica.take_live_changes()).unwrap();
+            let live = replica.take_live_changes();
+            region.append_replica(NODE, &[ReplicaFrame { entries: frame, signed_head: None, live: &live }]).unwrap();
             replica.group_durable(group);
         }
         assert!(replica.hold_cache().1.evictions >= 2, "h1, h2 and h3 resolved: {:?}", replica.hold_cache());

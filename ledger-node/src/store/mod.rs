@@ -26,6 +26,7 @@ pub use history::history;
 pub use ids::{IdFault, StoreIds};
 pub use live::Opened;
 pub use prune::{AnchorBooks, Prune};
+pub use replica::ReplicaFrame;
 pub use rows::Rows;
 pub use sizes::{file_sizes, Sizes, TableBytes};
 

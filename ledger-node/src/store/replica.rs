@@ -8,6 +8,15 @@ use crate::core::journal::{Chain, Entry};
 use crate::core::{Ledger, LiveChanges};
 use redb::{ReadableDatabase, ReadableTable};
 
+/// Entries verified and replayed into a replica's books, to be appended to its file.
+pub struct ReplicaFrame<'a> {
+    pub entries: &'a [Entry],
+    /// The edge's signed head of the last of `entries`, when it sent one.
+    pub signed_head: Option<&'a [u8]>,
+    /// What the entries changed in the replica's live state.
+    pub live: &'a LiveChanges,
+}
+
 impl Store {
     /// Rebuilds a region's replica of `edge` into `ledger`, verifying the chain; returns its end.
     pub fn load_replica(&self, edge: &str, ledger: &mut Ledger) -> Result<Chain, StoreError> {
@@ -27,23 +36,25 @@ impl Store {
         read().map_err(|f| self.fail(f))
     }
 
-    /// Appends verified entries to the replica of `edge` in one durable commit, with the
-    /// edge's signed head of the last of them when it sent one and what they changed in
-    /// the replica's live state.
-    pub fn append_replica(&self, edge: &str, entries: &[Entry], signed_head: Option<&[u8]>, live: &LiveChanges) -> Result<(), StoreError> {
+    /// Appends frames of verified entries to the replica of `edge`, in order and in one
+    /// durable commit: each with the edge's signed head of its last entry when it sent one
+    /// (the last such head is the one kept) and what it changed in the replica's live state.
+    pub fn append_replica(&self, edge: &str, frames: &[ReplicaFrame<'_>]) -> Result<(), StoreError> {
         let write = || -> Result<(), Fault> {
             let db = self.db()?;
             let tx = super::begin_durable(&db)?;
-            {
-                let mut replica = tx.open_table(REPLICA)?;
-                for entry in entries {
-                    replica.insert((edge, entry.seq), self.rows.encode(entry).as_slice())?;
+            for frame in frames {
+                {
+                    let mut replica = tx.open_table(REPLICA)?;
+                    for entry in frame.entries {
+                        replica.insert((edge, entry.seq), self.rows.encode(entry).as_slice())?;
+                    }
+                    if let Some(head) = frame.signed_head {
+                        tx.open_table(REPLICA_SIGNED)?.insert(edge, head)?;
+                    }
                 }
-                if let Some(head) = signed_head {
-                    tx.open_table(REPLICA_SIGNED)?.insert(edge, head)?;
-                }
+                super::live::write_changes(&tx, super::live::Scope::Replica(edge), frame.live)?;
             }
-            super::live::write_changes(&tx, super::live::Scope::Replica(edge), live)?;
             tx.commit()?;
             Ok(())
         };
