@@ -4,7 +4,9 @@
 //! - Lag: devices pay at a steady rate through the edge; an operator session polls the
 //!   region's status every `POLL`; an entry's lag is from the moment its reply reached the
 //!   device (the commit) to the first poll that shows the replica at or past it. The poll
-//!   interval bounds the resolution.
+//!   interval bounds the resolution. Beside it, the lag to the durable copy: from the reply
+//!   to the first acknowledgement the region publishes for the entry (it acks what it has
+//!   stored durably, `ledger/v1/journal/<edge>/ack`), taken as it arrives, without polling.
 //! - Drain: the link between edge and region is cut by a proxy for `--partition` seconds
 //!   while payments go on; after healing, the backlog (edge head minus replica head at that
 //!   moment) and the time until the replica reaches that head give entries/s.
@@ -81,6 +83,22 @@ async fn run_async(opts: &GeoOpts) -> Result<(), String> {
     }
 
     eprintln!("geo: {DEVICES} devices funded");
+    // The region's acks as they arrive: (when, seq stored durably).
+    let acks: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::new(Mutex::new(Vec::new()));
+    let ack_subscriber = {
+        let acks = acks.clone();
+        ops.declare_subscriber(bridge::keys::journal_ack("eu/bench-1"))
+            .callback(move |sample| {
+                let at = Instant::now();
+                let seq = serde_json::from_slice::<serde_json::Value>(&sample.payload().to_bytes()).ok().and_then(|v| v["seq"].as_u64());
+                if let Some(seq) = seq {
+                    acks.lock().unwrap().push((at, seq));
+                }
+            })
+            .await
+            .map_err(|e| format!("subscribing to the region's acks: {e}"))?
+    };
+
     // The replica's head as the region reports it, polled for the whole run.
     let replica = Arc::new(AtomicU64::new(0));
     let polls: Arc<Mutex<Vec<(Instant, u64)>>> = Arc::new(Mutex::new(Vec::new()));
@@ -104,16 +122,24 @@ async fn run_async(opts: &GeoOpts) -> Result<(), String> {
     let commits: Commits = Arc::new(Mutex::new(Vec::new()));
     let head = pay(&devices, opts.rate, Duration::from_secs(opts.seconds), "steady", &commits).await?;
     wait_for(&replica, head).await?;
+    wait_for_ack(&acks, head).await?;
     let lag = lag_histogram(&commits.lock().unwrap(), &polls.lock().unwrap());
+    let durable_lag = lag_histogram(&commits.lock().unwrap(), &acks.lock().unwrap());
+    drop(ack_subscriber);
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "geo: steady {} payments/s for {} s: replication lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} entries, {} ms status polls)",
+        "geo: steady {} payments/s for {} s: replication lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} entries, {} ms status polls); \
+         to the region's durable ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         opts.rate,
         opts.seconds,
-        lag.value_at_quantile(0.5) as f64 / 1000.0,
-        lag.value_at_quantile(0.99) as f64 / 1000.0,
+        ms(&lag, 0.5),
+        ms(&lag, 0.99),
         lag.max() as f64 / 1000.0,
         lag.len(),
-        POLL.as_millis()
+        POLL.as_millis(),
+        ms(&durable_lag, 0.5),
+        ms(&durable_lag, 0.99),
+        durable_lag.max() as f64 / 1000.0,
     );
 
     // Partition, then drain.
@@ -143,10 +169,12 @@ async fn run_async(opts: &GeoOpts) -> Result<(), String> {
             linked_eps
         );
         println!(
-            "RESULT geo rate={} lag_p50_ms={:.1} lag_p99_ms={:.1} backlog={backlog} drain_s={:.2} drain_eps={:.0} relink_s={:.2} linked_drain_eps={linked_eps:.0}",
+            "RESULT geo rate={} lag_p50_ms={:.1} lag_p99_ms={:.1} ack_lag_p50_ms={:.1} ack_lag_p99_ms={:.1} backlog={backlog} drain_s={:.2} drain_eps={:.0} relink_s={:.2} linked_drain_eps={linked_eps:.0}",
             opts.rate,
             lag.value_at_quantile(0.5) as f64 / 1000.0,
             lag.value_at_quantile(0.99) as f64 / 1000.0,
+            ms(&durable_lag, 0.5),
+            ms(&durable_lag, 0.99),
             took.as_secs_f64(),
             backlog as f64 / took.as_secs_f64(),
             (took - draining).as_secs_f64(),
@@ -204,14 +232,31 @@ async fn wait_for(replica: &AtomicU64, seq: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// For each committed seq: time from its reply to the first poll showing the replica there.
+/// Waits until the region has acknowledged `seq` as stored.
+async fn wait_for_ack(acks: &Mutex<Vec<(Instant, u64)>>, seq: u64) -> Result<(), String> {
+    let deadline = Instant::now() + CATCH_UP_DEADLINE;
+    while acks.lock().unwrap().last().is_none_or(|(_, acked)| *acked < seq) {
+        if Instant::now() > deadline {
+            return Err(format!("the region did not acknowledge {seq} within {CATCH_UP_DEADLINE:?}"));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
+}
+
+/// For each committed seq: time from its reply to the first observation (a status poll or
+/// an ack, in arrival order) showing the replica there.
 fn lag_histogram(commits: &[(u64, Instant)], polls: &[(Instant, u64)]) -> Histogram<u64> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram");
     for (seq, at) in commits {
-        // Polls are in time order and the replica only moves forward: search, then scan.
+        // Observations are in time order and the replica only moves forward: search, then
+        // scan. One that already showed the entry before the reply arrived means zero lag.
         let first = polls.partition_point(|(when, _)| when < at);
-        let seen = polls[first..].iter().find(|(_, replica)| replica >= seq).map(|(when, _)| *when);
-        // A poll that already showed it before the reply arrived means zero lag.
+        let before = first.checked_sub(1).map(|i| polls[i].1);
+        let seen = match before {
+            Some(replica) if replica >= *seq => None,
+            _ => polls[first..].iter().find(|(_, replica)| replica >= seq).map(|(when, _)| *when),
+        };
         let lag = seen.map_or(Duration::ZERO, |when| when.duration_since(*at));
         hist.saturating_record(lag.as_micros().max(1) as u64);
     }
