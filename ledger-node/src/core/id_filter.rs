@@ -59,7 +59,10 @@ impl IdFilter {
             self.layers.push(Layer::new(capacity));
         }
         let layer = self.layers.last_mut().expect("a filter has a layer");
-        let probes: Vec<(usize, u64)> = layer.probes(hash).collect();
+        let mut probes = [(0, 0); PROBES as usize];
+        for (slot, probe) in probes.iter_mut().zip(layer.probes(hash)) {
+            *slot = probe;
+        }
         for (word, mask) in probes {
             layer.bits[word] |= mask;
         }

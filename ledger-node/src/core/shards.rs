@@ -4,18 +4,22 @@
 //! tombstones use up its room: measured as 100–350 ms stalls of the intake under load.
 //! Pure data structure; no I/O.
 
+use hashbrown::HashTable;
 use std::borrow::Borrow;
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 
 /// Shards per map: a table of a million records rehashes about a thousand at a time.
 pub const SHARDS: usize = 1024;
+/// The shard comes from bits 32.. of the key's hash: a shard's table takes its slot from
+/// the low bits and its tag from the top seven, so these are free for the shard.
+const SHARD_SHIFT: u32 = 32;
 
 pub struct Sharded<K, V> {
     /// Empty until the first insert: most ledgers (a region's replicas) never keep a record.
-    shards: Vec<HashMap<K, V>>,
-    /// Picks the shard; keyed at random, so chosen keys cannot pile into one shard.
+    shards: Vec<HashTable<(K, V)>>,
+    /// One keyed hash per key picks both its shard and its slot; keyed at random, so chosen
+    /// keys cannot pile into one shard or one probe sequence.
     hasher: RandomState,
     len: usize,
 }
@@ -31,11 +35,11 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
     }
 
     fn allocate(&mut self, per_shard: usize) {
-        self.shards = (0..SHARDS).map(|_| HashMap::with_capacity(per_shard)).collect();
+        self.shards = (0..SHARDS).map(|_| HashTable::with_capacity(per_shard)).collect();
     }
 
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
-        (self.hasher.hash_one(key) % SHARDS as u64) as usize
+    fn shard(hash: u64) -> usize {
+        ((hash >> SHARD_SHIFT) % SHARDS as u64) as usize
     }
 
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
@@ -43,19 +47,24 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shards.get(self.shard(key))?.get(key)
+        let hash = self.hasher.hash_one(key);
+        let (_, value) = self.shards.get(Self::shard(hash))?.find(hash, |(k, _)| k.borrow() == key)?;
+        Some(value)
     }
 
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         if self.shards.is_empty() {
             self.allocate(0);
         }
-        let shard = self.shard(&key);
-        let old = self.shards[shard].insert(key, value);
-        if old.is_none() {
-            self.len += 1;
+        let hash = self.hasher.hash_one(&key);
+        let Sharded { shards, hasher, len } = self;
+        let table = &mut shards[Self::shard(hash)];
+        if let Some((_, old)) = table.find_mut(hash, |(k, _)| *k == key) {
+            return Some(std::mem::replace(old, value));
         }
-        old
+        table.insert_unique(hash, (key, value), |(k, _)| hasher.hash_one(k));
+        *len += 1;
+        None
     }
 
     pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
@@ -63,12 +72,11 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let shard = self.shard(key);
-        let old = self.shards.get_mut(shard)?.remove(key);
-        if old.is_some() {
-            self.len -= 1;
-        }
-        old
+        let hash = self.hasher.hash_one(key);
+        let table = self.shards.get_mut(Self::shard(hash))?;
+        let ((_, value), _) = table.find_entry(hash, |(k, _)| k.borrow() == key).ok()?.remove();
+        self.len -= 1;
+        Some(value)
     }
 
     pub fn len(&self) -> usize {
@@ -80,7 +88,7 @@ impl<K: Hash + Eq, V> Sharded<K, V> {
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.shards.iter().flat_map(HashMap::values)
+        self.shards.iter().flat_map(|table| table.iter().map(|(_, value)| value))
     }
 }
 

@@ -68,7 +68,8 @@ pub async fn follow_edge(
     // Frames are written in a task of their own while the next ones are verified and
     // replayed; it finishes what is queued and stops when this task returns.
     let (writer, prepared) = mpsc::channel(FRAMES_QUEUED);
-    tokio::spawn(write_frames(link.clone(), prepared));
+    let writing = tokio::spawn(write_frames(link.clone(), prepared));
+    tokio::spawn(watch_writer(link.clone(), writing));
     // Pushes are only a fast path. A bounded FIFO would block zenoh's receive path when
     // full, and with it the range replies this task is waiting for; a ring drops the
     // oldest pushes instead, which the range fetch makes up for.
@@ -243,19 +244,33 @@ struct Prepared {
 ///
 /// The write runs in the writer task (`write_frames`), so that the next frames are verified
 /// and replayed while earlier ones are written; writes stay in order, and a frame is
-/// acknowledged to the edge, and shown to the coordinator, only once it is durable.
+/// acknowledged to the edge, and the coordinator woken for it, only once it is durable.
 async fn apply(link: &Link, frame: Frame, writer: &mpsc::Sender<Prepared>) -> bool {
     let Some(prepared) = prepare(link, frame) else { return false };
     if writer.send(prepared).await.is_err() {
-        // A writer that stopped without a failed write leaves frames replayed in memory
-        // that no write will follow: take no more, and stop the node (it rebuilds from the file).
-        if let Some(replica) = link.replicas.lock().expect("replicas").get_mut(&link.edge) {
-            replica.refused.get_or_insert_with(|| "cannot be stored: the replica writer stopped".to_string());
-        }
-        link.fatal.report(NodeError::Stopped { part: "replica writer", why: "it no longer takes frames".to_string() });
+        // The writer stopped (after a failed write, which said why, or a panic, which
+        // `watch_writer` reports): this frame, replayed in memory, will not be written.
+        refuse(link, "cannot be stored: the replica writer stopped".to_string());
         return false;
     }
     true
+}
+
+/// Keeps the first reason a replica was refused (a refused chain stays the reason even if a
+/// write fails after it).
+fn refuse(link: &Link, why: String) {
+    if let Some(replica) = link.replicas.lock().expect("replicas").get_mut(&link.edge) {
+        replica.refused.get_or_insert(why);
+    }
+}
+
+/// A writer that panicked leaves frames replayed in memory that no write will follow:
+/// the replica takes no more and the node stops (it rebuilds the replica from the file).
+async fn watch_writer(link: Arc<Link>, writing: tokio::task::JoinHandle<()>) {
+    if let Err(e) = writing.await {
+        refuse(&link, format!("cannot be stored: the replica writer stopped: {e}"));
+        link.fatal.report(NodeError::Stopped { part: "replica writer", why: e.to_string() });
+    }
 }
 
 fn prepare(link: &Link, frame: Frame) -> Option<Prepared> {
@@ -371,9 +386,7 @@ async fn store(link: &Link, frames: Vec<Prepared>) -> bool {
     if let Err(e) = stored {
         // The replica in memory is ahead of the disk now: take no more of it, and stop the
         // node; it rebuilds the replica from disk on restart.
-        if let Some(replica) = link.replicas.lock().expect("replicas").get_mut(edge) {
-            replica.refused = Some(format!("cannot be stored: {e}"));
-        }
+        refuse(link, format!("cannot be stored: {e}"));
         link.fatal.report(e);
         return false;
     }
