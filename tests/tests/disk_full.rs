@@ -5,8 +5,13 @@
 //! and resends (including ids long evicted from RAM), never acknowledge what it could not
 //! write, and take commands again by itself once the limit is lifted. Its file must then
 //! hold exactly what it answered `ok`.
+//!
+//! A region whose file cannot grow cannot store what its edge ships: it must refuse the
+//! replica and stop, having acknowledged to the edge nothing its file does not hold, and
+//! once restarted resume from its file and catch up.
 
-use harness::{cmd, load_ledger, Device, NodeOptions, NodeProcess};
+use harness::{ask, cmd, eventually, free_port, load_ledger, operator_session, run_ledgerctl, Device, NodeOptions, NodeProcess};
+use ledger::store::Store;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -141,4 +146,101 @@ async fn a_full_disk_refuses_new_commands_answers_the_rest_and_recovers_by_itsel
     node.kill9();
     let ledger = load_ledger(&node.dir.join("data"), "test/edge-1").expect("the file verifies after the refused writes");
     assert_eq!(ledger.account("merchant:cafe").expect("merchant").posted, paid as i64, "one cent per payment answered ok");
+}
+
+const EDGE: &str = "eu/berlin-1";
+/// How long a region may take to stop after its write failed, and to catch up after.
+const REGION_DEADLINE: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_that_cannot_store_what_it_replicates_stops_and_resumes_from_its_file() {
+    let zenoh_port = free_port();
+    let mut region = NodeProcess::start(NodeOptions {
+        node_id: Some("eu".into()),
+        region_zenoh_port: Some(zenoh_port),
+        extra_toml: format!(
+            "[zenoh]\nlisten = [\"tcp/127.0.0.1:{zenoh_port}\"]\ninsecure_plaintext = true\n\n[replication]\nedges = [\"{EDGE}\"]\n"
+        ),
+        ..NodeOptions::default()
+    });
+    let edge_metrics = free_port();
+    let edge = NodeProcess::start(NodeOptions {
+        node_id: Some(EDGE.into()),
+        extra_toml: format!(
+            "[zenoh]\nconnect = [\"tcp/127.0.0.1:{zenoh_port}\"]\ninsecure_plaintext = true\n\n[metrics]\nlisten = \"127.0.0.1:{edge_metrics}\"\n"
+        ),
+        ..NodeOptions::default()
+    });
+    let ops = operator_session(zenoh_port).await;
+    let device = Device::connect(edge.port, "pos-1").await;
+    for (id, command) in [
+        ("o1", cmd::open("o1", "issuer", "EUR", &["issuance"])),
+        ("o2", cmd::open("o2", "wallet:alice", "EUR", &[])),
+        ("o3", cmd::open("o3", "merchant:cafe", "EUR", &[])),
+        ("f1", cmd::transfer("f1", "issuer", "wallet:alice", "1000.00", "EUR")),
+    ] {
+        assert_eq!(device.request(command).await["code"], "ok", "setup {id}");
+    }
+    let setup_head = device.request(payment("p0")).await["seq"].as_u64().expect("seq");
+    eventually("the replica to store the setup", REGION_DEADLINE, || async {
+        replica(&ops).await.filter(|r| r["stored_seq"] == setup_head)
+    })
+    .await;
+
+    // From here on the region's file cannot grow; the edge goes on taking payments (it
+    // never waits for its region) until the region's write fails and it stops.
+    let region_db = region.db_path();
+    set_file_size_limit(region.pid(), Some(std::fs::metadata(&region_db).expect("region file").len()));
+    let mut head = setup_head;
+    for i in 1..MAX_PAYMENTS {
+        if !region.is_running() {
+            break;
+        }
+        let reply = device.request(payment(&format!("p{i}"))).await;
+        assert_eq!(reply["code"], "ok", "the edge takes payments whatever its region does: {reply}");
+        head = reply["seq"].as_u64().expect("seq");
+    }
+    eventually("the region to stop", REGION_DEADLINE, || {
+        let running = region.is_running();
+        async move { (!running).then_some(()) }
+    })
+    .await;
+    let log = region.log();
+    assert!(
+        log.contains(EDGE) && log.contains("cannot be stored") && log.contains(&region_db.display().to_string()),
+        "the refused write is logged with the edge and the file; log:\n{log}"
+    );
+
+    // Nothing the region did not store was acknowledged to the edge.
+    let acked = gauge_of(edge_metrics, "edgeledger_replicated_seq ");
+    let stored = {
+        let (store, _) = Store::open_existing(&region_db).expect("the region's file opens");
+        store.entries_before(Some(EDGE), u64::MAX, 1).expect("replica").last().map_or(0, |e| e.seq)
+    };
+    assert!(stored < head, "the region stopped before storing everything: stored {stored}, edge head {head}");
+    assert!(acked <= stored, "the edge was told {acked} is replicated; the region's file holds up to {stored}");
+
+    // Restarted (its file can grow again), the region resumes from its file, catches up and
+    // its file verifies.
+    region.restart();
+    let ops = operator_session(zenoh_port).await;
+    eventually("the restarted region to catch up", REGION_DEADLINE, || async {
+        replica(&ops).await.filter(|r| r["stored_seq"] == head && r["refused"].is_null())
+    })
+    .await;
+    region.kill9();
+    let (code, stdout, stderr) = run_ledgerctl(&["verify".to_string(), "--db".to_string(), region_db.display().to_string()]).await;
+    assert_eq!(code, 0, "the region's file verifies:\n{stdout}\n{stderr}");
+}
+
+async fn replica(ops: &harness::Ops) -> Option<Value> {
+    let status = ask(ops, "ledger/v1/status/eu").await?;
+    status["edges"].as_array()?.iter().find(|e| e["edge"] == EDGE).cloned()
+}
+
+/// A gauge of the node whose metrics listen on `port`.
+fn gauge_of(port: u16, name: &str) -> u64 {
+    let text = harness::http_get(port, "/metrics");
+    let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{line}"))
 }

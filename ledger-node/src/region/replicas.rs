@@ -386,6 +386,7 @@ async fn store(link: &Link, frames: Vec<Prepared>) -> bool {
     if let Err(e) = stored {
         // The replica in memory is ahead of the disk now: take no more of it, and stop the
         // node; it rebuilds the replica from disk on restart.
+        tracing::error!(edge, "replication stopped: the replica cannot be stored: {e}");
         refuse(link, format!("cannot be stored: {e}"));
         link.fatal.report(e);
         return false;
