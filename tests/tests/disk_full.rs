@@ -186,6 +186,11 @@ async fn a_region_that_cannot_store_what_it_replicates_stops_and_resumes_from_it
         replica(&ops).await.filter(|r| r["stored_seq"] == setup_head)
     })
     .await;
+    // The edge counts the region's acks: the check below reads what it was told.
+    eventually("the edge to see the setup acknowledged", REGION_DEADLINE, || async {
+        (gauge_of(edge_metrics, "edgeledger_replicated_seq ") == setup_head).then_some(())
+    })
+    .await;
 
     // From here on the region's file cannot grow; the edge goes on taking payments (it
     // never waits for its region) until the region's write fails and it stops.
@@ -200,19 +205,27 @@ async fn a_region_that_cannot_store_what_it_replicates_stops_and_resumes_from_it
         assert_eq!(reply["code"], "ok", "the edge takes payments whatever its region does: {reply}");
         head = reply["seq"].as_u64().expect("seq");
     }
-    eventually("the region to stop", REGION_DEADLINE, || {
+    assert!(head > setup_head, "the edge took payments after the limit");
+    eventually("the region to stop (its file never reached its limit if it does not)", REGION_DEADLINE, || {
         let running = region.is_running();
         async move { (!running).then_some(()) }
     })
     .await;
     let log = region.log();
+    let db = region_db.display().to_string();
     assert!(
-        log.contains(EDGE) && log.contains("cannot be stored") && log.contains(&region_db.display().to_string()),
+        log.lines().any(|line| line.contains("cannot be stored") && line.contains(EDGE) && line.contains(&db)),
         "the refused write is logged with the edge and the file; log:\n{log}"
     );
 
-    // Nothing the region did not store was acknowledged to the edge.
-    let acked = gauge_of(edge_metrics, "edgeledger_replicated_seq ");
+    // Nothing the region did not store was acknowledged to the edge: read once the acks the
+    // region sent before it stopped have all arrived (two readings apart agree).
+    let acked = eventually("the edge's acknowledged seq to settle", REGION_DEADLINE, || async {
+        let first = gauge_of(edge_metrics, "edgeledger_replicated_seq ");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (gauge_of(edge_metrics, "edgeledger_replicated_seq ") == first).then_some(first)
+    })
+    .await;
     let stored = {
         let (store, _) = Store::open_existing(&region_db).expect("the region's file opens");
         store.entries_before(Some(EDGE), u64::MAX, 1).expect("replica").last().map_or(0, |e| e.seq)
@@ -226,6 +239,10 @@ async fn a_region_that_cannot_store_what_it_replicates_stops_and_resumes_from_it
     let ops = operator_session(zenoh_port).await;
     eventually("the restarted region to catch up", REGION_DEADLINE, || async {
         replica(&ops).await.filter(|r| r["stored_seq"] == head && r["refused"].is_null())
+    })
+    .await;
+    eventually("the edge to see everything acknowledged", REGION_DEADLINE, || async {
+        (gauge_of(edge_metrics, "edgeledger_replicated_seq ") == head).then_some(())
     })
     .await;
     region.kill9();

@@ -259,7 +259,9 @@ async fn apply(link: &Link, frame: Frame, writer: &mpsc::Sender<Prepared>) -> bo
 /// Keeps the first reason a replica was refused (a refused chain stays the reason even if a
 /// write fails after it).
 fn refuse(link: &Link, why: String) {
-    if let Some(replica) = link.replicas.lock().expect("replicas").get_mut(&link.edge) {
+    // A task that panicked holding the lock must not keep this refusal from being made.
+    let mut replicas = link.replicas.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(replica) = replicas.get_mut(&link.edge) {
         replica.refused.get_or_insert(why);
     }
 }
@@ -268,8 +270,9 @@ fn refuse(link: &Link, why: String) {
 /// the replica takes no more and the node stops (it rebuilds the replica from the file).
 async fn watch_writer(link: Arc<Link>, writing: tokio::task::JoinHandle<()>) {
     if let Err(e) = writing.await {
-        refuse(&link, format!("cannot be stored: the replica writer stopped: {e}"));
+        // Reported first: whatever happens after, the node stops.
         link.fatal.report(NodeError::Stopped { part: "replica writer", why: e.to_string() });
+        refuse(&link, format!("cannot be stored: the replica writer stopped: {e}"));
     }
 }
 
