@@ -33,6 +33,18 @@ fn set_file_size_limit(pid: u32, bytes: Option<u64>) {
     assert_eq!(rc, 0, "prlimit (write): {}", std::io::Error::last_os_error());
 }
 
+/// The issuer, Alice's wallet funded with 1,000 EUR, and the café's account.
+async fn open_and_fund(device: &Device) {
+    for (id, command) in [
+        ("o1", cmd::open("o1", "issuer", "EUR", &["issuance"])),
+        ("o2", cmd::open("o2", "wallet:alice", "EUR", &[])),
+        ("o3", cmd::open("o3", "merchant:cafe", "EUR", &[])),
+        ("f1", cmd::transfer("f1", "issuer", "wallet:alice", "1000.00", "EUR")),
+    ] {
+        assert_eq!(device.request(command).await["code"], "ok", "setup {id}");
+    }
+}
+
 fn payment(id: &str) -> Value {
     let mut command = cmd::transfer(id, "wallet:alice", "merchant:cafe", "0.01", "EUR");
     command["metadata"] = json!({ "receipt": "r".repeat(1_900) });
@@ -47,20 +59,9 @@ async fn a_full_disk_refuses_new_commands_answers_the_rest_and_recovers_by_itsel
         extra_toml: format!("[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"),
         ..NodeOptions::default()
     });
-    let gauge = |name: &str| -> u64 {
-        let text = harness::http_get(metrics, "/metrics");
-        let line = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("{line}"))
-    };
+    let gauge = |name: &str| gauge_of(metrics, name);
     let device = Device::connect(node.port, "pos-1").await;
-    for (id, command) in [
-        ("o1", cmd::open("o1", "issuer", "EUR", &["issuance"])),
-        ("o2", cmd::open("o2", "wallet:alice", "EUR", &[])),
-        ("o3", cmd::open("o3", "merchant:cafe", "EUR", &[])),
-        ("f1", cmd::transfer("f1", "issuer", "wallet:alice", "1000.00", "EUR")),
-    ] {
-        assert_eq!(device.request(command).await["code"], "ok", "setup {id}");
-    }
+    open_and_fund(&device).await;
     let first = device.request(payment("p0")).await;
     assert_eq!(first["code"], "ok", "{first}");
 
@@ -173,14 +174,7 @@ async fn a_region_that_cannot_store_what_it_replicates_stops_and_resumes_from_it
     });
     let ops = operator_session(zenoh_port).await;
     let device = Device::connect(edge.port, "pos-1").await;
-    for (id, command) in [
-        ("o1", cmd::open("o1", "issuer", "EUR", &["issuance"])),
-        ("o2", cmd::open("o2", "wallet:alice", "EUR", &[])),
-        ("o3", cmd::open("o3", "merchant:cafe", "EUR", &[])),
-        ("f1", cmd::transfer("f1", "issuer", "wallet:alice", "1000.00", "EUR")),
-    ] {
-        assert_eq!(device.request(command).await["code"], "ok", "setup {id}");
-    }
+    open_and_fund(&device).await;
     let setup_head = device.request(payment("p0")).await["seq"].as_u64().expect("seq");
     eventually("the replica to store the setup", REGION_DEADLINE, || async {
         replica(&ops).await.filter(|r| r["stored_seq"] == setup_head)
