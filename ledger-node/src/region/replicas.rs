@@ -215,8 +215,7 @@ fn signed_head(link: &Link, frame: &Frame) -> Result<Option<Vec<u8>>, String> {
     let Some(keys) = link.keys.as_deref() else { return Ok(None) };
     let edge = link.edge.as_str();
     let Some((last_seq, last_bytes)) = frame.entries().next_back() else { return Ok(None) };
-    let seqs: Vec<u64> = frame.entries().map(|(seq, _)| seq).collect();
-    if seqs.windows(2).any(|w| w[0].checked_add(1) != Some(w[1])) {
+    if frame.entries().zip(frame.entries().skip(1)).any(|((seq, _), (next, _))| seq.checked_add(1) != Some(next)) {
         return Err("entries not consecutive".to_string());
     }
     let trailer = frame.trailer().ok_or_else(|| format!("entries up to {last_seq} are not signed by {edge}"))?;
@@ -283,9 +282,7 @@ fn prepare(link: &Link, frame: Frame) -> Option<Prepared> {
         Err(why) => {
             let why = format!("frame refused: {why}");
             tracing::error!(edge, "replication stopped: {why}");
-            if let Some(replica) = link.replicas.lock().expect("replicas").get_mut(edge) {
-                replica.refused.get_or_insert(why);
-            }
+            refuse(link, why);
             return None;
         }
     };

@@ -43,17 +43,18 @@ impl Store {
         let write = || -> Result<(), Fault> {
             let db = self.db()?;
             let tx = super::begin_durable(&db)?;
-            for frame in frames {
-                {
-                    let mut replica = tx.open_table(REPLICA)?;
+            {
+                let mut replica = tx.open_table(REPLICA)?;
+                for frame in frames {
                     for entry in frame.entries {
                         replica.insert((edge, entry.seq), self.rows.encode(entry).as_slice())?;
                     }
-                    if let Some(head) = frame.signed_head {
-                        tx.open_table(REPLICA_SIGNED)?.insert(edge, head)?;
-                    }
+                    super::live::write_changes(&tx, super::live::Scope::Replica(edge), frame.live)?;
                 }
-                super::live::write_changes(&tx, super::live::Scope::Replica(edge), frame.live)?;
+            }
+            // Each head signs its frame's last entry and, through the chain, all before it.
+            if let Some(head) = frames.iter().rev().find_map(|frame| frame.signed_head) {
+                tx.open_table(REPLICA_SIGNED)?.insert(edge, head)?;
             }
             tx.commit()?;
             Ok(())
