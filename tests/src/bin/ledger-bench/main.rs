@@ -7,7 +7,8 @@
 //!   without a ledger (the "echo"), so `ratio ledger/echo` is the share of raw broker
 //!   throughput that the ledger keeps.
 //! - `core`: the ledger core and redb store without MQTT: `Ledger::submit` plus one durable
-//!   `Store::commit` every B transfers, showing what commit grouping buys and where time goes.
+//!   `Store::commit` every B transfers, serial and pipelined as a node runs them, showing what
+//!   commit grouping buys and where time goes (`core_bench`).
 //!
 //! Run in release (so the spawned node is the release binary too):
 //!
@@ -19,6 +20,7 @@
 //!
 //! Money is only ever decimal strings here; f64 appears in statistics only.
 
+mod core_bench;
 mod cross;
 mod geo;
 mod region_soak;
@@ -26,10 +28,6 @@ mod soak;
 
 use hdrhistogram::Histogram;
 use ledger::clock::now_ms;
-use ledger::core::command::{Command, Flag, Movement, Op};
-use ledger::core::reply::Code;
-use ledger::core::{Effects, Ledger};
-use ledger::store::Store;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -59,7 +57,8 @@ USAGE:
   ledger-bench core [--transfers N] [--batches 1,100,1000]
       Ledger core + redb store without MQTT: N transfers (default 200000; at most 5000 per
       unit of batch size below 100, since every commit is an fsync), one durable commit
-      every B transfers, for each B.
+      every B transfers, for each B: first serial (apply a group, commit it), then
+      pipelined as a node runs it (the next group applied while the last one commits).
   ledger-bench geo [--rate R] [--seconds S] [--partition P]
       A region following an edge over zenoh: replication lag at R payments/s (default
       5000) for S seconds (default 10), then a P-second partition (default 60) and the rate
@@ -113,7 +112,7 @@ fn main() {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| format!("tokio runtime: {e}"))?;
             run_mqtt(&runtime, &opts)
         }),
-        "core" => parse_core(&args[1..]).and_then(|opts| run_core(&opts)),
+        "core" => core_bench::parse(&args[1..]).and_then(|opts| core_bench::run(&opts)),
         "geo" => geo::parse(&args[1..]).and_then(|opts| geo::run(&opts)),
         "cross" => cross::parse(&args[1..]).and_then(|opts| cross::run(&opts)),
         "soak" => soak::parse(&args[1..]).and_then(|opts| soak::run(&opts)),
@@ -148,10 +147,6 @@ struct MqttOpts {
 /// spawned node's CA only).
 static TLS_CLIENT: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
 
-struct CoreOpts {
-    transfers: usize,
-    batches: Vec<usize>,
-}
 
 /// The value after flag `args[*i]`, advancing `i` past it.
 fn value<'a>(args: &'a [String], i: &mut usize) -> Result<&'a str, String> {
@@ -208,25 +203,6 @@ fn parse_mqtt(args: &[String]) -> Result<MqttOpts, String> {
     Ok(opts)
 }
 
-fn parse_core(args: &[String]) -> Result<CoreOpts, String> {
-    let mut opts = CoreOpts { transfers: 200_000, batches: vec![1, 100, 1000] };
-    let mut i = 0;
-    while i < args.len() {
-        let flag = args[i].as_str();
-        match flag {
-            "--transfers" => opts.transfers = number(flag, value(args, &mut i)?)?,
-            "--batches" => {
-                opts.batches = value(args, &mut i)?.split(',').map(|b| number::<usize>(flag, b.trim())).collect::<Result<_, _>>()?;
-            }
-            other => return Err(format!("core: unknown argument {other:?}\n\n{USAGE}")),
-        }
-        i += 1;
-    }
-    if opts.transfers == 0 || opts.batches.is_empty() || opts.batches.contains(&0) {
-        return Err("--transfers and every --batches size must be at least 1".to_string());
-    }
-    Ok(opts)
-}
 
 // ---------------------------------------------------------------------------------------------
 // mqtt: end to end
@@ -800,153 +776,3 @@ fn run_mqtt(runtime: &tokio::runtime::Runtime, opts: &MqttOpts) -> Result<(), St
     Ok(())
 }
 
-// ---------------------------------------------------------------------------------------------
-// core: ledger + store without MQTT
-
-const CORE_NODE: &str = "bench/edge-1";
-const CORE_ACCOUNTS: usize = 1000;
-/// Small batches commit (fsync) so often that 200 000 transfers would take minutes.
-const MAX_COMMITS_SMALL_BATCH: usize = 5_000;
-
-struct CoreResult {
-    transfers: usize,
-    commits: usize,
-    total: Duration,
-    submit: Duration,
-    commit: Duration,
-}
-
-fn open_cmd(id: String, account: &str, flags: Vec<Flag>) -> Command {
-    Command { id, op: Op::OpenAccount { account: account.to_string(), asset: "EUR".to_string(), flags, overdraft_limit: None } }
-}
-
-fn transfer_cmd(id: String, debit: &str, credit: &str, amount: &str) -> Command {
-    Command {
-        id,
-        op: Op::Transfer(Movement {
-            debit: debit.to_string(),
-            credit: credit.to_string(),
-            amount: amount.to_string(),
-            asset: "EUR".to_string(),
-            metadata: None,
-        }),
-    }
-}
-
-fn submit_ok(ledger: &mut Ledger, command: Command, now: u64) -> Result<Effects, String> {
-    let id = command.id.clone();
-    let effects = ledger.submit(Some("bench"), command, now);
-    match &effects.reply {
-        Some(reply) if reply.code == Code::Ok => Ok(effects),
-        Some(reply) => Err(format!("command {id} was answered {:?}: {}", reply.code, reply.message)),
-        None => Err(format!("command {id} got no reply")),
-    }
-}
-
-fn core_once(batch: usize, transfers: usize) -> Result<CoreResult, String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-    let store = Arc::new(Store::open(dir.path(), CORE_NODE).map_err(|e| e.to_string())?);
-    // The committer thread of a node does this sealing; here it is part of the measured commit.
-    let mut chain = ledger::core::journal::Chain::default();
-    let mut node_config = config::NodeConfig::embedded_default();
-    node_config.node.id = CORE_NODE.to_string();
-    let mut ledger = ledger::setup::ledger_for(&node_config);
-    // As on an edge: the recent ids in RAM (the rest read back from the file), and each
-    // commit also writes what the group changed into the live tables.
-    let (archive, id_fault) = ledger::store::StoreIds::new(store.clone());
-    ledger.archive_ids(node_config.ledger.id_cache_entries, Box::new(archive));
-    ledger.track_live_changes();
-
-    // Setup, untimed: the issuer, the accounts, and funds that outlast any run.
-    let wallets: Vec<String> = (0..CORE_ACCOUNTS).map(|i| format!("wallet:w{i}")).collect();
-    let merchants: Vec<String> = (0..CORE_ACCOUNTS).map(|i| format!("merchant:m{i}")).collect();
-    let now = now_ms();
-    let mut setup = vec![submit_ok(&mut ledger, open_cmd("setup-issuer".into(), "issuer:eur", vec![Flag::Issuance]), now)?];
-    for (i, w) in wallets.iter().enumerate() {
-        setup.push(submit_ok(&mut ledger, open_cmd(format!("setup-w{i}"), w, vec![Flag::NoOverdraft]), now)?);
-    }
-    for (i, m) in merchants.iter().enumerate() {
-        setup.push(submit_ok(&mut ledger, open_cmd(format!("setup-m{i}"), m, Vec::new()), now)?);
-    }
-    for (i, w) in wallets.iter().enumerate() {
-        setup.push(submit_ok(&mut ledger, transfer_cmd(format!("setup-fund{i}"), "issuer:eur", w, "1000000.00"), now)?);
-    }
-    store.commit(&mut chain, &setup, &ledger.take_live_changes()).map_err(|e| e.to_string())?;
-    drop(setup);
-
-    // Timed: like the node's intake, submit a group, then one durable commit for the group.
-    let mut group: Vec<Effects> = Vec::with_capacity(batch);
-    let (mut submit, mut commit) = (Duration::ZERO, Duration::ZERO);
-    let mut commits = 0;
-    let mut now = now_ms();
-    let started = Instant::now();
-    let mut group_number = ledger.next_group();
-    for i in 0..transfers {
-        let command = transfer_cmd(format!("t{i}"), &wallets[i % CORE_ACCOUNTS], &merchants[(i * 7) % CORE_ACCOUNTS], "0.01");
-        let t = Instant::now();
-        let effects = ledger.submit(Some("bench"), command, now);
-        submit += t.elapsed();
-        match &effects.reply {
-            Some(reply) if reply.code == Code::Ok => {}
-            other => return Err(format!("transfer t{i} was not ok: {other:?}")),
-        }
-        group.push(effects);
-        if group.len() == batch || i + 1 == transfers {
-            let t = Instant::now();
-            store.commit(&mut chain, &group, &ledger.take_live_changes()).map_err(|e| e.to_string())?;
-            commit += t.elapsed();
-            commits += 1;
-            group.clear();
-            // As the intake: the group is durable, its id records may leave RAM.
-            ledger.group_durable(group_number);
-            group_number = ledger.next_group();
-            // The node reads the clock once per group too.
-            now = now_ms();
-        }
-    }
-    let total = started.elapsed();
-    // A record the cache could not read back would have let an id pass as new.
-    if let Some(fault) = id_fault.take() {
-        return Err(format!("reading id records back from the file failed: {fault}"));
-    }
-    ledger.check_invariants().map_err(|e| format!("books do not balance after the run: {e}"))?;
-    Ok(CoreResult { transfers, commits, total, submit, commit })
-}
-
-fn run_core(opts: &CoreOpts) -> Result<(), String> {
-    for &batch in &opts.batches {
-        let transfers = if batch < 100 { opts.transfers.min(MAX_COMMITS_SMALL_BATCH * batch) } else { opts.transfers };
-        println!("core: batch={batch}: {transfers} transfers over {CORE_ACCOUNTS} wallets and {CORE_ACCOUNTS} merchants...");
-        let r = core_once(batch, transfers)?;
-        let secs = r.total.as_secs_f64();
-        let n = r.transfers as f64;
-        let tps = n / secs;
-        let us_per = secs * 1e6 / n;
-        let pct = |d: Duration| 100.0 * d.as_secs_f64() / secs;
-        let per_us = |d: Duration| d.as_secs_f64() * 1e6 / n;
-        let other = r.total.saturating_sub(r.submit + r.commit);
-        println!(
-            "core: batch={batch}: {tps:.0} transfers/s, {us_per:.2} µs/transfer ({} transfers in {secs:.2} s, {} commits, {:.2} ms/commit)",
-            r.transfers,
-            r.commits,
-            r.commit.as_secs_f64() * 1e3 / r.commits as f64,
-        );
-        println!(
-            "      time: submit {:.1}% ({:.2} µs/transfer), commit {:.1}% ({:.2} µs/transfer), other {:.1}% (building commands)",
-            pct(r.submit),
-            per_us(r.submit),
-            pct(r.commit),
-            per_us(r.commit),
-            pct(other),
-        );
-        println!(
-            "RESULT core batch={batch} transfers={} tps={tps:.0} us_per_transfer={us_per:.2} submit_us={:.2} commit_us={:.2} submit_pct={:.1} commit_pct={:.1}",
-            r.transfers,
-            per_us(r.submit),
-            per_us(r.commit),
-            pct(r.submit),
-            pct(r.commit),
-        );
-    }
-    Ok(())
-}

@@ -1,0 +1,304 @@
+//! `ledger-bench core`: the ledger core and the redb store without MQTT, each transfer
+//! applied by `Ledger::submit` and each group of B made durable by one `Store::commit`.
+//!
+//! Two runs per batch size. `serial`: apply a group, commit it, apply the next. `pipelined`:
+//! as a node runs them (`edge::intake` and `edge::committer`), the ledger thread applies the
+//! next group while the committer thread seals and commits the previous one, with at most
+//! `GROUPS_IN_FLIGHT` group waiting; the ledger hears which groups are durable as the intake
+//! does. Neither run replies to anything, so the figures are the core's and the store's alone.
+
+use super::{number, value, USAGE};
+use ledger::clock::now_ms;
+use ledger::core::command::{Command, Flag, Movement, Op};
+use ledger::core::journal::Chain;
+use ledger::core::reply::Code;
+use ledger::core::{Effects, Ledger, LiveChanges};
+use ledger::edge::committer::GROUPS_IN_FLIGHT;
+use ledger::store::{IdFault, Store};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NODE: &str = "bench/edge-1";
+const ACCOUNTS: usize = 1000;
+/// Small batches commit (fsync) so often that 200 000 transfers would take minutes.
+const MAX_COMMITS_SMALL_BATCH: usize = 5_000;
+
+pub struct CoreOpts {
+    transfers: usize,
+    batches: Vec<usize>,
+}
+
+pub fn parse(args: &[String]) -> Result<CoreOpts, String> {
+    let mut opts = CoreOpts { transfers: 200_000, batches: vec![1, 100, 1000] };
+    let mut i = 0;
+    while i < args.len() {
+        let flag = args[i].as_str();
+        match flag {
+            "--transfers" => opts.transfers = number(flag, value(args, &mut i)?)?,
+            "--batches" => {
+                opts.batches = value(args, &mut i)?.split(',').map(|b| number::<usize>(flag, b.trim())).collect::<Result<_, _>>()?;
+            }
+            other => return Err(format!("core: unknown argument {other:?}\n\n{USAGE}")),
+        }
+        i += 1;
+    }
+    if opts.transfers == 0 || opts.batches.is_empty() || opts.batches.contains(&0) {
+        return Err("--transfers and every --batches size must be at least 1".to_string());
+    }
+    Ok(opts)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Serial,
+    Pipelined,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Serial => "serial",
+            Mode::Pipelined => "pipelined",
+        }
+    }
+}
+
+struct CoreResult {
+    transfers: usize,
+    commits: usize,
+    total: Duration,
+    /// Time in `Ledger::submit` (the ledger thread).
+    submit: Duration,
+    /// Time in `Store::commit` (the committer thread when pipelined).
+    commit: Duration,
+}
+
+/// A ledger with its issuer, wallets and merchants, funded, in a fresh file.
+struct Setup {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    chain: Chain,
+    ledger: Ledger,
+    id_fault: IdFault,
+    wallets: Vec<String>,
+    merchants: Vec<String>,
+}
+
+fn open_cmd(id: String, account: &str, flags: Vec<Flag>) -> Command {
+    Command { id, op: Op::OpenAccount { account: account.to_string(), asset: "EUR".to_string(), flags, overdraft_limit: None } }
+}
+
+fn transfer_cmd(id: String, debit: &str, credit: &str, amount: &str) -> Command {
+    Command {
+        id,
+        op: Op::Transfer(Movement {
+            debit: debit.to_string(),
+            credit: credit.to_string(),
+            amount: amount.to_string(),
+            asset: "EUR".to_string(),
+            metadata: None,
+        }),
+    }
+}
+
+fn submit_ok(ledger: &mut Ledger, command: Command, now: u64) -> Result<Effects, String> {
+    let id = command.id.clone();
+    let effects = ledger.submit(Some("bench"), command, now);
+    match &effects.reply {
+        Some(reply) if reply.code == Code::Ok => Ok(effects),
+        Some(reply) => Err(format!("command {id} was answered {:?}: {}", reply.code, reply.message)),
+        None => Err(format!("command {id} got no reply")),
+    }
+}
+
+/// Untimed: the file, the ledger as an edge configures it, the accounts and their funds.
+fn set_up() -> Result<Setup, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
+    let store = Arc::new(Store::open(dir.path(), NODE).map_err(|e| e.to_string())?);
+    let mut chain = Chain::default();
+    let mut node_config = config::NodeConfig::embedded_default();
+    node_config.node.id = NODE.to_string();
+    let mut ledger = ledger::setup::ledger_for(&node_config);
+    // As on an edge: the recent ids in RAM (the rest read back from the file), and each
+    // commit also writes what the group changed into the live tables.
+    let (archive, id_fault) = ledger::store::StoreIds::new(store.clone());
+    ledger.archive_ids(node_config.ledger.id_cache_entries, Box::new(archive));
+    ledger.track_live_changes();
+
+    let wallets: Vec<String> = (0..ACCOUNTS).map(|i| format!("wallet:w{i}")).collect();
+    let merchants: Vec<String> = (0..ACCOUNTS).map(|i| format!("merchant:m{i}")).collect();
+    let now = now_ms();
+    let mut setup = vec![submit_ok(&mut ledger, open_cmd("setup-issuer".into(), "issuer:eur", vec![Flag::Issuance]), now)?];
+    for (i, w) in wallets.iter().enumerate() {
+        setup.push(submit_ok(&mut ledger, open_cmd(format!("setup-w{i}"), w, vec![Flag::NoOverdraft]), now)?);
+    }
+    for (i, m) in merchants.iter().enumerate() {
+        setup.push(submit_ok(&mut ledger, open_cmd(format!("setup-m{i}"), m, Vec::new()), now)?);
+    }
+    for (i, w) in wallets.iter().enumerate() {
+        setup.push(submit_ok(&mut ledger, transfer_cmd(format!("setup-fund{i}"), "issuer:eur", w, "1000000.00"), now)?);
+    }
+    store.commit(&mut chain, &setup, &ledger.take_live_changes()).map_err(|e| e.to_string())?;
+    Ok(Setup { _dir: dir, store, chain, ledger, id_fault, wallets, merchants })
+}
+
+/// The i-th transfer of a run: every wallet pays, round robin, a merchant spread apart.
+fn transfer(setup: &Setup, i: usize) -> Command {
+    transfer_cmd(format!("t{i}"), &setup.wallets[i % ACCOUNTS], &setup.merchants[(i * 7) % ACCOUNTS], "0.01")
+}
+
+fn apply(ledger: &mut Ledger, command: Command, now: u64, submit: &mut Duration) -> Result<Effects, String> {
+    let t = Instant::now();
+    let effects = ledger.submit(Some("bench"), command, now);
+    *submit += t.elapsed();
+    match &effects.reply {
+        Some(reply) if reply.code == Code::Ok => Ok(effects),
+        other => Err(format!("a transfer was not ok: {other:?}")),
+    }
+}
+
+/// After a run: nothing was let through as new that the file knew, and the books balance.
+fn check(setup: &Setup) -> Result<(), String> {
+    if let Some(fault) = setup.id_fault.take() {
+        return Err(format!("reading id records back from the file failed: {fault}"));
+    }
+    setup.ledger.check_invariants().map_err(|e| format!("books do not balance after the run: {e}"))
+}
+
+fn serial(batch: usize, transfers: usize) -> Result<CoreResult, String> {
+    let mut setup = set_up()?;
+    let mut group: Vec<Effects> = Vec::with_capacity(batch);
+    let (mut submit, mut commit) = (Duration::ZERO, Duration::ZERO);
+    let mut commits = 0;
+    let mut now = now_ms();
+    let started = Instant::now();
+    let mut group_number = setup.ledger.next_group();
+    for i in 0..transfers {
+        let command = transfer(&setup, i);
+        group.push(apply(&mut setup.ledger, command, now, &mut submit)?);
+        if group.len() == batch || i + 1 == transfers {
+            let t = Instant::now();
+            let live = setup.ledger.take_live_changes();
+            setup.store.commit(&mut setup.chain, &group, &live).map_err(|e| e.to_string())?;
+            commit += t.elapsed();
+            commits += 1;
+            group.clear();
+            // As the intake: the group is durable, its id records may leave RAM.
+            setup.ledger.group_durable(group_number);
+            group_number = setup.ledger.next_group();
+            // The node reads the clock once per group too.
+            now = now_ms();
+        }
+    }
+    let total = started.elapsed();
+    check(&setup)?;
+    Ok(CoreResult { transfers, commits, total, submit, commit })
+}
+
+/// One group handed to the committer thread.
+struct Group {
+    number: u64,
+    effects: Vec<Effects>,
+    live: LiveChanges,
+}
+
+fn pipelined(batch: usize, transfers: usize) -> Result<CoreResult, String> {
+    let mut setup = set_up()?;
+    let (groups, to_commit) = std::sync::mpsc::sync_channel::<Group>(GROUPS_IN_FLIGHT);
+    let durable = Arc::new(AtomicU64::new(0));
+    let committer = {
+        let (store, mut chain, durable) = (setup.store.clone(), std::mem::take(&mut setup.chain), durable.clone());
+        std::thread::spawn(move || -> Result<(Duration, usize), String> {
+            let (mut commit, mut commits) = (Duration::ZERO, 0);
+            for group in to_commit {
+                let t = Instant::now();
+                store.commit(&mut chain, &group.effects, &group.live).map_err(|e| e.to_string())?;
+                commit += t.elapsed();
+                commits += 1;
+                durable.store(group.number, Ordering::Release);
+                // Dropped here, as the committer drops a group once answered.
+                drop(group);
+            }
+            Ok((commit, commits))
+        })
+    };
+    let mut submit = Duration::ZERO;
+    let started = Instant::now();
+    let mut sent = Ok(());
+    let mut i = 0;
+    while i < transfers && sent.is_ok() {
+        // As the intake: what the committer made durable may leave RAM; then the next group.
+        setup.ledger.group_durable(durable.load(Ordering::Acquire));
+        let number = setup.ledger.next_group();
+        let now = now_ms();
+        let mut effects = Vec::with_capacity(batch);
+        while effects.len() < batch && i < transfers {
+            let command = transfer(&setup, i);
+            effects.push(apply(&mut setup.ledger, command, now, &mut submit)?);
+            i += 1;
+        }
+        let live = setup.ledger.take_live_changes();
+        // A closed channel means the committer failed: its error is what to report.
+        sent = groups.send(Group { number, effects, live }).map_err(|_| ());
+    }
+    drop(groups);
+    let (commit, commits) = committer.join().map_err(|_| "the committer thread panicked".to_string())??;
+    let total = started.elapsed();
+    setup.ledger.group_durable(durable.load(Ordering::Acquire));
+    check(&setup)?;
+    Ok(CoreResult { transfers, commits, total, submit, commit })
+}
+
+pub fn run(opts: &CoreOpts) -> Result<(), String> {
+    for &batch in &opts.batches {
+        let transfers = if batch < 100 { opts.transfers.min(MAX_COMMITS_SMALL_BATCH * batch) } else { opts.transfers };
+        for mode in [Mode::Serial, Mode::Pipelined] {
+            let name = mode.name();
+            println!("core: batch={batch} {name}: {transfers} transfers over {ACCOUNTS} wallets and {ACCOUNTS} merchants...");
+            let r = match mode {
+                Mode::Serial => serial(batch, transfers)?,
+                Mode::Pipelined => pipelined(batch, transfers)?,
+            };
+            report(batch, mode, &r);
+        }
+    }
+    Ok(())
+}
+
+fn report(batch: usize, mode: Mode, r: &CoreResult) {
+    let name = mode.name();
+    let secs = r.total.as_secs_f64();
+    let n = r.transfers as f64;
+    let tps = n / secs;
+    let us_per = secs * 1e6 / n;
+    let pct = |d: Duration| 100.0 * d.as_secs_f64() / secs;
+    let per_us = |d: Duration| d.as_secs_f64() * 1e6 / n;
+    println!(
+        "core: batch={batch} {name}: {tps:.0} transfers/s, {us_per:.2} µs/transfer ({} transfers in {secs:.2} s, {} commits, {:.2} ms/commit)",
+        r.transfers,
+        r.commits,
+        r.commit.as_secs_f64() * 1e3 / r.commits as f64,
+    );
+    let busy = match mode {
+        // The rest is building the commands.
+        Mode::Serial => "of the run",
+        // Two threads: each share is that thread's busy time.
+        Mode::Pipelined => "of the run, on their own threads",
+    };
+    println!(
+        "      time: submit {:.1}% ({:.2} µs/transfer), commit {:.1}% ({:.2} µs/transfer) {busy}",
+        pct(r.submit),
+        per_us(r.submit),
+        pct(r.commit),
+        per_us(r.commit),
+    );
+    println!(
+        "RESULT core batch={batch} mode={name} transfers={} tps={tps:.0} us_per_transfer={us_per:.2} submit_us={:.2} commit_us={:.2} submit_pct={:.1} commit_pct={:.1}",
+        r.transfers,
+        per_us(r.submit),
+        per_us(r.commit),
+        pct(r.submit),
+        pct(r.commit),
+    );
+}
