@@ -48,7 +48,7 @@ const MAX_DEPTH: u8 = 2;
 pub fn encode(body: &EntryBody) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
     out.push(VERSION_1);
-    let mut w = Writer { w: wire::Writer(&mut out), table: COMMON.to_vec() };
+    let mut w = Writer { w: wire::Writer(&mut out), table: Names::common() };
     w.body(body);
     out
 }
@@ -71,7 +71,7 @@ pub fn decode(bytes: &[u8]) -> Result<EntryBody, String> {
 /// A reply alone (an id record that outlived its entry), in the encoding of a body's reply;
 /// `id` and `seq` are those it was recorded under, not repeated when the reply carries them.
 pub fn encode_reply(reply: &Reply, id: &str, seq: u64, out: &mut Vec<u8>) {
-    let mut w = Writer { w: wire::Writer(out), table: COMMON.to_vec() };
+    let mut w = Writer { w: wire::Writer(out), table: Names::common() };
     w.reply(reply, id, seq);
 }
 
@@ -83,22 +83,51 @@ pub fn decode_reply(bytes: &[u8], id: &str, seq: u64) -> Result<Reply, String> {
     Ok(reply)
 }
 
+/// The string table of one body: `COMMON`, then the body's literals in order, at most
+/// `MAX_TABLE`. On the stack: a body is encoded or decoded per entry, on the hot path.
+struct Names<'a> {
+    names: [&'a str; MAX_TABLE],
+    len: usize,
+}
+
+impl<'a> Names<'a> {
+    fn common() -> Names<'a> {
+        let mut names = [""; MAX_TABLE];
+        names[..COMMON.len()].copy_from_slice(&COMMON);
+        Names { names, len: COMMON.len() }
+    }
+
+    fn position(&self, s: &str) -> Option<usize> {
+        self.names[..self.len].iter().position(|known| *known == s)
+    }
+
+    fn get(&self, i: usize) -> Option<&'a str> {
+        self.names[..self.len].get(i).copied()
+    }
+
+    /// Adds `s` unless the table is full; both ends drop the same literals.
+    fn push(&mut self, s: &'a str) {
+        if self.len < MAX_TABLE {
+            self.names[self.len] = s;
+            self.len += 1;
+        }
+    }
+}
+
 struct Writer<'a, 'b> {
     w: wire::Writer<'b>,
-    table: Vec<&'a str>,
+    table: Names<'a>,
 }
 
 impl<'a> Writer<'a, '_> {
     fn str(&mut self, s: &'a str) {
-        if let Some(i) = self.table.iter().position(|known| *known == s) {
+        if let Some(i) = self.table.position(s) {
             self.w.varint(((i as u64) << 1) | 1);
             return;
         }
         self.w.varint((s.len() as u64) << 1);
         self.w.bytes(s.as_bytes());
-        if self.table.len() < MAX_TABLE {
-            self.table.push(s);
-        }
+        self.table.push(s);
     }
 
     fn opt_str(&mut self, s: Option<&'a String>) {
@@ -333,7 +362,7 @@ impl<'a> Writer<'a, '_> {
 
 struct Reader<'a> {
     r: wire::Reader<'a>,
-    table: Vec<&'a str>,
+    table: Names<'a>,
     /// Bytes the references of this body may still copy: a one-byte reference to a long
     /// string must not let a small body decode to gigabytes.
     copies_left: usize,
@@ -342,7 +371,7 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8]) -> Reader<'a> {
         let copies_left = bytes.len().saturating_mul(COPY_BUDGET_PER_BYTE).saturating_add(MIN_COPY_BUDGET);
-        Reader { r: wire::Reader::new(bytes), table: COMMON.to_vec(), copies_left }
+        Reader { r: wire::Reader::new(bytes), table: Names::common(), copies_left }
     }
 
     fn str(&mut self) -> Result<String, String> {
@@ -355,9 +384,7 @@ impl<'a> Reader<'a> {
         }
         let len = usize::try_from(n >> 1).map_err(|_| "string too long".to_string())?;
         let s = self.r.utf8(len)?;
-        if self.table.len() < MAX_TABLE {
-            self.table.push(s);
-        }
+        self.table.push(s);
         Ok(s.to_string())
     }
 

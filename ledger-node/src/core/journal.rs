@@ -157,5 +157,28 @@ impl Chain {
 }
 
 pub fn hex(hash: &Hash) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(2 * hash.len());
+    for b in hash {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_two_lowercase_digits_per_byte() {
+        let mut hash = [0u8; 32];
+        hash[0] = 0x0f;
+        hash[1] = 0xa0;
+        hash[31] = 0xff;
+        let expected: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&hash), expected);
+        assert!(hex(&hash).starts_with("0fa000"));
+        assert!(hex(&hash).ends_with("00ff"));
+    }
 }

@@ -83,13 +83,15 @@ impl Store {
         effects: impl IntoIterator<Item = &'a Effects>,
         live: &LiveChanges,
     ) -> Result<Vec<Entry>, Fault> {
-        let mut sealed = Vec::new();
+        let effects = effects.into_iter();
+        // Sized once: a group is up to thousands of effects.
+        let mut sealed = Vec::with_capacity(effects.size_hint().0);
+        let mut records = Vec::with_capacity(effects.size_hint().0);
         let db = self.db()?;
         let tx = super::begin_durable(&db)?;
         {
             let mut journal = tx.open_table(JOURNAL)?;
             let mut ids = tx.open_table(IDS)?;
-            let mut records = Vec::new();
             for effect in effects {
                 // Its ids' fingerprints need not be stored when the entry gives them back.
                 let mut bare = false;
