@@ -103,7 +103,7 @@ impl Ledger {
         };
         reply.seq = Some(self.next_seq());
         let body = self.append_entry(now_ms, None, Journaled::Node(command), changes, Some(reply.clone()));
-        self.remember_accepted(&body, fingerprint);
+        self.remember_accepted(&body, fingerprint, None);
         Effects { reply: Some(reply), entry: Some(body), ..Effects::default() }
     }
 

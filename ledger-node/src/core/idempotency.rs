@@ -23,7 +23,12 @@ impl IdKey {
     pub fn new(principal: Option<&str>, id: &str) -> IdKey {
         let principal = principal.unwrap_or("");
         debug_assert!(!principal.contains(':'), "principals hold no ':'");
-        IdKey(format!("{principal}:{id}"))
+        // Built by hand: `format!` was a visible share of applying a transfer.
+        let mut key = String::with_capacity(principal.len() + 1 + id.len());
+        key.push_str(principal);
+        key.push(':');
+        key.push_str(id);
+        IdKey(key)
     }
 
     /// Reads a key back from its written form (a hold's `pending_id`, a transfer key's id).

@@ -336,7 +336,7 @@ impl Ledger {
                 // The entry carries the reply: for an accepted command the journal is the id
                 // record, so a commit appends sequentially instead of scattering id writes.
                 let body = self.append_entry(now_ms, device, Journaled::Device(command), changes, Some(reply.clone()));
-                effects.recorded = self.remember_accepted(&body, fingerprint);
+                effects.recorded = self.remember_accepted(&body, fingerprint, Some(key));
                 effects.entry = Some(body);
                 effects.reply = Some(reply);
             }
@@ -391,7 +391,7 @@ impl Ledger {
         } else if body.reply.is_some() && (receives || !self.ids.keeps_nothing()) {
             // `Journaled` serializes as the command it holds: the same bytes as when it ran.
             let fingerprint = fingerprint(body.device.as_deref(), &body.command);
-            self.remember_accepted(body, fingerprint);
+            self.remember_accepted(body, fingerprint, None);
         }
         Ok(())
     }
@@ -442,7 +442,9 @@ impl Ledger {
 
     /// Records the ids of an accepted command (and of the ops of a batch) from its entry;
     /// returns them as the store keeps them.
-    pub(super) fn remember_accepted(&mut self, body: &EntryBody, fingerprint: String) -> Vec<(String, IdRecord)> {
+    /// Records the ids an accepted entry took. `key`: the command's own key, when the caller
+    /// has built it already (else it is built from the entry).
+    pub(super) fn remember_accepted(&mut self, body: &EntryBody, fingerprint: String, key: Option<IdKey>) -> Vec<(String, IdRecord)> {
         let Some(reply) = &body.reply else { return Vec::new() };
         match &body.command {
             Journaled::Node(NodeCommand { id, op: NodeOp::Receive { source, movement } }) => {
@@ -460,7 +462,9 @@ impl Ledger {
                         records.push((IdKey::new(device, &op.id), fingerprint_in_batch(device, &command.id, op), Some(i)));
                     }
                 }
-                records.push((IdKey::new(device, &command.id), fingerprint, None));
+                let key = key.unwrap_or_else(|| IdKey::new(device, &command.id));
+                debug_assert_eq!(key, IdKey::new(device, &command.id), "the key given is the command's");
+                records.push((key, fingerprint, None));
                 let mut out = Vec::with_capacity(records.len());
                 for (key, fingerprint, op) in records {
                     let recorded = journaled_recorded(body, fingerprint.clone(), op).expect("the entry holds the command");

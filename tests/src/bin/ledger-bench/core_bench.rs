@@ -209,7 +209,8 @@ fn pipelined(batch: usize, transfers: usize) -> Result<CoreResult, String> {
     let durable = Arc::new(AtomicU64::new(0));
     let committer = {
         let (store, mut chain, durable) = (setup.store.clone(), std::mem::take(&mut setup.chain), durable.clone());
-        std::thread::spawn(move || -> Result<(Duration, usize), String> {
+        let thread = std::thread::Builder::new().name("committer".to_string());
+        thread.spawn(move || -> Result<(Duration, usize), String> {
             let (mut commit, mut commits) = (Duration::ZERO, 0);
             for group in to_commit {
                 let t = Instant::now();
@@ -222,6 +223,7 @@ fn pipelined(batch: usize, transfers: usize) -> Result<CoreResult, String> {
             }
             Ok((commit, commits))
         })
+        .map_err(|e| format!("cannot start the committer thread: {e}"))?
     };
     let mut submit = Duration::ZERO;
     let started = Instant::now();
