@@ -787,6 +787,25 @@ mod tests {
     }
 
     #[test]
+    fn a_body_with_more_names_than_the_table_holds_reads_back() {
+        // 2 × 150 distinct account names: the table fills at `MAX_TABLE` and both ends stop
+        // adding at the same literal; names seen again after that are written out in full.
+        let ops: Vec<Command> = (0..150)
+            .map(|i| Command { id: format!("op-{i}"), op: Op::Transfer(movement(&format!("wallet:w{i}"), &format!("shop:s{i}"), "1")) })
+            .collect();
+        let changes: Vec<Change> = (0..150)
+            .map(|i| Change::Transferred { debit: format!("wallet:w{i}"), credit: format!("shop:s{i}"), asset: "EUR".into(), amount: 100 })
+            .collect();
+        let body = body(13, Journaled::Device(Command { id: "b-big".into(), op: Op::Batch { ops } }), changes, None);
+        let bytes = encode(&body);
+        assert_eq!(decode(&bytes), Ok(body.clone()));
+        // An early name is a reference in the changes, a late one is written again.
+        let count = |name: &[u8]| bytes.windows(name.len()).filter(|w| *w == name).count();
+        assert_eq!(count(b"wallet:w0"), 1);
+        assert_eq!(count(b"wallet:w149"), 2);
+    }
+
+    #[test]
     fn replies_alone_read_back_as_written() {
         for body in bodies() {
             let Some(reply) = &body.reply else { continue };

@@ -210,20 +210,21 @@ fn pipelined(batch: usize, transfers: usize) -> Result<CoreResult, String> {
     let committer = {
         let (store, mut chain, durable) = (setup.store.clone(), std::mem::take(&mut setup.chain), durable.clone());
         let thread = std::thread::Builder::new().name("committer".to_string());
-        thread.spawn(move || -> Result<(Duration, usize), String> {
-            let (mut commit, mut commits) = (Duration::ZERO, 0);
-            for group in to_commit {
-                let t = Instant::now();
-                store.commit(&mut chain, &group.effects, &group.live).map_err(|e| e.to_string())?;
-                commit += t.elapsed();
-                commits += 1;
-                durable.store(group.number, Ordering::Release);
-                // Dropped here, as the committer drops a group once answered.
-                drop(group);
-            }
-            Ok((commit, commits))
-        })
-        .map_err(|e| format!("cannot start the committer thread: {e}"))?
+        thread
+            .spawn(move || -> Result<(Duration, usize), String> {
+                let (mut commit, mut commits) = (Duration::ZERO, 0);
+                for group in to_commit {
+                    let t = Instant::now();
+                    store.commit(&mut chain, &group.effects, &group.live).map_err(|e| e.to_string())?;
+                    commit += t.elapsed();
+                    commits += 1;
+                    durable.store(group.number, Ordering::Release);
+                    // Dropped here, as the committer drops a group once answered.
+                    drop(group);
+                }
+                Ok((commit, commits))
+            })
+            .map_err(|e| format!("cannot start the committer thread: {e}"))?
     };
     let mut submit = Duration::ZERO;
     let started = Instant::now();

@@ -147,7 +147,6 @@ struct MqttOpts {
 /// spawned node's CA only).
 static TLS_CLIENT: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
 
-
 /// The value after flag `args[*i]`, advancing `i` past it.
 fn value<'a>(args: &'a [String], i: &mut usize) -> Result<&'a str, String> {
     let flag = &args[*i];
@@ -202,7 +201,6 @@ fn parse_mqtt(args: &[String]) -> Result<MqttOpts, String> {
     }
     Ok(opts)
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // mqtt: end to end
@@ -775,4 +773,3 @@ fn run_mqtt(runtime: &tokio::runtime::Runtime, opts: &MqttOpts) -> Result<(), St
     );
     Ok(())
 }
-
