@@ -6,8 +6,10 @@
 //! next group while the committer thread seals and commits the previous one, with at most
 //! `GROUPS_IN_FLIGHT` group waiting; the ledger hears which groups are durable as the intake
 //! does. Neither run replies to anything, so the figures are the core's and the store's alone.
+//! `serial` is the one to set beside TigerBeetle's single-client bench, whose server never
+//! has the next batch while it writes one; `pipelined` is an edge with many devices waiting.
 
-use super::{number, value, USAGE};
+use super::{number, tigerbeetle, value, USAGE};
 use ledger::clock::now_ms;
 use ledger::core::command::{Command, Flag, Movement, Op};
 use ledger::core::journal::Chain;
@@ -15,6 +17,8 @@ use ledger::core::reply::Code;
 use ledger::core::{Effects, Ledger, LiveChanges};
 use ledger::edge::committer::GROUPS_IN_FLIGHT;
 use ledger::store::{IdFault, Store};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,13 +28,19 @@ const ACCOUNTS: usize = 1000;
 /// Small batches commit (fsync) so often that 200 000 transfers would take minutes.
 const MAX_COMMITS_SMALL_BATCH: usize = 5_000;
 
+/// Most sittings one run may ask for (each runs every batch size twice).
+const MAX_SITTINGS: usize = 9;
+
 pub struct CoreOpts {
     transfers: usize,
     batches: Vec<usize>,
+    /// TigerBeetle's bench script, run first in each sitting (`tigerbeetle`).
+    tigerbeetle: Option<PathBuf>,
+    sittings: usize,
 }
 
 pub fn parse(args: &[String]) -> Result<CoreOpts, String> {
-    let mut opts = CoreOpts { transfers: 200_000, batches: vec![1, 100, 1000] };
+    let mut opts = CoreOpts { transfers: 200_000, batches: vec![1, 100, 1000], tigerbeetle: None, sittings: 1 };
     let mut i = 0;
     while i < args.len() {
         let flag = args[i].as_str();
@@ -39,12 +49,22 @@ pub fn parse(args: &[String]) -> Result<CoreOpts, String> {
             "--batches" => {
                 opts.batches = value(args, &mut i)?.split(',').map(|b| number::<usize>(flag, b.trim())).collect::<Result<_, _>>()?;
             }
+            "--tigerbeetle" => opts.tigerbeetle = Some(PathBuf::from(value(args, &mut i)?)),
+            "--sittings" => opts.sittings = number(flag, value(args, &mut i)?)?,
             other => return Err(format!("core: unknown argument {other:?}\n\n{USAGE}")),
         }
         i += 1;
     }
     if opts.transfers == 0 || opts.batches.is_empty() || opts.batches.contains(&0) {
         return Err("--transfers and every --batches size must be at least 1".to_string());
+    }
+    if opts.sittings == 0 || opts.sittings > MAX_SITTINGS {
+        return Err(format!("--sittings must be from 1 to {MAX_SITTINGS}"));
+    }
+    if let Some(script) = &opts.tigerbeetle {
+        if !script.is_file() {
+            return Err(format!("--tigerbeetle: {} is not a file (TigerBeetle's tb_bench.py)", script.display()));
+        }
     }
     Ok(opts)
 }
@@ -253,23 +273,92 @@ fn pipelined(batch: usize, transfers: usize) -> Result<CoreResult, String> {
     Ok(CoreResult { transfers, commits, total, submit, commit })
 }
 
+/// Transfers/s of one sitting for one batch size: TigerBeetle's (when run), then ours.
+struct Rates {
+    tigerbeetle: Option<f64>,
+    serial: f64,
+    pipelined: f64,
+}
+
 pub fn run(opts: &CoreOpts) -> Result<(), String> {
-    for &batch in &opts.batches {
-        let transfers = if batch < 100 { opts.transfers.min(MAX_COMMITS_SMALL_BATCH * batch) } else { opts.transfers };
-        for mode in [Mode::Serial, Mode::Pipelined] {
-            let name = mode.name();
-            println!("core: batch={batch} {name}: {transfers} transfers over {ACCOUNTS} wallets and {ACCOUNTS} merchants...");
-            let r = match mode {
-                Mode::Serial => serial(batch, transfers)?,
-                Mode::Pipelined => pipelined(batch, transfers)?,
-            };
-            report(batch, mode, &r);
+    let mut sittings: Vec<BTreeMap<usize, Rates>> = Vec::with_capacity(opts.sittings);
+    for sitting in 1..=opts.sittings {
+        if opts.sittings > 1 {
+            println!("core: sitting {sitting} of {}", opts.sittings);
         }
+        let tigerbeetle = match &opts.tigerbeetle {
+            Some(script) => Some(tigerbeetle::run(script, &opts.batches)?),
+            None => None,
+        };
+        let mut rates = BTreeMap::new();
+        for &batch in &opts.batches {
+            let transfers = if batch < 100 { opts.transfers.min(MAX_COMMITS_SMALL_BATCH * batch) } else { opts.transfers };
+            let mut tps = [0.0; 2];
+            for (mode, tps) in [Mode::Serial, Mode::Pipelined].into_iter().zip(&mut tps) {
+                let name = mode.name();
+                println!("core: batch={batch} {name}: {transfers} transfers over {ACCOUNTS} wallets and {ACCOUNTS} merchants...");
+                let r = match mode {
+                    Mode::Serial => serial(batch, transfers)?,
+                    Mode::Pipelined => pipelined(batch, transfers)?,
+                };
+                *tps = report(batch, mode, &r);
+            }
+            let beside = tigerbeetle.as_ref().map(|tb| tb[&batch]);
+            rates.insert(batch, Rates { tigerbeetle: beside, serial: tps[0], pipelined: tps[1] });
+        }
+        if opts.tigerbeetle.is_some() {
+            print_beside(&format!("sitting {sitting}"), &rates);
+        }
+        sittings.push(rates);
+    }
+    if opts.tigerbeetle.is_some() && sittings.len() > 1 {
+        print_medians(&opts.batches, &sittings);
     }
     Ok(())
 }
 
-fn report(batch: usize, mode: Mode, r: &CoreResult) {
+/// One sitting's table: TigerBeetle, ours, and ours / TigerBeetle per batch size.
+fn print_beside(title: &str, rates: &BTreeMap<usize, Rates>) {
+    println!("core beside TigerBeetle, {title} (transfers/s; serial is the like-for-like run):");
+    println!("{:>6} {:>11} {:>11} {:>7} {:>11} {:>7}", "batch", "tigerbeetle", "serial", "ratio", "pipelined", "ratio");
+    for (batch, r) in rates {
+        let Some(tb) = r.tigerbeetle else { continue };
+        println!("{batch:>6} {tb:>11.0} {:>11.0} {:>7.2} {:>11.0} {:>7.2}", r.serial, r.serial / tb, r.pipelined, r.pipelined / tb);
+        println!(
+            "RESULT beside_tigerbeetle batch={batch} tigerbeetle_tps={tb:.0} serial_tps={:.0} serial_ratio={:.2} pipelined_tps={:.0} pipelined_ratio={:.2}",
+            r.serial,
+            r.serial / tb,
+            r.pipelined,
+            r.pipelined / tb
+        );
+    }
+}
+
+/// Over the sittings: the median of each figure and of the ratios taken within a sitting.
+fn print_medians(batches: &[usize], sittings: &[BTreeMap<usize, Rates>]) {
+    println!("core beside TigerBeetle, medians of {} sittings (ratios: the median of each sitting's ratio):", sittings.len());
+    println!("{:>6} {:>11} {:>11} {:>7} {:>11} {:>7}", "batch", "tigerbeetle", "serial", "ratio", "pipelined", "ratio");
+    for &batch in batches {
+        let of = |f: &dyn Fn(&Rates) -> f64| median(sittings.iter().map(|s| f(&s[&batch])).collect());
+        let tb = |r: &Rates| r.tigerbeetle.expect("run in every sitting");
+        println!(
+            "{batch:>6} {:>11.0} {:>11.0} {:>7.2} {:>11.0} {:>7.2}",
+            of(&tb),
+            of(&|r| r.serial),
+            of(&|r| r.serial / tb(r)),
+            of(&|r| r.pipelined),
+            of(&|r| r.pipelined / tb(r)),
+        );
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Prints one run; returns its transfers/s.
+fn report(batch: usize, mode: Mode, r: &CoreResult) -> f64 {
     let name = mode.name();
     let secs = r.total.as_secs_f64();
     let n = r.transfers as f64;
@@ -304,4 +393,5 @@ fn report(batch: usize, mode: Mode, r: &CoreResult) {
         pct(r.submit),
         pct(r.commit),
     );
+    tps
 }

@@ -25,6 +25,7 @@ mod cross;
 mod geo;
 mod region_soak;
 mod soak;
+mod tigerbeetle;
 
 use hdrhistogram::Histogram;
 use ledger::clock::now_ms;
@@ -54,11 +55,14 @@ USAGE:
       come. Without --connect a ledger-node is spawned on a free port. Then the same workload
       runs against a bare in-process broker that echoes 'committed' (the baseline). --tls
       (with --ledger-only): the spawned node's devices connect over MQTT-over-TLS.
-  ledger-bench core [--transfers N] [--batches 1,100,1000]
+  ledger-bench core [--transfers N] [--batches 1,100,1000] [--tigerbeetle TB_BENCH_PY] [--sittings K]
       Ledger core + redb store without MQTT: N transfers (default 200000; at most 5000 per
       unit of batch size below 100, since every commit is an fsync), one durable commit
       every B transfers, for each B: first serial (apply a group, commit it), then
       pipelined as a node runs it (the next group applied while the last one commits).
+      --tigerbeetle runs TigerBeetle's bench script (../shared/reference/tigerbeetle/
+      tb_bench.py) first in each of K sittings (default 1) and prints ours / TigerBeetle per
+      batch size, and with K > 1 the medians.
   ledger-bench geo [--rate R] [--seconds S] [--partition P]
       A region following an edge over zenoh: replication lag at R payments/s (default
       5000) for S seconds (default 10), then a P-second partition (default 60) and the rate
