@@ -195,6 +195,8 @@ impl Intake {
             true => self.ledger.expire_due(now).into_iter().map(|e| (None, e)).collect(),
             false => Vec::new(),
         };
+        // Sized once: an outcome is a few hundred bytes, and a group up to `max_group` of them.
+        outcomes.reserve(group.len());
         for incoming in group.drain(..) {
             match incoming {
                 Incoming::Device(command) => {
