@@ -799,6 +799,9 @@ mod tests {
         let body = body(13, Journaled::Device(Command { id: "b-big".into(), op: Op::Batch { ops } }), changes, None);
         let bytes = encode(&body);
         assert_eq!(decode(&bytes), Ok(body.clone()));
+        // The bytes of the encoding as first written: stored journals must read the same.
+        assert_eq!(bytes.len(), 8007);
+        assert_eq!(blake3::hash(&bytes).to_hex().as_str(), "09919daaf78960e3e68f42b6d919652f7494f8ab1b991dc50944a684b31894ff");
         // An early name is a reference in the changes, a late one is written again.
         let count = |name: &[u8]| bytes.windows(name.len()).filter(|w| *w == name).count();
         assert_eq!(count(b"wallet:w0"), 1);

@@ -441,8 +441,7 @@ impl Ledger {
     }
 
     /// Records the ids of an accepted command (and of the ops of a batch) from its entry;
-    /// returns them as the store keeps them.
-    /// Records the ids an accepted entry took. `key`: the command's own key, when the caller
+    /// returns them as the store keeps them. `key`: the command's own key, when the caller
     /// has built it already (else it is built from the entry).
     pub(super) fn remember_accepted(&mut self, body: &EntryBody, fingerprint: String, key: Option<IdKey>) -> Vec<(String, IdRecord)> {
         let Some(reply) = &body.reply else { return Vec::new() };

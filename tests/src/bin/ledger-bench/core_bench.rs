@@ -30,6 +30,9 @@ const MAX_COMMITS_SMALL_BATCH: usize = 5_000;
 
 /// Most sittings one run may ask for (each runs every batch size twice).
 const MAX_SITTINGS: usize = 9;
+/// Largest batch (transfers per commit) and most batch sizes one run may ask for.
+const MAX_BATCH: usize = 100_000;
+const MAX_BATCH_SIZES: usize = 8;
 
 pub struct CoreOpts {
     transfers: usize,
@@ -57,6 +60,15 @@ pub fn parse(args: &[String]) -> Result<CoreOpts, String> {
     }
     if opts.transfers == 0 || opts.batches.is_empty() || opts.batches.contains(&0) {
         return Err("--transfers and every --batches size must be at least 1".to_string());
+    }
+    if let Some(big) = opts.batches.iter().find(|b| **b > MAX_BATCH) {
+        return Err(format!("--batches: {big} is more than {MAX_BATCH} transfers per commit"));
+    }
+    let mut sizes = opts.batches.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    if sizes.len() != opts.batches.len() || sizes.len() > MAX_BATCH_SIZES {
+        return Err(format!("--batches: at most {MAX_BATCH_SIZES} sizes, each once"));
     }
     if opts.sittings == 0 || opts.sittings > MAX_SITTINGS {
         return Err(format!("--sittings must be from 1 to {MAX_SITTINGS}"));
@@ -92,6 +104,9 @@ struct CoreResult {
     submit: Duration,
     /// Time in `Store::commit` (the committer thread when pipelined).
     commit: Duration,
+    /// Pipelined: how long each thread worked, the ledger's then the committer's (each
+    /// thread's whole loop, less the time it waited for the other).
+    busy: Option<(Duration, Duration)>,
 }
 
 /// A ledger with its issuer, wallets and merchants, funded, in a fresh file.
@@ -163,9 +178,13 @@ fn set_up() -> Result<Setup, String> {
     Ok(Setup { _dir: dir, store, chain, ledger, id_fault, wallets, merchants })
 }
 
-/// The i-th transfer of a run: every wallet pays, round robin, a merchant spread apart.
-fn transfer(setup: &Setup, i: usize) -> Command {
-    transfer_cmd(format!("t{i}"), &setup.wallets[i % ACCOUNTS], &setup.merchants[(i * 7) % ACCOUNTS], "0.01")
+/// A run's transfers, built before the clock starts (as TigerBeetle's bench encodes its
+/// transfers before it times them; a node's parsing is measured by `mqtt`): every wallet
+/// pays, round robin, a merchant spread apart.
+fn commands(setup: &Setup, transfers: usize) -> Vec<Command> {
+    (0..transfers)
+        .map(|i| transfer_cmd(format!("t{i}"), &setup.wallets[i % ACCOUNTS], &setup.merchants[(i * 7) % ACCOUNTS], "0.01"))
+        .collect()
 }
 
 fn apply(ledger: &mut Ledger, command: Command, now: u64, submit: &mut Duration) -> Result<Effects, String> {
@@ -191,15 +210,15 @@ fn serial(batch: usize, transfers: usize) -> Result<CoreResult, String> {
     let mut group: Vec<Effects> = Vec::with_capacity(batch);
     let (mut submit, mut commit) = (Duration::ZERO, Duration::ZERO);
     let mut commits = 0;
+    let commands = commands(&setup, transfers);
     let mut now = now_ms();
     let started = Instant::now();
     let mut group_number = setup.ledger.next_group();
-    for i in 0..transfers {
-        let command = transfer(&setup, i);
+    for (i, command) in commands.into_iter().enumerate() {
         group.push(apply(&mut setup.ledger, command, now, &mut submit)?);
         if group.len() == batch || i + 1 == transfers {
-            let t = Instant::now();
             let live = setup.ledger.take_live_changes();
+            let t = Instant::now();
             setup.store.commit(&mut setup.chain, &group, &live).map_err(|e| e.to_string())?;
             commit += t.elapsed();
             commits += 1;
@@ -213,7 +232,7 @@ fn serial(batch: usize, transfers: usize) -> Result<CoreResult, String> {
     }
     let total = started.elapsed();
     check(&setup)?;
-    Ok(CoreResult { transfers, commits, total, submit, commit })
+    Ok(CoreResult { transfers, commits, total, submit, commit, busy: None })
 }
 
 /// One group handed to the committer thread.
@@ -221,6 +240,14 @@ struct Group {
     number: u64,
     effects: Vec<Effects>,
     live: LiveChanges,
+}
+
+/// What the committer thread did: time in `Store::commit`, commits, and its busy time
+/// (from taking a group to having dropped it; waiting for the next one is not counted).
+struct Committed {
+    commit: Duration,
+    commits: usize,
+    busy: Duration,
 }
 
 fn pipelined(batch: usize, transfers: usize) -> Result<CoreResult, String> {
@@ -231,46 +258,71 @@ fn pipelined(batch: usize, transfers: usize) -> Result<CoreResult, String> {
         let (store, mut chain, durable) = (setup.store.clone(), std::mem::take(&mut setup.chain), durable.clone());
         let thread = std::thread::Builder::new().name("committer".to_string());
         thread
-            .spawn(move || -> Result<(Duration, usize), String> {
-                let (mut commit, mut commits) = (Duration::ZERO, 0);
+            .spawn(move || -> Result<Committed, String> {
+                let mut done = Committed { commit: Duration::ZERO, commits: 0, busy: Duration::ZERO };
                 for group in to_commit {
+                    let taken = Instant::now();
                     let t = Instant::now();
                     store.commit(&mut chain, &group.effects, &group.live).map_err(|e| e.to_string())?;
-                    commit += t.elapsed();
-                    commits += 1;
+                    done.commit += t.elapsed();
+                    done.commits += 1;
                     durable.store(group.number, Ordering::Release);
                     // Dropped here, as the committer drops a group once answered.
                     drop(group);
+                    done.busy += taken.elapsed();
                 }
-                Ok((commit, commits))
+                Ok(done)
             })
             .map_err(|e| format!("cannot start the committer thread: {e}"))?
     };
+    let mut commands = commands(&setup, transfers).into_iter().peekable();
     let mut submit = Duration::ZERO;
+    // Time the ledger thread waited for room in the queue: not its work.
+    let mut blocked = Duration::ZERO;
     let started = Instant::now();
-    let mut sent = Ok(());
-    let mut i = 0;
-    while i < transfers && sent.is_ok() {
+    let mut applied = Ok(());
+    'groups: while commands.peek().is_some() {
         // As the intake: what the committer made durable may leave RAM; then the next group.
         setup.ledger.group_durable(durable.load(Ordering::Acquire));
         let number = setup.ledger.next_group();
         let now = now_ms();
         let mut effects = Vec::with_capacity(batch);
-        while effects.len() < batch && i < transfers {
-            let command = transfer(&setup, i);
-            effects.push(apply(&mut setup.ledger, command, now, &mut submit)?);
-            i += 1;
+        for command in commands.by_ref().take(batch) {
+            match apply(&mut setup.ledger, command, now, &mut submit) {
+                Ok(applied) => effects.push(applied),
+                Err(e) => {
+                    applied = Err(e);
+                    break 'groups;
+                }
+            }
         }
         let live = setup.ledger.take_live_changes();
-        // A closed channel means the committer failed: its error is what to report.
-        sent = groups.send(Group { number, effects, live }).map_err(|_| ());
+        let t = Instant::now();
+        // A closed channel means the committer failed: its error is what is reported.
+        let sent = groups.send(Group { number, effects, live });
+        blocked += t.elapsed();
+        if sent.is_err() {
+            break;
+        }
     }
+    let ledger_busy = started.elapsed().saturating_sub(blocked);
+    // The committer ends once the queue is closed and empty: every group sent is committed.
     drop(groups);
-    let (commit, commits) = committer.join().map_err(|_| "the committer thread panicked".to_string())??;
+    let committed = committer.join().map_err(|panic| format!("the committer thread panicked: {}", panic_message(&*panic)))??;
+    applied?;
     let total = started.elapsed();
     setup.ledger.group_durable(durable.load(Ordering::Acquire));
     check(&setup)?;
-    Ok(CoreResult { transfers, commits, total, submit, commit })
+    let busy = Some((ledger_busy, committed.busy));
+    Ok(CoreResult { transfers, commits: committed.commits, total, submit, commit: committed.commit, busy })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(message), _) => message.to_string(),
+        (_, Some(message)) => message.clone(),
+        _ => "(no message)".to_string(),
+    }
 }
 
 /// Transfers/s of one sitting for one batch size: TigerBeetle's (when run), then ours.
@@ -319,7 +371,7 @@ pub fn run(opts: &CoreOpts) -> Result<(), String> {
 
 /// One sitting's table: TigerBeetle, ours, and ours / TigerBeetle per batch size.
 fn print_beside(title: &str, rates: &BTreeMap<usize, Rates>) {
-    println!("core beside TigerBeetle, {title} (transfers/s; serial is the like-for-like run):");
+    println!("core beside TigerBeetle, {title} (transfers/s; serial is the run closer to its bench):");
     println!("{:>6} {:>11} {:>11} {:>7} {:>11} {:>7}", "batch", "tigerbeetle", "serial", "ratio", "pipelined", "ratio");
     for (batch, r) in rates {
         let Some(tb) = r.tigerbeetle else { continue };
@@ -336,7 +388,7 @@ fn print_beside(title: &str, rates: &BTreeMap<usize, Rates>) {
 
 /// Over the sittings: the median of each figure and of the ratios taken within a sitting.
 fn print_medians(batches: &[usize], sittings: &[BTreeMap<usize, Rates>]) {
-    println!("core beside TigerBeetle, medians of {} sittings (ratios: the median of each sitting's ratio):", sittings.len());
+    println!("core beside TigerBeetle, medians of {} sittings (ratios: the median of the sittings' ratios):", sittings.len());
     println!("{:>6} {:>11} {:>11} {:>7} {:>11} {:>7}", "batch", "tigerbeetle", "serial", "ratio", "pipelined", "ratio");
     for &batch in batches {
         let of = |f: &dyn Fn(&Rates) -> f64| median(sittings.iter().map(|s| f(&s[&batch])).collect());
@@ -352,9 +404,15 @@ fn print_medians(batches: &[usize], sittings: &[BTreeMap<usize, Rates>]) {
     }
 }
 
+/// The middle value, or the mean of the two middle ones.
 fn median(mut values: Vec<f64>) -> f64 {
+    assert!(!values.is_empty(), "a median of at least one value");
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    let half = values.len() / 2;
+    match values.len() % 2 {
+        1 => values[half],
+        _ => (values[half - 1] + values[half]) / 2.0,
+    }
 }
 
 /// Prints one run; returns its transfers/s.
@@ -372,26 +430,28 @@ fn report(batch: usize, mode: Mode, r: &CoreResult) -> f64 {
         r.commits,
         r.commit.as_secs_f64() * 1e3 / r.commits as f64,
     );
-    let busy = match mode {
-        // The rest is building the commands.
-        Mode::Serial => "of the run",
-        // Two threads: each share is that thread's busy time.
-        Mode::Pipelined => "of the run, on their own threads",
-    };
     println!(
-        "      time: submit {:.1}% ({:.2} µs/transfer), commit {:.1}% ({:.2} µs/transfer) {busy}",
+        "      time in Ledger::submit {:.1}% of the run ({:.2} µs/transfer), in Store::commit {:.1}% ({:.2} µs/transfer)",
         pct(r.submit),
         per_us(r.submit),
         pct(r.commit),
         per_us(r.commit),
     );
+    match r.busy {
+        None => println!("      one thread: the rest is taking each group's live changes and dropping groups"),
+        Some((ledger, committer)) => {
+            println!("      busy: the ledger thread {:.1}% of the run, the committer thread {:.1}%", pct(ledger), pct(committer))
+        }
+    }
     println!(
-        "RESULT core batch={batch} mode={name} transfers={} tps={tps:.0} us_per_transfer={us_per:.2} submit_us={:.2} commit_us={:.2} submit_pct={:.1} commit_pct={:.1}",
+        "RESULT core batch={batch} mode={name} transfers={} tps={tps:.0} us_per_transfer={us_per:.2} submit_us={:.2} commit_us={:.2} submit_pct={:.1} commit_pct={:.1} ledger_busy_pct={} committer_busy_pct={}",
         r.transfers,
         per_us(r.submit),
         per_us(r.commit),
         pct(r.submit),
         pct(r.commit),
+        r.busy.map_or("na".to_string(), |(ledger, _)| format!("{:.1}", pct(ledger))),
+        r.busy.map_or("na".to_string(), |(_, committer)| format!("{:.1}", pct(committer))),
     );
     tps
 }

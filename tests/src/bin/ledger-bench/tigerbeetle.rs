@@ -7,11 +7,17 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Transfers per batch size, as the reference's README runs it.
 const TRANSFERS: u64 = 400_000;
 /// Longest phase per batch size, in seconds (batch 1 stops here).
 const PHASE_SECONDS: u64 = 6;
+/// The script formats a data file, starts the server and creates accounts before its
+/// phases; past this it is stopped and the sitting fails.
+const SCRIPT_DEADLINE: Duration = Duration::from_secs(600);
+/// How often the script is looked at while it runs.
+const POLL: Duration = Duration::from_millis(200);
 
 /// TigerBeetle's committed transfers/s (wall clock, one client, one request in flight) for
 /// each of `batches`.
@@ -22,14 +28,32 @@ pub fn run(script: &Path, batches: &[usize]) -> Result<BTreeMap<usize, f64>, Str
     sizes.sort_unstable_by(|a, b| b.cmp(a));
     let sizes: Vec<String> = sizes.iter().map(usize::to_string).collect();
     println!("tigerbeetle: {} --batch-sizes {}", script.display(), sizes.join(","));
-    let status = Command::new("python3")
+    let mut child = Command::new("python3")
         .arg(script)
         .args(["--transfers", &TRANSFERS.to_string(), "--phase-seconds", &PHASE_SECONDS.to_string()])
         .args(["--batch-sizes", &sizes.join(",")])
         .arg("--json")
         .arg(&json)
-        .status()
+        .spawn()
         .map_err(|e| format!("cannot run python3 {}: {e}", script.display()))?;
+    let deadline = Instant::now() + SCRIPT_DEADLINE;
+    let status = loop {
+        match child.try_wait().map_err(|e| format!("waiting for {}: {e}", script.display()))? {
+            Some(status) => break status,
+            None if Instant::now() > deadline => {
+                // Killing python leaves its server to the script's own cleanup, which
+                // does not run on SIGKILL: say so.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{} ran past {} s and was killed; a TigerBeetle server it started may still run",
+                    script.display(),
+                    SCRIPT_DEADLINE.as_secs()
+                ));
+            }
+            None => std::thread::sleep(POLL),
+        }
+    };
     if !status.success() {
         return Err(format!("{} failed ({status}); its README says what it needs", script.display()));
     }
@@ -38,7 +62,8 @@ pub fn run(script: &Path, batches: &[usize]) -> Result<BTreeMap<usize, f64>, Str
     rates(&report, batches)
 }
 
-/// The `raw` phases' `tps_wall` by batch size; every batch asked for must be there.
+/// The `raw` phases' `tps_wall` by batch size; every batch asked for must be there, once,
+/// with a rate above zero.
 fn rates(report: &Value, batches: &[usize]) -> Result<BTreeMap<usize, f64>, String> {
     let phases = report.get("phases").and_then(Value::as_array).ok_or("tigerbeetle report: no \"phases\" array")?;
     let mut out = BTreeMap::new();
@@ -46,9 +71,19 @@ fn rates(report: &Value, batches: &[usize]) -> Result<BTreeMap<usize, f64>, Stri
         if phase.get("mode").and_then(Value::as_str) != Some("raw") {
             continue;
         }
-        let batch = phase.get("batch").and_then(Value::as_u64).ok_or("tigerbeetle report: a phase without \"batch\"")?;
-        let tps = phase.get("tps_wall").and_then(Value::as_f64).ok_or("tigerbeetle report: a phase without \"tps_wall\"")?;
-        out.insert(batch as usize, tps);
+        let batch = phase
+            .get("batch")
+            .and_then(Value::as_u64)
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| format!("tigerbeetle report: a raw phase's \"batch\" is not a whole number: {phase}"))?;
+        let tps = phase
+            .get("tps_wall")
+            .and_then(Value::as_f64)
+            .filter(|tps| tps.is_finite() && *tps > 0.0)
+            .ok_or_else(|| format!("tigerbeetle report: batch {batch}: \"tps_wall\" is not a rate above zero: {phase}"))?;
+        if out.insert(batch, tps).is_some() {
+            return Err(format!("tigerbeetle report: two raw phases for batch {batch}"));
+        }
     }
     match batches.iter().find(|b| !out.contains_key(b)) {
         Some(missing) => Err(format!("tigerbeetle report: no raw phase for batch {missing}")),
@@ -73,5 +108,11 @@ mod tests {
         assert_eq!(read[&1], 1_456.0);
         assert!(rates(&report, &[1, 100]).unwrap_err().contains("batch 100"));
         assert!(rates(&json!({}), &[1]).is_err());
+        let null = json!({"phases": [{"mode": "raw", "batch": 1, "tps_wall": null}]});
+        assert!(rates(&null, &[1]).unwrap_err().contains("above zero"));
+        let zero = json!({"phases": [{"mode": "raw", "batch": 1, "tps_wall": 0}]});
+        assert!(rates(&zero, &[1]).unwrap_err().contains("above zero"));
+        let twice = json!({"phases": [{"mode": "raw", "batch": 1, "tps_wall": 5}, {"mode": "raw", "batch": 1, "tps_wall": 6}]});
+        assert!(rates(&twice, &[1]).unwrap_err().contains("two raw phases"));
     }
 }
