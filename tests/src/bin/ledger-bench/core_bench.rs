@@ -2,12 +2,13 @@
 //! applied by `Ledger::submit` and each group of B made durable by one `Store::commit`.
 //!
 //! Two runs per batch size. `serial`: apply a group, commit it, apply the next. `pipelined`:
-//! as a node runs them (`edge::intake` and `edge::committer`), the ledger thread applies the
-//! next group while the committer thread seals and commits the previous one, with at most
-//! `GROUPS_IN_FLIGHT` group waiting; the ledger hears which groups are durable as the intake
-//! does. Neither run replies to anything, so the figures are the core's and the store's alone.
-//! `serial` is the one to set beside TigerBeetle's single-client bench, whose server never
-//! has the next batch while it writes one; `pipelined` is an edge with many devices waiting.
+//! as an edge's intake and committer share the work (`edge::intake`, `edge::committer`),
+//! the ledger thread applies the next group while the committer thread seals and commits
+//! the previous one, with at most `GROUPS_IN_FLIGHT` group waiting; the ledger hears which
+//! groups are durable as the intake does. The transfers are built before the clock starts;
+//! nothing is parsed, answered or shipped, so the figures are the core's and the store's.
+//! `serial` is the closer to TigerBeetle's single-client bench, whose server never has the
+//! next batch while it writes one; `pipelined` is an edge with many devices waiting.
 
 use super::{number, tigerbeetle, value, USAGE};
 use ledger::clock::now_ms;

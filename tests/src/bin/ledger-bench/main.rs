@@ -59,7 +59,7 @@ USAGE:
       Ledger core + redb store without MQTT: N transfers (default 200000; at most 5000 per
       unit of batch size below 100, since every commit is an fsync), one durable commit
       every B transfers, for each B: first serial (apply a group, commit it), then
-      pipelined as a node runs it (the next group applied while the last one commits).
+      pipelined like an edge (the next group applied while the last one commits).
       --tigerbeetle runs TigerBeetle's bench script (../shared/reference/tigerbeetle/
       tb_bench.py) first in each of K sittings (default 1) and prints ours / TigerBeetle per
       batch size, and with K > 1 the medians.
