@@ -139,6 +139,19 @@ pub struct ReplyLink {
 }
 
 impl ReplyLink {
+    /// Publishes each `(target, payload)` in order, handing them to the broker together: one
+    /// lock and one wake of its router for the lot (a group's replies and notices).
+    pub fn publish_all(&mut self, replies: Vec<(ReplyTarget, Vec<u8>)>) -> Result<(), LinkClosed> {
+        let packets = replies.into_iter().map(|(target, payload)| {
+            let publish = Publish::new(Bytes::from(target.topic), Bytes::from(payload), false);
+            // MQTT 5 targets carry the device's correlation data back; 3.1.1 has none.
+            let properties = target.v5.then(|| PublishProperties { correlation_data: target.correlation, ..Default::default() });
+            Packet::Publish(publish, properties)
+        });
+        self.tx.send_all(packets)?;
+        Ok(())
+    }
+
     pub fn publish(&mut self, target: &ReplyTarget, payload: Vec<u8>) -> Result<(), LinkClosed> {
         if !target.v5 {
             self.tx.publish(target.topic.clone(), payload)?;

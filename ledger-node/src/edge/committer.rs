@@ -157,10 +157,13 @@ impl Committer {
         Ok(())
     }
 
+    /// Answers a durable group: other nodes' requests at once, devices' replies and notices
+    /// handed to the broker together, in order (one wake of its router for the group).
     fn answer(&mut self, group: Group) -> Result<(), NodeError> {
+        let mut messages = Vec::with_capacity(group.outcomes.len());
         for (target, effects) in group.outcomes {
             match (target, &effects.reply) {
-                (Some(ReplyTo::Device(target)), Some(reply)) => self.replies.publish(&target, reply.to_json())?,
+                (Some(ReplyTo::Device(target)), Some(reply)) => messages.push((target, reply.to_json())),
                 (Some(ReplyTo::Peer { answer, read }), reply) => {
                     let value = read.unwrap_or_else(|| Ok(serde_json::to_value(reply).expect("reply serializes")));
                     // The asker may have given up (timeout); it asks again.
@@ -169,9 +172,10 @@ impl Committer {
                 _ => {}
             }
             for notice in &effects.notices {
-                self.replies.publish(&ReplyTarget::device(&notice.device), notice.to_json())?;
+                messages.push((ReplyTarget::device(&notice.device), notice.to_json()));
             }
         }
+        self.replies.publish_all(messages)?;
         Ok(())
     }
 }

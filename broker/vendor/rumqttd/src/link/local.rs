@@ -212,6 +212,22 @@ impl LinkTx {
         Ok(len)
     }
 
+    /// edgeledger: queues all of `packets` under one lock and tells the router once, where
+    /// `send` per packet took the lock and woke the router for each. Returns the queue's
+    /// length (0 and no notification when `packets` is empty).
+    pub fn send_all(&mut self, packets: impl IntoIterator<Item = Packet>) -> Result<usize, LinkError> {
+        let (added, len) = {
+            let mut buffer = self.recv_buffer.lock();
+            let before = buffer.len();
+            buffer.extend(packets);
+            (buffer.len() - before, buffer.len())
+        };
+        if added > 0 {
+            self.router_tx.send((self.connection_id, Event::DeviceData))?;
+        }
+        Ok(len)
+    }
+
     pub(crate) async fn notify(&mut self) -> Result<(), LinkError> {
         self.router_tx
             .send_async((self.connection_id, Event::DeviceData))
