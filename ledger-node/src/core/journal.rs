@@ -157,13 +157,8 @@ impl Chain {
 }
 
 pub fn hex(hash: &Hash) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(2 * hash.len());
-    for b in hash {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0x0f)] as char);
-    }
-    out
+    // blake3's own lowercase hex (on the stack), not a `format!` per byte.
+    blake3::Hash::from_bytes(*hash).to_hex().to_string()
 }
 
 #[cfg(test)]
