@@ -11,7 +11,7 @@ use super::live_codec::decode_hold;
 use super::Store;
 use crate::core::address::TransferKey;
 use crate::core::{Hold, HoldArchive, Received, ReceivedArchive};
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 use std::sync::Arc;
 
 impl Store {
@@ -27,7 +27,8 @@ impl Store {
                     Err(redb::TableError::TableDoesNotExist(_)) => continue,
                     Err(e) => return Err(e.into()),
                 };
-                if let Some(bytes) = table.get(key.as_ref())? {
+                let found = table.get(key.as_ref())?;
+                if let Some(bytes) = found {
                     let hold = decode_hold(bytes.value()).map_err(|e| Fault::Corrupt(format!("hold {key:?} cannot be read: {e}")))?;
                     return Ok(Some(hold));
                 }

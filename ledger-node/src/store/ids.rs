@@ -19,7 +19,7 @@ use crate::core::idempotency::{fingerprint_in_entry, recorded_in_entry, sender_i
 use crate::core::wire::{Reader, Writer};
 use crate::core::EntryBody;
 use crate::core::Recorded;
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 use std::sync::{Arc, Mutex};
 
 const REJECTED: u8 = 0;

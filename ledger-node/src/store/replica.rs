@@ -73,7 +73,8 @@ impl Store {
                 Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
                 Err(e) => return Err(e.into()),
             };
-            Ok(table.get(edge)?.map(|v| v.value().to_vec()))
+            let head = table.get(edge)?.map(|v| v.value().to_vec());
+            Ok(head)
         };
         read().map_err(|f| self.fail(f))
     }
@@ -88,9 +89,7 @@ impl Store {
             loop {
                 let next = match edges.last() {
                     None => replica.iter()?.next(),
-                    Some(last) => replica
-                        .range::<(&str, u64)>((std::ops::Bound::Excluded((last.as_str(), u64::MAX)), std::ops::Bound::Unbounded))?
-                        .next(),
+                    Some(last) => replica.range((std::ops::Bound::Excluded((last.as_str(), u64::MAX)), std::ops::Bound::Unbounded))?.next(),
                 };
                 match next {
                     Some(row) => edges.push(row?.0.value().0.to_string()),

@@ -9,7 +9,7 @@ use super::live_codec::decode_hold;
 use super::Store;
 use crate::books::queries::{Side, TransfersPage};
 use crate::core::{Hold, Received};
-use redb::{ReadTransaction, ReadableDatabase, TableDefinition};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition};
 use std::ops::Bound;
 
 type Rows = TableDefinition<'static, &'static str, &'static [u8]>;
@@ -90,7 +90,7 @@ fn rows_after(tx: &ReadTransaction, scope: Scope, table: Rows, after: Option<&st
     };
     let bounds = (from.as_ref().map(String::as_str), to.as_ref().map(String::as_str));
     let mut out = Vec::new();
-    for row in table.range::<&str>(bounds)?.take(limit) {
+    for row in table.range(bounds)?.take(limit) {
         let (key, value) = row?;
         out.push((key.value()[prefix.len()..].to_string(), value.value().to_vec()));
     }
