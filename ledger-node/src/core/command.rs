@@ -6,9 +6,11 @@
 //! op. A journal entry holds either (`Journaled`).
 
 use super::address::valid_address;
+use super::json_fields::{self, Field, JsonFields};
 use super::reply::{excerpt, quoted, Code, Rejection, Status};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use std::borrow::Cow;
 
 /// Longest command id, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
@@ -165,23 +167,30 @@ pub fn peek_id(payload: &[u8]) -> Option<String> {
 }
 
 /// Parses one device command. `max_batch_ops` bounds a batch's length.
+///
+/// The payload is read once into its fields (`json_fields`), strings borrowed from it: no
+/// `Value` tree is built for a command's own fields, only for values that are not strings
+/// (`metadata`, a batch's `ops`).
 pub fn parse(payload: &[u8], max_batch_ops: usize) -> Result<Command, Rejection> {
-    let value: Value =
-        serde_json::from_slice(payload).map_err(|e| Rejection::new(Code::InvalidJson, format!("payload is not valid JSON: {e}")))?;
-    parse_value(value, "", max_batch_ops, true)
+    match json_fields::read(payload) {
+        Ok(Some(fields)) => parse_fields(fields, "", max_batch_ops, true),
+        Ok(None) => Err(not_an_object("")),
+        Err(e) => Err(Rejection::new(Code::InvalidJson, format!("payload is not valid JSON: {e}"))),
+    }
 }
 
-fn parse_value(value: Value, at: &str, max_batch_ops: usize, top: bool) -> Result<Command, Rejection> {
-    let Value::Object(mut obj) = value else {
-        return Err(Rejection::new(Code::InvalidJson, format!("{}command must be a JSON object", at)));
-    };
+fn not_an_object(at: &str) -> Rejection {
+    Rejection::new(Code::InvalidJson, format!("{}command must be a JSON object", at))
+}
+
+fn parse_fields(mut obj: JsonFields, at: &str, max_batch_ops: usize, top: bool) -> Result<Command, Rejection> {
     let mut fields = Fields { obj: &mut obj, at };
     let id = fields.string("id")?;
     if !valid_id(&id) {
         return Err(fields.invalid("id", format!("must be 1 to {MAX_ID_BYTES} bytes of printable characters")));
     }
-    let op_name = fields.string("op")?;
-    let op = match op_name.as_str() {
+    let op_name = fields.str("op")?;
+    let op = match op_name.as_ref() {
         "open_account" => {
             let account = fields.account("account")?;
             let asset = fields.asset("asset")?;
@@ -207,15 +216,18 @@ fn parse_value(value: Value, at: &str, max_batch_ops: usize, top: bool) -> Resul
             return Err(fields.invalid("op", "a batch cannot contain another batch".to_string()));
         }
         "batch" => {
-            let Some(Value::Array(items)) = fields.obj.remove("ops") else {
-                return Err(fields.missing_or_invalid("ops", "must be an array of commands"));
+            let present = fields.obj.contains("ops");
+            let Some(Field::Other(Value::Array(items))) = fields.obj.take("ops") else {
+                return Err(fields.missing_or_invalid("ops", present, "must be an array of commands"));
             };
             if items.is_empty() || items.len() > max_batch_ops {
                 return Err(fields.invalid("ops", format!("must hold 1 to {max_batch_ops} commands")));
             }
             let mut ops = Vec::with_capacity(items.len());
             for (i, item) in items.into_iter().enumerate() {
-                let inner = parse_value(item, &format!("ops[{i}]."), max_batch_ops, false)?;
+                let at = format!("ops[{i}].");
+                let Value::Object(item) = item else { return Err(not_an_object(&at)) };
+                let inner = parse_fields(JsonFields::from_map(item), &at, max_batch_ops, false)?;
                 if matches!(inner.op, Op::Balance { .. }) {
                     return Err(Rejection::new(Code::InvalidField, format!("ops[{i}].op: balance is a read and cannot be batched")));
                 }
@@ -237,7 +249,7 @@ fn parse_value(value: Value, at: &str, max_batch_ops: usize, top: bool) -> Resul
             ))
         }
     };
-    if let Some(extra) = obj.keys().next() {
+    if let Some(extra) = obj.first_left() {
         return Err(Rejection::new(Code::InvalidField, format!("{}{extra}: unknown field for op {op_name}", at)));
     }
     Ok(Command { id, op })
@@ -247,31 +259,37 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_ID_BYTES && id.chars().all(|c| !c.is_control())
 }
 
-/// A field reader that removes what it reads, so leftovers are unknown fields.
-struct Fields<'a> {
-    obj: &'a mut Map<String, Value>,
+/// A field reader that takes out what it reads, so leftovers are unknown fields.
+struct Fields<'a, 'p> {
+    obj: &'a mut JsonFields<'p>,
     at: &'a str,
 }
 
-impl Fields<'_> {
+impl<'p> Fields<'_, 'p> {
     fn invalid(&self, field: &str, why: String) -> Rejection {
         Rejection::new(Code::InvalidField, format!("{}{field}: {why}", self.at))
     }
 
-    fn missing_or_invalid(&self, field: &str, why: &str) -> Rejection {
-        if self.obj.contains_key(field) {
+    /// `present`: whether the field was there before it was taken out.
+    fn missing_or_invalid(&self, field: &str, present: bool, why: &str) -> Rejection {
+        if present {
             self.invalid(field, why.to_string())
         } else {
             Rejection::new(Code::MissingField, format!("{}{field}: missing ({why})", self.at))
         }
     }
 
-    fn string(&mut self, field: &str) -> Result<String, Rejection> {
-        match self.obj.remove(field) {
-            Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(self.invalid(field, "must be a string".to_string())),
+    /// A string field as the payload holds it (borrowed when it has no escapes).
+    fn str(&mut self, field: &str) -> Result<Cow<'p, str>, Rejection> {
+        match self.obj.take(field) {
+            Some(Field::Str(s)) => Ok(s),
+            Some(Field::Other(_)) => Err(self.invalid(field, "must be a string".to_string())),
             None => Err(Rejection::new(Code::MissingField, format!("{}{field}: missing", self.at))),
         }
+    }
+
+    fn string(&mut self, field: &str) -> Result<String, Rejection> {
+        self.str(field).map(Cow::into_owned)
     }
 
     fn account(&mut self, field: &str) -> Result<String, Rejection> {
@@ -295,9 +313,9 @@ impl Fields<'_> {
     }
 
     fn amount(&mut self, field: &str) -> Result<String, Rejection> {
-        match self.obj.remove(field) {
-            Some(Value::String(s)) => Ok(s),
-            Some(Value::Number(n)) => Err(Rejection::new(
+        match self.obj.take(field) {
+            Some(Field::Str(s)) => Ok(s.into_owned()),
+            Some(Field::Other(Value::Number(n))) => Err(Rejection::new(
                 Code::InvalidAmount,
                 format!("{}{field}: {} must be a decimal string like \"4.50\", not a JSON number", self.at, excerpt(&n.to_string())),
             )),
@@ -308,8 +326,8 @@ impl Fields<'_> {
 
     fn optional_amount(&mut self, field: &str) -> Result<Option<String>, Rejection> {
         match self.obj.get(field) {
-            None | Some(Value::Null) => {
-                self.obj.remove(field);
+            None | Some(Field::Other(Value::Null)) => {
+                self.obj.take(field);
                 Ok(None)
             }
             Some(_) => self.amount(field).map(Some),
@@ -317,9 +335,9 @@ impl Fields<'_> {
     }
 
     fn optional_u64(&mut self, field: &str) -> Result<Option<u64>, Rejection> {
-        match self.obj.remove(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > 0) => Ok(n.as_u64()),
+        match self.obj.take(field) {
+            None | Some(Field::Other(Value::Null)) => Ok(None),
+            Some(Field::Other(Value::Number(n))) if n.as_u64().is_some_and(|v| v > 0) => Ok(n.as_u64()),
             Some(_) => Err(self.invalid(field, "must be a whole number of seconds greater than zero".to_string())),
         }
     }
@@ -333,10 +351,10 @@ impl Fields<'_> {
     }
 
     fn flags(&mut self) -> Result<Vec<Flag>, Rejection> {
-        let Some(value) = self.obj.remove("flags") else {
+        let Some(value) = self.obj.take("flags") else {
             return Ok(Vec::new());
         };
-        let Value::Array(items) = value else {
+        let Field::Other(Value::Array(items)) = value else {
             return Err(self.invalid("flags", "must be an array of strings".to_string()));
         };
         let mut flags = Vec::new();
@@ -363,9 +381,9 @@ impl Fields<'_> {
         let credit = self.account("credit")?;
         let amount = self.amount("amount")?;
         let asset = self.asset("asset")?;
-        let metadata = match self.obj.remove("metadata") {
-            None | Some(Value::Null) => None,
-            Some(m @ Value::Object(_)) => {
+        let metadata = match self.obj.take("metadata") {
+            None | Some(Field::Other(Value::Null)) => None,
+            Some(Field::Other(m @ Value::Object(_))) => {
                 let size = serde_json::to_vec(&m).map(|v| v.len()).unwrap_or(usize::MAX);
                 if size > MAX_METADATA_BYTES {
                     return Err(self.invalid("metadata", format!("is {size} bytes; the limit is {MAX_METADATA_BYTES}")));
@@ -422,6 +440,17 @@ mod tests {
         assert!(e.message.starts_with("amount"), "{}", e.message);
         let e = parse(br#"{"id":"1","op":"batch","ops":[{"id":"x","op":"void"}]}"#, 10).unwrap_err();
         assert!(e.message.starts_with("ops[0].pending_id"), "{}", e.message);
+        // Present but not an array is not "missing".
+        let e = parse(br#"{"id":"1","op":"batch","ops":"x"}"#, 10).unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (Code::InvalidField, "ops: must be an array of commands"));
+        let e = parse(br#"{"id":"1","op":"batch","ops":[5]}"#, 10).unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), (Code::InvalidJson, "ops[0].command must be a JSON object"));
+        // The first field left over, in byte order, is the one named.
+        let e = parse(br#"{"zz":1,"id":"1","op":"void","pending_id":"p","account":"a"}"#, 10).unwrap_err();
+        assert_eq!(e.message, "account: unknown field for op void");
+        // Escapes are decoded; a repeated field keeps its last value.
+        let c = parse(br#"{"\u0069d":"1","id":"2","op":"void","pending_id":"p\"q"}"#, 10).unwrap();
+        assert_eq!(c, Command { id: "2".to_string(), op: Op::Void { pending_id: "p\"q".to_string() } });
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod id_filter;
 pub mod idempotency;
 pub mod invariants;
 pub mod journal;
+mod json_fields;
 pub mod leaving;
 pub mod ledger;
 pub mod live;
