@@ -6,7 +6,7 @@
 //! op. A journal entry holds either (`Journaled`).
 
 use super::address::valid_address;
-use super::json_fields::{self, Field, JsonFields};
+use super::json_fields::{self, Field, JsonFields, Name};
 use super::reply::{excerpt, quoted, Code, Rejection, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -185,43 +185,43 @@ fn not_an_object(at: &str) -> Rejection {
 
 fn parse_fields(mut obj: JsonFields, at: &str, max_batch_ops: usize, top: bool) -> Result<Command, Rejection> {
     let mut fields = Fields { obj: &mut obj, at };
-    let id = fields.string("id")?;
+    let id = fields.string(Name::Id)?;
     if !valid_id(&id) {
-        return Err(fields.invalid("id", format!("must be 1 to {MAX_ID_BYTES} bytes of printable characters")));
+        return Err(fields.invalid(Name::Id, format!("must be 1 to {MAX_ID_BYTES} bytes of printable characters")));
     }
-    let op_name = fields.str("op")?;
+    let op_name = fields.str(Name::Op)?;
     let op = match op_name.as_ref() {
         "open_account" => {
-            let account = fields.account("account")?;
-            let asset = fields.asset("asset")?;
+            let account = fields.account(Name::Account)?;
+            let asset = fields.asset(Name::Asset)?;
             let flags = fields.flags()?;
-            let overdraft_limit = fields.optional_amount("overdraft_limit")?;
+            let overdraft_limit = fields.optional_amount(Name::OverdraftLimit)?;
             Op::OpenAccount { account, asset, flags, overdraft_limit }
         }
-        "close_account" => Op::CloseAccount { account: fields.account("account")? },
+        "close_account" => Op::CloseAccount { account: fields.account(Name::Account)? },
         "transfer" => Op::Transfer(fields.movement()?),
         "hold" => {
             let movement = fields.movement()?;
-            let timeout_s = fields.optional_u64("timeout_s")?;
+            let timeout_s = fields.optional_u64(Name::TimeoutS)?;
             Op::Hold { movement, timeout_s }
         }
         "post" => {
             let pending_id = fields.pending_id()?;
-            let amount = fields.optional_amount("amount")?;
+            let amount = fields.optional_amount(Name::Amount)?;
             Op::Post { pending_id, amount }
         }
         "void" => Op::Void { pending_id: fields.pending_id()? },
-        "balance" => Op::Balance { account: fields.account("account")? },
+        "balance" => Op::Balance { account: fields.account(Name::Account)? },
         "batch" if !top => {
-            return Err(fields.invalid("op", "a batch cannot contain another batch".to_string()));
+            return Err(fields.invalid(Name::Op, "a batch cannot contain another batch".to_string()));
         }
         "batch" => {
-            let present = fields.obj.contains("ops");
-            let Some(Field::Other(Value::Array(items))) = fields.obj.take("ops") else {
-                return Err(fields.missing_or_invalid("ops", present, "must be an array of commands"));
+            let present = fields.obj.contains(Name::Ops);
+            let Some(Field::Other(Value::Array(items))) = fields.obj.take(Name::Ops) else {
+                return Err(fields.missing_or_invalid(Name::Ops, present, "must be an array of commands"));
             };
             if items.is_empty() || items.len() > max_batch_ops {
-                return Err(fields.invalid("ops", format!("must hold 1 to {max_batch_ops} commands")));
+                return Err(fields.invalid(Name::Ops, format!("must hold 1 to {max_batch_ops} commands")));
             }
             let mut ops = Vec::with_capacity(items.len());
             for (i, item) in items.into_iter().enumerate() {
@@ -266,12 +266,12 @@ struct Fields<'a, 'p> {
 }
 
 impl<'p> Fields<'_, 'p> {
-    fn invalid(&self, field: &str, why: String) -> Rejection {
+    fn invalid(&self, field: impl std::fmt::Display, why: String) -> Rejection {
         Rejection::new(Code::InvalidField, format!("{}{field}: {why}", self.at))
     }
 
     /// `present`: whether the field was there before it was taken out.
-    fn missing_or_invalid(&self, field: &str, present: bool, why: &str) -> Rejection {
+    fn missing_or_invalid(&self, field: Name, present: bool, why: &str) -> Rejection {
         if present {
             self.invalid(field, why.to_string())
         } else {
@@ -280,7 +280,7 @@ impl<'p> Fields<'_, 'p> {
     }
 
     /// A string field as the payload holds it (borrowed when it has no escapes).
-    fn str(&mut self, field: &str) -> Result<Cow<'p, str>, Rejection> {
+    fn str(&mut self, field: Name) -> Result<Cow<'p, str>, Rejection> {
         match self.obj.take(field) {
             Some(Field::Str(s)) => Ok(s),
             Some(Field::Other(_)) => Err(self.invalid(field, "must be a string".to_string())),
@@ -288,11 +288,11 @@ impl<'p> Fields<'_, 'p> {
         }
     }
 
-    fn string(&mut self, field: &str) -> Result<String, Rejection> {
+    fn string(&mut self, field: Name) -> Result<String, Rejection> {
         self.str(field).map(Cow::into_owned)
     }
 
-    fn account(&mut self, field: &str) -> Result<String, Rejection> {
+    fn account(&mut self, field: Name) -> Result<String, Rejection> {
         let address = self.string(field)?;
         if !valid_address(&address) {
             return Err(self.invalid(
@@ -303,7 +303,7 @@ impl<'p> Fields<'_, 'p> {
         Ok(address)
     }
 
-    fn asset(&mut self, field: &str) -> Result<String, Rejection> {
+    fn asset(&mut self, field: Name) -> Result<String, Rejection> {
         let code = self.string(field)?;
         let ok = (3..=12).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
         if !ok {
@@ -312,7 +312,7 @@ impl<'p> Fields<'_, 'p> {
         Ok(code)
     }
 
-    fn amount(&mut self, field: &str) -> Result<String, Rejection> {
+    fn amount(&mut self, field: Name) -> Result<String, Rejection> {
         match self.obj.take(field) {
             Some(Field::Str(s)) => Ok(s.into_owned()),
             Some(Field::Other(Value::Number(n))) => Err(Rejection::new(
@@ -324,7 +324,7 @@ impl<'p> Fields<'_, 'p> {
         }
     }
 
-    fn optional_amount(&mut self, field: &str) -> Result<Option<String>, Rejection> {
+    fn optional_amount(&mut self, field: Name) -> Result<Option<String>, Rejection> {
         match self.obj.get(field) {
             None | Some(Field::Other(Value::Null)) => {
                 self.obj.take(field);
@@ -334,7 +334,7 @@ impl<'p> Fields<'_, 'p> {
         }
     }
 
-    fn optional_u64(&mut self, field: &str) -> Result<Option<u64>, Rejection> {
+    fn optional_u64(&mut self, field: Name) -> Result<Option<u64>, Rejection> {
         match self.obj.take(field) {
             None | Some(Field::Other(Value::Null)) => Ok(None),
             Some(Field::Other(Value::Number(n))) if n.as_u64().is_some_and(|v| v > 0) => Ok(n.as_u64()),
@@ -343,19 +343,19 @@ impl<'p> Fields<'_, 'p> {
     }
 
     fn pending_id(&mut self) -> Result<String, Rejection> {
-        let id = self.string("pending_id")?;
+        let id = self.string(Name::PendingId)?;
         if !valid_id(&id) {
-            return Err(self.invalid("pending_id", format!("must be 1 to {MAX_ID_BYTES} bytes of printable characters")));
+            return Err(self.invalid(Name::PendingId, format!("must be 1 to {MAX_ID_BYTES} bytes of printable characters")));
         }
         Ok(id)
     }
 
     fn flags(&mut self) -> Result<Vec<Flag>, Rejection> {
-        let Some(value) = self.obj.take("flags") else {
+        let Some(value) = self.obj.take(Name::Flags) else {
             return Ok(Vec::new());
         };
         let Field::Other(Value::Array(items)) = value else {
-            return Err(self.invalid("flags", "must be an array of strings".to_string()));
+            return Err(self.invalid(Name::Flags, "must be an array of strings".to_string()));
         };
         let mut flags = Vec::new();
         for (i, item) in items.iter().enumerate() {
@@ -364,7 +364,7 @@ impl<'p> Fields<'_, 'p> {
                 Some("issuance") => Flag::Issuance,
                 _ => {
                     return Err(self.invalid(
-                        &format!("flags[{i}]"),
+                        format!("flags[{i}]"),
                         format!("{} is not one of \"no_overdraft\", \"issuance\"", excerpt(&item.to_string())),
                     ))
                 }
@@ -377,20 +377,20 @@ impl<'p> Fields<'_, 'p> {
     }
 
     fn movement(&mut self) -> Result<Movement, Rejection> {
-        let debit = self.account("debit")?;
-        let credit = self.account("credit")?;
-        let amount = self.amount("amount")?;
-        let asset = self.asset("asset")?;
-        let metadata = match self.obj.take("metadata") {
+        let debit = self.account(Name::Debit)?;
+        let credit = self.account(Name::Credit)?;
+        let amount = self.amount(Name::Amount)?;
+        let asset = self.asset(Name::Asset)?;
+        let metadata = match self.obj.take(Name::Metadata) {
             None | Some(Field::Other(Value::Null)) => None,
             Some(Field::Other(m @ Value::Object(_))) => {
                 let size = serde_json::to_vec(&m).map(|v| v.len()).unwrap_or(usize::MAX);
                 if size > MAX_METADATA_BYTES {
-                    return Err(self.invalid("metadata", format!("is {size} bytes; the limit is {MAX_METADATA_BYTES}")));
+                    return Err(self.invalid(Name::Metadata, format!("is {size} bytes; the limit is {MAX_METADATA_BYTES}")));
                 }
                 Some(m)
             }
-            Some(_) => return Err(self.invalid("metadata", "must be a JSON object".to_string())),
+            Some(_) => return Err(self.invalid(Name::Metadata, "must be a JSON object".to_string())),
         };
         Ok(Movement { debit, credit, amount, asset, metadata })
     }

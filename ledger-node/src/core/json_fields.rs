@@ -14,9 +14,86 @@ use serde_json::{Map, Number, Value};
 use std::borrow::Cow;
 use std::fmt;
 
-/// Every field a command of any op may hold, in byte order (see `first_left`).
-const NAMES: [&str; 13] =
-    ["account", "amount", "asset", "credit", "debit", "flags", "id", "metadata", "op", "ops", "overdraft_limit", "pending_id", "timeout_s"];
+/// A field a command of some op may hold. Declared in the byte order of the names (see
+/// `first_left`), so a field's number is its slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name {
+    Account,
+    Amount,
+    Asset,
+    Credit,
+    Debit,
+    Flags,
+    Id,
+    Metadata,
+    Op,
+    Ops,
+    OverdraftLimit,
+    PendingId,
+    TimeoutS,
+}
+
+const NAMES: [Name; 13] = [
+    Name::Account,
+    Name::Amount,
+    Name::Asset,
+    Name::Credit,
+    Name::Debit,
+    Name::Flags,
+    Name::Id,
+    Name::Metadata,
+    Name::Op,
+    Name::Ops,
+    Name::OverdraftLimit,
+    Name::PendingId,
+    Name::TimeoutS,
+];
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Name {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Name::Account => "account",
+            Name::Amount => "amount",
+            Name::Asset => "asset",
+            Name::Credit => "credit",
+            Name::Debit => "debit",
+            Name::Flags => "flags",
+            Name::Id => "id",
+            Name::Metadata => "metadata",
+            Name::Op => "op",
+            Name::Ops => "ops",
+            Name::OverdraftLimit => "overdraft_limit",
+            Name::PendingId => "pending_id",
+            Name::TimeoutS => "timeout_s",
+        }
+    }
+
+    /// The field a key names, if a command may hold it.
+    fn of(key: &str) -> Option<Name> {
+        Some(match key {
+            "account" => Name::Account,
+            "amount" => Name::Amount,
+            "asset" => Name::Asset,
+            "credit" => Name::Credit,
+            "debit" => Name::Debit,
+            "flags" => Name::Flags,
+            "id" => Name::Id,
+            "metadata" => Name::Metadata,
+            "op" => Name::Op,
+            "ops" => Name::Ops,
+            "overdraft_limit" => Name::OverdraftLimit,
+            "pending_id" => Name::PendingId,
+            "timeout_s" => Name::TimeoutS,
+            _ => return None,
+        })
+    }
+}
 
 /// A field's value: a string (borrowed from the payload when it needs no unescaping), or any
 /// other JSON value.
@@ -43,14 +120,6 @@ pub fn read(payload: &[u8]) -> Result<Option<JsonFields<'_>>, serde_json::Error>
 /// A payload read as a command's JSON: an object's fields, or None for any other value.
 struct Payload<'a>(Option<JsonFields<'a>>);
 
-fn slot(name: &str) -> Option<usize> {
-    NAMES.binary_search(&name).ok()
-}
-
-fn known_slot(name: &str) -> usize {
-    slot(name).unwrap_or_else(|| panic!("{name:?} is not a command field"))
-}
-
 impl<'a> JsonFields<'a> {
     /// The fields of an object already read as a `Value` (a batch's op).
     pub fn from_map(map: Map<String, Value>) -> JsonFields<'static> {
@@ -68,8 +137,8 @@ impl<'a> JsonFields<'a> {
     /// Keeps `value` under `name`: the last of a repeated field wins, as in a `Value` map.
     /// An unknown name is only remembered if it sorts first (its value is not kept).
     fn put(&mut self, name: Cow<'a, str>, value: Option<Field<'a>>) {
-        match slot(&name) {
-            Some(i) => self.known[i] = value,
+        match Name::of(&name) {
+            Some(known) => self.known[known as usize] = value,
             None => {
                 if self.unknown.as_deref().is_none_or(|first| *name < *first) {
                     self.unknown = Some(name);
@@ -78,22 +147,22 @@ impl<'a> JsonFields<'a> {
         }
     }
 
-    /// Takes field `name` out (one of `NAMES`: asking for another is a bug in the parser).
-    pub fn take(&mut self, name: &str) -> Option<Field<'a>> {
-        self.known[known_slot(name)].take()
+    /// Takes field `name` out.
+    pub fn take(&mut self, name: Name) -> Option<Field<'a>> {
+        self.known[name as usize].take()
     }
 
-    pub fn get(&self, name: &str) -> Option<&Field<'a>> {
-        self.known[known_slot(name)].as_ref()
+    pub fn get(&self, name: Name) -> Option<&Field<'a>> {
+        self.known[name as usize].as_ref()
     }
 
-    pub fn contains(&self, name: &str) -> bool {
+    pub fn contains(&self, name: Name) -> bool {
         self.get(name).is_some()
     }
 
     /// The first field not taken, in byte order as a `Value` map lists its keys.
     pub fn first_left(&self) -> Option<&str> {
-        let known = NAMES.iter().zip(&self.known).find(|(_, v)| v.is_some()).map(|(name, _)| *name);
+        let known = NAMES.iter().zip(&self.known).find(|(_, v)| v.is_some()).map(|(name, _)| name.as_str());
         match (known, self.unknown.as_deref()) {
             (Some(k), Some(u)) => Some(if u < k { u } else { k }),
             (k, u) => k.or(u),
@@ -118,8 +187,8 @@ impl<'de> Visitor<'de> for PayloadVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut fields = JsonFields::default();
-        while let Some(Name(name)) = map.next_key()? {
-            if slot(&name).is_some() {
+        while let Some(Key(name)) = map.next_key()? {
+            if Name::of(&name).is_some() {
                 let value = map.next_value::<Field<'de>>()?;
                 fields.put(name, Some(value));
             } else {
@@ -162,11 +231,11 @@ impl<'de> Visitor<'de> for PayloadVisitor {
 }
 
 /// An object's key, borrowed when it holds no escapes.
-struct Name<'a>(Cow<'a, str>);
+struct Key<'a>(Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for Name<'de> {
+impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_str(StrVisitor).map(Name)
+        deserializer.deserialize_str(StrVisitor).map(Key)
     }
 }
 
@@ -267,31 +336,36 @@ mod tests {
 
     #[test]
     fn names_are_in_byte_order() {
-        assert!(NAMES.windows(2).all(|w| w[0].as_bytes() < w[1].as_bytes()), "binary search and first_left need it");
+        for (slot, name) in NAMES.iter().enumerate() {
+            assert_eq!(*name as usize, slot, "{name:?}");
+            assert_eq!(Name::of(name.as_str()), Some(*name));
+        }
+        assert!(NAMES.windows(2).all(|w| w[0].as_str() < w[1].as_str()), "first_left needs it");
+        assert_eq!(Name::of("Id"), None);
     }
 
     #[test]
     fn strings_without_escapes_are_borrowed() {
         let mut fields = object(r#"{"id":"t1","debit":"a\"b","amount":"1.50"}"#);
-        assert!(matches!(fields.take("id"), Some(Field::Str(Cow::Borrowed("t1")))));
-        assert!(matches!(fields.take("debit"), Some(Field::Str(Cow::Owned(s))) if s == "a\"b"));
-        assert!(matches!(fields.get("amount"), Some(Field::Str(_))));
+        assert!(matches!(fields.take(Name::Id), Some(Field::Str(Cow::Borrowed("t1")))));
+        assert!(matches!(fields.take(Name::Debit), Some(Field::Str(Cow::Owned(s))) if s == "a\"b"));
+        assert!(matches!(fields.get(Name::Amount), Some(Field::Str(_))));
     }
 
     #[test]
     fn reads_as_a_value_map_does() {
         // The last of a repeated field wins; escaped keys are decoded before they are named.
         let mut fields = object(r#"{"id":"1","\u0069d":"2","amount":4.5,"metadata":{"a":[1,null,true]},"flags":null}"#);
-        assert_eq!(fields.take("id"), Some(Field::Str(Cow::Borrowed("2"))));
-        assert_eq!(fields.take("amount"), Some(Field::Other(serde_json::json!(4.5))));
-        assert_eq!(fields.take("metadata"), Some(Field::Other(serde_json::json!({"a": [1, null, true]}))));
-        assert_eq!(fields.take("flags"), Some(Field::Other(Value::Null)));
+        assert_eq!(fields.take(Name::Id), Some(Field::Str(Cow::Borrowed("2"))));
+        assert_eq!(fields.take(Name::Amount), Some(Field::Other(serde_json::json!(4.5))));
+        assert_eq!(fields.take(Name::Metadata), Some(Field::Other(serde_json::json!({"a": [1, null, true]}))));
+        assert_eq!(fields.take(Name::Flags), Some(Field::Other(Value::Null)));
         assert_eq!(fields.first_left(), None);
         // The first field left is the first in byte order, known or not.
         assert_eq!(object(r#"{"zz":1,"op":"x","b":2,"Z":3}"#).first_left(), Some("Z"));
         assert_eq!(object(r#"{"zz":1,"op":"x"}"#).first_left(), Some("op"));
         let from_map = JsonFields::from_map(serde_json::from_str(r#"{"id":"1","\u0069d":"2","zz":[]}"#).unwrap());
-        assert_eq!(from_map.get("id"), Some(&Field::Str(Cow::Owned("2".to_string()))));
+        assert_eq!(from_map.get(Name::Id), Some(&Field::Str(Cow::Owned("2".to_string()))));
         assert_eq!(from_map.first_left(), Some("id"));
     }
 
