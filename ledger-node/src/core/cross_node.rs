@@ -157,12 +157,12 @@ impl Ledger {
             Err(ApplyError::Corrupt(why)) => panic!("settling a pending hold failed: {why}"),
         }
         let changes = vec![change];
-        let notices = self.notices_for(None, &changes, self.next_seq(), Some((decision.code, decision.message.clone())));
+        let notices = self.notices_for(None, &changes, self.next_seq(), Some((decision.code, decision.message.to_string())));
         let op = NodeOp::Settle {
             pending_id: pending_id.to_string(),
             status: decision.status,
             code: decision.code,
-            message: decision.message.clone(),
+            message: decision.message.to_string(),
         };
         let command = NodeCommand { id: format!("settle:{pending_id}"), op };
         let body = self.append_entry(now_ms, None, Journaled::Node(command), changes, None);

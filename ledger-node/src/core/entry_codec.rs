@@ -565,7 +565,7 @@ impl<'a> Reader<'a> {
             id,
             status,
             code,
-            message,
+            message: message.into(),
             seq,
             duplicate,
             balance,

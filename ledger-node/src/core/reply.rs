@@ -1,6 +1,7 @@
 //! Replies and notices to devices, and the closed list of reply codes.
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -185,7 +186,10 @@ pub struct Reply {
     pub id: Option<String>,
     pub status: Status,
     pub code: Code,
-    pub message: String,
+    /// Borrowed for the fixed texts ("transfer committed"): a reply is copied into its
+    /// entry and the id cache, and an allocation per copy was a visible share of both the
+    /// ledger thread and the committer (which frees them).
+    pub message: Cow<'static, str>,
     pub seq: Option<u64>,
     pub duplicate: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -206,7 +210,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn new(id: Option<&str>, status: Status, code: Code, message: String, seq: Option<u64>) -> Reply {
+    fn new(id: Option<&str>, status: Status, code: Code, message: Cow<'static, str>, seq: Option<u64>) -> Reply {
         Reply {
             id: id.map(str::to_string),
             status,
@@ -223,12 +227,12 @@ impl Reply {
         }
     }
 
-    pub fn ok(id: &str, status: Status, seq: u64, message: impl Into<String>) -> Reply {
+    pub fn ok(id: &str, status: Status, seq: u64, message: impl Into<Cow<'static, str>>) -> Reply {
         Reply::new(Some(id), status, Code::Ok, message.into(), Some(seq))
     }
 
     pub fn rejected(id: Option<&str>, rejection: Rejection) -> Reply {
-        Reply::new(id, Status::Rejected, rejection.code, rejection.message, None)
+        Reply::new(id, Status::Rejected, rejection.code, Cow::Owned(rejection.message), None)
     }
 
     pub fn to_json(&self) -> Vec<u8> {

@@ -80,7 +80,7 @@ impl Settlement {
         if !valid_id(&self.pending_id) {
             return Err("pending_id: not a command id".to_string());
         }
-        truncate(&mut self.decision.message, MAX_MESSAGE_BYTES);
+        truncate(self.decision.message.to_mut(), MAX_MESSAGE_BYTES);
         Ok(self)
     }
 }
@@ -175,7 +175,7 @@ impl SettlementBatch {
                 if !group.digests.is_empty() && decided.index >= group.digests.len() {
                     return Err(format!("groups[{g}].decided[{i}].index: {} is past the digests", decided.index));
                 }
-                truncate(&mut decided.decision.message, MAX_MESSAGE_BYTES);
+                truncate(decided.decision.message.to_mut(), MAX_MESSAGE_BYTES);
             }
         }
         Ok(self)

@@ -97,7 +97,7 @@ pub async fn deliver(
         if reply.id.as_ref().is_some_and(|id| id.len() > MAX_ID_BYTES) {
             return Err("decision: id too long".to_string());
         }
-        truncate(&mut reply.message, MAX_MESSAGE_BYTES);
+        truncate(reply.message.to_mut(), MAX_MESSAGE_BYTES);
         Ok(Decision { reply: decision_of(reply)?, index, signed: signed.clone() })
     };
     Ok(outcomes.into_iter().enumerate().map(decision).collect())
