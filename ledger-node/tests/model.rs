@@ -534,7 +534,7 @@ impl Harness {
                 (m.posted, m.pending_debits, m.pending_credits, m.closed),
                 "{name}"
             );
-            assert_eq!(a.asset, m.asset);
+            assert_eq!(&*a.asset, m.asset);
         }
         assert_eq!(self.ledger.accounts().count(), self.model.accounts.len());
         // Invariant 5: gap-free, hash-chained journal.

@@ -378,7 +378,7 @@ impl AccountRow {
         let scale = ledger.scale_of(&a.asset).unwrap_or(0);
         AccountRow {
             account: name.to_string(),
-            asset: a.asset.clone(),
+            asset: a.asset.to_string(),
             posted: format_minor(a.posted, scale),
             pending_debits: format_minor(a.pending_debits, scale),
             pending_credits: format_minor(a.pending_credits, scale),

@@ -7,10 +7,14 @@
 use super::change::Floor;
 use super::money::Minor;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
-    pub asset: String,
+    /// Shared: an account is cloned for every change a command makes to it (its
+    /// before-image is kept for a rollback), and copying the asset code was an allocation
+    /// each time.
+    pub asset: Arc<str>,
     pub floor: Floor,
     pub closed: bool,
     pub posted: Minor,
@@ -116,9 +120,9 @@ impl Accounts {
             },
         };
         let before_share = before.as_ref().map(Share::of).unwrap_or_default();
-        let totals = match self.totals.get_mut(asset) {
+        let totals = match self.totals.get_mut(&**asset) {
             Some(totals) => totals,
-            None => self.totals.entry(asset.clone()).or_default(),
+            None => self.totals.entry(asset.to_string()).or_default(),
         };
         totals.posted += after.posted - before_share.posted;
         totals.pending_debits += after.pending_debits - before_share.pending_debits;

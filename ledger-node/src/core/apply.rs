@@ -64,7 +64,14 @@ impl Ledger {
                         )))
                     }
                 }
-                let acct = Account { asset: asset.clone(), floor: *floor, closed: false, posted: 0, pending_debits: 0, pending_credits: 0 };
+                let acct = Account {
+                    asset: asset.as_str().into(),
+                    floor: *floor,
+                    closed: false,
+                    posted: 0,
+                    pending_debits: 0,
+                    pending_credits: 0,
+                };
                 self.put_account(account, acct, undo);
             }
             Change::AccountClosed { account } => {

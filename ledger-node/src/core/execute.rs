@@ -335,7 +335,7 @@ impl Ledger {
         if acct.closed {
             return Err(Rejection::new(Code::AccountClosed, format!("{field}: account {name} is closed")));
         }
-        if acct.asset != asset {
+        if &*acct.asset != asset {
             return Err(Rejection::new(
                 Code::AssetMismatch,
                 format!("{field}: account {name} holds {}, the command says {asset}", acct.asset),

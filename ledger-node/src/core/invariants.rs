@@ -103,7 +103,7 @@ mod tests {
     use crate::core::accounts::Account;
 
     fn account(asset: &str, floor: Floor, posted: i64, pending_debits: i64, pending_credits: i64) -> Option<Account> {
-        Some(Account { asset: asset.to_string(), floor, closed: false, posted, pending_debits, pending_credits })
+        Some(Account { asset: asset.into(), floor, closed: false, posted, pending_debits, pending_credits })
     }
 
     #[test]

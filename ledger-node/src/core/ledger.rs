@@ -512,7 +512,7 @@ impl Ledger {
         let scale = self.assets.get(&acct.asset).map_or(0, |s| s.scale);
         Some(BalanceView {
             account: name.to_string(),
-            asset: acct.asset.clone(),
+            asset: acct.asset.to_string(),
             posted: format_minor(acct.posted, scale),
             pending_debits: format_minor(acct.pending_debits, scale),
             pending_credits: format_minor(acct.pending_credits, scale),

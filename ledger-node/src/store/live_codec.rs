@@ -34,7 +34,8 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, String> {
         tag => return Err(format!("floor tag {tag}")),
     };
     let closed = r.bool()?;
-    let account = Account { asset, floor, closed, posted: r.i64_be()?, pending_debits: r.i64_be()?, pending_credits: r.i64_be()? };
+    let account =
+        Account { asset: asset.into(), floor, closed, posted: r.i64_be()?, pending_debits: r.i64_be()?, pending_credits: r.i64_be()? };
     r.end()?;
     Ok(account)
 }
