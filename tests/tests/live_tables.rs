@@ -66,7 +66,7 @@ fn as_older_release(tx: &redb::WriteTransaction) {
         let fingerprint = fingerprint.unwrap_or_else(|| {
             let (_, row) = rows.iter().find(|(s, _)| *s == seq).expect("the record's entry");
             let body = Rows::Compact.body(seq, row).unwrap();
-            ledger::core::idempotency::fingerprint_in_entry(&body, (op > 0).then(|| op as usize - 1)).unwrap()
+            ledger::core::idempotency::fingerprint_in_entry(&body, (op > 0).then(|| op as usize - 1)).unwrap().to_string()
         });
         let mut old = vec![1u8];
         old.extend_from_slice(fingerprint.as_bytes());

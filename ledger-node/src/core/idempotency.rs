@@ -5,6 +5,7 @@
 
 use super::change::EntryBody;
 use super::command::{Command, Journaled, Op};
+use super::fingerprint::Fingerprint;
 use super::id_filter::IdFilter;
 use super::reply::{Reply, Status};
 use super::shards::Sharded;
@@ -69,15 +70,15 @@ pub fn sender_id(key: &str) -> &str {
 /// The recorded result of an id: what a resend with the same content gets back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recorded {
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
     pub reply: Reply,
 }
 
 impl Recorded {
     /// The recorded reply again, marked `duplicate`, when the resend has the recorded
     /// content; `None` when the id was used for something else.
-    pub fn resend(&self, fingerprint: &str) -> Option<Reply> {
-        (self.fingerprint == fingerprint).then(|| Reply { duplicate: true, ..self.reply.clone() })
+    pub fn resend(&self, fingerprint: &Fingerprint) -> Option<Reply> {
+        (self.fingerprint == *fingerprint).then(|| Reply { duplicate: true, ..self.reply.clone() })
     }
 }
 
@@ -320,12 +321,12 @@ impl IdIndex {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdRecord {
     Rejected(Box<Recorded>),
-    Journaled { fingerprint: String, seq: u64, op: Option<usize> },
+    Journaled { fingerprint: Fingerprint, seq: u64, op: Option<usize> },
 }
 
 /// The recorded result of an accepted command (or of op `op` of a batch) from its journal
 /// entry: what a resend gets back. `None` when the entry holds no such command.
-pub fn journaled_recorded(body: &EntryBody, fingerprint: String, op: Option<usize>) -> Option<Recorded> {
+pub fn journaled_recorded(body: &EntryBody, fingerprint: Fingerprint, op: Option<usize>) -> Option<Recorded> {
     let reply = body.reply.as_ref()?;
     let Journaled::Device(command) = &body.command else { return None };
     let reply = match (op, &command.op) {
@@ -343,7 +344,7 @@ pub fn journaled_recorded(body: &EntryBody, fingerprint: String, op: Option<usiz
 /// The record of the command with key `key` in `body` (or of op `op` of its batch), taken
 /// under `fingerprint`: the reply is the entry's. `None` when the entry holds no such
 /// command (its device and id must make `key`).
-pub fn recorded_in_entry(body: &EntryBody, key: &str, op: Option<usize>, fingerprint: String) -> Option<Recorded> {
+pub fn recorded_in_entry(body: &EntryBody, key: &str, op: Option<usize>, fingerprint: Fingerprint) -> Option<Recorded> {
     let Journaled::Device(command) = &body.command else { return None };
     let id = match (op, &command.op) {
         (None, _) => &command.id,
@@ -359,7 +360,7 @@ pub fn recorded_in_entry(body: &EntryBody, key: &str, op: Option<usize>, fingerp
 /// The fingerprint the id of an accepted command (`op`: of its batch's op) was taken
 /// under, computed again from its journal entry. Exact only for a command that
 /// `reads_back`; `None` when the entry holds no such command.
-pub fn fingerprint_in_entry(body: &EntryBody, op: Option<usize>) -> Option<String> {
+pub fn fingerprint_in_entry(body: &EntryBody, op: Option<usize>) -> Option<Fingerprint> {
     let Journaled::Device(command) = &body.command else { return None };
     let device = body.device.as_deref();
     match (op, &command.op) {
@@ -392,17 +393,17 @@ pub fn reads_back(command: &Command) -> bool {
 /// BLAKE3 over the device and the canonical JSON of the command, so that no device can
 /// craft a command that passes for another's. Stable across runs and versions, which
 /// replay relies on.
-pub fn fingerprint(device: Option<&str>, command: &impl Serialize) -> String {
+pub fn fingerprint(device: Option<&str>, command: &impl Serialize) -> Fingerprint {
     let mut bytes = Vec::with_capacity(256);
     bytes.extend_from_slice(device.unwrap_or("").as_bytes());
     bytes.push(0);
     serde_json::to_writer(&mut bytes, command).expect("command serializes");
-    blake3::hash(&bytes).to_hex()[..32].to_string()
+    Fingerprint::of(&bytes)
 }
 
 /// An op inside a batch is fingerprinted with its batch, so it cannot be resent alone as a
 /// "duplicate" of something it never was.
-pub fn fingerprint_in_batch(device: Option<&str>, batch_id: &str, op: &Command) -> String {
+pub fn fingerprint_in_batch(device: Option<&str>, batch_id: &str, op: &Command) -> Fingerprint {
     fingerprint(device, &Command { id: format!("{batch_id}/{}", op.id), op: op.op.clone() })
 }
 
@@ -413,7 +414,7 @@ mod tests {
     use crate::core::entry_codec;
 
     /// The intake's fingerprints, and those an entry gives back after its bytes are read.
-    fn taken_and_read_back(json: &str) -> (bool, Vec<(String, Option<String>)>) {
+    fn taken_and_read_back(json: &str) -> (bool, Vec<(Fingerprint, Option<Fingerprint>)>) {
         let command = parse(json.as_bytes(), 16).expect("a valid command");
         let device = Some("pos-1");
         let mut taken = vec![(None, fingerprint(device, &command))];
@@ -467,7 +468,10 @@ mod tests {
     }
 
     fn recorded(n: u64) -> Recorded {
-        Recorded { fingerprint: format!("f{n}"), reply: Reply::ok(&format!("t{n}"), Status::Committed, n, "transfer committed") }
+        Recorded {
+            fingerprint: Fingerprint::of(format!("f{n}").as_bytes()),
+            reply: Reply::ok(&format!("t{n}"), Status::Committed, n, "transfer committed"),
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use super::accounts::{Account, Accounts};
 use super::address::TransferKey;
 use super::change::{Change, EntryBody};
 use super::command::{Command, Journaled, NodeCommand, NodeOp, Op};
+use super::fingerprint::Fingerprint;
 use super::holds::{Hold, HoldArchive, HoldState, Holds};
 use super::id_filter::IdFilter;
 use super::idempotency::{
@@ -443,7 +444,7 @@ impl Ledger {
     /// Records the ids of an accepted command (and of the ops of a batch) from its entry;
     /// returns them as the store keeps them. `key`: the command's own key, when the caller
     /// has built it already (else it is built from the entry).
-    pub(super) fn remember_accepted(&mut self, body: &EntryBody, fingerprint: String, key: Option<IdKey>) -> Vec<(String, IdRecord)> {
+    pub(super) fn remember_accepted(&mut self, body: &EntryBody, fingerprint: Fingerprint, key: Option<IdKey>) -> Vec<(String, IdRecord)> {
         let Some(reply) = &body.reply else { return Vec::new() };
         match &body.command {
             Journaled::Node(NodeCommand { id, op: NodeOp::Receive { source, movement } }) => {
@@ -466,7 +467,7 @@ impl Ledger {
                 records.push((key, fingerprint, None));
                 let mut out = Vec::with_capacity(records.len());
                 for (key, fingerprint, op) in records {
-                    let recorded = journaled_recorded(body, fingerprint.clone(), op).expect("the entry holds the command");
+                    let recorded = journaled_recorded(body, fingerprint, op).expect("the entry holds the command");
                     self.ids.insert(key.as_str(), recorded);
                     out.push((key.into_string(), IdRecord::Journaled { fingerprint, seq: body.seq, op }));
                 }

@@ -14,6 +14,7 @@ pub mod command;
 pub mod cross_node;
 pub mod entry_codec;
 pub mod execute;
+pub mod fingerprint;
 pub mod holds;
 pub mod id_filter;
 pub mod idempotency;

@@ -15,6 +15,7 @@
 use super::error::{Fault, StoreError};
 use super::{Store, IDS, JOURNAL};
 use crate::core::entry_codec;
+use crate::core::fingerprint::{Fingerprint, FINGERPRINT_BYTES};
 use crate::core::idempotency::{fingerprint_in_entry, recorded_in_entry, sender_id, IdArchive, IdRecord};
 use crate::core::wire::{Reader, Writer};
 use crate::core::EntryBody;
@@ -27,7 +28,7 @@ const JOURNALED_HEX: u8 = 1;
 const JOURNALED: u8 = 2;
 const PRUNED: u8 = 3;
 const JOURNALED_BARE: u8 = 4;
-const FINGERPRINT_HEX_DIGITS: usize = 32;
+const FINGERPRINT_HEX_DIGITS: usize = 2 * FINGERPRINT_BYTES;
 const NOT_IN_BATCH: u32 = u32::MAX;
 
 /// An id record as the file holds it.
@@ -38,7 +39,7 @@ pub(super) enum Stored {
     Held(Box<Recorded>),
     /// The command is in entry `seq` (op `op` of its batch), taken under `fingerprint`:
     /// None when it is computed again from the entry.
-    Journaled { seq: u64, op: Option<usize>, fingerprint: Option<String> },
+    Journaled { seq: u64, op: Option<usize>, fingerprint: Option<Fingerprint> },
 }
 
 /// `bare`: the entry's command `reads_back`, so its fingerprint is not stored.
@@ -54,7 +55,7 @@ pub(super) fn encode_record(record: &IdRecord, bare: bool, out: &mut Vec<u8>) {
                 w.u8(JOURNALED_BARE);
             } else {
                 w.u8(JOURNALED);
-                write_fingerprint(&mut w, fingerprint);
+                w.bytes(&fingerprint.0);
             }
             w.varint(*seq);
             w.varint(op.map_or(0, |i| i as u64 + 1));
@@ -63,7 +64,7 @@ pub(super) fn encode_record(record: &IdRecord, bare: bool, out: &mut Vec<u8>) {
 }
 
 /// The fingerprint of a journaled record: the one stored, or the one its entry gives.
-pub(super) fn fingerprint_of(stored: Option<String>, body: &EntryBody, op: Option<usize>, key: &str) -> Result<String, Fault> {
+pub(super) fn fingerprint_of(stored: Option<Fingerprint>, body: &EntryBody, op: Option<usize>, key: &str) -> Result<Fingerprint, Fault> {
     match stored {
         Some(fingerprint) => Ok(fingerprint),
         None => fingerprint_in_entry(body, op)
@@ -75,29 +76,13 @@ pub(super) fn fingerprint_of(stored: Option<String>, body: &EntryBody, op: Optio
 pub(super) fn encode_pruned(recorded: &Recorded, id: &str, seq: u64, out: &mut Vec<u8>) {
     let mut w = Writer(out);
     w.u8(PRUNED);
-    write_fingerprint(&mut w, &recorded.fingerprint);
+    w.bytes(&recorded.fingerprint.0);
     w.varint(seq);
     entry_codec::encode_reply(&recorded.reply, id, seq, out);
 }
 
-/// 32 hex digits as 16 bytes.
-fn write_fingerprint(w: &mut Writer, fingerprint: &str) {
-    assert_eq!(fingerprint.len(), FINGERPRINT_HEX_DIGITS, "fingerprints are 32 hex digits");
-    for pair in fingerprint.as_bytes().chunks(2) {
-        w.u8(hex_digit(pair[0]) << 4 | hex_digit(pair[1]));
-    }
-}
-
-fn read_fingerprint(r: &mut Reader) -> Result<String, String> {
-    Ok(r.take(FINGERPRINT_HEX_DIGITS / 2)?.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn hex_digit(c: u8) -> u8 {
-    match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        _ => panic!("fingerprints are lowercase hex, found {:?}", c as char),
-    }
+fn read_fingerprint(r: &mut Reader) -> Result<Fingerprint, String> {
+    Ok(Fingerprint(r.take(FINGERPRINT_BYTES)?.try_into().expect("took 16 bytes")))
 }
 
 /// Whether a stored record holds its reply (no journal entry is needed to answer it).
@@ -128,7 +113,8 @@ pub(super) fn decode_record(key: &str, bytes: &[u8]) -> Result<Stored, String> {
             Ok(Stored::Journaled { seq, op, fingerprint })
         }
         Some((&JOURNALED_HEX, rest)) if rest.len() == FINGERPRINT_HEX_DIGITS + 12 => {
-            let fingerprint = std::str::from_utf8(&rest[..FINGERPRINT_HEX_DIGITS]).map_err(|e| e.to_string())?.to_string();
+            let hex = std::str::from_utf8(&rest[..FINGERPRINT_HEX_DIGITS]).map_err(|e| e.to_string())?;
+            let fingerprint = Fingerprint::parse_hex(hex).ok_or_else(|| format!("fingerprint {hex:?} is not 32 lowercase hex digits"))?;
             let seq = u64::from_be_bytes(rest[FINGERPRINT_HEX_DIGITS..FINGERPRINT_HEX_DIGITS + 8].try_into().expect("8 bytes"));
             let op = u32::from_be_bytes(rest[FINGERPRINT_HEX_DIGITS + 8..].try_into().expect("4 bytes"));
             Ok(Stored::Journaled { seq, op: (op != NOT_IN_BATCH).then_some(op as usize), fingerprint: Some(fingerprint) })
@@ -209,21 +195,21 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let fingerprint = "0123456789abcdef0123456789abcdef".to_string();
-        let rejected = Recorded { fingerprint: fingerprint.clone(), reply: Reply::ok("t-1", Status::Committed, 3, "x") };
+        let fingerprint = Fingerprint::parse_hex("0123456789abcdef0123456789abcdef").unwrap();
+        let rejected = Recorded { fingerprint, reply: Reply::ok("t-1", Status::Committed, 3, "x") };
         let cases = [
             (
-                IdRecord::Journaled { fingerprint: fingerprint.clone(), seq: 42, op: None },
+                IdRecord::Journaled { fingerprint, seq: 42, op: None },
                 false,
-                Stored::Journaled { seq: 42, op: None, fingerprint: Some(fingerprint.clone()) },
+                Stored::Journaled { seq: 42, op: None, fingerprint: Some(fingerprint) },
             ),
             (
-                IdRecord::Journaled { fingerprint: fingerprint.clone(), seq: u64::MAX, op: Some(7) },
+                IdRecord::Journaled { fingerprint, seq: u64::MAX, op: Some(7) },
                 false,
-                Stored::Journaled { seq: u64::MAX, op: Some(7), fingerprint: Some(fingerprint.clone()) },
+                Stored::Journaled { seq: u64::MAX, op: Some(7), fingerprint: Some(fingerprint) },
             ),
             (
-                IdRecord::Journaled { fingerprint: fingerprint.clone(), seq: 42, op: Some(3) },
+                IdRecord::Journaled { fingerprint, seq: 42, op: Some(3) },
                 true,
                 Stored::Journaled { seq: 42, op: Some(3), fingerprint: None },
             ),
@@ -243,7 +229,7 @@ mod tests {
         assert_eq!(bytes, [JOURNALED_BARE, 42, 0], "tag, seq, op: the entry gives the fingerprint back");
         // As files of format 3 and before hold it.
         let mut old = vec![JOURNALED_HEX];
-        old.extend_from_slice(fingerprint.as_bytes());
+        old.extend_from_slice(fingerprint.to_string().as_bytes());
         old.extend_from_slice(&42u64.to_be_bytes());
         old.extend_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decode_record("pos-1:t-1", &old).unwrap(), Stored::Journaled { seq: 42, op: None, fingerprint: Some(fingerprint) });
@@ -259,7 +245,10 @@ mod tests {
             assert!(decode_record("pos-1:t-1", bad).is_err(), "{bad:?}");
         }
         // Pruned: the reply travels with the record, without its id and seq.
-        let recorded = Recorded { fingerprint: "00ff".repeat(8), reply: Reply::ok("t-1", Status::Committed, 42, "transfer committed") };
+        let recorded = Recorded {
+            fingerprint: Fingerprint::parse_hex(&"00ff".repeat(8)).unwrap(),
+            reply: Reply::ok("t-1", Status::Committed, 42, "transfer committed"),
+        };
         let mut bytes = Vec::new();
         encode_pruned(&recorded, "t-1", 42, &mut bytes);
         assert_eq!(bytes.len(), 1 + 16 + 1 + 4);

@@ -93,7 +93,7 @@ impl IdArchive for Archive {
         let written = self.0.lock().unwrap();
         match written.ids.get(key)? {
             IdRecord::Rejected(recorded) => Some((**recorded).clone()),
-            IdRecord::Journaled { fingerprint, seq, op } => journaled_recorded(&written.bodies[seq], fingerprint.clone(), *op),
+            IdRecord::Journaled { fingerprint, seq, op } => journaled_recorded(&written.bodies[seq], *fingerprint, *op),
         }
     }
 }
