@@ -388,6 +388,9 @@ impl<'p> Fields<'_, 'p> {
                 if size > MAX_METADATA_BYTES {
                     return Err(self.invalid(Name::Metadata, format!("is {size} bytes; the limit is {MAX_METADATA_BYTES}")));
                 }
+                if json_fields::holds_raw_value_key(&m) {
+                    return Err(self.invalid(Name::Metadata, format!("the key {:?} is reserved", json_fields::RAW_VALUE_KEY)));
+                }
                 Some(m)
             }
             Some(_) => return Err(self.invalid(Name::Metadata, "must be a JSON object".to_string())),
@@ -451,6 +454,38 @@ mod tests {
         // Escapes are decoded; a repeated field keeps its last value.
         let c = parse(br#"{"\u0069d":"1","id":"2","op":"void","pending_id":"p\"q"}"#, 10).unwrap();
         assert_eq!(c, Command { id: "2".to_string(), op: Op::Void { pending_id: "p\"q".to_string() } });
+    }
+
+    #[test]
+    fn metadata_cannot_hold_serde_jsons_raw_value_key() {
+        // With serde_json's `raw_value` on (a dependency turns it on), `Value` reads an object
+        // whose first key is this one as the JSON in its string: such metadata, journaled,
+        // would read back as something else or not at all (and stop replay).
+        let transfer = |metadata: &str| {
+            format!(r#"{{"id":"1","op":"transfer","debit":"a","credit":"b","amount":"1","asset":"EUR","metadata":{metadata}}}"#)
+        };
+        for metadata in [
+            r#"{"$serde_json::private::RawValue":5}"#,
+            r#"{"$serde_json::private::RawValue":"[1]"}"#,
+            r#"{"a":1,"$serde_json::private::RawValue":"[1]"}"#,
+            r#"{"a":{"$serde_json::private::RawValue":"[1]"}}"#,
+            r#"{"a":[{"b":1,"$serde_json::private::RawValue":2}]}"#,
+        ] {
+            let e = parse(transfer(metadata).as_bytes(), 10).unwrap_err();
+            assert_eq!(e.code, Code::InvalidField, "{metadata}: {e:?}");
+            assert!(e.message.starts_with("metadata: the key"), "{}", e.message);
+            let batch = format!(r#"{{"id":"b","op":"batch","ops":[{}]}}"#, transfer(metadata));
+            let e = parse(batch.as_bytes(), 10).unwrap_err();
+            assert!(e.message.starts_with("ops[0].metadata: the key"), "{}", e.message);
+        }
+        // A whole command wrapped in that key is not a command.
+        let wrapped = r#"{"$serde_json::private::RawValue":"{\"id\":\"1\",\"op\":\"void\",\"pending_id\":\"p\"}"}"#;
+        assert_eq!(code_of(wrapped), Code::MissingField);
+        // Accepted metadata reads back as the value parsed (the journal keeps its JSON).
+        let c = parse(transfer(r#"{"a":{"b":[1,"x",null,{"c":-2}]},"d":true}"#).as_bytes(), 10).unwrap();
+        let Op::Transfer(movement) = &c.op else { panic!("a transfer") };
+        let written = serde_json::to_vec(&movement.metadata).unwrap();
+        assert_eq!(serde_json::from_slice::<Option<Value>>(&written).unwrap(), movement.metadata);
     }
 
     #[test]

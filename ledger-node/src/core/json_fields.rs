@@ -8,6 +8,7 @@
 //! `JsonFields::from_map`): a field given twice keeps its last value; a key is compared
 //! after its escapes are decoded; the first field left over is the first in byte order;
 //! an unknown field's value is still read in full, so invalid JSON anywhere is invalid JSON.
+//! One difference, on purpose: serde_json's raw-value key stays a plain key (see `Plain`).
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
@@ -311,7 +312,7 @@ impl<'de> Visitor<'de> for FieldVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Value>()? {
+        while let Some(Plain(item)) = seq.next_element()? {
             items.push(item);
         }
         Ok(Field::Other(Value::Array(items)))
@@ -319,10 +320,39 @@ impl<'de> Visitor<'de> for FieldVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut object = Map::new();
-        while let Some((key, value)) = map.next_entry::<String, Value>()? {
+        while let Some((key, Plain(value))) = map.next_entry::<String, Plain>()? {
             object.insert(key, value);
         }
         Ok(Field::Other(Value::Object(object)))
+    }
+}
+
+/// A value inside a field, built as written. Not `Value`'s own deserializer: with
+/// serde_json's `raw_value` feature on (a dependency turns it on), that one replaces an
+/// object whose first key is `RAW_VALUE_KEY` by the JSON in its string, so what a device
+/// sent would not be what the journal keeps. Built plainly, such a key stays a key, and
+/// the parser refuses it (`command::Fields::movement`).
+struct Plain(Value);
+
+impl<'de> Deserialize<'de> for Plain {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Plain(match deserializer.deserialize_any(FieldVisitor)? {
+            Field::Str(s) => Value::String(s.into_owned()),
+            Field::Other(value) => value,
+        }))
+    }
+}
+
+/// The key serde_json reserves for its raw values: an object holding it, written to the
+/// journal, cannot be read back as a `Value` (`entry_codec` reads metadata that way).
+pub const RAW_VALUE_KEY: &str = "$serde_json::private::RawValue";
+
+/// Whether `value` holds `RAW_VALUE_KEY` as a key at any depth.
+pub fn holds_raw_value_key(value: &Value) -> bool {
+    match value {
+        Value::Object(fields) => fields.iter().any(|(key, value)| key == RAW_VALUE_KEY || holds_raw_value_key(value)),
+        Value::Array(items) => items.iter().any(holds_raw_value_key),
+        _ => false,
     }
 }
 
