@@ -472,7 +472,8 @@ impl<'a> Reader<'a> {
             0 => None,
             1 => {
                 let len = self.count("metadata")?;
-                Some(serde_json::from_slice(self.r.take(len)?).map_err(|e| format!("metadata: {e}"))?)
+                // As written: an entry journaled before such metadata was refused still reads.
+                Some(super::json_fields::read_plain(self.r.take(len)?).map_err(|e| format!("metadata: {e}"))?)
             }
             tag => return Err(format!("metadata tag {tag}")),
         };
@@ -784,6 +785,18 @@ mod tests {
             assert_eq!(bytes[0], VERSION_1);
             assert_eq!(decode(&bytes), Ok(body.clone()), "seq {}", body.seq);
         }
+    }
+
+    #[test]
+    fn metadata_reads_back_as_written_even_with_serde_jsons_raw_value_key() {
+        // Refused at intake now (`command`), but journals written before may hold it.
+        let mut metadata = serde_json::Map::new();
+        metadata.insert("a".into(), serde_json::json!(1));
+        metadata.insert(super::super::json_fields::RAW_VALUE_KEY.into(), serde_json::json!("[1]"));
+        let mut m = movement("wallet:alice", "till:1", "2.50");
+        m.metadata = Some(serde_json::Value::Object(metadata));
+        let body = body(3, Journaled::Device(Command { id: "t-1".into(), op: Op::Transfer(m) }), Vec::new(), None);
+        assert_eq!(decode(&encode(&body)), Ok(body));
     }
 
     #[test]

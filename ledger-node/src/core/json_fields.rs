@@ -343,6 +343,11 @@ impl<'de> Deserialize<'de> for Plain {
     }
 }
 
+/// Reads JSON the node wrote (a journaled command's metadata) back as written (see `Plain`).
+pub fn read_plain(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    serde_json::from_slice::<Plain>(bytes).map(|plain| plain.0)
+}
+
 /// The key serde_json reserves for its raw values: an object holding it, written to the
 /// journal, cannot be read back as a `Value` (`entry_codec` reads metadata that way).
 pub const RAW_VALUE_KEY: &str = "$serde_json::private::RawValue";
