@@ -24,22 +24,7 @@ impl Fingerprint {
 
     /// Reads the written form back: exactly 32 lowercase hex digits.
     pub fn parse_hex(text: &str) -> Option<Fingerprint> {
-        fn digit(c: u8) -> Option<u8> {
-            match c {
-                b'0'..=b'9' => Some(c - b'0'),
-                b'a'..=b'f' => Some(c - b'a' + 10),
-                _ => None,
-            }
-        }
-        let text = text.as_bytes();
-        if text.len() != 2 * FINGERPRINT_BYTES {
-            return None;
-        }
-        let mut out = [0; FINGERPRINT_BYTES];
-        for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-            *byte = digit(pair[0])? << 4 | digit(pair[1])?;
-        }
-        Some(Fingerprint(out))
+        super::journal::parse_hex(text).map(Fingerprint)
     }
 }
 

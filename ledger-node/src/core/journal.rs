@@ -161,6 +161,27 @@ pub fn hex(hash: &Hash) -> String {
     blake3::Hash::from_bytes(*hash).to_hex().to_string()
 }
 
+/// Reads back `N` bytes written as `2 × N` lowercase hex digits (a hash, a fingerprint);
+/// None for anything else.
+pub fn parse_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let text = text.as_bytes();
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0; N];
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,5 +196,9 @@ mod tests {
         assert_eq!(hex(&hash), expected);
         assert!(hex(&hash).starts_with("0fa000"));
         assert!(hex(&hash).ends_with("00ff"));
+        assert_eq!(parse_hex::<32>(&hex(&hash)), Some(hash));
+        for bad in ["", "0f", &"0".repeat(63), &"0".repeat(65), &"A".repeat(64), &"+f".repeat(32), &"é".repeat(32)] {
+            assert_eq!(parse_hex::<32>(bad), None, "{bad:?}");
+        }
     }
 }

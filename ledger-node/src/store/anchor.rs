@@ -34,19 +34,8 @@ pub(super) fn anchor_in(meta: &impl ReadableTable<&'static str, &'static str>) -
     let bad = |what: &str| Fault::Corrupt(format!("the journal's anchor {text:?}: {what}"));
     let (seq, hash) = text.split_once(':').ok_or_else(|| bad("not seq:hash"))?;
     let seq: u64 = seq.parse().map_err(|_| bad("seq"))?;
-    let hash = parse_hash(hash).ok_or_else(|| bad("hash"))?;
+    let hash: Hash = crate::core::journal::parse_hex(hash).ok_or_else(|| bad("hash"))?;
     let ts_ms = meta.get(ANCHOR_TS)?.and_then(|v| v.value().parse().ok()).ok_or_else(|| bad("no time"))?;
     let assets = meta.get(ANCHOR_ASSETS)?.map(|v| serde_json::from_str(v.value())).transpose().map_err(|_| bad("assets"))?;
     Ok(Anchor { chain: Chain { seq, hash }, ts_ms, assets: assets.unwrap_or_default() })
-}
-
-fn parse_hash(text: &str) -> Option<Hash> {
-    if text.len() != 64 {
-        return None;
-    }
-    let mut hash = [0u8; 32];
-    for (i, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(hash)
 }
