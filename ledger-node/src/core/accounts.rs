@@ -5,8 +5,8 @@
 //! (`invariants::check_totals`).
 
 use super::change::Floor;
+use super::keyed_hash::KeyedMap;
 use super::money::Minor;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,8 +69,8 @@ pub struct AssetTotals {
 
 #[derive(Debug, Default)]
 pub struct Accounts {
-    map: HashMap<String, Account>,
-    totals: HashMap<String, AssetTotals>,
+    map: KeyedMap<String, Account>,
+    totals: KeyedMap<String, AssetTotals>,
     /// Accounts below their floor or with negative pending amounts; zero outside a command.
     broken: i64,
 }

@@ -8,11 +8,12 @@
 //! the archive (the node's file) when a command or a settlement names it again. Pending
 //! holds always stay in RAM: they are the books' open amounts.
 
+use super::keyed_hash::KeyedMap;
 use super::leaving::{LeaveOrder, LeaveStats, LeavesRam};
 use super::money::Minor;
 use super::reply::Resolution;
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldState {
@@ -55,7 +56,7 @@ pub trait HoldArchive: Send {
 
 #[derive(Default)]
 pub struct Holds {
-    map: HashMap<String, Hold>,
+    map: KeyedMap<String, Hold>,
     /// Pending holds with a timeout, by expiry time.
     expiries: BTreeSet<(u64, String)>,
     /// Pending cross-node holds (ids): the transfers still waiting for their destination.
@@ -191,6 +192,7 @@ impl LeavesRam for Holds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
     /// The holds of durable groups, as the file keeps them.

@@ -8,8 +8,7 @@
 //! keys), so nobody can aim ids at one set of bits. The filter is rebuilt at start-up, in
 //! the background (`sibling`, then `absorb`), while the node already answers.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
+use super::keyed_hash::Keyed;
 
 /// Ids the first layer holds at its target rate.
 const FIRST_LAYER_IDS: usize = 1 << 20;
@@ -19,7 +18,7 @@ const PROBES: u64 = 7;
 
 pub struct IdFilter {
     layers: Vec<Layer>,
-    hasher: RandomState,
+    hasher: Keyed,
 }
 
 struct Layer {
@@ -46,7 +45,7 @@ impl Layer {
 
 impl Default for IdFilter {
     fn default() -> IdFilter {
-        IdFilter { layers: vec![Layer::new(FIRST_LAYER_IDS)], hasher: RandomState::new() }
+        IdFilter { layers: vec![Layer::new(FIRST_LAYER_IDS)], hasher: Keyed::new() }
     }
 }
 

@@ -10,6 +10,7 @@
 use super::accounts::Account;
 use super::address::TransferKey;
 use super::holds::Hold;
+use super::keyed_hash::KeyedSet;
 use super::ledger::{Head, Ledger};
 use super::live_changes::{Dirty, LiveChanges};
 use super::received::Received;
@@ -34,6 +35,14 @@ impl LiveState {
             .or_else(|| first_difference("hold", &self.holds, &other.holds))
             .or_else(|| first_difference("received transfer", &self.received, &other.received))
     }
+}
+
+/// The keys of a set in order (the store writes each table in key order), leaving it empty
+/// with its room kept for the next group.
+fn drain_sorted(keys: &mut KeyedSet<String>) -> Vec<String> {
+    let mut keys: Vec<String> = keys.drain().collect();
+    keys.sort_unstable();
+    keys
 }
 
 fn first_difference<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
@@ -81,18 +90,17 @@ impl Ledger {
     /// What changed since the last call, with the values as they are now.
     pub fn take_live_changes(&mut self) -> LiveChanges {
         let Some(dirty) = &mut self.dirty else { return LiveChanges::default() };
-        let dirty = std::mem::take(dirty);
+        let (accounts, holds) = (drain_sorted(&mut dirty.accounts), drain_sorted(&mut dirty.holds));
+        let received = std::mem::take(&mut dirty.received);
         LiveChanges {
-            accounts: dirty
-                .accounts
+            accounts: accounts
                 .into_iter()
                 .map(|name| {
                     let account = self.accounts.get(&name).cloned();
                     (name, account)
                 })
                 .collect(),
-            holds: dirty
-                .holds
+            holds: holds
                 .into_iter()
                 .map(|id| {
                     // A hold changed by a group not yet durable is in RAM.
@@ -101,7 +109,7 @@ impl Ledger {
                 })
                 .collect(),
             // A decision recorded by a group not yet durable is in RAM.
-            received: dirty.received.into_iter().filter_map(|key| self.received.in_ram(&key).cloned().map(|r| (key, r))).collect(),
+            received: received.into_iter().filter_map(|key| self.received.in_ram(&key).cloned().map(|r| (key, r))).collect(),
         }
     }
 

@@ -4,6 +4,7 @@
 use super::accounts::Account;
 use super::address::TransferKey;
 use super::holds::Hold;
+use super::keyed_hash::KeyedSet;
 use super::received::Received;
 use std::collections::BTreeSet;
 
@@ -21,11 +22,13 @@ impl LiveChanges {
     }
 }
 
-/// Keys changed since the last `take_live_changes`; sorted, so that the store writes
-/// each table in key order.
+/// Keys changed since the last `take_live_changes`, sorted there, so that the store writes
+/// each table in key order. Accounts and holds are noted in a hash set: a group notes each
+/// of its accounts once per change (twice per transfer), and a sorted set compared names
+/// a dozen times per note.
 #[derive(Debug, Default)]
 pub(super) struct Dirty {
-    pub(super) accounts: BTreeSet<String>,
-    pub(super) holds: BTreeSet<String>,
+    pub(super) accounts: KeyedSet<String>,
+    pub(super) holds: KeyedSet<String>,
     pub(super) received: BTreeSet<TransferKey>,
 }

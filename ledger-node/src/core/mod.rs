@@ -21,6 +21,7 @@ pub mod idempotency;
 pub mod invariants;
 pub mod journal;
 mod json_fields;
+pub mod keyed_hash;
 pub mod leaving;
 pub mod ledger;
 pub mod live;

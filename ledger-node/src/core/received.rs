@@ -8,9 +8,9 @@
 use super::address::TransferKey;
 use super::command::Movement;
 use super::idempotency::Recorded;
+use super::keyed_hash::KeyedMap;
 use super::leaving::{LeaveOrder, LeaveStats, LeavesRam};
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 /// A cross-node transfer this node received, and its recorded decision.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -31,7 +31,7 @@ pub trait ReceivedArchive: Send {
 /// The decisions on cross-node transfers received, by transfer key.
 #[derive(Default)]
 pub struct ReceivedIndex {
-    map: HashMap<TransferKey, Box<Received>>,
+    map: KeyedMap<TransferKey, Box<Received>>,
     /// None: every decision stays in RAM (tools, replays).
     archived: Option<Archived>,
 }

@@ -4,11 +4,11 @@
 //! tombstones use up its room: measured as 100–350 ms stalls of the intake under load.
 //! Pure data structure; no I/O.
 
+use super::keyed_hash::Keyed;
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use std::borrow::Borrow;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
 
 /// Shards per map: a table of a million records rehashes about a thousand at a time.
 pub const SHARDS: usize = 1024;
@@ -21,14 +21,14 @@ pub struct Sharded<K, V> {
     shards: Vec<HashTable<(K, V)>>,
     /// One keyed hash per key picks both its shard and its slot; keyed at random, so chosen
     /// keys cannot pile into one shard or one probe sequence.
-    hasher: RandomState,
+    hasher: Keyed,
     len: usize,
 }
 
 impl<K: Hash + Eq, V> Sharded<K, V> {
     /// Room for `capacity` entries spread over the shards, allocated now (none for 0).
     pub fn with_capacity(capacity: usize) -> Sharded<K, V> {
-        let mut map = Sharded { shards: Vec::new(), hasher: RandomState::new(), len: 0 };
+        let mut map = Sharded { shards: Vec::new(), hasher: Keyed::new(), len: 0 };
         if capacity > 0 {
             map.allocate(capacity.div_ceil(SHARDS));
         }
