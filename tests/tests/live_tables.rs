@@ -10,7 +10,7 @@ use ledger::core::id_filter::IdFilter;
 use ledger::core::journal::Entry;
 use ledger::core::reply::Resolution;
 use ledger::core::{Effects, HoldState, Ledger, LiveState};
-use ledger::store::{ReplicaFrame, Rows, Store, StoreArchive, StoreIds};
+use ledger::store::{ReplicaFrame, Rows, Store, StoreArchive, StoreIds, FOLD_EVERY_GROUPS};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::json;
 use std::sync::Arc;
@@ -91,6 +91,11 @@ const HOLD_CACHE: usize = 1;
 /// tables; its id filter has learned the file's ids only once `learn_ids` was called with
 /// what this returns (the edge does it on a thread of its own).
 fn open_edge(store: &Arc<Store>) -> Result<(Ledger, ledger::core::journal::Chain, Option<IdFilter>), String> {
+    open_edge_folding(store, FOLD_EVERY_GROUPS)
+}
+
+/// As `open_edge`, folding the account deltas every `fold` groups.
+fn open_edge_folding(store: &Arc<Store>, fold: u32) -> Result<(Ledger, ledger::core::journal::Chain, Option<IdFilter>), String> {
     let mut ledger = ledger::setup::ledger_for(&config());
     let (archive, fault) = StoreIds::new(store.clone());
     ledger.archive_ids(16, Box::new(archive));
@@ -98,7 +103,8 @@ fn open_edge(store: &Arc<Store>) -> Result<(Ledger, ledger::core::journal::Chain
     ledger.archive_holds(HOLD_CACHE, Box::new(finals.clone()));
     ledger.archive_received(HOLD_CACHE, Box::new(finals));
     let opened = store.open_books(&mut ledger).map_err(|e| e.to_string())?;
-    ledger.track_live_changes();
+    ledger.track_live_changes_folding(fold);
+    ledger.note_unfolded(opened.unfolded);
     Ok((ledger, opened.chain, opened.ids_to_learn))
 }
 
@@ -246,6 +252,52 @@ fn an_edge_starts_from_its_live_tables_and_they_equal_a_replay() {
     assert!(reply.code.as_str() == "ok" && !reply.duplicate, "{reply:?}");
 }
 
+/// The account deltas of an edge: whatever the fold's cadence and wherever the node stops
+/// (between folds, right after one), it starts from the tables with the books a replay
+/// of its journal rebuilds, and `ledgerctl verify` agrees; a fold leaves no delta behind.
+#[test]
+fn account_deltas_fold_and_an_edge_restarts_from_them_anywhere() {
+    for fold in [1, 2, 5, FOLD_EVERY_GROUPS] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
+        let (mut ledger, mut chain, _) = open_edge_folding(&store, fold).unwrap();
+        let commands = workload();
+        // Restarts after 1, 2, 3, ... groups of three commands: every position in the
+        // cycle of folds is met.
+        let mut at = 0;
+        let mut stop = 1;
+        while at < commands.len() {
+            let upto = (at + 3 * stop).min(commands.len());
+            book(&store, &mut ledger, &mut chain, commands[at..upto].to_vec(), 1_700_000_000_000 + at as u64);
+            at = upto;
+            stop += 1;
+            let before = books_of(&store, &ledger);
+            drop(ledger);
+            (ledger, chain, _) = open_edge_folding(&store, fold).unwrap();
+            let what = format!("fold every {fold}, restarted after {at} commands");
+            assert_same(&format!("{what}: restarted vs before"), &books_of(&store, &ledger), &before);
+            assert_same(&format!("{what}: replay vs tables"), &replayed(&store).live_state(), &before);
+        }
+        drop((ledger, store));
+        let db = Database::open(dir.path().join("ledger.redb")).unwrap();
+        let rows = db.begin_read().unwrap().open_table(DELTAS).unwrap().iter().unwrap().count() as u64;
+        if fold == 1 {
+            assert_eq!(rows, 0, "folding every group leaves no delta");
+        } else {
+            assert!(rows < u64::from(fold), "at most a fold's worth of deltas: {rows} with a fold every {fold}");
+        }
+        drop(db);
+        let verify = std::process::Command::new(harness::ledgerctl_binary())
+            .args(["verify", "--db", dir.path().join("ledger.redb").to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(verify.status.success(), "fold every {fold}: {}", String::from_utf8_lossy(&verify.stdout));
+    }
+}
+
+/// The table of an edge's account deltas (`store::live`).
+const DELTAS: TableDefinition<u64, &[u8]> = TableDefinition::new("live_account_deltas");
+
 #[test]
 fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -304,7 +356,7 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
     let db = Database::open(dir.path().join("ledger.redb")).unwrap();
     let format = db.begin_read().unwrap().open_table(META).unwrap().get("format").unwrap().map(|v| v.value().to_string());
-    assert_eq!(format.as_deref(), Some("edgeledger-5"), "marked, so that an older release refuses it");
+    assert_eq!(format.as_deref(), Some("edgeledger-6"), "marked, so that an older release refuses it");
     let rows = db.begin_read().unwrap().open_table(META).unwrap().get("rows").unwrap().map(|v| v.value().to_string());
     assert_eq!(rows.as_deref(), Some("linked"), "its rows keep their layout");
 }

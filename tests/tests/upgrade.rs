@@ -35,7 +35,7 @@ fn rewrite_with_redb_4_4(from: &Path, to: &Path) -> usize {
     for table in read.list_tables().expect("list the tables") {
         let name = table.name().to_string();
         rows += match name.as_str() {
-            "journal" => copy_table!(read, write, &name, u64, &[u8]),
+            "journal" | "live_account_deltas" => copy_table!(read, write, &name, u64, &[u8]),
             "meta" => copy_table!(read, write, &name, &str, &str),
             "replica" => copy_table!(read, write, &name, (&str, u64), &[u8]),
             _ => copy_table!(read, write, &name, &str, &[u8]),

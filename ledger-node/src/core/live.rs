@@ -12,9 +12,13 @@ use super::address::TransferKey;
 use super::holds::Hold;
 use super::keyed_hash::KeyedSet;
 use super::ledger::{Head, Ledger};
-use super::live_changes::{Dirty, LiveChanges};
+use super::live_changes::{AccountRows, Dirty, LiveChanges};
 use super::received::Received;
 use std::collections::BTreeMap;
+
+/// Most accounts changed since the last fold before a group folds them whatever its turn:
+/// bounds the set kept for the fold, and the deltas a start-up reads.
+pub const MAX_UNFOLDED_ACCOUNTS: usize = 65_536;
 
 /// The live state of a ledger, in key order.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,21 +64,47 @@ fn first_difference<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
 }
 
 impl Ledger {
-    /// Notes from now on what each group changes (see `take_live_changes`).
+    /// Notes from now on what each group changes (see `take_live_changes`); every group's
+    /// accounts are rows to write.
     pub fn track_live_changes(&mut self) {
-        self.dirty = Some(Dirty::default());
+        self.dirty = Some(Dirty::folding_every(1));
+    }
+
+    /// As `track_live_changes`, but a group's accounts are its delta, and every `groups`
+    /// groups (or once `MAX_UNFOLDED_ACCOUNTS` accounts changed since the last fold) all
+    /// the accounts changed since the last fold are rows to write (`AccountRows`).
+    pub fn track_live_changes_folding(&mut self, groups: u32) {
+        self.dirty = Some(Dirty::folding_every(groups));
+    }
+
+    /// Accounts changed by deltas not folded yet (the store's, at start-up): the next fold
+    /// writes them too.
+    pub fn note_unfolded(&mut self, names: impl IntoIterator<Item = String>) {
+        if let Some(dirty) = &mut self.dirty {
+            dirty.accounts.extend(names.into_iter().map(|name| (name, 0)));
+        }
     }
 
     pub(super) fn note_account(&mut self, name: &str) {
         if let Some(dirty) = &mut self.dirty {
-            if !dirty.accounts.contains(name) {
-                dirty.accounts.insert(name.to_string());
+            dirty.changed = true;
+            let group = dirty.group;
+            let noted = match dirty.accounts.get_mut(name) {
+                Some(noted) => std::mem::replace(noted, group),
+                None => {
+                    dirty.accounts.insert(name.to_string(), group);
+                    0
+                }
+            };
+            if noted != group && dirty.fold_every > 1 {
+                dirty.group_accounts.push(name.to_string());
             }
         }
     }
 
     pub(super) fn note_hold(&mut self, pending_id: &str) {
         if let Some(dirty) = &mut self.dirty {
+            dirty.changed = true;
             if !dirty.holds.contains(pending_id) {
                 dirty.holds.insert(pending_id.to_string());
             }
@@ -83,6 +113,7 @@ impl Ledger {
 
     pub(super) fn note_received(&mut self, key: &TransferKey) {
         if let Some(dirty) = &mut self.dirty {
+            dirty.changed = true;
             dirty.received.insert(key.clone());
         }
     }
@@ -90,9 +121,28 @@ impl Ledger {
     /// What changed since the last call, with the values as they are now.
     pub fn take_live_changes(&mut self) -> LiveChanges {
         let Some(dirty) = &mut self.dirty else { return LiveChanges::default() };
-        let (accounts, holds) = (drain_sorted(&mut dirty.accounts), drain_sorted(&mut dirty.holds));
+        if !std::mem::take(&mut dirty.changed) {
+            return LiveChanges::default();
+        }
+        dirty.groups_since_fold += 1;
+        // Wraps after 4 billion groups; 0 stays the mark of `note_unfolded`.
+        dirty.group = dirty.group.checked_add(1).unwrap_or(1);
+        let fold = dirty.groups_since_fold >= dirty.fold_every || dirty.accounts.len() >= MAX_UNFOLDED_ACCOUNTS;
+        let (accounts, accounts_are) = if fold {
+            dirty.groups_since_fold = 0;
+            dirty.group_accounts.clear();
+            let mut names: Vec<String> = dirty.accounts.drain().map(|(name, _)| name).collect();
+            names.sort_unstable();
+            (names, AccountRows::Fold)
+        } else {
+            let mut names = std::mem::take(&mut dirty.group_accounts);
+            names.sort_unstable();
+            (names, AccountRows::Delta)
+        };
+        let holds = drain_sorted(&mut dirty.holds);
         let received = std::mem::take(&mut dirty.received);
         LiveChanges {
+            accounts_are,
             accounts: accounts
                 .into_iter()
                 .map(|name| {

@@ -42,7 +42,7 @@ pub use idempotency::Recorded;
 pub use leaving::LeaveStats;
 pub use ledger::{Effects, Head, Ledger, Limits};
 pub use live::LiveState;
-pub use live_changes::LiveChanges;
+pub use live_changes::{AccountRows, LiveChanges};
 pub use permissions::{DeviceRights, Permissions, OPERATOR};
 pub use received::Received;
 pub use received::ReceivedArchive;

@@ -7,7 +7,7 @@ use crate::core::journal::Chain;
 use crate::core::Ledger;
 use crate::error::NodeError;
 use crate::setup::ledger_for;
-use crate::store::{IdFault, Store, StoreArchive, StoreIds};
+use crate::store::{IdFault, Store, StoreArchive, StoreIds, FOLD_EVERY_GROUPS};
 use config::NodeConfig;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
@@ -62,7 +62,8 @@ impl Books {
         if let Some(fault) = id_fault.take() {
             return Err(NodeError::Store(fault));
         }
-        ledger.track_live_changes();
+        ledger.track_live_changes_folding(FOLD_EVERY_GROUPS);
+        ledger.note_unfolded(opened.unfolded);
         let id_filter = match opened.ids_to_learn {
             Some(filter) => Some(self.learn_ids(filter)?),
             None => None,

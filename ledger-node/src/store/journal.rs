@@ -115,7 +115,7 @@ impl Store {
             let mut meta = tx.open_table(META)?;
             meta.insert("head", format!("{}:{}", chain.seq, hex(&chain.hash)).as_str())?;
         }
-        super::live::write_changes(&tx, super::live::Scope::Own, live)?;
+        super::live::write_changes(&tx, super::live::Scope::Own, live, chain.seq)?;
         tx.commit()?;
         Ok(sealed)
     }

@@ -4,19 +4,28 @@
 //! replaying its journal; `ledgerctl verify` replays the journal and checks that they are
 //! equal (`Store::live_state`).
 //!
-//! Values: accounts and holds in the compact encoding of `live_codec`; a decision received,
-//! a format tag (`1`) then its JSON. Meta `live` is `complete` once the tables hold the
-//! whole state (a new file, or an older one after its first start-up wrote them from a
-//! replay).
+//! An edge writes its accounts in fewer rows than one per account per group: each group
+//! writes the accounts it changed as one row of `live_account_deltas` (keyed by the
+//! journal's head after the group), and every `FOLD_EVERY_GROUPS` groups the accounts
+//! changed since the last fold are written as rows of `live_accounts` and the deltas go
+//! (`core::AccountRows`). Both in the group's own transaction: the tables always hold the
+//! state as of the last commit, and a start-up reads `live_accounts` and then the deltas
+//! after it, at most that many rows, in order. A region's replicas and the books as of an
+//! anchor write rows every time.
+//!
+//! Values: accounts and holds in the compact encoding of `live_codec` (a delta row: a list
+//! of accounts); a decision received, a format tag (`1`) then its JSON. Meta `live` is
+//! `complete` once the tables hold the whole state (a new file, or an older one after its
+//! first start-up wrote them from a replay).
 
 use super::error::{Fault, StoreError};
-use super::live_codec::{decode_account, decode_hold, encode_account, encode_hold};
+use super::live_codec::{decode_account, decode_account_delta, decode_hold, encode_account, encode_account_delta, encode_hold};
 use super::{Store, IDS, JOURNAL, META, REPLICA};
 use crate::core::address::TransferKey;
 use crate::core::id_filter::IdFilter;
 use crate::core::journal::Chain;
+use crate::core::{Account, AccountRows, LiveChanges, LiveState};
 use crate::core::{Head, Hold, Ledger, Received};
-use crate::core::{LiveChanges, LiveState};
 use redb::{ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -31,7 +40,18 @@ pub struct Opened {
     /// this one filled (`learn_ids`, then `Ledger::complete_id_filter`), every id not in
     /// RAM is looked up in the file (exact, only slower). None: it knows them all.
     pub ids_to_learn: Option<IdFilter>,
+    /// Accounts changed by delta rows not folded yet: the ledger's next fold must write
+    /// them (`Ledger::note_unfolded`).
+    pub unfolded: Vec<String>,
 }
+
+/// Groups between two folds of an edge's account deltas into `live_accounts`: at most this
+/// many delta rows for a start-up to read.
+pub const FOLD_EVERY_GROUPS: u32 = 32;
+
+/// An edge's accounts changed by each group since the last fold, one row per group, keyed
+/// by the journal's head after it.
+pub(super) const ACCOUNT_DELTAS: TableDefinition<u64, &[u8]> = TableDefinition::new("live_account_deltas");
 
 pub(super) const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_accounts");
 pub(super) const HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("live_holds");
@@ -168,15 +188,28 @@ pub(super) fn decode_json<T: DeserializeOwned>(table: &str, key: &str, bytes: &[
     }
 }
 
-/// Writes one group's changes into the live tables of `tx`, each table in key order.
-pub(super) fn write_changes(tx: &WriteTransaction, scope: Scope, changes: &LiveChanges) -> Result<(), Fault> {
+/// Writes one group's changes into the live tables of `tx`, each table in key order;
+/// `head`: the journal's head after the group, the key of its delta row.
+pub(super) fn write_changes(tx: &WriteTransaction, scope: Scope, changes: &LiveChanges, head: u64) -> Result<(), Fault> {
     if changes.is_empty() {
         return Ok(());
     }
     let [accounts_table, _, received_table] = scope.tables();
     let mut bytes = Vec::new();
-    let accounts = changes.accounts.iter().map(|(name, a)| (scope.key(name), a.as_ref()));
-    write_rows(&mut tx.open_table(accounts_table)?, accounts, encode_account, &mut bytes)?;
+    match (scope, changes.accounts_are) {
+        (_, AccountRows::Fold) => {
+            let accounts = changes.accounts.iter().map(|(name, a)| (scope.key(name), a.as_ref()));
+            write_rows(&mut tx.open_table(accounts_table)?, accounts, encode_account, &mut bytes)?;
+            if matches!(scope, Scope::Own) {
+                // Every account a delta changed is among the rows just written.
+                tx.open_table(ACCOUNT_DELTAS)?.retain(|_, _| false)?;
+            }
+        }
+        (Scope::Own, AccountRows::Delta) => write_delta(tx, &changes.accounts, head, &mut bytes)?,
+        (Scope::Replica(_) | Scope::Anchor, AccountRows::Delta) => {
+            return Err(Fault::Corrupt("only an edge's own accounts are written as deltas".to_string()))
+        }
+    }
     // A hold is in one table: a resolved one moves to the table of its kind, which nothing
     // moves it out of (a resolution is final); a removed one leaves them all.
     for table in scope.hold_tables() {
@@ -190,6 +223,48 @@ pub(super) fn write_changes(tx: &WriteTransaction, scope: Scope, changes: &LiveC
     let received = changes.received.iter().map(|(key, r)| (Cow::Owned(scope.key(&key.to_string()).into_owned()), Some(r)));
     write_rows(&mut tx.open_table(received_table)?, received, encode_json, &mut bytes)?;
     Ok(())
+}
+
+/// Writes a group's accounts as one delta row at `head`. A group that changed accounts
+/// journaled entries, so `head` is new; were it not, the row there is extended, later
+/// values winning.
+fn write_delta(tx: &WriteTransaction, accounts: &[(String, Option<Account>)], head: u64, bytes: &mut Vec<u8>) -> Result<(), Fault> {
+    if accounts.is_empty() {
+        return Ok(());
+    }
+    let mut deltas = tx.open_table(ACCOUNT_DELTAS)?;
+    let before = deltas.get(head)?.map(|row| decode_account_delta(row.value()));
+    match before {
+        None => encode_account_delta(accounts, bytes),
+        Some(before) => {
+            let mut merged: BTreeMap<String, Option<Account>> =
+                before.map_err(|e| Fault::Corrupt(format!("account delta {head} cannot be read: {e}")))?.into_iter().collect();
+            merged.extend(accounts.iter().cloned());
+            encode_account_delta(&merged.into_iter().collect::<Vec<_>>(), bytes);
+        }
+    }
+    deltas.insert(head, bytes.as_slice())?;
+    Ok(())
+}
+
+/// One group's accounts with their values after it (None: removed).
+type Delta = Vec<(String, Option<Account>)>;
+
+/// An edge's delta rows not folded yet, oldest first, each with its key.
+fn account_deltas(tx: &ReadTransaction) -> Result<Vec<(u64, Delta)>, Fault> {
+    let table = match tx.open_table(ACCOUNT_DELTAS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (head, bytes) = row?;
+        let delta = decode_account_delta(bytes.value())
+            .map_err(|e| Fault::Corrupt(format!("account delta {} cannot be read: {e}", head.value())))?;
+        out.push((head.value(), delta));
+    }
+    Ok(out)
 }
 
 /// Inserts each `Some` value under its key, removes each `None`.
@@ -226,7 +301,7 @@ impl Store {
             let state = ledger.live_state();
             let _ = ledger.take_live_changes(); // all of it goes in at once, below
             self.write(|| self.write_live_state(Scope::Own, &state))?;
-            return Ok(Opened { chain, ids_to_learn: None });
+            return Ok(Opened { chain, ids_to_learn: None, unfolded: Vec::new() });
         }
         let started = std::time::Instant::now();
         let (chain, head) = self.journal_end().map_err(|f| self.fail(f))?;
@@ -238,7 +313,19 @@ impl Store {
         tracing::info!(accounts, holds, ms = started.elapsed().as_millis() as u64, "books opened from the live tables");
         let ids_to_learn = ledger.id_filter_to_build();
         debug_assert!(ids_to_learn.is_some(), "a ledger with an id archive keeps a filter");
-        Ok(Opened { chain, ids_to_learn })
+        let unfolded = self.unfolded_accounts().map_err(|f| self.fail(f))?;
+        Ok(Opened { chain, ids_to_learn, unfolded })
+    }
+
+    /// The accounts changed by delta rows not folded yet.
+    fn unfolded_accounts(&self) -> Result<Vec<String>, Fault> {
+        let db = self.db()?;
+        let tx = db.begin_read()?;
+        let mut names: Vec<String> =
+            account_deltas(&tx)?.into_iter().flat_map(|(_, delta)| delta.into_iter().map(|(name, _)| name)).collect();
+        names.sort_unstable();
+        names.dedup();
+        Ok(names)
     }
 
     /// The live state the tables hold, with the journal's head (for `ledgerctl verify`).
@@ -350,6 +437,17 @@ impl Store {
             let account = decode_account(&bytes).map_err(|e| Fault::Corrupt(format!("account {name:?} cannot be read: {e}")))?;
             accounts.insert(name, account);
         }
+        if matches!(scope, Scope::Own) {
+            // The deltas since the last fold, in the order the groups were written.
+            for (_, delta) in account_deltas(&tx)? {
+                for (name, account) in delta {
+                    match account {
+                        Some(account) => accounts.insert(name, account),
+                        None => accounts.remove(&name),
+                    };
+                }
+            }
+        }
         let mut holds = BTreeMap::new();
         let resolved = scope.resolved_holds().filter(|_| finals).into_iter().flatten();
         for table in [holds_table].into_iter().chain(resolved) {
@@ -392,10 +490,11 @@ impl Store {
         {
             let changes = LiveChanges {
                 accounts: state.accounts.iter().map(|(n, a)| (n.clone(), Some(a.clone()))).collect(),
+                accounts_are: AccountRows::Fold,
                 holds: state.holds.iter().map(|(id, h)| (id.clone(), Some(h.clone()))).collect(),
                 received: state.received.iter().map(|(k, r)| (k.clone(), r.clone())).collect(),
             };
-            write_changes(&tx, scope, &changes)?;
+            write_changes(&tx, scope, &changes, state.head.seq)?;
             tx.open_table(META)?.insert(scope.complete_key().as_str(), COMPLETE)?;
         }
         tx.commit()?;

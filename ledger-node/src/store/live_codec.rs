@@ -10,7 +10,42 @@ use crate::core::{Account, Floor, Hold, HoldState};
 const VERSION: u8 = 1;
 
 pub fn encode_account(account: &Account, out: &mut Vec<u8>) {
+    write_account(&mut start(out), account);
+}
+
+pub fn decode_account(bytes: &[u8]) -> Result<Account, String> {
+    let mut r = read(bytes)?;
+    let account = read_account(&mut r)?;
+    r.end()?;
+    Ok(account)
+}
+
+/// A group's accounts, each with its value after the group (None: removed), as one delta
+/// row: the version, how many (varint), then each name and its value.
+pub fn encode_account_delta(accounts: &[(String, Option<Account>)], out: &mut Vec<u8>) {
     let mut w = start(out);
+    w.varint(accounts.len() as u64);
+    for (name, account) in accounts {
+        w.str16(name);
+        w.option(account.as_ref(), write_account);
+    }
+}
+
+pub fn decode_account_delta(bytes: &[u8]) -> Result<Vec<(String, Option<Account>)>, String> {
+    let mut r = read(bytes)?;
+    let count = r.varint()?;
+    // Not trusted for an allocation: each account takes bytes that must be there.
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let name = r.str16()?;
+        let account = r.option(read_account)?;
+        out.push((name, account));
+    }
+    r.end()?;
+    Ok(out)
+}
+
+fn write_account(w: &mut Writer<'_>, account: &Account) {
     w.str16(&account.asset);
     match account.floor {
         Floor::Issuance => w.u8(0),
@@ -25,8 +60,7 @@ pub fn encode_account(account: &Account, out: &mut Vec<u8>) {
     w.i64_be(account.pending_credits);
 }
 
-pub fn decode_account(bytes: &[u8]) -> Result<Account, String> {
-    let mut r = read(bytes)?;
+fn read_account(r: &mut Reader<'_>) -> Result<Account, String> {
     let asset = r.str16()?;
     let floor = match r.u8()? {
         0 => Floor::Issuance,
@@ -34,10 +68,7 @@ pub fn decode_account(bytes: &[u8]) -> Result<Account, String> {
         tag => return Err(format!("floor tag {tag}")),
     };
     let closed = r.bool()?;
-    let account =
-        Account { asset: asset.into(), floor, closed, posted: r.i64_be()?, pending_debits: r.i64_be()?, pending_credits: r.i64_be()? };
-    r.end()?;
-    Ok(account)
+    Ok(Account { asset: asset.into(), floor, closed, posted: r.i64_be()?, pending_debits: r.i64_be()?, pending_credits: r.i64_be()? })
 }
 
 pub fn encode_hold(hold: &Hold, out: &mut Vec<u8>) {
@@ -122,5 +153,26 @@ mod tests {
         assert!(decode_hold(&bytes).unwrap_err().contains("left over"));
         bytes[0] = 9;
         assert!(decode_hold(&bytes).unwrap_err().contains("version"));
+    }
+
+    #[test]
+    fn a_delta_row_reads_back_as_written_and_damage_is_refused() {
+        let account =
+            Account { asset: "EUR".into(), floor: Floor::Issuance, closed: false, posted: 12, pending_debits: 0, pending_credits: 4 };
+        let delta = vec![("issuer:eur".to_string(), Some(account.clone())), ("wallet:gone".to_string(), None)];
+        let mut bytes = Vec::new();
+        encode_account_delta(&delta, &mut bytes);
+        assert_eq!(decode_account_delta(&bytes), Ok(delta.clone()));
+        for cut in 1..bytes.len() {
+            assert!(decode_account_delta(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        bytes.push(0);
+        assert!(decode_account_delta(&bytes).unwrap_err().contains("left over"));
+        // A count that claims more than the bytes hold is refused, not allocated for.
+        let mut lying = vec![VERSION];
+        Writer(&mut lying).varint(u64::MAX);
+        assert!(decode_account_delta(&lying).is_err());
+        encode_account_delta(&[], &mut bytes);
+        assert_eq!(decode_account_delta(&bytes), Ok(Vec::new()));
     }
 }

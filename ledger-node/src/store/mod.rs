@@ -24,7 +24,7 @@ pub use archive::StoreArchive;
 pub use error::StoreError;
 pub use history::history;
 pub use ids::{IdFault, StoreIds};
-pub use live::Opened;
+pub use live::{Opened, FOLD_EVERY_GROUPS};
 pub use prune::{AnchorBooks, Prune};
 pub use replica::ReplicaFrame;
 pub use rows::Rows;
@@ -53,14 +53,19 @@ pub const DB_CACHE_BYTES: usize = 128 * 1024 * 1024;
 
 /// The file name of a node's database inside its data directory.
 pub const DB_FILE: &str = "ledger.redb";
-/// `edgeledger-5`: journal rows without the previous entry's hash (meta `rows`, see
-/// `rows`). Format 4 brought journal bodies and id records in their binary encodings
+/// `edgeledger-6`: an edge's accounts changed by each group in one delta row, folded into
+/// `live_accounts` every so many groups (`live`); a release before it would read
+/// `live_accounts` alone, which may be behind, so it must not open such a file. A file of
+/// format 5 is taken and marked 6 as it is (it has no deltas yet). `edgeledger-5`: journal
+/// rows without the previous entry's hash (meta `rows`, see `rows`). Format 4 brought journal bodies and id records in their binary encodings
 /// (`core::entry_codec`, `ids`). Files of format 4, 3 (live tables, JSON bodies) and 2 (no
-/// live tables yet) are taken and marked 5, with `rows = linked`: their rows keep their
+/// live tables yet) are taken and marked 6, with `rows = linked`: their rows keep their
 /// layout and their entries stay as they are (the hash chain covers them as written); an
 /// edge writes the live tables of a format 2 file from a replay at its first start. Format 1
 /// (ids not yet keyed per sender) is refused (see `StoreError::Format`).
-const FORMAT: &str = "edgeledger-5";
+const FORMAT: &str = "edgeledger-6";
+/// Marked `FORMAT` when opened, its row layout kept.
+const FORMAT_DELTAS_BEFORE: &str = "edgeledger-5";
 const FORMATS_TAKEN: [&str; 3] = ["edgeledger-4", "edgeledger-3", "edgeledger-2"];
 /// Meta key of the file's row layout.
 const ROWS: &str = "rows";
@@ -226,6 +231,10 @@ impl Store {
                     let format = meta.get("format")?.map(|v| v.value().to_string());
                     match format.as_deref() {
                         Some(FORMAT) => {}
+                        // Marked at once: an older release must not open it again.
+                        Some(FORMAT_DELTAS_BEFORE) => {
+                            meta.insert("format", FORMAT)?;
+                        }
                         // Marked at once: an older release must not write to it again.
                         Some(older) if FORMATS_TAKEN.contains(&older) => {
                             meta.insert("format", FORMAT)?;
@@ -247,6 +256,7 @@ impl Store {
             tx.open_table(REPLICA)?;
             tx.open_table(REPLICA_SIGNED)?;
             tx.open_table(live::ACCOUNTS)?;
+            tx.open_table(live::ACCOUNT_DELTAS)?;
             tx.open_table(live::HOLDS)?;
             tx.open_table(live::RECEIVED)?;
         }
@@ -262,7 +272,7 @@ impl Store {
         let node = meta.get("node_id")?.map(|v| v.value().to_string());
         let format = meta.get("format")?.map(|v| v.value().to_string());
         match (node, format.as_deref()) {
-            (Some(node), Some(FORMAT)) => Ok((node, rows_in(&meta)?)),
+            (Some(node), Some(FORMAT | FORMAT_DELTAS_BEFORE)) => Ok((node, rows_in(&meta)?)),
             // Read only: marked when a node of this release opens it.
             (Some(node), Some(format)) if FORMATS_TAKEN.contains(&format) => Ok((node, Rows::Linked)),
             (_, _) => Err(Fault::Format { found: format, expected: FORMAT }),

@@ -193,7 +193,7 @@ impl Store {
             return Err(Fault::Replay(format!("the books as of the anchor could not read a hold or decision back: {e}")));
         }
         ledger.check_invariants().map_err(|e| Fault::Invariant(format!("the books as of entry {}: {e}", chain.seq)))?;
-        write_changes(&tx, Scope::Anchor, &ledger.take_live_changes())?;
+        write_changes(&tx, Scope::Anchor, &ledger.take_live_changes(), chain.seq)?;
         tx.commit()?;
         ledger.group_durable(group);
         *anchor = Anchor { chain, ts_ms, assets };

@@ -49,7 +49,8 @@ impl Store {
                     for entry in frame.entries {
                         replica.insert((edge, entry.seq), self.rows.encode(entry).as_slice())?;
                     }
-                    super::live::write_changes(&tx, super::live::Scope::Replica(edge), frame.live)?;
+                    let head = frame.entries.last().map_or(0, |entry| entry.seq);
+                    super::live::write_changes(&tx, super::live::Scope::Replica(edge), frame.live, head)?;
                 }
             }
             // Each head signs its frame's last entry and, through the chain, all before it.

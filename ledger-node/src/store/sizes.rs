@@ -3,8 +3,8 @@
 
 use super::error::{Fault, StoreError};
 use super::live::{
-    ACCOUNTS, HOLDS, RECEIVED, REPLICA_ACCOUNTS, REPLICA_HOLDS, REPLICA_RECEIVED, REPLICA_RESOLVED_HOLDS, REPLICA_SENT_RESOLVED,
-    RESOLVED_HOLDS, SENT_RESOLVED,
+    ACCOUNTS, ACCOUNT_DELTAS, HOLDS, RECEIVED, REPLICA_ACCOUNTS, REPLICA_HOLDS, REPLICA_RECEIVED, REPLICA_RESOLVED_HOLDS,
+    REPLICA_SENT_RESOLVED, RESOLVED_HOLDS, SENT_RESOLVED,
 };
 use super::{Store, IDS, JOURNAL, REPLICA};
 use redb::{ReadableDatabase, ReadableTableMetadata, TableHandle};
@@ -42,6 +42,13 @@ impl Store {
             ("ids", tx.open_table(IDS)?.len()?),
             ("replica", tx.open_table(REPLICA)?.len()?),
         ];
+        // Made by this release's first commit on an older file.
+        let deltas = match tx.open_table(ACCOUNT_DELTAS) {
+            Ok(table) => table.len()?,
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        rows.push(("live_account_deltas", deltas));
         // Tables a file may not have: the replicas' live tables are made on a region's file.
         for (name, table) in [
             ("live_accounts", ACCOUNTS),
@@ -143,6 +150,6 @@ mod tests {
         let sizes = store.sizes().unwrap();
         assert!(sizes.file_bytes > 0 && sizes.disk_bytes > 0 && sizes.disk_free_bytes > 0, "{sizes:?}");
         assert!(sizes.rows.iter().all(|(_, n)| *n == 0), "{sizes:?}");
-        assert_eq!(sizes.rows.len(), 13);
+        assert_eq!(sizes.rows.len(), 14);
     }
 }

@@ -157,10 +157,11 @@ fn set_up() -> Result<Setup, String> {
     node_config.node.id = NODE.to_string();
     let mut ledger = ledger::setup::ledger_for(&node_config);
     // As on an edge: the recent ids in RAM (the rest read back from the file), and each
-    // commit also writes what the group changed into the live tables.
+    // commit also writes what the group changed into the live tables (the accounts as a
+    // delta, folded every `FOLD_EVERY_GROUPS` groups).
     let (archive, id_fault) = ledger::store::StoreIds::new(store.clone());
     ledger.archive_ids(node_config.ledger.id_cache_entries, Box::new(archive));
-    ledger.track_live_changes();
+    ledger.track_live_changes_folding(ledger::store::FOLD_EVERY_GROUPS);
 
     let wallets: Vec<String> = (0..ACCOUNTS).map(|i| format!("wallet:w{i}")).collect();
     let merchants: Vec<String> = (0..ACCOUNTS).map(|i| format!("merchant:m{i}")).collect();
