@@ -55,7 +55,7 @@ fn a_group_gives_its_delta_and_every_third_group_folds_all_changed_since_the_las
     let fourth = ledger.take_live_changes();
     assert_eq!((fourth.accounts_are, names(&fourth)), (AccountRows::Delta, vec!["a", "b"]), "a new cycle");
     // Accounts the store had in deltas at start-up go with the next fold, not in a delta.
-    ledger.note_unfolded(["c".to_string()]);
+    ledger.note_unfolded(["c".to_string()], 0);
     pay(&mut ledger, "t4", "a", "b");
     let fifth = ledger.take_live_changes();
     assert_eq!((fifth.accounts_are, names(&fifth)), (AccountRows::Delta, vec!["a", "b"]));
@@ -89,9 +89,21 @@ fn a_ledger_that_folds_every_group_always_gives_rows() {
     ledger.track_live_changes();
     open(&mut ledger, "o1", "issuer", &["issuance"]);
     for round in 0..3 {
+        open(&mut ledger, &format!("o-{round}"), &format!("w{round}"), &[]);
         let live = ledger.take_live_changes();
-        assert_eq!(live.accounts_are, AccountRows::Fold, "round {round}");
+        assert_eq!((live.accounts_are, live.accounts.len()), (AccountRows::Fold, if round == 0 { 2 } else { 1 }), "round {round}");
     }
+}
+
+/// A start-up with deltas in the file: the next fold comes as many groups sooner.
+#[test]
+fn deltas_left_in_the_file_bring_the_next_fold_forward() {
+    let mut ledger = ledger();
+    ledger.track_live_changes_folding(4);
+    ledger.note_unfolded(["old".to_string()], 3);
+    open(&mut ledger, "o1", "issuer", &["issuance"]);
+    let first = ledger.take_live_changes();
+    assert_eq!((first.accounts_are, names(&first)), (AccountRows::Fold, vec!["issuer", "old"]), "3 rows in the file + this group = 4");
 }
 
 /// A flood of new accounts between folds: the set kept for the fold, and the deltas a

@@ -77,11 +77,13 @@ impl Ledger {
         self.dirty = Some(Dirty::folding_every(groups));
     }
 
-    /// Accounts changed by deltas not folded yet (the store's, at start-up): the next fold
-    /// writes them too.
-    pub fn note_unfolded(&mut self, names: impl IntoIterator<Item = String>) {
+    /// Accounts changed by `rows` deltas not folded yet (the store's, at start-up): the
+    /// next fold writes them too, and comes as many groups sooner, so that restarts between
+    /// folds do not pile up deltas.
+    pub fn note_unfolded(&mut self, names: impl IntoIterator<Item = String>, rows: u32) {
         if let Some(dirty) = &mut self.dirty {
             dirty.accounts.extend(names.into_iter().map(|name| (name, 0)));
+            dirty.groups_since_fold = dirty.groups_since_fold.saturating_add(rows);
         }
     }
 

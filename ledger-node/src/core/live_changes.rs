@@ -24,11 +24,12 @@ pub struct LiveChanges {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum AccountRows {
     /// Rows of the accounts table, one per account; the deltas written since the last fold
-    /// are then folded in and go.
-    #[default]
+    /// are then deleted, so these must be every account changed since (never a default).
     Fold,
     /// One delta row for the group (an edge between folds: one insert instead of one per
-    /// account; see `store::live`).
+    /// account; see `store::live`). The default: what a partly filled `LiveChanges` says
+    /// deletes nothing.
+    #[default]
     Delta,
 }
 

@@ -63,7 +63,7 @@ impl Books {
             return Err(NodeError::Store(fault));
         }
         ledger.track_live_changes_folding(FOLD_EVERY_GROUPS);
-        ledger.note_unfolded(opened.unfolded);
+        ledger.note_unfolded(opened.unfolded, opened.unfolded_rows);
         let id_filter = match opened.ids_to_learn {
             Some(filter) => Some(self.learn_ids(filter)?),
             None => None,

@@ -40,9 +40,10 @@ pub struct Opened {
     /// this one filled (`learn_ids`, then `Ledger::complete_id_filter`), every id not in
     /// RAM is looked up in the file (exact, only slower). None: it knows them all.
     pub ids_to_learn: Option<IdFilter>,
-    /// Accounts changed by delta rows not folded yet: the ledger's next fold must write
-    /// them (`Ledger::note_unfolded`).
+    /// Accounts changed by delta rows not folded yet, and how many rows: the ledger's next
+    /// fold must write them, and comes that many groups sooner (`Ledger::note_unfolded`).
     pub unfolded: Vec<String>,
+    pub unfolded_rows: u32,
 }
 
 /// Groups between two folds of an edge's account deltas into `live_accounts`: at most this
@@ -205,6 +206,7 @@ pub(super) fn write_changes(tx: &WriteTransaction, scope: Scope, changes: &LiveC
                 tx.open_table(ACCOUNT_DELTAS)?.retain(|_, _| false)?;
             }
         }
+        (_, AccountRows::Delta) if changes.accounts.is_empty() => {}
         (Scope::Own, AccountRows::Delta) => write_delta(tx, &changes.accounts, head, &mut bytes)?,
         (Scope::Replica(_) | Scope::Anchor, AccountRows::Delta) => {
             return Err(Fault::Corrupt("only an edge's own accounts are written as deltas".to_string()))
@@ -301,7 +303,7 @@ impl Store {
             let state = ledger.live_state();
             let _ = ledger.take_live_changes(); // all of it goes in at once, below
             self.write(|| self.write_live_state(Scope::Own, &state))?;
-            return Ok(Opened { chain, ids_to_learn: None, unfolded: Vec::new() });
+            return Ok(Opened { chain, ids_to_learn: None, unfolded: Vec::new(), unfolded_rows: 0 });
         }
         let started = std::time::Instant::now();
         let (chain, head) = self.journal_end().map_err(|f| self.fail(f))?;
@@ -313,19 +315,20 @@ impl Store {
         tracing::info!(accounts, holds, ms = started.elapsed().as_millis() as u64, "books opened from the live tables");
         let ids_to_learn = ledger.id_filter_to_build();
         debug_assert!(ids_to_learn.is_some(), "a ledger with an id archive keeps a filter");
-        let unfolded = self.unfolded_accounts().map_err(|f| self.fail(f))?;
-        Ok(Opened { chain, ids_to_learn, unfolded })
+        let (unfolded, unfolded_rows) = self.unfolded_accounts().map_err(|f| self.fail(f))?;
+        Ok(Opened { chain, ids_to_learn, unfolded, unfolded_rows })
     }
 
-    /// The accounts changed by delta rows not folded yet.
-    fn unfolded_accounts(&self) -> Result<Vec<String>, Fault> {
+    /// The accounts changed by delta rows not folded yet, and how many rows.
+    fn unfolded_accounts(&self) -> Result<(Vec<String>, u32), Fault> {
         let db = self.db()?;
         let tx = db.begin_read()?;
-        let mut names: Vec<String> =
-            account_deltas(&tx)?.into_iter().flat_map(|(_, delta)| delta.into_iter().map(|(name, _)| name)).collect();
+        let deltas = account_deltas(&tx)?;
+        let rows = u32::try_from(deltas.len()).unwrap_or(u32::MAX);
+        let mut names: Vec<String> = deltas.into_iter().flat_map(|(_, delta)| delta.into_iter().map(|(name, _)| name)).collect();
         names.sort_unstable();
         names.dedup();
-        Ok(names)
+        Ok((names, rows))
     }
 
     /// The live state the tables hold, with the journal's head (for `ledgerctl verify`).
