@@ -291,9 +291,8 @@ fn account_deltas_fold_and_an_edge_restarts_from_them_anywhere() {
         book(&store, &mut ledger, &mut chain, vec![failing], 1_700_000_100_000);
         let before = books_of(&store, &ledger);
         drop(ledger);
-        (ledger, chain, _) = open_edge_folding(&store, fold).unwrap();
+        (ledger, _, _) = open_edge_folding(&store, fold).unwrap();
         assert_same(&format!("fold every {fold}, after a rolled-back batch"), &books_of(&store, &ledger), &before);
-        let _ = chain;
         drop((ledger, store));
         let db = Database::open(dir.path().join("ledger.redb")).unwrap();
         let rows = db.begin_read().unwrap().open_table(DELTAS).unwrap().iter().unwrap().count() as u64;
@@ -314,6 +313,36 @@ fn account_deltas_fold_and_an_edge_restarts_from_them_anywhere() {
 fn delta_rows(store: &Store) -> u64 {
     let sizes = store.sizes().expect("sizes");
     sizes.rows.iter().find(|(table, _)| *table == "live_account_deltas").map(|(_, n)| *n).expect("the deltas' row count")
+}
+
+/// A file of the format before the deltas (every account in `live_accounts`) opens with its
+/// books, its compact rows kept, and is marked so that a release before the deltas refuses it.
+#[test]
+fn a_file_of_the_format_before_the_deltas_opens_and_is_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
+        let (mut ledger, mut chain, _) = open_edge_folding(&store, 1).unwrap();
+        book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
+        assert_eq!(delta_rows(&store), 0, "written as the release before would");
+        books_of(&store, &ledger)
+    };
+    {
+        let db = Database::open(dir.path().join("ledger.redb")).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META).unwrap().insert("format", "edgeledger-5").unwrap();
+        tx.delete_table(DELTAS).unwrap();
+        tx.commit().unwrap();
+    }
+    let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
+    let (ledger, _, _) = open_edge(&store).unwrap();
+    assert_same("opened vs before", &books_of(&store, &ledger), &before);
+    drop((ledger, store));
+    let db = Database::open(dir.path().join("ledger.redb")).unwrap();
+    let meta = db.begin_read().unwrap().open_table(META).unwrap();
+    let value = |key: &str| meta.get(key).unwrap().map(|v| v.value().to_string());
+    assert_eq!(value("format").as_deref(), Some("edgeledger-6"), "marked, so that an older release refuses it");
+    assert_eq!(value("rows").as_deref(), Some("compact"), "its rows keep their layout");
 }
 
 /// The table of an edge's account deltas (`store::live`).

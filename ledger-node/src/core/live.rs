@@ -126,7 +126,7 @@ impl Ledger {
         if !std::mem::take(&mut dirty.changed) {
             return LiveChanges::default();
         }
-        dirty.groups_since_fold += 1;
+        dirty.groups_since_fold = dirty.groups_since_fold.saturating_add(1);
         // Wraps after 4 billion groups; 0 stays the mark of `note_unfolded`.
         dirty.group = dirty.group.checked_add(1).unwrap_or(1);
         let fold = dirty.groups_since_fold >= dirty.fold_every || dirty.accounts.len() >= MAX_UNFOLDED_ACCOUNTS;

@@ -231,9 +231,6 @@ pub(super) fn write_changes(tx: &WriteTransaction, scope: Scope, changes: &LiveC
 /// journaled entries, so `head` is new; were it not, the row there is extended, later
 /// values winning.
 fn write_delta(tx: &WriteTransaction, accounts: &[(String, Option<Account>)], head: u64, bytes: &mut Vec<u8>) -> Result<(), Fault> {
-    if accounts.is_empty() {
-        return Ok(());
-    }
     let mut deltas = tx.open_table(ACCOUNT_DELTAS)?;
     let before = deltas.get(head)?.map(|row| decode_account_delta(row.value()));
     match before {

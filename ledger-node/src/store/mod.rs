@@ -57,8 +57,8 @@ pub const DB_FILE: &str = "ledger.redb";
 /// `live_accounts` every so many groups (`live`); a release before it would read
 /// `live_accounts` alone, which may be behind, so it must not open such a file. A file of
 /// format 5 is taken and marked 6 as it is (it has no deltas yet). `edgeledger-5`: journal
-/// rows without the previous entry's hash (meta `rows`, see `rows`). Format 4 brought journal bodies and id records in their binary encodings
-/// (`core::entry_codec`, `ids`). Files of format 4, 3 (live tables, JSON bodies) and 2 (no
+/// rows without the previous entry's hash (meta `rows`, see `rows`). Format 4 brought
+/// journal bodies and id records in their binary encodings (`core::entry_codec`, `ids`). Files of format 4, 3 (live tables, JSON bodies) and 2 (no
 /// live tables yet) are taken and marked 6, with `rows = linked`: their rows keep their
 /// layout and their entries stay as they are (the hash chain covers them as written); an
 /// edge writes the live tables of a format 2 file from a replay at its first start. Format 1
