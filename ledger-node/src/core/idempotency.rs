@@ -3,6 +3,7 @@
 //! conflict (same id, other content: `id_conflict`). Ids are scoped to the device that
 //! chose them (`IdKey`): two devices may use the same id, and no device can take another's.
 
+use super::canonical_json::{self, CanonicalJson};
 use super::change::EntryBody;
 use super::command::{Command, Journaled, Op};
 use super::fingerprint::Fingerprint;
@@ -393,18 +394,23 @@ pub fn reads_back(command: &Command) -> bool {
 /// BLAKE3 over the device and the canonical JSON of the command, so that no device can
 /// craft a command that passes for another's. Stable across runs and versions, which
 /// replay relies on.
-pub fn fingerprint(device: Option<&str>, command: &impl Serialize) -> Fingerprint {
+pub fn fingerprint(device: Option<&str>, command: &impl CanonicalJson) -> Fingerprint {
+    fingerprint_of(device, |bytes| command.write_json(bytes))
+}
+
+/// An op inside a batch is fingerprinted with its batch (as the op renamed
+/// `{batch_id}/{id}`), so it cannot be resent alone as a "duplicate" of something it never
+/// was.
+pub fn fingerprint_in_batch(device: Option<&str>, batch_id: &str, op: &Command) -> Fingerprint {
+    fingerprint_of(device, |bytes| canonical_json::write_batch_op(batch_id, op, bytes))
+}
+
+fn fingerprint_of(device: Option<&str>, write_json: impl FnOnce(&mut Vec<u8>)) -> Fingerprint {
     let mut bytes = Vec::with_capacity(256);
     bytes.extend_from_slice(device.unwrap_or("").as_bytes());
     bytes.push(0);
-    serde_json::to_writer(&mut bytes, command).expect("command serializes");
+    write_json(&mut bytes);
     Fingerprint::of(&bytes)
-}
-
-/// An op inside a batch is fingerprinted with its batch, so it cannot be resent alone as a
-/// "duplicate" of something it never was.
-pub fn fingerprint_in_batch(device: Option<&str>, batch_id: &str, op: &Command) -> Fingerprint {
-    fingerprint(device, &Command { id: format!("{batch_id}/{}", op.id), op: op.op.clone() })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod address;
 pub mod apply;
+pub mod canonical_json;
 pub mod change;
 pub mod command;
 pub mod cross_node;
