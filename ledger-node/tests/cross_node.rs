@@ -74,7 +74,9 @@ struct Pair {
 const CACHE: usize = 1;
 
 impl Pair {
-    fn new() -> Pair {
+    /// `fold_every`: each side writes its accounts as a delta per group, folded into rows
+    /// every that many groups, as an edge does (1: rows every group).
+    fn new(fold_every: u32) -> Pair {
         let mut pair = Pair {
             source: ledger(SOURCE),
             destination: ledger(DESTINATION),
@@ -92,7 +94,7 @@ impl Pair {
         for (ledger, tables) in [(&mut pair.source, &pair.source_tables), (&mut pair.destination, &pair.destination_tables)] {
             ledger.archive_holds(CACHE, Box::new(Holds(tables.clone())));
             ledger.archive_received(CACHE, Box::new(Decisions(tables.clone())));
-            ledger.track_live_changes();
+            ledger.track_live_changes_folding(fold_every);
         }
         for (id, account, flags) in [("o1", "issuer", json!(["issuance"])), ("o2", "wallet", json!([]))] {
             pair.device(json!({"id": id, "op": "open_account", "account": account, "asset": "EUR", "flags": flags}));
@@ -301,8 +303,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 
     #[test]
-    fn transfers_settle_once_on_both_sides(steps in prop::collection::vec(step(), 1..80)) {
-        let mut pair = Pair::new();
+    fn transfers_settle_once_on_both_sides(steps in prop::collection::vec(step(), 1..80), fold_every in 1u32..=4) {
+        let mut pair = Pair::new(fold_every);
         for step in steps {
             pair.run(step);
         }
@@ -333,7 +335,7 @@ proptest! {
 
 #[test]
 fn a_settlement_that_contradicts_the_first_is_refused() {
-    let mut pair = Pair::new();
+    let mut pair = Pair::new(1);
     pair.run(Step::Send { cents: 500, to_ghost: false });
     pair.run(Step::Deliver(0));
     pair.run(Step::Settle(0));

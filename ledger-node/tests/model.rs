@@ -418,12 +418,14 @@ struct Harness {
 }
 
 impl Harness {
-    fn new() -> Harness {
+    /// `fold_every`: the core writes its accounts as a delta per group, folded into rows
+    /// every that many groups, as an edge does (1: rows every group).
+    fn new(fold_every: u32) -> Harness {
         let written = Arc::new(Mutex::new(Written::default()));
         let mut ledger = new_ledger();
         ledger.archive_ids(ID_CACHE, Box::new(Archive(written.clone())));
         ledger.archive_holds(HOLD_CACHE, Box::new(common::Holds(written.clone())));
-        ledger.track_live_changes();
+        ledger.track_live_changes_folding(fold_every);
         let mut replayed = new_ledger();
         replayed.forget_ids();
         Harness {
@@ -571,8 +573,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 500, max_shrink_iters: 2_000, ..ProptestConfig::default() })]
 
     #[test]
-    fn core_matches_model(actions in prop::collection::vec(action(), 1..120)) {
-        let mut h = Harness::new();
+    fn core_matches_model(actions in prop::collection::vec(action(), 1..120), fold_every in 1u32..=5) {
+        let mut h = Harness::new(fold_every);
         setup(&mut h);
         for action in actions {
             match action {
@@ -645,7 +647,7 @@ proptest! {
 
 #[test]
 fn a_tampered_entry_is_refused_on_replay() {
-    let mut h = Harness::new();
+    let mut h = Harness::new(1);
     setup(&mut h);
     let mut entries = h.journal.clone();
     // The same entry saying 999.99 where it said 250.00, its hash left as it was.

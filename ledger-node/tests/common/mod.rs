@@ -5,7 +5,7 @@
 
 use ledger::core::address::TransferKey;
 use ledger::core::idempotency::{journaled_recorded, IdArchive, IdRecord};
-use ledger::core::{Account, EntryBody, Head, Hold, HoldArchive, LiveChanges, LiveState, Received, ReceivedArchive, Recorded};
+use ledger::core::{Account, AccountRows, EntryBody, Head, Hold, HoldArchive, LiveChanges, LiveState, Received, ReceivedArchive, Recorded};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +15,8 @@ pub struct Written {
     pub ids: HashMap<String, IdRecord>,
     pub bodies: HashMap<u64, EntryBody>,
     pub accounts: BTreeMap<String, Account>,
+    /// An edge's account deltas not folded yet, oldest first (`live_account_deltas`).
+    pub account_deltas: Vec<Vec<(String, Option<Account>)>>,
     pub holds: BTreeMap<String, Hold>,
     pub received: BTreeMap<TransferKey, Received>,
 }
@@ -28,11 +30,17 @@ impl Written {
 
     /// Writes one group's changes into the live tables, as `Store::commit` does.
     pub fn commit_live(&mut self, changes: LiveChanges) {
-        for (name, account) in changes.accounts {
-            match account {
-                Some(a) => self.accounts.insert(name, a),
-                None => self.accounts.remove(&name),
-            };
+        if changes.is_empty() {
+            return;
+        }
+        match changes.accounts_are {
+            AccountRows::Fold => {
+                apply_accounts(&mut self.accounts, changes.accounts);
+                // Every account a delta changed is among the rows just written.
+                self.account_deltas.clear();
+            }
+            AccountRows::Delta if changes.accounts.is_empty() => {}
+            AccountRows::Delta => self.account_deltas.push(changes.accounts),
         }
         for (id, hold) in changes.holds {
             match hold {
@@ -44,8 +52,22 @@ impl Written {
     }
 
     /// The live tables, at journal head `head`.
+    /// The accounts read as a start-up reads them: the rows, then the deltas in order.
     pub fn live_state(&self, head: Head) -> LiveState {
-        LiveState { head, accounts: self.accounts.clone(), holds: self.holds.clone(), received: self.received.clone() }
+        let mut accounts = self.accounts.clone();
+        for delta in &self.account_deltas {
+            apply_accounts(&mut accounts, delta.iter().cloned());
+        }
+        LiveState { head, accounts, holds: self.holds.clone(), received: self.received.clone() }
+    }
+}
+
+fn apply_accounts(table: &mut BTreeMap<String, Account>, rows: impl IntoIterator<Item = (String, Option<Account>)>) {
+    for (name, account) in rows {
+        match account {
+            Some(a) => table.insert(name, a),
+            None => table.remove(&name),
+        };
     }
 }
 
