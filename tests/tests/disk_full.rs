@@ -11,7 +11,7 @@
 //! once restarted resume from its file and catch up.
 
 use harness::{ask, cmd, eventually, free_port, load_ledger, operator_session, run_ledgerctl, Device, NodeOptions, NodeProcess};
-use ledger::store::Store;
+use ledger::store::{Store, FOLD_EVERY_GROUPS};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -141,12 +141,23 @@ async fn a_full_disk_refuses_new_commands_answers_the_rest_and_recovers_by_itsel
     let again = device.request(payment(&refused)).await;
     assert_eq!((&again["duplicate"], &again["seq"]), (&json!(true), &taken["seq"]), "{again}");
     assert!(node.log().contains("refused a commit"), "the refused write is logged:\n{}", node.log());
+    // More groups than a fold's worth after the reload: the accounts the deltas of the
+    // file held are folded into rows by a node that rebuilt its books after the refusal.
+    for i in 0..FOLD_EVERY_GROUPS {
+        let reply = device.request(payment(&format!("after-{i}"))).await;
+        assert_eq!(reply["code"], "ok", "{reply}");
+        paid += 1;
+    }
 
     // The file holds exactly what was answered ok, and verifies.
     device.disconnect().await;
     node.kill9();
     let ledger = load_ledger(&node.dir.join("data"), "test/edge-1").expect("the file verifies after the refused writes");
     assert_eq!(ledger.account("merchant:cafe").expect("merchant").posted, paid as i64, "one cent per payment answered ok");
+    // Its live tables (rows and deltas, across the refusal, the reload and the folds) are
+    // what the journal's replay gives.
+    let (code, stdout, stderr) = run_ledgerctl(&["verify".to_string(), "--db".to_string(), node.db_path().display().to_string()]).await;
+    assert_eq!(code, 0, "the edge's file verifies:\n{stdout}\n{stderr}");
 }
 
 const EDGE: &str = "eu/berlin-1";
