@@ -456,21 +456,23 @@ impl Ledger {
             Journaled::Node(_) => Vec::new(),
             Journaled::Device(command) => {
                 let device = body.device.as_deref();
-                let mut records = Vec::new();
-                if let Op::Batch { ops } = &command.op {
-                    for (i, op) in ops.iter().enumerate() {
-                        records.push((IdKey::new(device, &op.id), fingerprint_in_batch(device, &command.id, op), Some(i)));
-                    }
-                }
-                let key = key.unwrap_or_else(|| IdKey::new(device, &command.id));
-                debug_assert_eq!(key, IdKey::new(device, &command.id), "the key given is the command's");
-                records.push((key, fingerprint, None));
-                let mut out = Vec::with_capacity(records.len());
-                for (key, fingerprint, op) in records {
+                let ops = match &command.op {
+                    Op::Batch { ops } => ops.as_slice(),
+                    _ => &[],
+                };
+                // The batch's ops, then the command itself.
+                let mut out = Vec::with_capacity(ops.len() + 1);
+                let mut remember = |key: IdKey, fingerprint: Fingerprint, op: Option<usize>| {
                     let recorded = journaled_recorded(body, fingerprint, op).expect("the entry holds the command");
                     self.ids.insert(key.as_str(), recorded);
                     out.push((key.into_string(), IdRecord::Journaled { fingerprint, seq: body.seq, op }));
+                };
+                for (i, op) in ops.iter().enumerate() {
+                    remember(IdKey::new(device, &op.id), fingerprint_in_batch(device, &command.id, op), Some(i));
                 }
+                let key = key.unwrap_or_else(|| IdKey::new(device, &command.id));
+                debug_assert_eq!(key, IdKey::new(device, &command.id), "the key given is the command's");
+                remember(key, fingerprint, None);
                 out
             }
         }

@@ -97,7 +97,7 @@ impl Store {
                 let mut bare = false;
                 if let Some(body) = &effect.entry {
                     let entry = chain.seal(body);
-                    journal.insert(entry.seq, self.rows.encode(&entry).as_slice())?;
+                    journal.insert(entry.seq, &*self.rows.row(&entry))?;
                     sealed.push(entry);
                     bare = matches!(&body.command, Journaled::Device(command) if reads_back(command));
                 }

@@ -47,7 +47,7 @@ impl Store {
                 let mut replica = tx.open_table(REPLICA)?;
                 for frame in frames {
                     for entry in frame.entries {
-                        replica.insert((edge, entry.seq), self.rows.encode(entry).as_slice())?;
+                        replica.insert((edge, entry.seq), &*self.rows.row(entry))?;
                     }
                     let head = frame.entries.last().map_or(0, |entry| entry.seq);
                     super::live::write_changes(&tx, super::live::Scope::Replica(edge), frame.live, head)?;

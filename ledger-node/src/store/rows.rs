@@ -16,6 +16,7 @@ use super::error::Fault;
 use crate::core::journal::{hash_of, hex, parse_body, Chain, ChainError, Entry, Hash};
 use crate::core::EntryBody;
 use redb::ReadableTable;
+use std::borrow::Cow;
 
 const HASH: usize = 32;
 /// Rows between two that hold their hash: 1/64 of a hash per entry on disk, and at most 63
@@ -54,19 +55,24 @@ impl Rows {
         }
     }
 
-    /// The row of `entry`.
-    pub fn encode(self, entry: &Entry) -> Vec<u8> {
+    /// The row of `entry`: borrowed where it is the body alone (a compact row between
+    /// checkpoints, 63 rows in 64), so the commit writes it without a copy.
+    pub fn row(self, entry: &Entry) -> Cow<'_, [u8]> {
         match self {
-            Rows::Linked => entry.encode(),
+            Rows::Linked => Cow::Owned(entry.encode()),
+            Rows::Compact if !self.holds_hash(entry.seq) => Cow::Borrowed(&entry.body),
             Rows::Compact => {
                 let mut out = Vec::with_capacity(HASH + entry.body.len());
-                if self.holds_hash(entry.seq) {
-                    out.extend_from_slice(&entry.hash);
-                }
+                out.extend_from_slice(&entry.hash);
                 out.extend_from_slice(&entry.body);
-                out
+                Cow::Owned(out)
             }
         }
+    }
+
+    /// The row of `entry`, owned.
+    pub fn encode(self, entry: &Entry) -> Vec<u8> {
+        self.row(entry).into_owned()
     }
 
     /// The entry in row `seq`, which a compact row links to `prev`: the hash of the row
