@@ -122,6 +122,7 @@ redb_faults!(
     redb::TableError,
     redb::StorageError,
     redb::CommitError,
+    redb::CursorError,
     redb::SetDurabilityError
 );
 

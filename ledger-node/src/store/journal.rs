@@ -2,13 +2,14 @@
 //! commit of each group, and reading ranges back (for replication and history).
 
 use super::error::{Fault, StoreError};
-use super::ids::{decode_record, encode_record, holds_reply, Stored};
+use super::ids::{decode_record, encode_record, holds_reply, write_sorted, Stored};
 use super::rows::{check_head, entries_in};
 use super::{Store, IDS, JOURNAL, META};
 use crate::core::idempotency::reads_back;
 use crate::core::journal::{hex, Chain, Entry};
 use crate::core::{Effects, Journaled, Ledger, LiveChanges};
 use redb::{ReadableDatabase, ReadableTable};
+use std::ops::Bound;
 
 impl Store {
     /// Rebuilds `ledger` from the file: every journal entry in order (after the anchor, from
@@ -91,27 +92,36 @@ impl Store {
         let tx = super::begin_durable(&db)?;
         {
             let mut journal = tx.open_table(JOURNAL)?;
+            // A group's entries follow every row the journal holds: appended through a cursor
+            // at its end, they are packed into leaves in one splice per megabyte instead of a
+            // walk down the tree per entry. A seq not past the last row is refused, not written.
+            let mut append = journal.upper_bound_mut(Bound::<u64>::Unbounded)?;
             let mut ids = tx.open_table(IDS)?;
             for effect in effects {
                 // Its ids' fingerprints need not be stored when the entry gives them back.
                 let mut bare = false;
                 if let Some(body) = &effect.entry {
                     let entry = chain.seal(body);
-                    journal.insert(entry.seq, &*self.rows.row(&entry))?;
+                    append.insert_before(entry.seq, &*self.rows.row(&entry))?;
                     sealed.push(entry);
                     bare = matches!(&body.command, Journaled::Device(command) if reads_back(command));
                 }
                 records.extend(effect.recorded.iter().map(|(id, record)| (id, record, bare)));
             }
+            append.close()?;
             // In key order, the inserts walk the B-tree's leaves once instead of jumping
             // between devices' ranges.
             records.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let mut bytes = Vec::new();
-            for (id, record, bare) in records {
-                bytes.clear();
-                encode_record(record, bare, &mut bytes);
-                ids.insert(id.as_str(), bytes.as_slice())?;
-            }
+            let rows: Vec<_> = records
+                .into_iter()
+                .map(|(id, record, bare)| {
+                    let start = bytes.len();
+                    encode_record(record, bare, &mut bytes);
+                    (id.as_str(), start..bytes.len())
+                })
+                .collect();
+            write_sorted(&mut ids, rows.into_iter().map(|(id, range)| (id, &bytes[range])))?;
             let mut meta = tx.open_table(META)?;
             meta.insert("head", format!("{}:{}", chain.seq, hex(&chain.hash)).as_str())?;
         }

@@ -7,6 +7,7 @@ use super::{Store, REPLICA, REPLICA_SIGNED};
 use crate::core::journal::{Chain, Entry};
 use crate::core::{Ledger, LiveChanges};
 use redb::{ReadableDatabase, ReadableTable};
+use std::ops::Bound;
 
 /// Entries verified and replayed into a replica's books, to be appended to its file.
 pub struct ReplicaFrame<'a> {
@@ -45,13 +46,18 @@ impl Store {
             let tx = super::begin_durable(&db)?;
             {
                 let mut replica = tx.open_table(REPLICA)?;
+                // Verified entries follow every row of the edge's replica: appended through
+                // a cursor after its last row, packed into leaves in one splice per megabyte.
+                // A seq not past that row is refused, not written.
+                let mut append = replica.upper_bound_mut(Bound::Included((edge, u64::MAX)))?;
                 for frame in frames {
                     for entry in frame.entries {
-                        replica.insert((edge, entry.seq), &*self.rows.row(entry))?;
+                        append.insert_before((edge, entry.seq), &*self.rows.row(entry))?;
                     }
                     let head = frame.entries.last().map_or(0, |entry| entry.seq);
                     super::live::write_changes(&tx, super::live::Scope::Replica(edge), frame.live, head)?;
                 }
+                append.close()?;
             }
             // Each head signs its frame's last entry and, through the chain, all before it.
             if let Some(head) = frames.iter().rev().find_map(|frame| frame.signed_head) {
