@@ -20,8 +20,7 @@ use crate::core::idempotency::{fingerprint_in_entry, recorded_in_entry, sender_i
 use crate::core::wire::{Reader, Writer};
 use crate::core::EntryBody;
 use crate::core::Recorded;
-use redb::{CursorError, ReadableDatabase, ReadableTable};
-use std::ops::Bound;
+use redb::{ReadableDatabase, ReadableTable};
 use std::sync::{Arc, Mutex};
 
 const REJECTED: u8 = 0;
@@ -41,41 +40,6 @@ pub(super) enum Stored {
     /// The command is in entry `seq` (op `op` of its batch), taken under `fingerprint`:
     /// None when it is computed again from the entry.
     Journaled { seq: u64, op: Option<usize>, fingerprint: Option<Fingerprint> },
-}
-
-/// Writes id records given in key order. The keys that fall in one gap between the rows
-/// there are (a device's new ids, most often) go in through one cursor, packed into leaves
-/// in one splice instead of a walk down the tree per key; a key already there has its
-/// record replaced.
-pub(super) fn write_sorted<'a>(
-    ids: &mut redb::Table<&str, &[u8]>,
-    rows: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-) -> Result<(), Fault> {
-    let mut rows = rows.into_iter().peekable();
-    while let Some((id, value)) = rows.next() {
-        let mut cursor = ids.lower_bound_mut(Bound::Included(id))?;
-        match cursor.insert_before(id, value) {
-            Ok(()) => {}
-            Err(CursorError::UnorderedKey) => {
-                // The gap is before `id` itself: its record is there.
-                cursor.close()?;
-                ids.insert(id, value)?;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        }
-        while let Some(&(next, value)) = rows.peek() {
-            debug_assert!(next >= id, "id records are written in key order");
-            match cursor.insert_before(next, value) {
-                Ok(()) => rows.next(),
-                // At or past the row after the gap: a cursor of its own.
-                Err(CursorError::UnorderedKey) => break,
-                Err(e) => return Err(e.into()),
-            };
-        }
-        cursor.close()?;
-    }
-    Ok(())
 }
 
 /// `bare`: the entry's command `reads_back`, so its fingerprint is not stored.
@@ -290,42 +254,5 @@ mod tests {
         assert_eq!(bytes.len(), 1 + 16 + 1 + 4);
         assert!(holds_reply(&bytes));
         assert_eq!(decode_record("pos-1:t-1", &bytes).unwrap(), Stored::Held(Box::new(recorded)));
-    }
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
-
-        /// Rows written through `write_sorted` in groups leave the table as plain inserts
-        /// would: every key once, the last value given for it.
-        #[test]
-        fn write_sorted_inserts_as_plain_inserts_would(
-            groups in proptest::collection::vec(proptest::collection::vec((0u16..600, 0u8..255), 0..80), 1..6),
-        ) {
-            const TABLE: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("ids");
-            let file = tempfile::NamedTempFile::new().unwrap();
-            let db = redb::Database::create(file.path()).unwrap();
-            let mut model = std::collections::BTreeMap::new();
-            for group in groups {
-                // Keys of uneven length, so that neighbours in key order are not neighbours
-                // in number ("d1/7" sorts between "d1/69" and "d1/70").
-                let mut rows: Vec<(String, Vec<u8>)> =
-                    group.iter().map(|(key, value)| (format!("d{}/{}", key % 3, key), vec![*value; 1 + *value as usize % 40])).collect();
-                rows.sort_by(|a, b| a.0.cmp(&b.0)); // stable: of equal keys the last given stays last
-                let tx = db.begin_write().unwrap();
-                {
-                    let mut table = tx.open_table(TABLE).unwrap();
-                    write_sorted(&mut table, rows.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
-                }
-                tx.commit().unwrap();
-                for (key, value) in rows {
-                    model.insert(key, value);
-                }
-                let tx = db.begin_read().unwrap();
-                let table = tx.open_table(TABLE).unwrap();
-                let stored: Vec<(String, Vec<u8>)> =
-                    table.iter().unwrap().map(|row| row.map(|(k, v)| (k.value().to_string(), v.value().to_vec())).unwrap()).collect();
-                let expected: Vec<(String, Vec<u8>)> = model.clone().into_iter().collect();
-                proptest::prop_assert_eq!(stored, expected);
-            }
-        }
     }
 }

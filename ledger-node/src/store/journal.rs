@@ -2,7 +2,7 @@
 //! commit of each group, and reading ranges back (for replication and history).
 
 use super::error::{Fault, StoreError};
-use super::ids::{decode_record, encode_record, holds_reply, write_sorted, Stored};
+use super::ids::{decode_record, encode_record, holds_reply, Stored};
 use super::rows::{check_head, entries_in};
 use super::{Store, IDS, JOURNAL, META};
 use crate::core::idempotency::reads_back;
@@ -113,15 +113,11 @@ impl Store {
             // between devices' ranges.
             records.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let mut bytes = Vec::new();
-            let rows: Vec<_> = records
-                .into_iter()
-                .map(|(id, record, bare)| {
-                    let start = bytes.len();
-                    encode_record(record, bare, &mut bytes);
-                    (id.as_str(), start..bytes.len())
-                })
-                .collect();
-            write_sorted(&mut ids, rows.into_iter().map(|(id, range)| (id, &bytes[range])))?;
+            for (id, record, bare) in records {
+                bytes.clear();
+                encode_record(record, bare, &mut bytes);
+                ids.insert(id.as_str(), bytes.as_slice())?;
+            }
             let mut meta = tx.open_table(META)?;
             meta.insert("head", format!("{}:{}", chain.seq, hex(&chain.hash)).as_str())?;
         }
