@@ -1,6 +1,7 @@
 //! The redb file: a node refuses to start on a damaged or foreign database and says why
 //! and where (a tampered entry, a journal cut short, another node's file, assets whose
-//! scale changed under recorded balances).
+//! scale changed under recorded balances), and a commit that would write over the journal's
+//! rows is refused.
 
 use ledger::core::command::{Command, Flag, Movement, Op};
 use ledger::core::{Effects, Ledger};
@@ -169,4 +170,23 @@ fn an_unreadable_path_is_named() {
     std::fs::write(&file, b"x").unwrap();
     let err = Store::open(&file, NODE).err().unwrap().to_string();
     assert!(err.contains("not-a-dir"), "{err}");
+}
+
+#[test]
+fn a_commit_that_would_write_over_journal_rows_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    booked(dir.path(), KWH3);
+    // Books rebuilt from nothing by mistake: their chain starts at entry 1 again.
+    let store = Store::open(dir.path(), NODE).unwrap();
+    let mut ledger = ledger::setup::ledger_for(&config(KWH3));
+    let mut stale = ledger::core::journal::Chain::default();
+    let effects = vec![ledger.submit(Some("dev"), open("x1", "other", "KWH", vec![]), 1_000)];
+    assert!(effects[0].entry.is_some(), "the command makes an entry");
+    let err = store.commit(&mut stale, &effects, &ledger.take_live_changes()).expect_err("the commit is refused").to_string();
+    assert!(err.contains("ledger.redb") && err.contains("journal entry 1 would be written over"), "{err}");
+    drop(store);
+    // Entry 1 is still the one the chain links from: the file loads as it was.
+    let ledger = load(dir.path(), KWH3).unwrap();
+    assert_eq!(ledger.head().seq, 4);
+    assert!(ledger.account("other").is_none() && ledger.account("meter").is_some());
 }

@@ -102,7 +102,7 @@ impl Store {
                 let mut bare = false;
                 if let Some(body) = &effect.entry {
                     let entry = chain.seal(body);
-                    append.insert_before(entry.seq, &*self.rows.row(&entry))?;
+                    append.insert_before(entry.seq, &*self.rows.row(&entry)).map_err(|e| not_past_the_end(e, "journal", entry.seq))?;
                     sealed.push(entry);
                     bare = matches!(&body.command, Journaled::Device(command) if reads_back(command));
                 }
@@ -169,5 +169,16 @@ impl Store {
             Ok(out)
         };
         read().map_err(|f| self.fail(f))
+    }
+}
+
+/// A cursor's refusal of a row that does not sort after the rows there are, told as what it
+/// means for an append: the books in memory are behind the file.
+pub(super) fn not_past_the_end(error: redb::CursorError, table: &str, seq: u64) -> Fault {
+    match error {
+        redb::CursorError::UnorderedKey => Fault::Corrupt(format!(
+            "{table} entry {seq} would be written over or before a row the file holds: the books in memory are behind the file"
+        )),
+        other => other.into(),
     }
 }
