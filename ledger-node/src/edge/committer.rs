@@ -1,5 +1,6 @@
 //! The durability rule, in one place: a group's effects are written in one durable redb
-//! commit, and only after that commit returned are its replies and notices published. A
+//! commit, and only after that commit returned is the group handed to the `answerer`,
+//! which publishes its replies and notices while the next group is written. A
 //! commit the disk refuses is answered `disk_full`, as is every group after it until the
 //! intake has rebuilt its books from the file (`disk`); any other failure to commit stops
 //! the node without answering the group.
@@ -7,16 +8,15 @@
 //! The committer tells a `CommitListener` (journal shipping, when the edge has a region)
 //! about each commit; it knows nothing else about it.
 
-use super::disk::{self, Restart, WriteFailures};
+use super::answerer::{ReplyTo, Settled};
+use super::disk::{Restart, WriteFailures};
 use crate::core::journal::{Chain, Entry};
 use crate::core::{Effects, LiveChanges};
 use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use bridge::Answer;
-use broker::link::{ReplyLink, ReplyTarget};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,16 +30,6 @@ const SLOW_COMMIT: Duration = Duration::from_millis(100);
 /// Told after each durable commit; must not block.
 pub trait CommitListener: Send {
     fn committed(&self, entries: Vec<Entry>, head: Chain);
-}
-
-/// Where the answer to one input goes once its group is durable.
-pub enum ReplyTo {
-    Device(ReplyTarget),
-    /// Another node's request: the reply, or `read`, an answer computed at intake.
-    Peer {
-        answer: tokio::sync::oneshot::Sender<Answer>,
-        read: Option<Answer>,
-    },
 }
 
 /// The effects of one group of commands, in arrival order, with where each answer goes.
@@ -60,11 +50,12 @@ impl Group {
     }
 }
 
-/// Owns the store, the journal's hash chain and the publishing side of the broker link.
+/// Owns the store and the journal's hash chain; hands settled groups to the answerer.
 pub struct Committer {
     store: Arc<Store>,
     chain: Chain,
-    replies: ReplyLink,
+    /// Where settled groups go to be answered, in order.
+    answers: SyncSender<Settled>,
     listener: Option<Box<dyn CommitListener>>,
     metrics: Arc<Metrics>,
     /// The last group number whose commit returned: the intake lets its id records leave
@@ -87,13 +78,13 @@ impl Committer {
     pub fn new(
         store: Arc<Store>,
         chain: Chain,
-        replies: ReplyLink,
+        answers: SyncSender<Settled>,
         listener: Option<Box<dyn CommitListener>>,
         metrics: Arc<Metrics>,
         reports: Reports,
     ) -> Committer {
         let Reports { durable, failures } = reports;
-        Committer { store, chain, replies, listener, metrics, durable, failures, refusing: false }
+        Committer { store, chain, answers, listener, metrics, durable, failures, refusing: false }
     }
 
     /// Commits groups in order and answers each only after its commit returned. Returns when
@@ -106,7 +97,7 @@ impl Committer {
                 self.refusing = false;
             }
             if self.refusing {
-                self.refuse(group)?;
+                self.settle(Settled::Refused(group.outcomes))?;
                 continue;
             }
             if group.writes() {
@@ -120,7 +111,7 @@ impl Committer {
                         self.metrics.refusing_writes(true);
                         tracing::error!(error = %e, failures, "the disk refused a commit; answering disk_full until a write succeeds");
                         self.refusing = true;
-                        self.refuse(group)?;
+                        self.settle(Settled::Refused(group.outcomes))?;
                         continue;
                     }
                     Err(e) => return Err(NodeError::Commit(e)),
@@ -134,48 +125,13 @@ impl Committer {
                 }
             }
             self.durable.store(group.number, Ordering::Release);
-            self.answer(group)?;
+            self.settle(Settled::Durable(group.outcomes))?;
         }
         Ok(())
     }
 
-    /// Answers a group that was not written: devices `disk_full`, other nodes `unavailable`.
-    /// Its replies and notices were made by books ahead of the file, so none of them leaves.
-    fn refuse(&mut self, group: Group) -> Result<(), NodeError> {
-        for (target, effects) in group.outcomes {
-            match target {
-                Some(ReplyTo::Device(target)) => {
-                    let id = effects.reply.as_ref().and_then(|r| r.id.as_deref());
-                    self.replies.publish(&target, disk::refusal(id).to_json())?;
-                }
-                Some(ReplyTo::Peer { answer, .. }) => {
-                    let _ = answer.send(Err(disk::peer_refusal()));
-                }
-                None => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// Answers a durable group: other nodes' requests at once, devices' replies and notices
-    /// handed to the broker together, in order (one wake of its router for the group).
-    fn answer(&mut self, group: Group) -> Result<(), NodeError> {
-        let mut messages = Vec::with_capacity(group.outcomes.len());
-        for (target, effects) in group.outcomes {
-            match (target, &effects.reply) {
-                (Some(ReplyTo::Device(target)), Some(reply)) => messages.push((target, reply.to_json())),
-                (Some(ReplyTo::Peer { answer, read }), reply) => {
-                    let value = read.unwrap_or_else(|| Ok(serde_json::to_value(reply).expect("reply serializes")));
-                    // The asker may have given up (timeout); it asks again.
-                    let _ = answer.send(value);
-                }
-                _ => {}
-            }
-            for notice in &effects.notices {
-                messages.push((ReplyTarget::device(&notice.device), notice.to_json()));
-            }
-        }
-        self.replies.publish_all(messages)?;
-        Ok(())
+    /// Hands a settled group to the answerer, waiting while it is `GROUPS_TO_ANSWER` behind.
+    fn settle(&self, group: Settled) -> Result<(), NodeError> {
+        self.answers.send(group).map_err(|_| NodeError::Stopped { part: "answerer", why: "it hung up".to_string() })
     }
 }

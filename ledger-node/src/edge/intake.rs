@@ -7,8 +7,9 @@
 //! write it rebuilds the books from the file and answers only what needs no write until a
 //! probe write succeeds (`disk`).
 
+use super::answerer::ReplyTo;
 use super::books::{Books, Loaded};
-use super::committer::{Group, ReplyTo, Reports};
+use super::committer::{Group, Reports};
 use super::disk::{self, DiskMode, Restart, WriteFailures};
 use super::inbox::{Call, Request};
 use crate::clock::now_ms;

@@ -2,10 +2,12 @@
 //! and (with a `[zenoh]` section) journal shipping and queryables towards its region.
 //!
 //! Threads: `broker` (rumqttd), `intake` (applies commands in groups, see `intake`),
-//! `committer` (the durability rule, see `committer`), and with zenoh `edge-link` (a tokio
+//! `committer` (the durability rule, see `committer`), `answerer` (publishes what the
+//! committer settled, see `answerer`), and with zenoh `edge-link` (a tokio
 //! runtime for shipping and queryables) and, with `[retention]`, `retention` (pruning). Every one reports to `Fatal` when it stops.
 
 pub mod acks;
+pub mod answerer;
 pub mod books;
 pub mod committer;
 pub mod disk;
@@ -19,6 +21,7 @@ pub mod transfers;
 use crate::error::{Fatal, NodeError};
 use crate::metrics::{Metrics, Storage};
 use crate::store::Store;
+use answerer::{Answerer, GROUPS_TO_ANSWER};
 use books::Books;
 use committer::{CommitListener, Committer, Reports, GROUPS_IN_FLIGHT};
 use config::NodeConfig;
@@ -93,7 +96,10 @@ pub fn start(config: &NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Nod
     // What the committer made durable, and the writes the disk refused (see `disk`).
     let (durable, failures) = (Arc::default(), Arc::default());
     let reports = || Reports { durable: Arc::clone(&durable), failures: Arc::clone(&failures) };
-    let committer = Committer::new(store, chain, replies, listener, metrics.clone(), reports());
+    let (answers_tx, answers_rx) = std::sync::mpsc::sync_channel(GROUPS_TO_ANSWER);
+    let answerer = Answerer::new(replies);
+    fatal.spawn("answerer", move || answerer.run(answers_rx))?;
+    let committer = Committer::new(store, chain, answers_tx, listener, metrics.clone(), reports());
     fatal.spawn("committer", move || committer.run(groups_rx))?;
     let intake = Intake::new((loaded, books), commands, limits, groups_tx, metrics, reports());
     let intake = match inbox {
