@@ -3,7 +3,7 @@
 
 use super::error::{Fault, StoreError};
 use super::ids::{decode_record, encode_record, holds_reply, Stored};
-use super::rows::{check_head, entries_in};
+use super::rows::{check_head, entries_in, not_past_the_end};
 use super::{Store, IDS, JOURNAL, META};
 use crate::core::idempotency::reads_back;
 use crate::core::journal::{hex, Chain, Entry};
@@ -169,16 +169,5 @@ impl Store {
             Ok(out)
         };
         read().map_err(|f| self.fail(f))
-    }
-}
-
-/// A cursor's refusal of a row that does not sort after the rows there are, told as what it
-/// means for an append: the books in memory are behind the file.
-pub(super) fn not_past_the_end(error: redb::CursorError, table: &str, seq: u64) -> Fault {
-    match error {
-        redb::CursorError::UnorderedKey => Fault::Corrupt(format!(
-            "{table} entry {seq} would be written over or before a row the file holds: the books in memory are behind the file"
-        )),
-        other => other.into(),
     }
 }

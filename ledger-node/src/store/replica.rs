@@ -54,7 +54,7 @@ impl Store {
                     for entry in frame.entries {
                         append
                             .insert_before((edge, entry.seq), &*self.rows.row(entry))
-                            .map_err(|e| super::journal::not_past_the_end(e, &format!("replica of {edge}:"), entry.seq))?;
+                            .map_err(|e| super::rows::not_past_the_end(e, &format!("replica of {edge}:"), entry.seq))?;
                     }
                     let head = frame.entries.last().map_or(0, |entry| entry.seq);
                     super::live::write_changes(&tx, super::live::Scope::Replica(edge), frame.live, head)?;

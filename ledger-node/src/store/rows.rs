@@ -29,6 +29,17 @@ pub enum Rows {
     Compact,
 }
 
+/// A cursor's refusal of a row that does not sort after the rows there are (`table`'s
+/// entry `seq`, appended), told as what it means: the books in memory are behind the file.
+pub(super) fn not_past_the_end(error: redb::CursorError, table: &str, seq: u64) -> Fault {
+    match error {
+        redb::CursorError::UnorderedKey => Fault::Corrupt(format!(
+            "{table} entry {seq} would be written over or before a row the file holds: the books in memory are behind the file"
+        )),
+        other => other.into(),
+    }
+}
+
 /// Rows as read from a table: seq and stored bytes, in order.
 pub(super) type RawRows = Vec<(u64, Vec<u8>)>;
 
@@ -68,11 +79,6 @@ impl Rows {
                 Cow::Owned(out)
             }
         }
-    }
-
-    /// The row of `entry`, owned.
-    pub fn encode(self, entry: &Entry) -> Vec<u8> {
-        self.row(entry).into_owned()
     }
 
     /// The entry in row `seq`, which a compact row links to `prev`: the hash of the row
@@ -261,15 +267,15 @@ mod tests {
     }
 
     fn stored(rows: Rows, entries: &[Entry], lo: u64, hi: u64) -> RawRows {
-        entries.iter().filter(|e| (lo..=hi).contains(&e.seq)).map(|e| (e.seq, rows.encode(e))).collect()
+        entries.iter().filter(|e| (lo..=hi).contains(&e.seq)).map(|e| (e.seq, rows.row(e).into_owned())).collect()
     }
 
     #[test]
     fn compact_rows_hold_a_hash_only_at_checkpoints() {
         let entries = chain(130);
-        assert_eq!(Rows::Compact.encode(&entries[0]).len(), entries[0].body.len(), "body only");
-        assert_eq!(Rows::Compact.encode(&entries[63]).len(), 32 + entries[63].body.len(), "row 64 holds its hash");
-        assert_eq!(Rows::Linked.encode(&entries[0]).len(), 64 + entries[0].body.len());
+        assert_eq!(Rows::Compact.row(&entries[0]).len(), entries[0].body.len(), "body only");
+        assert_eq!(Rows::Compact.row(&entries[63]).len(), 32 + entries[63].body.len(), "row 64 holds its hash");
+        assert_eq!(Rows::Linked.row(&entries[0]).len(), 64 + entries[0].body.len());
         assert_eq!(Rows::named("compact"), Some(Rows::Compact));
         assert_eq!(Rows::named("linked"), Some(Rows::Linked));
         assert_eq!(Rows::named("other"), None);
