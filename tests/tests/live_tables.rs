@@ -302,11 +302,7 @@ fn account_deltas_fold_and_an_edge_restarts_from_them_anywhere() {
             assert!(rows < u64::from(fold), "at most a fold's worth of deltas: {rows} with a fold every {fold}");
         }
         drop(db);
-        let verify = std::process::Command::new(harness::ledgerctl_binary())
-            .args(["verify", "--db", dir.path().join("ledger.redb").to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(verify.status.success(), "fold every {fold}: {}", String::from_utf8_lossy(&verify.stdout));
+        verify_db(dir.path(), &format!("fold every {fold}"));
     }
 }
 
@@ -325,12 +321,14 @@ fn a_file_of_the_format_before_the_deltas_opens_and_is_marked() {
         let (mut ledger, mut chain, _) = open_edge_folding(&store, 1).unwrap();
         book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
         assert_eq!(delta_rows(&store), 0, "written as the release before would");
+        store.fold_ids().unwrap(); // that release kept every id record in the table
         books_of(&store, &ledger)
     };
     {
         let db = Database::open(dir.path().join("ledger.redb")).unwrap();
         let tx = db.begin_write().unwrap();
         tx.open_table(META).unwrap().insert("format", "edgeledger-5").unwrap();
+        tx.open_table(META).unwrap().remove("ids_archived").unwrap();
         tx.delete_table(DELTAS).unwrap();
         tx.commit().unwrap();
     }
@@ -341,7 +339,7 @@ fn a_file_of_the_format_before_the_deltas_opens_and_is_marked() {
     let db = Database::open(dir.path().join("ledger.redb")).unwrap();
     let meta = db.begin_read().unwrap().open_table(META).unwrap();
     let value = |key: &str| meta.get(key).unwrap().map(|v| v.value().to_string());
-    assert_eq!(value("format").as_deref(), Some("edgeledger-6"), "marked, so that an older release refuses it");
+    assert_eq!(value("format").as_deref(), Some("edgeledger-7"), "marked, so that an older release refuses it");
     assert_eq!(value("rows").as_deref(), Some("compact"), "its rows keep their layout");
 }
 
@@ -355,6 +353,7 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
         let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
         let (mut ledger, mut chain, _) = open_edge(&store).unwrap();
         book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
+        store.fold_ids().unwrap(); // that release kept every id record in the table
         books_of(&store, &ledger)
     };
     // What a release without live tables left: format 2, no tables, JSON journal bodies.
@@ -364,6 +363,7 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
         {
             let mut meta = tx.open_table(META).unwrap();
             meta.insert("format", "edgeledger-2").unwrap();
+            meta.remove("ids_archived").unwrap();
             meta.remove("live").unwrap();
             assert_eq!(meta.remove("rows").unwrap().unwrap().value(), "compact", "a new file's rows");
             tx.open_table(LIVE_ACCOUNTS).unwrap().retain(|_, _| false).unwrap();
@@ -399,14 +399,10 @@ fn a_file_from_before_the_live_tables_is_replayed_once_and_gets_them() {
     assert_eq!(store.journal_range(1, 1, 1).unwrap()[0].body[0], b'{', "old ones stay JSON");
     assert_same("a replay of both kinds of entry", &replayed(&store).live_state(), &books_of(&store, &ledger));
     drop((ledger, store)); // the ledger's id archive holds the file too
-    let verify = std::process::Command::new(harness::ledgerctl_binary())
-        .args(["verify", "--db", dir.path().join("ledger.redb").to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    verify_db(dir.path(), "replayed once");
     let db = Database::open(dir.path().join("ledger.redb")).unwrap();
     let format = db.begin_read().unwrap().open_table(META).unwrap().get("format").unwrap().map(|v| v.value().to_string());
-    assert_eq!(format.as_deref(), Some("edgeledger-6"), "marked, so that an older release refuses it");
+    assert_eq!(format.as_deref(), Some("edgeledger-7"), "marked, so that an older release refuses it");
     let rows = db.begin_read().unwrap().open_table(META).unwrap().get("rows").unwrap().map(|v| v.value().to_string());
     assert_eq!(rows.as_deref(), Some("linked"), "its rows keep their layout");
 }
@@ -558,7 +554,8 @@ fn a_pruned_journal_answers_every_id_and_replays_and_verifies_from_its_anchor() 
         // By age: every entry was written at `now`, none before it.
         let by_age = ledger::store::Prune { upto: u64::MAX, written_before_ms: Some(now), max_entries: 7 };
         assert_eq!(prune_all(&store, by_age), 0);
-        // By count, in passes of 7: all but the last 5 (the newest entry always stays).
+        // By count, in passes of 7: all but the last 5 (the newest entry always stays). Their
+        // ids wait in the id tail: the first pass writes them into the table.
         let plan = ledger::store::Prune { upto: chain.seq - 5, written_before_ms: Some(now + 1), max_entries: 7 };
         assert_eq!(prune_all(&store, plan), chain.seq - 5);
         let anchor = store.anchor().unwrap();
@@ -605,4 +602,74 @@ fn a_pruned_journal_answers_every_id_and_replays_and_verifies_from_its_anchor() 
     };
     assert_eq!(keys("anchor_holds"), ["pos-1:h4"]);
     assert_eq!(keys("anchor_holds_resolved"), ["pos-1:h1", "pos-1:h2", "pos-1:h3"]);
+}
+
+/// `ledgerctl verify --db` of the edge's file in `dir` (the node stopped).
+fn verify_db(dir: &std::path::Path, what: &str) {
+    let verify = std::process::Command::new(harness::ledgerctl_binary())
+        .args(["verify", "--db", dir.join("ledger.redb").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (out, err) = (String::from_utf8_lossy(&verify.stdout), String::from_utf8_lossy(&verify.stderr));
+    assert!(verify.status.success(), "{what}: {out}{err}");
+}
+
+fn id_rows(store: &Store) -> u64 {
+    let sizes = store.sizes().expect("sizes");
+    sizes.rows.iter().find(|(table, _)| *table == "ids").map(|(_, n)| *n).expect("the ids' row count")
+}
+
+fn pay(id: &str) -> serde_json::Value {
+    json!({"id": id, "op": "transfer", "debit": "wallet:alice", "credit": "merchant:cafe", "amount": "0.01", "asset": "EUR"})
+}
+
+/// Accepted ids whose entries give them back wait at the journal's end (`store::id_tail`)
+/// and go into the ids table `FOLD_IDS` at a time. A restart reads them back from their
+/// entries: a resend is answered as before, whether the id filter has learned the file's
+/// ids yet or not, and `ledgerctl verify` passes.
+#[test]
+fn ids_wait_in_the_tail_until_a_fold_and_a_restart_reads_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
+    let (mut ledger, mut chain, _) = open_edge(&store).unwrap();
+    book(&store, &mut ledger, &mut chain, workload(), 1_700_000_000_000);
+    let rejections = id_rows(&store);
+    let below = ledger::store::FOLD_IDS - 64;
+    let first: Vec<serde_json::Value> = (0..below).map(|i| pay(&format!("m{i}"))).collect();
+    book(&store, &mut ledger, &mut chain, first, 1_700_000_001_000);
+    assert_eq!(id_rows(&store), rejections, "accepted ids wait in the tail; only the rejections' records are in the table");
+    let original = ledger.recorded(Some("pos-1"), "m0").expect("m0 taken").reply.seq;
+    drop(ledger);
+    drop(store);
+
+    let store = Arc::new(Store::open(dir.path(), NODE).unwrap());
+    let (mut restarted, mut chain, to_learn) = open_edge(&store).unwrap();
+    let mut to_learn = Some(to_learn.expect("started from the tables"));
+    for round in ["before the filter is built", "after"] {
+        for id in ["m0", "m1000", &format!("m{}", below - 1)] {
+            let resend = restarted.submit(Some("pos-1"), parse(pay(id)), 1_700_000_002_000);
+            let reply = resend.reply.as_ref().unwrap();
+            assert!(reply.duplicate && resend.entry.is_none(), "{round}: {id}: {reply:?}");
+        }
+        if let Some(filter) = to_learn.take() {
+            learn_ids(&store, &mut restarted, filter);
+        }
+    }
+    let m0 = restarted.submit(Some("pos-1"), parse(pay("m0")), 1_700_000_002_000);
+    assert_eq!(m0.reply.unwrap().seq, original, "the resend names the entry that took it");
+    assert_eq!(restarted.id_cache().2.never_seen, 0, "the filter learned the tail's ids too");
+
+    // The group that reaches FOLD_IDS writes the whole tail into the table.
+    let more: Vec<serde_json::Value> = (0..96).map(|i| pay(&format!("n{i}"))).collect();
+    book(&store, &mut restarted, &mut chain, more, 1_700_000_003_000);
+    let folded = id_rows(&store);
+    assert!(folded >= rejections + ledger::store::FOLD_IDS as u64, "{folded} rows after the fold");
+    let resend = restarted.submit(Some("pos-1"), parse(pay("m5")), 1_700_000_004_000);
+    assert!(resend.reply.unwrap().duplicate, "read back from the table now");
+    drop((restarted, store));
+    verify_db(dir.path(), "after the fold");
+    let db = Database::open(dir.path().join("ledger.redb")).unwrap();
+    let archived = db.begin_read().unwrap().open_table(META).unwrap().get("ids_archived").unwrap().map(|v| v.value().to_string());
+    let archived: u64 = archived.expect("meta ids_archived").parse().unwrap();
+    assert!(archived > below as u64 && archived <= chain.seq, "the fold's entry: {archived} of {}", chain.seq);
 }

@@ -50,17 +50,25 @@ pub(super) fn encode_record(record: &IdRecord, bare: bool, out: &mut Vec<u8>) {
             serde_json::to_writer(&mut *out, recorded).expect("record serializes");
         }
         IdRecord::Journaled { fingerprint, seq, op } => {
-            let mut w = Writer(out);
             if bare {
-                w.u8(JOURNALED_BARE);
-            } else {
-                w.u8(JOURNALED);
-                w.bytes(&fingerprint.0);
+                return encode_bare(*seq, *op, out);
             }
+            let mut w = Writer(out);
+            w.u8(JOURNALED);
+            w.bytes(&fingerprint.0);
             w.varint(*seq);
             w.varint(op.map_or(0, |i| i as u64 + 1));
         }
     }
+}
+
+/// The record of op `op` of entry `seq` (None: the command itself), whose entry gives the
+/// fingerprint back.
+pub(super) fn encode_bare(seq: u64, op: Option<usize>, out: &mut Vec<u8>) {
+    let mut w = Writer(out);
+    w.u8(JOURNALED_BARE);
+    w.varint(seq);
+    w.varint(op.map_or(0, |i| i as u64 + 1));
 }
 
 /// The fingerprint of a journaled record: the one stored, or the one its entry gives.
@@ -126,11 +134,20 @@ pub(super) fn decode_record(key: &str, bytes: &[u8]) -> Result<Stored, String> {
 impl Store {
     /// The recorded result of `key` as the last commit left it.
     pub fn id_record(&self, key: &str) -> Result<Option<Recorded>, Fault> {
+        // The tail first, then the table: a fold moves records from one to the other only
+        // after its commit returned, so a record gone from the tail is in the table.
+        let in_tail = self.id_tail().records.get(key).cloned();
         let db = self.db()?;
         let tx = db.begin_read()?;
         let ids = tx.open_table(IDS)?;
-        let Some(value) = ids.get(key)? else { return Ok(None) };
-        let record = decode_record(key, value.value()).map_err(|e| Fault::Corrupt(format!("id record {key:?} cannot be read: {e}")))?;
+        let record = match in_tail {
+            Some(bytes) => decode_record(key, &bytes),
+            None => match ids.get(key)? {
+                Some(value) => decode_record(key, value.value()),
+                None => return Ok(None),
+            },
+        };
+        let record = record.map_err(|e| Fault::Corrupt(format!("id record {key:?} cannot be read: {e}")))?;
         match record {
             Stored::Held(recorded) => Ok(Some(*recorded)),
             Stored::Journaled { seq, op, fingerprint } => {

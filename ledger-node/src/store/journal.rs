@@ -2,10 +2,11 @@
 //! commit of each group, and reading ranges back (for replication and history).
 
 use super::error::{Fault, StoreError};
+use super::id_tail::{fold, IDS_ARCHIVED};
 use super::ids::{decode_record, encode_record, holds_reply, Stored};
 use super::rows::{check_head, entries_in, not_past_the_end};
 use super::{Store, IDS, JOURNAL, META};
-use crate::core::idempotency::reads_back;
+use crate::core::idempotency::{reads_back, IdRecord};
 use crate::core::journal::{hex, Chain, Entry};
 use crate::core::{Effects, Journaled, Ledger, LiveChanges};
 use redb::{ReadableDatabase, ReadableTable};
@@ -88,6 +89,8 @@ impl Store {
         // Sized once: a group is up to thousands of effects.
         let mut sealed = Vec::with_capacity(effects.size_hint().0);
         let mut records = Vec::with_capacity(effects.size_hint().0);
+        let mut deferred = Vec::new();
+        let folds;
         let db = self.db()?;
         let tx = super::begin_durable(&db)?;
         {
@@ -109,20 +112,41 @@ impl Store {
                 records.extend(effect.recorded.iter().map(|(id, record)| (id, record, bare)));
             }
             append.close()?;
-            // In key order, the inserts walk the B-tree's leaves once instead of jumping
-            // between devices' ranges.
+            // The records the entries give back wait in the tail (`id_tail`) until it is
+            // folded into the table; the others go in now, in key order, so the inserts walk
+            // its leaves once instead of jumping between devices' ranges.
             records.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let deferrable = |record: &IdRecord, bare: bool| bare && matches!(record, IdRecord::Journaled { .. });
+            let tail = self.id_tail();
+            folds = tail.folds(records.iter().filter(|(_, r, bare)| deferrable(r, *bare)).count(), chain.seq);
+            if folds {
+                // The tail first: a record of this group replaces an older one of its key.
+                fold(&mut ids, &tail.records)?;
+            }
             let mut bytes = Vec::new();
             for (id, record, bare) in records {
                 bytes.clear();
                 encode_record(record, bare, &mut bytes);
-                ids.insert(id.as_str(), bytes.as_slice())?;
+                if !folds && deferrable(record, bare) {
+                    deferred.push((id.clone(), bytes.clone()));
+                } else {
+                    ids.insert(id.as_str(), bytes.as_slice())?;
+                }
             }
             let mut meta = tx.open_table(META)?;
             meta.insert("head", format!("{}:{}", chain.seq, hex(&chain.hash)).as_str())?;
+            if folds || (tail.records.is_empty() && deferred.is_empty()) {
+                meta.insert(IDS_ARCHIVED, chain.seq.to_string().as_str())?;
+            }
         }
         super::live::write_changes(&tx, super::live::Scope::Own, live, chain.seq)?;
         tx.commit()?;
+        // Durable: the tail takes the group's records (or gives all of them to the table).
+        let mut tail = self.id_tail();
+        match folds {
+            true => tail.folded(chain.seq),
+            false => tail.extend(deferred, chain.seq),
+        }
         Ok(sealed)
     }
 

@@ -470,9 +470,15 @@ impl Store {
     /// Puts every id key in the file (as of now) into `filter`; returns how many.
     pub fn learn_ids(&self, filter: &mut IdFilter) -> Result<u64, StoreError> {
         let mut learn = || -> Result<u64, Fault> {
+            // The tail before the table: a fold moves records from one to the other only
+            // after its commit, so a record gone from the tail is in the table read next.
+            let tail: Vec<String> = self.id_tail().records.keys().cloned().collect();
+            let mut count = tail.len() as u64;
+            for key in &tail {
+                filter.insert(key);
+            }
             let db = self.db()?;
             let tx = db.begin_read()?;
-            let mut count = 0;
             for row in tx.open_table(IDS)?.iter()? {
                 let (key, _) = row?;
                 filter.insert(key.value());

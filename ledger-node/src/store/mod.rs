@@ -9,6 +9,7 @@ mod anchor;
 mod archive;
 mod error;
 mod history;
+mod id_tail;
 mod ids;
 mod journal;
 mod live;
@@ -23,6 +24,7 @@ pub use anchor::Anchor;
 pub use archive::StoreArchive;
 pub use error::StoreError;
 pub use history::history;
+pub use id_tail::{FOLD_ENTRIES, FOLD_IDS};
 pub use ids::{IdFault, StoreIds};
 pub use live::{Opened, FOLD_EVERY_GROUPS};
 pub use prune::{AnchorBooks, Prune};
@@ -31,11 +33,12 @@ pub use rows::Rows;
 pub use sizes::{file_sizes, Sizes, TableBytes};
 
 use error::Fault;
+use id_tail::{IdTail, IDS_ARCHIVED};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("ids");
@@ -53,6 +56,10 @@ pub const DB_CACHE_BYTES: usize = 128 * 1024 * 1024;
 
 /// The file name of a node's database inside its data directory.
 pub const DB_FILE: &str = "ledger.redb";
+/// `edgeledger-7`: the id records of the last accepted commands may be only in their
+/// journal entries (meta `ids_archived`, see `id_tail`); a release before it would take
+/// those ids for new, so it must not open such a file. A file of format 6 or 5 is taken and
+/// marked 7 with `ids_archived` at its last entry (its table holds every record).
 /// `edgeledger-6`: an edge's accounts changed by each group in one delta row, folded into
 /// `live_accounts` every so many groups (`live`); a release before it would read
 /// `live_accounts` alone, which may be behind, so it must not open such a file. A file of
@@ -63,9 +70,9 @@ pub const DB_FILE: &str = "ledger.redb";
 /// layout and their entries stay as they are (the hash chain covers them as written); an
 /// edge writes the live tables of a format 2 file from a replay at its first start. Format 1
 /// (ids not yet keyed per sender) is refused (see `StoreError::Format`).
-const FORMAT: &str = "edgeledger-6";
-/// Marked `FORMAT` when opened, its row layout kept.
-const FORMAT_DELTAS_BEFORE: &str = "edgeledger-5";
+const FORMAT: &str = "edgeledger-7";
+/// Marked `FORMAT` when opened, their row layout kept.
+const FORMATS_SAME_ROWS: [&str; 2] = ["edgeledger-6", "edgeledger-5"];
 const FORMATS_TAKEN: [&str; 3] = ["edgeledger-4", "edgeledger-3", "edgeledger-2"];
 /// Meta key of the file's row layout.
 const ROWS: &str = "rows";
@@ -103,6 +110,9 @@ pub struct Store {
     write_failed: AtomicBool,
     /// How the file stores journal entries, for good.
     rows: Rows,
+    /// The id records at the journal's end not in the `ids` table yet (`id_tail`). Changed
+    /// only by commits of the journal (one writer); read by id lookups.
+    id_tail: Mutex<IdTail>,
 }
 
 /// The open database, held for one operation: `reopen` waits for it.
@@ -127,6 +137,7 @@ impl Store {
         tracing::info!(ms = started.elapsed().as_millis() as u64, "database opened");
         let mut store = Store::of(db, path);
         store.rows = store.claim(node_id).map_err(|f| store.fail(f))?;
+        store.read_id_tail().map_err(|f| store.fail(f))?;
         Ok(store)
     }
 
@@ -146,11 +157,37 @@ impl Store {
         let mut store = Store::of(db, path.to_path_buf());
         let (node, rows) = store.identity().map_err(|f| store.fail(f))?;
         store.rows = rows;
+        store.read_id_tail().map_err(|f| store.fail(f))?;
         Ok((store, node))
     }
 
     fn of(db: Database, path: PathBuf) -> Store {
-        Store { db: RwLock::new(Some(db)), path, write_failed: AtomicBool::new(false), rows: Rows::Compact }
+        Store {
+            db: RwLock::new(Some(db)),
+            path,
+            write_failed: AtomicBool::new(false),
+            rows: Rows::Compact,
+            id_tail: Mutex::new(IdTail::default()),
+        }
+    }
+
+    fn id_tail(&self) -> MutexGuard<'_, IdTail> {
+        self.id_tail.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Reads the tail of the file's id records back from its journal (at an open, and after
+    /// a failed write, whose commit may or may not stand). A file without the meta key
+    /// (read only, of an older format) holds every record in its table.
+    fn read_id_tail(&self) -> Result<(), Fault> {
+        let db = self.db()?;
+        let tx = db.begin_read()?;
+        let after = archived_in(&tx.open_table(META)?)?;
+        let tail = match after {
+            Some(after) => IdTail::read(self.rows, after, &tx.open_table(JOURNAL)?)?,
+            None => IdTail { after: tx.open_table(JOURNAL)?.last()?.map_or(0, |(seq, _)| seq.value()), ..IdTail::default() },
+        };
+        *self.id_tail() = tail;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
@@ -182,8 +219,9 @@ impl Store {
         *db = None;
         let opened = builder().create(&self.path).map_err(|e| self.fail(e.into()))?;
         *db = Some(opened);
+        drop(db);
         self.write_failed.store(false, Ordering::Release);
-        Ok(())
+        self.read_id_tail().map_err(|f| self.fail(f))
     }
 
     /// Whether the file takes writes again: reopens it if a write failed, then commits
@@ -232,7 +270,7 @@ impl Store {
                     match format.as_deref() {
                         Some(FORMAT) => {}
                         // Marked at once: an older release must not open it again.
-                        Some(FORMAT_DELTAS_BEFORE) => {
+                        Some(same_rows) if FORMATS_SAME_ROWS.contains(&same_rows) => {
                             meta.insert("format", FORMAT)?;
                         }
                         // Marked at once: an older release must not write to it again.
@@ -249,6 +287,11 @@ impl Store {
                     meta.insert(ROWS, Rows::Compact.name())?;
                     meta.insert(live::LIVE_KEY, live::COMPLETE)?;
                 }
+            }
+            // A file of an older format holds every id record in its table.
+            if archived_in(&meta)?.is_none() {
+                let last = tx.open_table(JOURNAL)?.last()?.map_or(0, |(seq, _)| seq.value());
+                meta.insert(IDS_ARCHIVED, last.to_string().as_str())?;
             }
             rows = rows_in(&meta)?;
             tx.open_table(JOURNAL)?;
@@ -272,12 +315,18 @@ impl Store {
         let node = meta.get("node_id")?.map(|v| v.value().to_string());
         let format = meta.get("format")?.map(|v| v.value().to_string());
         match (node, format.as_deref()) {
-            (Some(node), Some(FORMAT | FORMAT_DELTAS_BEFORE)) => Ok((node, rows_in(&meta)?)),
+            (Some(node), Some(format)) if format == FORMAT || FORMATS_SAME_ROWS.contains(&format) => Ok((node, rows_in(&meta)?)),
             // Read only: marked when a node of this release opens it.
             (Some(node), Some(format)) if FORMATS_TAKEN.contains(&format) => Ok((node, Rows::Linked)),
             (_, _) => Err(Fault::Format { found: format, expected: FORMAT }),
         }
     }
+}
+
+/// Meta `ids_archived`: the table holds every id record of the entries up to it.
+fn archived_in(meta: &impl ReadableTable<&'static str, &'static str>) -> Result<Option<u64>, Fault> {
+    let Some(text) = meta.get(IDS_ARCHIVED)?.map(|v| v.value().to_string()) else { return Ok(None) };
+    text.parse().map(Some).map_err(|_| Fault::Corrupt(format!("meta {IDS_ARCHIVED} is {text:?}, not an entry number")))
 }
 
 /// The row layout a file of this format names.

@@ -15,6 +15,7 @@
 use super::anchor::{anchor_in, write_anchor, Anchor};
 use super::archive::StoreArchive;
 use super::error::{Fault, StoreError};
+use super::id_tail::{fold, IDS_ARCHIVED};
 use super::ids::IdFault;
 use super::ids::{decode_record, encode_pruned, fingerprint_of, Stored};
 use super::live::{write_changes, Scope};
@@ -142,6 +143,8 @@ impl Store {
         let db = self.db()?;
         let tx = super::begin_durable(&db)?;
         let mut pruned = 0;
+        let archived = super::archived_in(&tx.open_table(META)?)?.unwrap_or(0);
+        let mut folded_to = None;
         {
             let mut journal = tx.open_table(JOURNAL)?;
             let mut ids = tx.open_table(IDS)?;
@@ -149,6 +152,14 @@ impl Store {
             let upto = plan.upto.min(last.saturating_sub(1));
             if upto <= chain.seq {
                 return Ok(0);
+            }
+            if upto > archived {
+                // The entries to prune are the only record of the ids in the tail
+                // (`id_tail`): they go into the table first, in this commit. The committer
+                // cannot change the tail meanwhile: it waits for this transaction.
+                let tail: std::collections::HashMap<String, Vec<u8>> = self.id_tail().records.clone();
+                fold(&mut ids, &tail)?;
+                folded_to = Some(last);
             }
             let rows = entries_in(self.rows, &journal, &chain, chain.seq + 1, upto, plan.max_entries)?;
             for entry in rows {
@@ -187,7 +198,11 @@ impl Store {
             if pruned == 0 {
                 return Ok(0); // nothing old enough: no commit, the committer need not wait
             }
-            write_anchor(&mut tx.open_table(META)?, &Anchor { chain, ts_ms, assets: assets.clone() })?;
+            let mut meta = tx.open_table(META)?;
+            write_anchor(&mut meta, &Anchor { chain, ts_ms, assets: assets.clone() })?;
+            if let Some(last) = folded_to {
+                meta.insert(IDS_ARCHIVED, last.to_string().as_str())?;
+            }
         }
         if let Some(e) = fault.take() {
             return Err(Fault::Replay(format!("the books as of the anchor could not read a hold or decision back: {e}")));
@@ -195,6 +210,9 @@ impl Store {
         ledger.check_invariants().map_err(|e| Fault::Invariant(format!("the books as of entry {}: {e}", chain.seq)))?;
         write_changes(&tx, Scope::Anchor, &ledger.take_live_changes(), chain.seq)?;
         tx.commit()?;
+        if let Some(last) = folded_to {
+            self.id_tail().folded(last);
+        }
         ledger.group_durable(group);
         *anchor = Anchor { chain, ts_ms, assets };
         Ok(pruned)

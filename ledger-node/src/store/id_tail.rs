@@ -1,0 +1,127 @@
+//! The id records of accepted commands at the journal's end that the `ids` table does not
+//! hold yet: those whose entry gives the fingerprint back (`reads_back`), so that the record
+//! is only "op `op` of entry `seq`" and the journal row already written says it in full.
+//!
+//! Why: a device's ids land all over the `ids` B-tree, so writing each group's records
+//! costs one leaf page per command in every commit, about half of a small group's commit.
+//! Held here instead, they go in `FOLD_IDS` at a time, in key order, where a device's
+//! consecutive ids share leaves. Meta `ids_archived` says up to which entry the table is
+//! complete; the records after it are read again from those entries when the file is
+//! opened. A lookup reads here before the table (`Store::id_record`), and so does the scan
+//! that builds the id filter, so an id is in RAM or in the file from its commit on.
+//!
+//! Owns the tail and when it is folded; must not hold a record the journal cannot give
+//! back (rejections and commands with a float in their metadata go into the table at once).
+
+use super::error::Fault;
+use super::ids::encode_bare;
+use super::rows::Rows;
+use crate::core::idempotency::{reads_back, IdKey};
+use crate::core::{EntryBody, Journaled, Op};
+use redb::{ReadableTable, Table};
+use std::collections::HashMap;
+
+/// The tail is folded into the table once it holds this many records. Its bound in RAM is
+/// this plus one group's records; a fold writes that many records in one commit.
+pub const FOLD_IDS: usize = 2048;
+/// ... or once it spans this many entries, so that a journal of node commands (expiries)
+/// leaves no long tail to read at the next open.
+pub const FOLD_ENTRIES: u64 = 8192;
+/// Meta key: every id record of the entries up to this seq is in the `ids` table.
+pub(super) const IDS_ARCHIVED: &str = "ids_archived";
+
+/// Records by `principal:id` key, each as the `ids` table would hold it.
+#[derive(Debug, Default)]
+pub struct IdTail {
+    /// The table holds every record of the entries up to this one.
+    pub(super) after: u64,
+    /// SipHash with a random key, like the id cache: device-chosen keys must not collide.
+    pub(super) records: HashMap<String, Vec<u8>>,
+}
+
+impl IdTail {
+    /// Whether a commit that leaves the journal at `head`, with `adding` records of its own
+    /// to defer, folds (and then writes its own into the table too).
+    pub(super) fn folds(&self, adding: usize, head: u64) -> bool {
+        self.records.len().saturating_add(adding) >= FOLD_IDS || head.saturating_sub(self.after) >= FOLD_ENTRIES
+    }
+
+    /// After a commit to `head` that folded: the table holds everything.
+    pub(super) fn folded(&mut self, head: u64) {
+        self.records.clear();
+        self.after = head;
+    }
+
+    /// After a commit to `head` that did not fold: its records wait here. An empty tail
+    /// follows the head, so that the next open reads no entries back.
+    pub(super) fn extend(&mut self, records: Vec<(String, Vec<u8>)>, head: u64) {
+        if self.records.is_empty() && records.is_empty() {
+            self.after = head;
+        }
+        self.records.extend(records);
+        debug_assert!(self.records.len() < FOLD_IDS, "a tail that reaches FOLD_IDS is folded");
+    }
+
+    /// The tail of a file: the deferred records of its entries after `after`, as the
+    /// commits that wrote them deferred them.
+    pub(super) fn read(rows: Rows, after: u64, journal: &impl ReadableTable<u64, &'static [u8]>) -> Result<IdTail, Fault> {
+        let mut tail = IdTail { after, records: HashMap::new() };
+        for row in journal.range(after.saturating_add(1)..)? {
+            let (seq, bytes) = row?;
+            let seq = seq.value();
+            let body = rows.body(seq, bytes.value()).map_err(|e| Fault::Corrupt(format!("entry {seq}: {e}")))?;
+            tail.records.extend(deferred_records(&body));
+        }
+        Ok(tail)
+    }
+}
+
+/// The records a commit of `body` leaves to the tail: an accepted device command that
+/// `reads_back`, its batch's ops first and then itself (the order the ledger records them).
+pub(super) fn deferred_records(body: &EntryBody) -> Vec<(String, Vec<u8>)> {
+    let (Some(_), Journaled::Device(command)) = (&body.reply, &body.command) else { return Vec::new() };
+    if !reads_back(command) {
+        return Vec::new();
+    }
+    let device = body.device.as_deref();
+    let ops = match &command.op {
+        Op::Batch { ops } => ops.as_slice(),
+        _ => &[],
+    };
+    let record = |key: IdKey, op: Option<usize>| {
+        let mut bytes = Vec::new();
+        encode_bare(body.seq, op, &mut bytes);
+        (key.into_string(), bytes)
+    };
+    let mut out: Vec<_> = ops.iter().enumerate().map(|(i, op)| record(IdKey::new(device, &op.id), Some(i))).collect();
+    out.push(record(IdKey::new(device, &command.id), None));
+    out
+}
+
+/// Writes the tail into the table in key order.
+pub(super) fn fold(ids: &mut Table<&str, &[u8]>, tail: &HashMap<String, Vec<u8>>) -> Result<(), Fault> {
+    let mut all: Vec<(&String, &Vec<u8>)> = tail.iter().collect();
+    all.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for (key, value) in all {
+        ids.insert(key.as_str(), value.as_slice())?;
+    }
+    Ok(())
+}
+
+impl super::Store {
+    /// Folds the tail into the table now, whatever its size (a node stopping cleanly, so
+    /// that the next open reads no entries back; tests of older formats).
+    pub fn fold_ids(&self) -> Result<(), super::StoreError> {
+        self.write(|| {
+            let db = self.db()?;
+            let tx = super::begin_durable(&db)?;
+            let mut tail = self.id_tail();
+            let head = tx.open_table(super::JOURNAL)?.last()?.map_or(0, |(seq, _)| seq.value());
+            fold(&mut tx.open_table(super::IDS)?, &tail.records)?;
+            tx.open_table(super::META)?.insert(IDS_ARCHIVED, head.to_string().as_str())?;
+            tx.commit()?;
+            tail.folded(head);
+            Ok(())
+        })
+    }
+}
