@@ -646,7 +646,7 @@ fn ids_wait_in_the_tail_until_a_fold_and_a_restart_reads_them_back() {
     let (mut restarted, mut chain, to_learn) = open_edge(&store).unwrap();
     let mut to_learn = Some(to_learn.expect("started from the tables"));
     for round in ["before the filter is built", "after"] {
-        for id in ["m0", "m1000", &format!("m{}", below - 1)] {
+        for id in ["m0", &format!("m{}", below / 2), &format!("m{}", below - 1)] {
             let resend = restarted.submit(Some("pos-1"), parse(pay(id)), 1_700_000_002_000);
             let reply = resend.reply.as_ref().unwrap();
             assert!(reply.duplicate && resend.entry.is_none(), "{round}: {id}: {reply:?}");
