@@ -112,8 +112,8 @@ pub(super) fn fold(ids: &mut Table<&str, &[u8]>, tail: &HashMap<String, Vec<u8>>
 }
 
 impl super::Store {
-    /// Folds the tail into the table now, whatever its size (a node stopping cleanly, so
-    /// that the next open reads no entries back; tests of older formats).
+    /// Folds the tail into the table now, whatever its size: the file then holds every id
+    /// record in its table, as releases before format 7 wrote it (tests of older files).
     pub fn fold_ids(&self) -> Result<(), super::StoreError> {
         self.write(|| {
             let db = self.db()?;
