@@ -128,3 +128,50 @@ impl super::Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::command::{Command, Movement};
+    use crate::core::reply::{Reply, Status};
+
+    fn pay(id: &str, metadata: Option<serde_json::Value>) -> Command {
+        let movement = Movement { debit: "a".into(), credit: "b".into(), amount: "1.00".into(), asset: "EUR".into(), metadata };
+        Command { id: id.into(), op: Op::Transfer(movement) }
+    }
+
+    fn body(seq: u64, command: Command, accepted: bool) -> EntryBody {
+        let reply = accepted.then(|| Reply::ok(&command.id, Status::Committed, seq, "transfer committed"));
+        EntryBody { seq, ts_ms: 1, device: Some("pos-1".into()), command: Journaled::Device(command), changes: Vec::new(), reply }
+    }
+
+    #[test]
+    fn a_tail_folds_at_its_bounds_and_an_empty_one_follows_the_head() {
+        let mut tail = IdTail::default();
+        assert!(!tail.folds(FOLD_IDS - 1, 1) && tail.folds(FOLD_IDS, 1), "by records");
+        assert!(!tail.folds(0, FOLD_ENTRIES - 1) && tail.folds(0, FOLD_ENTRIES), "by entries, records or not");
+        tail.extend(Vec::new(), 7);
+        assert_eq!(tail.after, 7, "nothing waits: the table is complete up to the head");
+        tail.extend(vec![("pos-1:t1".into(), vec![4, 8, 0])], 8);
+        tail.extend(Vec::new(), 9);
+        assert_eq!((tail.after, tail.records.len()), (7, 1), "entry 8's record waits: the mark stays before it");
+        assert!(tail.folds(0, 7 + FOLD_ENTRIES));
+        tail.folded(9);
+        assert_eq!((tail.after, tail.records.len()), (9, 0));
+    }
+
+    #[test]
+    fn the_deferred_records_are_a_command_that_reads_back_its_ops_first() {
+        let batch = Command { id: "b1".into(), op: Op::Batch { ops: vec![pay("b1-a", None), pay("b1-b", None)] } };
+        let records = deferred_records(&body(12, batch, true));
+        let keys: Vec<&str> = records.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["pos-1:b1-a", "pos-1:b1-b", "pos-1:b1"]);
+        let mut expected = Vec::new();
+        encode_bare(12, Some(1), &mut expected);
+        assert_eq!(records[1].1, expected, "op 1 of entry 12");
+        assert!(deferred_records(&body(13, pay("t2", None), false)).is_empty(), "not accepted");
+        let float = pay("t3", Some(serde_json::json!({"kwh": 1.5})));
+        assert!(deferred_records(&body(14, float, true)).is_empty(), "its fingerprint is kept in the table");
+        assert_eq!(deferred_records(&body(15, pay("t4", Some(serde_json::json!({"n": 2}))), true)).len(), 1);
+    }
+}
