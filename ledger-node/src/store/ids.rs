@@ -134,11 +134,15 @@ pub(super) fn decode_record(key: &str, bytes: &[u8]) -> Result<Stored, String> {
 impl Store {
     /// The recorded result of `key` as the last commit left it.
     pub fn id_record(&self, key: &str) -> Result<Option<Recorded>, Fault> {
-        // The tail first, then the table: a fold moves records from one to the other only
-        // after its commit returned, so a record gone from the tail is in the table.
-        let in_tail = self.id_tail().records.get(key).cloned();
+        // The tail first, then the table. A commit that folds or prunes changes the tail
+        // with its lock held across the commit, and the read begins under that lock: a
+        // record gone from the tail is in the table this read sees, and the entry of one
+        // still in it is there too. (The file's lock first, as every writer takes them.)
         let db = self.db()?;
+        let tail = self.id_tail();
+        let in_tail = tail.records.get(key).cloned();
         let tx = db.begin_read()?;
+        drop(tail);
         let ids = tx.open_table(IDS)?;
         let record = match in_tail {
             Some(bytes) => decode_record(key, &bytes),

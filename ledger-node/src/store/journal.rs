@@ -93,6 +93,9 @@ impl Store {
         let folds;
         let db = self.db()?;
         let tx = super::begin_durable(&db)?;
+        // Held until the tail says what this commit did: a write that snapshots the tail
+        // after this commit (a pruning pass) must find this group's records in it.
+        let mut tail = self.id_tail();
         {
             let mut journal = tx.open_table(JOURNAL)?;
             // A group's entries follow every row the journal holds: appended through a cursor
@@ -117,7 +120,6 @@ impl Store {
             // its leaves once instead of jumping between devices' ranges.
             records.sort_unstable_by(|a, b| a.0.cmp(b.0));
             let deferrable = |record: &IdRecord, bare: bool| bare && matches!(record, IdRecord::Journaled { .. });
-            let tail = self.id_tail();
             folds = tail.folds(records.iter().filter(|(_, r, bare)| deferrable(r, *bare)).count(), chain.seq);
             if folds {
                 // The tail first: a record of this group replaces an older one of its key.
@@ -142,7 +144,6 @@ impl Store {
         super::live::write_changes(&tx, super::live::Scope::Own, live, chain.seq)?;
         tx.commit()?;
         // Durable: the tail takes the group's records (or gives all of them to the table).
-        let mut tail = self.id_tail();
         match folds {
             true => tail.folded(chain.seq),
             false => tail.extend(deferred, chain.seq),

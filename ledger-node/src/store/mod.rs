@@ -179,15 +179,18 @@ impl Store {
     /// a failed write, whose commit may or may not stand). A file without the meta key
     /// (read only, of an older format) holds every record in its table.
     fn read_id_tail(&self) -> Result<(), Fault> {
-        let db = self.db()?;
-        let tx = db.begin_read()?;
-        let after = archived_in(&tx.open_table(META)?)?;
-        let tail = match after {
-            Some(after) => IdTail::read(self.rows, after, &tx.open_table(JOURNAL)?)?,
-            None => IdTail { after: tx.open_table(JOURNAL)?.last()?.map_or(0, |(seq, _)| seq.value()), ..IdTail::default() },
-        };
+        let tail = self.id_tail_in(&*self.db()?)?;
         *self.id_tail() = tail;
         Ok(())
+    }
+
+    fn id_tail_in(&self, db: &Database) -> Result<IdTail, Fault> {
+        let tx = db.begin_read()?;
+        let after = archived_in(&tx.open_table(META)?)?;
+        match after {
+            Some(after) => IdTail::read(self.rows, after, &tx.open_table(JOURNAL)?),
+            None => Ok(IdTail { after: tx.open_table(JOURNAL)?.last()?.map_or(0, |(seq, _)| seq.value()), ..IdTail::default() }),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -218,10 +221,11 @@ impl Store {
         // A file is opened once per process: the old handle goes first.
         *db = None;
         let opened = builder().create(&self.path).map_err(|e| self.fail(e.into()))?;
+        // Before anyone else writes: the tail as this file holds it.
+        *self.id_tail() = self.id_tail_in(&opened).map_err(|f| self.fail(f))?;
         *db = Some(opened);
-        drop(db);
         self.write_failed.store(false, Ordering::Release);
-        self.read_id_tail().map_err(|f| self.fail(f))
+        Ok(())
     }
 
     /// Whether the file takes writes again: reopens it if a write failed, then commits

@@ -155,8 +155,9 @@ impl Store {
             }
             if upto > archived {
                 // The entries to prune are the only record of the ids in the tail
-                // (`id_tail`): they go into the table first, in this commit. The committer
-                // cannot change the tail meanwhile: it waits for this transaction.
+                // (`id_tail`): they go into the table first, in this commit. The tail is
+                // complete up to `last`: a commit updates it before it lets go of its lock,
+                // and no commit can start while this transaction is open.
                 let tail: std::collections::HashMap<String, Vec<u8>> = self.id_tail().records.clone();
                 fold(&mut ids, &tail)?;
                 folded_to = Some(last);
@@ -209,10 +210,14 @@ impl Store {
         }
         ledger.check_invariants().map_err(|e| Fault::Invariant(format!("the books as of entry {}: {e}", chain.seq)))?;
         write_changes(&tx, Scope::Anchor, &ledger.take_live_changes(), chain.seq)?;
+        // Held across the commit: a lookup must not find a tail record whose entry this
+        // commit prunes (`Store::id_record` reads the tail and begins its read under it).
+        let mut tail = self.id_tail();
         tx.commit()?;
         if let Some(last) = folded_to {
-            self.id_tail().folded(last);
+            tail.folded(last);
         }
+        drop(tail);
         ledger.group_durable(group);
         *anchor = Anchor { chain, ts_ms, assets };
         Ok(pruned)
