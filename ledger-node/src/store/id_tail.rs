@@ -14,10 +14,10 @@
 //! back (rejections and commands with a float in their metadata go into the table at once).
 
 use super::error::Fault;
-use super::ids::encode_bare;
+use super::ids::{encode_bare, ids_taken};
 use super::rows::Rows;
 use crate::core::idempotency::{reads_back, IdKey};
-use crate::core::{EntryBody, Journaled, Op};
+use crate::core::{EntryBody, Journaled};
 use redb::{ReadableTable, Table};
 use std::collections::HashMap;
 
@@ -79,26 +79,18 @@ impl IdTail {
     }
 }
 
-/// The records a commit of `body` leaves to the tail: an accepted device command that
-/// `reads_back`, its batch's ops first and then itself (the order the ledger records them).
+/// The records a commit of `body` leaves to the tail: those of an accepted device command
+/// that `reads_back` (`ids_taken`: its batch's ops first, then itself).
 pub(super) fn deferred_records(body: &EntryBody) -> Vec<(String, Vec<u8>)> {
-    let (Some(_), Journaled::Device(command)) = (&body.reply, &body.command) else { return Vec::new() };
-    if !reads_back(command) {
+    if !matches!(&body.command, Journaled::Device(command) if reads_back(command)) {
         return Vec::new();
     }
-    let device = body.device.as_deref();
-    let ops = match &command.op {
-        Op::Batch { ops } => ops.as_slice(),
-        _ => &[],
-    };
-    let record = |key: IdKey, op: Option<usize>| {
+    let record = |(key, op): (IdKey, Option<usize>)| {
         let mut bytes = Vec::new();
         encode_bare(body.seq, op, &mut bytes);
         (key.into_string(), bytes)
     };
-    let mut out: Vec<_> = ops.iter().enumerate().map(|(i, op)| record(IdKey::new(device, &op.id), Some(i))).collect();
-    out.push(record(IdKey::new(device, &command.id), None));
-    out
+    ids_taken(body).into_iter().map(record).collect()
 }
 
 /// Writes the tail into the table in key order.
@@ -119,7 +111,7 @@ impl super::Store {
             let db = self.db()?;
             let tx = super::begin_durable(&db)?;
             let mut tail = self.id_tail();
-            let head = tx.open_table(super::JOURNAL)?.last()?.map_or(0, |(seq, _)| seq.value());
+            let head = super::last_seq(&tx.open_table(super::JOURNAL)?)?;
             fold(&mut tx.open_table(super::IDS)?, &tail.records)?;
             tx.open_table(super::META)?.insert(IDS_ARCHIVED, head.to_string().as_str())?;
             tx.commit()?;
@@ -134,6 +126,7 @@ mod tests {
     use super::*;
     use crate::core::command::{Command, Movement};
     use crate::core::reply::{Reply, Status};
+    use crate::core::Op;
 
     fn pay(id: &str, metadata: Option<serde_json::Value>) -> Command {
         let movement = Movement { debit: "a".into(), credit: "b".into(), amount: "1.00".into(), asset: "EUR".into(), metadata };

@@ -16,10 +16,10 @@ use super::error::{Fault, StoreError};
 use super::{Store, IDS, JOURNAL};
 use crate::core::entry_codec;
 use crate::core::fingerprint::{Fingerprint, FINGERPRINT_BYTES};
-use crate::core::idempotency::{fingerprint_in_entry, recorded_in_entry, sender_id, IdArchive, IdRecord};
+use crate::core::idempotency::{fingerprint_in_entry, recorded_in_entry, sender_id, IdArchive, IdKey, IdRecord};
 use crate::core::wire::{Reader, Writer};
-use crate::core::EntryBody;
 use crate::core::Recorded;
+use crate::core::{EntryBody, Journaled, Op};
 use redb::{ReadableDatabase, ReadableTable};
 use std::sync::{Arc, Mutex};
 
@@ -69,6 +69,19 @@ pub(super) fn encode_bare(seq: u64, op: Option<usize>, out: &mut Vec<u8>) {
     w.u8(JOURNALED_BARE);
     w.varint(seq);
     w.varint(op.map_or(0, |i| i as u64 + 1));
+}
+
+/// The ids an accepted device command took in `body`: its batch's ops', then its own (the
+/// order the ledger records them; a batch never repeats an id).
+pub(super) fn ids_taken(body: &EntryBody) -> Vec<(IdKey, Option<usize>)> {
+    let (Some(_), Journaled::Device(command)) = (&body.reply, &body.command) else { return Vec::new() };
+    let device = body.device.as_deref();
+    let mut out = match &command.op {
+        Op::Batch { ops } => ops.iter().enumerate().map(|(i, op)| (IdKey::new(device, &op.id), Some(i))).collect(),
+        _ => Vec::new(),
+    };
+    out.push((IdKey::new(device, &command.id), None));
+    out
 }
 
 /// The fingerprint of a journaled record: the one stored, or the one its entry gives.

@@ -189,7 +189,7 @@ impl Store {
         let after = archived_in(&tx.open_table(META)?)?;
         match after {
             Some(after) => IdTail::read(self.rows, after, &tx.open_table(JOURNAL)?),
-            None => Ok(IdTail { after: tx.open_table(JOURNAL)?.last()?.map_or(0, |(seq, _)| seq.value()), ..IdTail::default() }),
+            None => Ok(IdTail { after: last_seq(&tx.open_table(JOURNAL)?)?, ..IdTail::default() }),
         }
     }
 
@@ -294,7 +294,7 @@ impl Store {
             }
             // A file of an older format holds every id record in its table.
             if archived_in(&meta)?.is_none() {
-                let last = tx.open_table(JOURNAL)?.last()?.map_or(0, |(seq, _)| seq.value());
+                let last = last_seq(&tx.open_table(JOURNAL)?)?;
                 meta.insert(IDS_ARCHIVED, last.to_string().as_str())?;
             }
             rows = rows_in(&meta)?;
@@ -325,6 +325,11 @@ impl Store {
             (_, _) => Err(Fault::Format { found: format, expected: FORMAT }),
         }
     }
+}
+
+/// The seq of the journal's last row (0: none).
+fn last_seq(journal: &impl ReadableTable<u64, &'static [u8]>) -> Result<u64, Fault> {
+    Ok(journal.last()?.map_or(0, |(seq, _)| seq.value()))
 }
 
 /// Meta `ids_archived`: the table holds every id record of the entries up to it.

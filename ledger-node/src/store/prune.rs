@@ -17,13 +17,13 @@ use super::archive::StoreArchive;
 use super::error::{Fault, StoreError};
 use super::id_tail::{fold, IDS_ARCHIVED};
 use super::ids::IdFault;
-use super::ids::{decode_record, encode_pruned, fingerprint_of, Stored};
+use super::ids::{decode_record, encode_pruned, fingerprint_of, ids_taken, Stored};
 use super::live::{write_changes, Scope};
 use super::rows::entries_in;
 use super::{Store, IDS, JOURNAL, META};
-use crate::core::idempotency::{recorded_in_entry, IdKey};
+use crate::core::idempotency::recorded_in_entry;
 use crate::core::journal::Entry;
-use crate::core::{Change, EntryBody, Head, Journaled, Ledger, LiveState, Op};
+use crate::core::{Change, Head, Ledger, LiveState};
 use redb::{ReadableDatabase, ReadableTable};
 use std::sync::Arc;
 
@@ -148,7 +148,7 @@ impl Store {
         {
             let mut journal = tx.open_table(JOURNAL)?;
             let mut ids = tx.open_table(IDS)?;
-            let last = journal.last()?.map_or(0, |(seq, _)| seq.value());
+            let last = super::last_seq(&journal)?;
             let upto = plan.upto.min(last.saturating_sub(1));
             if upto <= chain.seq {
                 return Ok(0);
@@ -158,8 +158,7 @@ impl Store {
                 // (`id_tail`): they go into the table first, in this commit. The tail is
                 // complete up to `last`: a commit updates it before it lets go of its lock,
                 // and no commit can start while this transaction is open.
-                let tail: std::collections::HashMap<String, Vec<u8>> = self.id_tail().records.clone();
-                fold(&mut ids, &tail)?;
+                fold(&mut ids, &self.id_tail().records)?;
                 folded_to = Some(last);
             }
             let rows = entries_in(self.rows, &journal, &chain, chain.seq + 1, upto, plan.max_entries)?;
@@ -222,15 +221,4 @@ impl Store {
         *anchor = Anchor { chain, ts_ms, assets };
         Ok(pruned)
     }
-}
-
-/// The ids an accepted device command took in `body`: its own and its batch ops'.
-fn ids_taken(body: &EntryBody) -> Vec<(IdKey, Option<usize>)> {
-    let (Some(_), Journaled::Device(command)) = (&body.reply, &body.command) else { return Vec::new() };
-    let device = body.device.as_deref();
-    let mut out = vec![(IdKey::new(device, &command.id), None)];
-    if let Op::Batch { ops } = &command.op {
-        out.extend(ops.iter().enumerate().map(|(i, op)| (IdKey::new(device, &op.id), Some(i))));
-    }
-    out
 }
