@@ -216,6 +216,12 @@ pub struct CommitSection {
     /// Longest a command waits for others to share its commit, in microseconds.
     #[serde(default = "default_max_wait_us")]
     pub max_wait_us: u64,
+    /// While the redb file is at most this long, each commit also records redb's allocator
+    /// state, so that a file left by a crash opens at once; past it commits skip that record
+    /// (its size, and the time to write it, grow with the file) and a crash is followed by
+    /// redb's check of the whole file. 0: never record.
+    #[serde(default = "default_quick_repair_up_to_bytes")]
+    pub quick_repair_up_to_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -320,6 +326,9 @@ fn default_max_batch() -> usize {
 fn default_max_wait_us() -> u64 {
     200
 }
+fn default_quick_repair_up_to_bytes() -> u64 {
+    DEFAULT_QUICK_REPAIR_UP_TO_BYTES
+}
 
 impl Default for MqttSection {
     fn default() -> Self {
@@ -374,7 +383,11 @@ impl Default for LedgerSection {
 
 impl Default for CommitSection {
     fn default() -> Self {
-        CommitSection { max_batch: default_max_batch(), max_wait_us: default_max_wait_us() }
+        CommitSection {
+            max_batch: default_max_batch(),
+            max_wait_us: default_max_wait_us(),
+            quick_repair_up_to_bytes: default_quick_repair_up_to_bytes(),
+        }
     }
 }
 
@@ -404,6 +417,12 @@ fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 /// Hard limits on configured values, so that a typo cannot make a queue unbounded.
 pub const MAX_COMMIT_BATCH: usize = 100_000;
 pub const MAX_COMMIT_WAIT_US: u64 = 1_000_000;
+/// `commit.quick_repair_up_to_bytes` by default: 1 GiB. Up to there the record adds to each
+/// commit at most about 0.2 ms and 130 KiB of writes (a commit at 20,000 payments/s writes
+/// about 80 KiB without it); it grows with the file (about 1.1 MiB per commit at 8 GiB), so
+/// past it a crash is followed instead by redb's check of the file, about 1 s per GB
+/// (BENCHMARKS.md, "Speed: commits that do not grow with the file").
+pub const DEFAULT_QUICK_REPAIR_UP_TO_BYTES: u64 = 1 << 30;
 pub const MAX_BATCH_OPS: usize = 1_000;
 /// Most id records an edge may keep in RAM (a few hundred bytes each).
 pub const MAX_ID_CACHE_ENTRIES: usize = 50_000_000;
@@ -802,6 +821,16 @@ mod tests {
     #[test]
     fn embedded_default_is_valid() {
         NodeConfig::embedded_default().validate().unwrap();
+    }
+
+    #[test]
+    fn quick_repair_limit_defaults_to_1_gib_and_a_bad_one_is_named() {
+        let config = NodeConfig::from_toml("[node]\nid = \"eu/a\"\n").unwrap();
+        assert_eq!(config.commit.quick_repair_up_to_bytes, 1 << 30);
+        let config = NodeConfig::from_toml("[node]\nid = \"eu/a\"\n[commit]\nquick_repair_up_to_bytes = 0\n").unwrap();
+        assert_eq!(config.commit.quick_repair_up_to_bytes, 0);
+        let e = NodeConfig::from_toml("[node]\nid = \"eu/a\"\n[commit]\nquick_repair_up_to_bytes = -1\n").unwrap_err();
+        assert!(e.to_string().contains("quick_repair_up_to_bytes"), "{e}");
     }
 
     #[test]

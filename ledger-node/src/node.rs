@@ -8,6 +8,7 @@ use config::{NodeConfig, Role};
 /// Runs the node until a part of it stops; returns that part's error.
 pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     let store = Store::open(&config.node.data_dir, &config.node.id)?;
+    store.set_quick_repair_up_to(config.commit.quick_repair_up_to_bytes);
     let (fatal, stopped) = Fatal::new();
     match config.node.role {
         Role::Edge => crate::edge::start(&config, store, &fatal)?,

@@ -1,7 +1,10 @@
 //! Crash safety: clients stream payments while the node is SIGKILLed mid-stream and
 //! restarted on the same data. Every command that got a reply is there exactly once,
 //! resends come back `duplicate`, and the books balance (SPEC §8 invariants 1–5). The node
-//! keeps 16 id records in RAM: almost every resend is answered from the file.
+//! keeps 16 id records in RAM: almost every resend is answered from the file. Twice: with
+//! redb's allocator state recorded by every commit (a small file, by default), so that the
+//! file opens at once, and without it (`commit.quick_repair_up_to_bytes = 0`, as for a file
+//! past that length), so that redb checks the whole file before it opens.
 
 use harness::{cmd, Device, NodeOptions, NodeProcess};
 use serde_json::Value;
@@ -35,9 +38,26 @@ async fn pay_until_answered(device: &Device, command: Value, deadline: Instant) 
     }
 }
 
+/// What redb's repair callback makes the node log when it must check a crashed file.
+const CHECKED: &str = "was not closed cleanly: redb is checking the file";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replied_payment_survives_sigkill_exactly_once() {
-    let node = NodeProcess::start(NodeOptions { ledger_toml: "id_cache_entries = 16".into(), ..NodeOptions::default() });
+    let log = payments_survive_sigkill("").await;
+    assert!(!log.contains(CHECKED), "with the allocator state recorded a crashed file opens without a check:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replied_payment_survives_sigkill_when_redb_checks_the_file() {
+    let log = payments_survive_sigkill("quick_repair_up_to_bytes = 0").await;
+    assert!(log.matches(CHECKED).count() >= KILLS, "each restart after a SIGKILL checked the file:\n{log}");
+}
+
+/// Streams the payments, SIGKILLing and restarting the node (its `[commit]` section
+/// `commit_toml`) `KILLS` times, checks them all; returns the node's log.
+async fn payments_survive_sigkill(commit_toml: &str) -> String {
+    let options = NodeOptions { ledger_toml: "id_cache_entries = 16".into(), commit_toml: commit_toml.into(), ..NodeOptions::default() };
+    let node = NodeProcess::start(options);
     let port = node.port;
     let data_dir = node.dir.join("data");
     let node = Arc::new(Mutex::new(node));
@@ -138,6 +158,7 @@ async fn every_replied_payment_survives_sigkill_exactly_once() {
     reader.disconnect().await;
 
     // And from the redb file of the stopped node: chain, invariants, every reply on disk.
+    let log = node.lock().unwrap().log();
     node.lock().unwrap().kill9();
     let mut ledger = harness::load_ledger(&data_dir, "test/edge-1").expect("database loads, chain verifies, books balance");
     assert_eq!(ledger.head().seq, setup_entries + total as u64, "one journal entry per payment, no more");
@@ -146,4 +167,5 @@ async fn every_replied_payment_survives_sigkill_exactly_once() {
         let recorded = ledger.recorded(Some(&payer), id).unwrap_or_else(|| panic!("{id} was answered but is not on disk"));
         assert_eq!(recorded.reply.seq, answer.reply["seq"].as_u64(), "{id}");
     }
+    log
 }

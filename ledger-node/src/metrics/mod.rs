@@ -75,6 +75,8 @@ pub struct Storage {
     pub disk_bytes: u64,
     pub disk_free_bytes: u64,
     pub rows: Vec<(&'static str, u64)>,
+    /// Whether commits record redb's allocator state (a file left by a crash opens at once).
+    pub quick_repair: bool,
 }
 
 /// Appends one gauge family; each sample is (labels, value), no labels for a plain gauge.
@@ -348,6 +350,8 @@ impl Metrics {
             gauge(out, "edgeledger_disk_free_bytes", help, [(vec![], storage.disk_free_bytes)]);
             let samples = storage.rows.into_iter().map(|(table, n)| (vec![("table", table.to_string())], n));
             gauge(out, "edgeledger_table_rows", "Rows in each table of the node's file.", samples);
+            let help = "1 while commits record redb's allocator state (the file is at most commit.quick_repair_up_to_bytes long): after a crash it opens at once; 0: redb checks the whole file first.";
+            gauge(out, "edgeledger_commit_quick_repair", help, [(vec![], u64::from(storage.quick_repair))]);
         }));
     }
 

@@ -36,6 +36,7 @@ pub fn start(config: NodeConfig, store: Store, fatal: &Fatal) -> Result<(), Node
             disk_bytes: s.disk_bytes,
             disk_free_bytes: s.disk_free_bytes,
             rows: s.rows,
+            quick_repair: s.quick_repair,
         })
     });
     if let Some(addr) = config.metrics.listen {

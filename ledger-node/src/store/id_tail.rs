@@ -109,7 +109,7 @@ impl super::Store {
     pub fn fold_ids(&self) -> Result<(), super::StoreError> {
         self.write(|| {
             let db = self.db()?;
-            let tx = super::begin_durable(&db)?;
+            let tx = self.begin_durable(&db)?;
             let mut tail = self.id_tail();
             let head = super::last_seq(&tx.open_table(super::JOURNAL)?)?;
             fold(&mut tx.open_table(super::IDS)?, &tail.records)?;

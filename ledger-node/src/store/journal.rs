@@ -92,7 +92,7 @@ impl Store {
         let mut deferred = Vec::new();
         let folds;
         let db = self.db()?;
-        let tx = super::begin_durable(&db)?;
+        let tx = self.begin_durable(&db)?;
         // Held until the tail says what this commit did: a write that snapshots the tail
         // after this commit (a pruning pass) must find this group's records in it.
         let mut tail = self.id_tail();

@@ -492,7 +492,7 @@ impl Store {
     /// Writes the whole live state into empty tables and marks them complete.
     fn write_live_state(&self, scope: Scope, state: &LiveState) -> Result<(), Fault> {
         let db = self.db()?;
-        let tx = super::begin_durable(&db)?;
+        let tx = self.begin_durable(&db)?;
         {
             let changes = LiveChanges {
                 accounts: state.accounts.iter().map(|(n, a)| (n.clone(), Some(a.clone()))).collect(),

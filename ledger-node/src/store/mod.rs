@@ -37,7 +37,7 @@ use id_tail::{IdTail, IDS_ARCHIVED};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
 
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
@@ -90,17 +90,6 @@ fn builder() -> redb::Builder {
     builder
 }
 
-/// Every write of a node: `Durability::Immediate`, and the commit records redb's allocator
-/// state (two phases), so that after a crash the file opens at once instead of being
-/// walked page by page, which takes time in proportion to the file (1.5 s for 1.3 GB here).
-/// It must be every commit: redb trusts the recorded state only if the last commit wrote it.
-fn begin_durable(db: &Database) -> Result<redb::WriteTransaction, Fault> {
-    let mut tx = db.begin_write()?;
-    tx.set_durability(Durability::Immediate)?;
-    tx.set_quick_repair(true);
-    Ok(tx)
-}
-
 pub struct Store {
     /// None only while `reopen` is closing and opening the file (or could not open it).
     db: RwLock<Option<Database>>,
@@ -113,6 +102,11 @@ pub struct Store {
     /// The id records at the journal's end not in the `ids` table yet (`id_tail`). Changed
     /// only by commits of the journal (one writer); read by id lookups.
     id_tail: Mutex<IdTail>,
+    /// `commit.quick_repair_up_to_bytes`: commits record redb's allocator state while the
+    /// file is at most this long (`begin_durable`).
+    quick_repair_up_to: AtomicU64,
+    /// Whether the last write began recorded it; logged when that changes.
+    quick_repair: AtomicBool,
 }
 
 /// The open database, held for one operation: `reopen` waits for it.
@@ -168,7 +162,57 @@ impl Store {
             write_failed: AtomicBool::new(false),
             rows: Rows::Compact,
             id_tail: Mutex::new(IdTail::default()),
+            quick_repair_up_to: AtomicU64::new(config::DEFAULT_QUICK_REPAIR_UP_TO_BYTES),
+            quick_repair: AtomicBool::new(true),
         }
+    }
+
+    /// Sets `commit.quick_repair_up_to_bytes` (the open's own first commit used the default).
+    pub fn set_quick_repair_up_to(&self, bytes: u64) {
+        self.quick_repair_up_to.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether the last write recorded redb's allocator state (see `begin_durable`).
+    pub fn records_allocator_state(&self) -> bool {
+        self.quick_repair.load(Ordering::Relaxed)
+    }
+
+    /// Every write of a node: `Durability::Immediate`, in two phases (the pages, then the
+    /// header that names them, each synced). While the file is at most `quick_repair_up_to`
+    /// long the commit also records redb's allocator state, so that after a crash the file
+    /// opens at once instead of being walked page by page (about 1.2 ms per MB of journal
+    /// here); redb trusts that record only if the last commit wrote it. The record covers
+    /// every page of the file and is written whole by each commit (about 100 KB per GB), so
+    /// past the limit it is left out: otherwise a commit's cost would grow with the file for
+    /// as long as the node runs.
+    fn begin_durable(&self, db: &Database) -> Result<redb::WriteTransaction, Fault> {
+        let mut tx = db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        tx.set_two_phase_commit(true);
+        tx.set_quick_repair(self.quick_repair_now());
+        Ok(tx)
+    }
+
+    /// Whether the next commit records redb's allocator state; logs when that changes. A file
+    /// whose length cannot be read keeps the record (the quicker open after a crash).
+    fn quick_repair_now(&self) -> bool {
+        let limit = self.quick_repair_up_to.load(Ordering::Relaxed);
+        let length = std::fs::metadata(&self.path).map(|m| m.len()).ok();
+        let record = length.is_none_or(|length| length <= limit);
+        if self.quick_repair.swap(record, Ordering::Relaxed) != record {
+            let length = length.unwrap_or_default();
+            if record {
+                tracing::info!(file_bytes = length, limit, "commits record redb's allocator state again (commit.quick_repair_up_to_bytes)");
+            } else {
+                tracing::info!(
+                    file_bytes = length,
+                    limit,
+                    "the file passed commit.quick_repair_up_to_bytes: commits no longer record redb's allocator state, \
+                     and after a crash redb checks the whole file before it opens (about 1 s per GB)"
+                );
+            }
+        }
+        record
     }
 
     fn id_tail(&self) -> MutexGuard<'_, IdTail> {
@@ -239,7 +283,7 @@ impl Store {
         self.write(|| {
             for keep in [true, false] {
                 let db = self.db()?;
-                let tx = begin_durable(&db)?;
+                let tx = self.begin_durable(&db)?;
                 {
                     let mut probe = tx.open_table(PROBE)?;
                     if keep {
@@ -262,7 +306,7 @@ impl Store {
     /// row layout.
     fn claim(&self, node_id: &str) -> Result<Rows, Fault> {
         let db = self.db()?;
-        let tx = begin_durable(&db)?;
+        let tx = self.begin_durable(&db)?;
         let rows;
         {
             let mut meta = tx.open_table(META)?;

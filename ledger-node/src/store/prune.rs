@@ -141,7 +141,7 @@ impl Store {
         }
         let Anchor { mut chain, mut ts_ms, mut assets } = anchor.clone();
         let db = self.db()?;
-        let tx = super::begin_durable(&db)?;
+        let tx = self.begin_durable(&db)?;
         let mut pruned = 0;
         let archived = super::archived_in(&tx.open_table(META)?)?.unwrap_or(0);
         let mut folded_to = None;

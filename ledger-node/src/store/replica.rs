@@ -43,7 +43,7 @@ impl Store {
     pub fn append_replica(&self, edge: &str, frames: &[ReplicaFrame<'_>]) -> Result<(), StoreError> {
         let write = || -> Result<(), Fault> {
             let db = self.db()?;
-            let tx = super::begin_durable(&db)?;
+            let tx = self.begin_durable(&db)?;
             {
                 let mut replica = tx.open_table(REPLICA)?;
                 // Verified entries follow every row of the edge's replica: appended through

@@ -23,6 +23,8 @@ pub struct Sizes {
     pub disk_free_bytes: u64,
     /// Empty while the file is closed after a failed write: the sizes above still tell.
     pub rows: TableRows,
+    /// Whether the last commit recorded redb's allocator state (`commit.quick_repair_up_to_bytes`).
+    pub quick_repair: bool,
 }
 
 impl Store {
@@ -31,7 +33,7 @@ impl Store {
         let (file_bytes, disk_bytes) = file_sizes(&self.path).map_err(io)?;
         let disk_free_bytes = free_bytes(&self.path).map_err(io)?;
         let rows = self.rows().unwrap_or_default();
-        Ok(Sizes { file_bytes, disk_bytes, disk_free_bytes, rows })
+        Ok(Sizes { file_bytes, disk_bytes, disk_free_bytes, rows, quick_repair: self.records_allocator_state() })
     }
 
     fn rows(&self) -> Result<TableRows, Fault> {
@@ -151,5 +153,23 @@ mod tests {
         assert!(sizes.file_bytes > 0 && sizes.disk_bytes > 0 && sizes.disk_free_bytes > 0, "{sizes:?}");
         assert!(sizes.rows.iter().all(|(_, n)| *n == 0), "{sizes:?}");
         assert_eq!(sizes.rows.len(), 14);
+    }
+
+    #[test]
+    fn commits_record_the_allocator_state_while_the_file_is_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), "test/edge-1").unwrap();
+        let file_bytes = store.sizes().unwrap().file_bytes;
+        assert!(file_bytes < config::DEFAULT_QUICK_REPAIR_UP_TO_BYTES, "a new file is small: {file_bytes}");
+        assert!(store.sizes().unwrap().quick_repair, "the open's commit recorded it");
+        // The file is past a limit below its length: the next commit leaves the record out.
+        store.set_quick_repair_up_to(file_bytes - 1);
+        store.probe_writes(4096).unwrap();
+        assert!(!store.sizes().unwrap().quick_repair);
+        // At its length exactly, and after, the record is back.
+        let file_bytes = store.sizes().unwrap().file_bytes;
+        store.set_quick_repair_up_to(file_bytes);
+        store.probe_writes(4096).unwrap();
+        assert!(store.sizes().unwrap().quick_repair);
     }
 }
