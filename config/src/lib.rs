@@ -417,11 +417,12 @@ fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 /// Hard limits on configured values, so that a typo cannot make a queue unbounded.
 pub const MAX_COMMIT_BATCH: usize = 100_000;
 pub const MAX_COMMIT_WAIT_US: u64 = 1_000_000;
-/// `commit.quick_repair_up_to_bytes` by default: 1 GiB. Up to there the record adds to each
-/// commit at most about 0.2 ms and 130 KiB of writes (a commit at 20,000 payments/s writes
-/// about 80 KiB without it); it grows with the file (about 1.1 MiB per commit at 8 GiB), so
-/// past it a crash is followed instead by redb's check of the file, about 1 s per GB
-/// (BENCHMARKS.md, "Speed: commits that do not grow with the file").
+/// `commit.quick_repair_up_to_bytes` by default: 1 GiB. The record grows with the file,
+/// about 140 KiB per commit per GB of it (a commit at 20,000 payments/s writes about 70 KiB
+/// without it), and what it saves is redb's check of a crashed file, about 0.7 s per GB:
+/// up to 1 GiB a crashed node is back within a second either way, and the soak's file
+/// (2.6 M transfers, 0.8 GB) still opens at once after SIGKILL; past it a crash costs that
+/// check (BENCHMARKS.md, "Speed: commits that do not grow with the file").
 pub const DEFAULT_QUICK_REPAIR_UP_TO_BYTES: u64 = 1 << 30;
 pub const MAX_BATCH_OPS: usize = 1_000;
 /// Most id records an edge may keep in RAM (a few hundred bytes each).

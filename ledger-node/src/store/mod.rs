@@ -180,9 +180,9 @@ impl Store {
     /// Every write of a node: `Durability::Immediate`, in two phases (the pages, then the
     /// header that names them, each synced). While the file is at most `quick_repair_up_to`
     /// long the commit also records redb's allocator state, so that after a crash the file
-    /// opens at once instead of being walked page by page (about 1.2 ms per MB of journal
+    /// opens at once instead of being walked page by page (about 0.7 s per GB
     /// here); redb trusts that record only if the last commit wrote it. The record covers
-    /// every page of the file and is written whole by each commit (about 100 KB per GB), so
+    /// every page of the file and is written whole by each commit (about 140 KiB per GB), so
     /// past the limit it is left out: otherwise a commit's cost would grow with the file for
     /// as long as the node runs.
     fn begin_durable(&self, db: &Database) -> Result<redb::WriteTransaction, Fault> {
@@ -208,7 +208,7 @@ impl Store {
                     file_bytes = length,
                     limit,
                     "the file passed commit.quick_repair_up_to_bytes: commits no longer record redb's allocator state, \
-                     and after a crash redb checks the whole file before it opens (about 1 s per GB)"
+                     and after a crash redb checks the whole file before it opens (about 0.7 s per GB)"
                 );
             }
         }
