@@ -27,6 +27,8 @@ pub enum NodeError {
     Start(String),
     /// A part of the node stopped unexpectedly (a panic, or a channel closed).
     Stopped { part: &'static str, why: String },
+    /// The node was asked to stop (SIGTERM, SIGINT): not a failure (`stop`).
+    Signal(&'static str),
 }
 
 impl fmt::Display for NodeError {
@@ -41,6 +43,7 @@ impl fmt::Display for NodeError {
             NodeError::Invariant(e) => write!(f, "ledger invariant broken, stopping before replying: {e}"),
             NodeError::Start(why) => write!(f, "cannot start: {why}"),
             NodeError::Stopped { part, why } => write!(f, "{part} stopped: {why}"),
+            NodeError::Signal(name) => write!(f, "asked to stop ({name})"),
         }
     }
 }
@@ -83,7 +86,10 @@ impl Fatal {
     }
 
     pub fn report(&self, error: NodeError) {
-        tracing::error!("{error}");
+        match error {
+            NodeError::Signal(_) => tracing::info!("{error}"),
+            _ => tracing::error!("{error}"),
+        }
         // The main thread may already be returning with an earlier report.
         let _ = self.0.send(error);
     }

@@ -7,8 +7,8 @@
 //! - `edge`: an edge node's wiring: intake, committer, inbox, queryables, shipping.
 //! - `region`: a region node's wiring: replicas, coordinator, queryables.
 //! - `metrics`: counters, gauges and the `/metrics` and `/health` endpoint.
-//! - `setup`, `clock`, `error`, `node`: config to core, the clock, fatal errors, role
-//!   dispatch.
+//! - `setup`, `clock`, `error`, `node`, `stop`: config to core, the clock, fatal errors,
+//!   role dispatch, the signals that ask a node to stop.
 //!
 //! Dependencies point one way: `core` ← `books`, `store` ← `edge`, `region` ← `node`;
 //! `edge` and `region` never import each other. The shell must not reply to a device
@@ -23,4 +23,5 @@ pub mod metrics;
 pub mod node;
 pub mod region;
 pub mod setup;
+pub mod stop;
 pub mod store;

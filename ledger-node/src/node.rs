@@ -1,19 +1,33 @@
 //! Starting a node: opens its store, starts the edge or region it is, and waits until a
-//! part of it stops; returns why. Role dispatch only.
+//! part of it stops or it is asked to stop; returns why. Role dispatch only.
 
 use crate::error::{Fatal, NodeError};
+use crate::stop;
 use crate::store::Store;
 use config::{NodeConfig, Role};
+use std::sync::Arc;
 
-/// Runs the node until a part of it stops; returns that part's error.
+/// Runs the node until a part of it stops (returns that part's error) or a stop signal
+/// comes (closes the file cleanly, then returns Ok).
 pub fn run(config: NodeConfig) -> Result<(), NodeError> {
-    let store = Store::open(&config.node.data_dir, &config.node.id)?;
-    store.set_quick_repair_up_to(config.commit.quick_repair_up_to_bytes);
+    // Before any thread starts, so that every thread inherits the mask.
+    stop::block()?;
+    let store = Arc::new(Store::open_with(&config.node.data_dir, &config.node.id, config.commit.quick_repair_up_to_bytes)?);
     let (fatal, stopped) = Fatal::new();
     match config.node.role {
-        Role::Edge => crate::edge::start(&config, store, &fatal)?,
-        Role::Region => crate::region::start(config, store, &fatal)?,
+        Role::Edge => crate::edge::start(&config, store.clone(), &fatal)?,
+        Role::Region => crate::region::start(config, store.clone(), &fatal)?,
     }
+    stop::wait_in_thread(&fatal)?;
     drop(fatal);
-    Err(stopped.recv().unwrap_or_else(|_| NodeError::Stopped { part: "node", why: "every part ended".to_string() }))
+    match stopped.recv().unwrap_or_else(|_| NodeError::Stopped { part: "node", why: "every part ended".to_string() }) {
+        NodeError::Signal(signal) => {
+            // A commit in progress ends first; groups not yet committed were not answered
+            // and are sent again by their devices.
+            store.close_for_exit()?;
+            tracing::info!(signal, "stopped; the file is closed");
+            Ok(())
+        }
+        failed => Err(failed),
+    }
 }

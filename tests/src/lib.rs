@@ -216,6 +216,25 @@ impl NodeProcess {
         self.spawn();
     }
 
+    /// SIGTERM, as systemd or Kubernetes stop a node; waits (bounded) for it to exit and
+    /// returns how it did.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("node running");
+        // SAFETY: sends SIGTERM to our own child, which has not been reaped yet.
+        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0, "SIGTERM");
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                child.kill().expect("SIGKILL");
+                panic!("ledger-node did not exit within {START_DEADLINE:?} of SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The node's resident memory now, from /proc (Linux), in bytes.
     pub fn rss_bytes(&self) -> u64 {
         let pid = self.child.as_ref().expect("node running").id();

@@ -4,7 +4,8 @@
 //! keeps 16 id records in RAM: almost every resend is answered from the file. Twice: with
 //! redb's allocator state recorded by every commit (a small file, by default), so that the
 //! file opens at once, and without it (`commit.quick_repair_up_to_bytes = 0`, as for a file
-//! past that length), so that redb checks the whole file before it opens.
+//! past that length), so that redb checks the whole file before it opens. And a node
+//! stopped by SIGTERM closes its file, so that the next open needs no check at all.
 
 use harness::{cmd, Device, NodeOptions, NodeProcess};
 use serde_json::Value;
@@ -51,6 +52,57 @@ async fn every_replied_payment_survives_sigkill_exactly_once() {
 async fn every_replied_payment_survives_sigkill_when_redb_checks_the_file() {
     let log = payments_survive_sigkill("quick_repair_up_to_bytes = 0").await;
     assert!(log.matches(CHECKED).count() >= KILLS, "each restart after a SIGKILL checked the file:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_by_sigterm_closes_its_file_so_the_next_open_needs_no_check() {
+    // Commits never record the allocator state here, as past the limit: only a clean
+    // close spares the next open redb's check of the file.
+    let mut node = NodeProcess::start(NodeOptions { commit_toml: "quick_repair_up_to_bytes = 0".into(), ..NodeOptions::default() });
+    let device = Device::connect(node.port, "payer").await;
+    for command in [
+        cmd::open("t-issuer", "issuer", "EUR", &["issuance"]),
+        cmd::open("t-wallet", "wallet:w", "EUR", &[]),
+        cmd::transfer("t-fund", "issuer", "wallet:w", "10.00", "EUR"),
+    ] {
+        let reply = device.request(command).await;
+        assert_eq!(reply["code"], "ok", "{reply}");
+    }
+    let paid = device.request(cmd::transfer("t-pay", "wallet:w", "issuer", "2.50", "EUR")).await;
+    assert_eq!(paid["code"], "ok", "{paid}");
+    device.disconnect().await;
+
+    let (mut node, status) = tokio::task::spawn_blocking(move || {
+        let status = node.terminate();
+        (node, status)
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "SIGTERM is a stop, not a failure: {status}; log:\n{}", node.log());
+    let mut node = tokio::task::spawn_blocking(move || {
+        node.spawn();
+        node
+    })
+    .await
+    .unwrap();
+    assert!(!node.log().contains(CHECKED), "the file was closed cleanly:\n{}", node.log());
+
+    // What was answered is there once: the resend is a duplicate with its seq.
+    let device = Device::connect(node.port, "payer").await;
+    let again = device.request(cmd::transfer("t-pay", "wallet:w", "issuer", "2.50", "EUR")).await;
+    assert_eq!((&again["duplicate"], &again["seq"]), (&serde_json::json!(true), &paid["seq"]), "{again}");
+    let balance = device.request(cmd::balance("t-balance", "wallet:w")).await;
+    assert_eq!(balance["balance"]["posted"], "7.50", "{balance}");
+    device.disconnect().await;
+
+    // The control: a SIGKILL leaves the file to be checked.
+    let node = tokio::task::spawn_blocking(move || {
+        node.restart();
+        node
+    })
+    .await
+    .unwrap();
+    assert!(node.log().contains(CHECKED), "a SIGKILL leaves the file unclosed:\n{}", node.log());
 }
 
 /// Streams the payments, SIGKILLing and restarting the node (its `[commit]` section

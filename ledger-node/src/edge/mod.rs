@@ -33,9 +33,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Starts an edge on `store`; its parts run until one of them reports to `fatal`.
-pub fn start(config: &NodeConfig, store: Store, fatal: &Fatal) -> Result<(), NodeError> {
+pub fn start(config: &NodeConfig, store: Arc<Store>, fatal: &Fatal) -> Result<(), NodeError> {
     check_listeners(config)?;
-    let store = Arc::new(store);
     let books = Books::new(config, store.clone());
     let loaded = books.load()?;
     let (ledger, chain) = (&loaded.ledger, loaded.chain);

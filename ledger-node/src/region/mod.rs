@@ -26,8 +26,7 @@ use std::time::Duration;
 const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// Loads the replicas, then follows each configured edge until a part of the region stops.
-pub fn start(config: NodeConfig, store: Store, fatal: &Fatal) -> Result<(), NodeError> {
-    let store = Arc::new(store);
+pub fn start(config: NodeConfig, store: Arc<Store>, fatal: &Fatal) -> Result<(), NodeError> {
     let metrics = Metrics::new(&config.node.id, "region", 0);
     let sized = store.clone();
     metrics.add_storage(move || {

@@ -121,8 +121,14 @@ impl Deref for Open<'_> {
 }
 
 impl Store {
-    /// Opens (or creates) `data_dir/ledger.redb` for `node_id`.
+    /// Opens (or creates) `data_dir/ledger.redb` for `node_id`; commits record redb's
+    /// allocator state up to the default file length (`begin_durable`).
     pub fn open(data_dir: &Path, node_id: &str) -> Result<Store, StoreError> {
+        Store::open_with(data_dir, node_id, config::DEFAULT_QUICK_REPAIR_UP_TO_BYTES)
+    }
+
+    /// `open`, with `commit.quick_repair_up_to_bytes` from the first commit on.
+    pub fn open_with(data_dir: &Path, node_id: &str, quick_repair_up_to: u64) -> Result<Store, StoreError> {
         let path = data_dir.join(DB_FILE);
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Open { path: path.clone(), reason: format!("cannot create {}: {e}", data_dir.display()) })?;
@@ -130,6 +136,7 @@ impl Store {
         let db = builder().create(&path).map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
         tracing::info!(ms = started.elapsed().as_millis() as u64, "database opened");
         let mut store = Store::of(db, path);
+        store.set_quick_repair_up_to(quick_repair_up_to);
         store.rows = store.claim(node_id).map_err(|f| store.fail(f))?;
         store.read_id_tail().map_err(|f| store.fail(f))?;
         Ok(store)
@@ -167,7 +174,7 @@ impl Store {
         }
     }
 
-    /// Sets `commit.quick_repair_up_to_bytes` (the open's own first commit used the default).
+    /// Sets `commit.quick_repair_up_to_bytes` for the commits from now on.
     pub fn set_quick_repair_up_to(&self, bytes: u64) {
         self.quick_repair_up_to.store(bytes, Ordering::Relaxed);
     }
@@ -180,8 +187,8 @@ impl Store {
     /// Every write of a node: `Durability::Immediate`, in two phases (the pages, then the
     /// header that names them, each synced). While the file is at most `quick_repair_up_to`
     /// long the commit also records redb's allocator state, so that after a crash the file
-    /// opens at once instead of being walked page by page (about 0.7 s per GB
-    /// here); redb trusts that record only if the last commit wrote it. The record covers
+    /// opens at once instead of being walked page by page (1-2.5 s per GB here); redb
+    /// trusts that record only if the last commit wrote it (a clean close writes it too). The record covers
     /// every page of the file and is written whole by each commit (about 140 KiB per GB), so
     /// past the limit it is left out: otherwise a commit's cost would grow with the file for
     /// as long as the node runs.
@@ -208,7 +215,7 @@ impl Store {
                     file_bytes = length,
                     limit,
                     "the file passed commit.quick_repair_up_to_bytes: commits no longer record redb's allocator state, \
-                     and after a crash redb checks the whole file before it opens (about 0.7 s per GB)"
+                     and after a crash redb checks the whole file before it opens (1-2.5 s per GB)"
                 );
             }
         }
@@ -270,6 +277,21 @@ impl Store {
         *db = Some(opened);
         self.write_failed.store(false, Ordering::Release);
         Ok(())
+    }
+
+    /// Closes the file cleanly, on the way out of the process (a stop signal): redb records
+    /// its allocator state, so the next open needs no check whatever the file's length.
+    /// Waits for the operation in progress (a commit ends first). The lock stays taken
+    /// until the process exits, so nothing reads or writes after the close; nothing in
+    /// this process may use the store again.
+    pub fn close_for_exit(&self) -> Result<(), StoreError> {
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        let closed = match db.take() {
+            Some(open) => open.close().map_err(|e| self.fail(e.into())),
+            None => Ok(()),
+        };
+        std::mem::forget(db);
+        closed
     }
 
     /// Whether the file takes writes again: reopens it if a write failed, then commits
