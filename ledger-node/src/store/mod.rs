@@ -189,7 +189,7 @@ impl Store {
     /// long the commit also records redb's allocator state, so that after a crash the file
     /// opens at once instead of being walked page by page (1-2.5 s per GB here); redb
     /// trusts that record only if the last commit wrote it (a clean close writes it too). The record covers
-    /// every page of the file and is written whole by each commit (about 140 KiB per GB), so
+    /// every page of the file and is written whole by each commit (100-140 KiB per GiB), so
     /// past the limit it is left out: otherwise a commit's cost would grow with the file for
     /// as long as the node runs.
     fn begin_durable(&self, db: &Database) -> Result<redb::WriteTransaction, Fault> {
