@@ -6,6 +6,11 @@ use crate::stop;
 use crate::store::Store;
 use config::{NodeConfig, Role};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Longest a stop waits for the file to be free to close: below the grace period of
+/// docker and Kubernetes as deployed (5 s), after which they SIGKILL.
+const CLOSE_WITHIN: Duration = Duration::from_secs(3);
 
 /// Runs the node until a part of it stops (returns that part's error) or a stop signal
 /// comes (closes the file cleanly, then returns Ok).
@@ -22,10 +27,13 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     drop(fatal);
     match stopped.recv().unwrap_or_else(|_| NodeError::Stopped { part: "node", why: "every part ended".to_string() }) {
         NodeError::Signal(signal) => {
-            // A commit in progress ends first; groups not yet committed were not answered
-            // and are sent again by their devices.
-            store.close_for_exit()?;
-            tracing::info!(signal, "stopped; the file is closed");
+            // A commit in progress ends first. What was not answered yet (groups not
+            // committed, or committed but not yet published) is sent again by its devices.
+            if store.close_for_exit(CLOSE_WITHIN)? {
+                tracing::info!(signal, "stopped; the file is closed");
+            } else {
+                tracing::warn!(signal, "stopped without closing the file (busy, or a write had failed): the next start may check it");
+            }
             Ok(())
         }
         failed => Err(failed),

@@ -181,7 +181,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("metrics", &["core", "clock", "error"]),
     ("edge", &["core", "books", "store", "metrics", "setup", "clock", "error"]),
     ("region", &["core", "books", "store", "metrics", "setup", "clock", "error"]),
-    ("node", &["store", "error", "edge", "region"]),
+    ("stop", &["error"]),
+    ("node", &["store", "error", "edge", "region", "stop"]),
 ];
 
 #[test]

@@ -34,11 +34,13 @@ pub use sizes::{file_sizes, Sizes, TableBytes};
 
 use error::Fault;
 use id_tail::{IdTail, IDS_ARCHIVED};
+use parking_lot::{RwLock, RwLockReadGuard};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 const JOURNAL: TableDefinition<u64, &[u8]> = TableDefinition::new("journal");
 const IDS: TableDefinition<&str, &[u8]> = TableDefinition::new("ids");
@@ -249,7 +251,11 @@ impl Store {
     }
 
     fn db(&self) -> Result<Open<'_>, Fault> {
-        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        // Recursive: a thread that already reads the file may read it again (a pruning pass
+        // reads archived holds while its transaction is open) even while a reopen or the
+        // close waits for the lock; a plain read would wait behind that writer, which waits
+        // for this thread.
+        let db = self.db.read_recursive();
         match *db {
             Some(_) => Ok(Open(db)),
             None => Err(Fault::Closed),
@@ -268,7 +274,7 @@ impl Store {
     /// until then. The open repairs what the failed commit left (the last durable commit
     /// stands). Operations in progress finish first; those that start meanwhile fail.
     pub fn reopen(&self) -> Result<(), StoreError> {
-        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        let mut db = self.db.write();
         // A file is opened once per process: the old handle goes first.
         *db = None;
         let opened = builder().create(&self.path).map_err(|e| self.fail(e.into()))?;
@@ -281,14 +287,17 @@ impl Store {
 
     /// Closes the file cleanly, on the way out of the process (a stop signal): redb records
     /// its allocator state, so the next open needs no check whatever the file's length.
-    /// Waits for the operation in progress (a commit ends first). The lock stays taken
-    /// until the process exits, so nothing reads or writes after the close; nothing in
-    /// this process may use the store again.
-    pub fn close_for_exit(&self) -> Result<(), StoreError> {
-        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+    /// Waits up to `within` for the operations in progress (a commit ends first). The lock
+    /// then stays taken until the process exits, so nothing reads or writes after the
+    /// close; nothing in this process may use the store again. Returns whether the file
+    /// was closed: not when it stayed busy past `within`, nor after a failed write (redb
+    /// refuses to close such a file; the next open repairs it, as after a crash).
+    pub fn close_for_exit(&self, within: Duration) -> Result<bool, StoreError> {
+        let Some(mut db) = self.db.try_write_for(within) else { return Ok(false) };
         let closed = match db.take() {
-            Some(open) => open.close().map_err(|e| self.fail(e.into())),
-            None => Ok(()),
+            Some(_) if self.write_failed.load(Ordering::Acquire) => Ok(false),
+            Some(open) => open.close().map(|()| true).map_err(|e| self.fail(e.into())),
+            None => Ok(false),
         };
         std::mem::forget(db);
         closed
