@@ -452,3 +452,47 @@ impl Store {
         read().map_err(|f| self.fail(f))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    /// A pruning pass reads archived holds while its own read of the file is open. The close
+    /// (or a reopen) waiting for the lock must not hold that second read back: it would
+    /// wait for the closer, which waits for the pass.
+    #[test]
+    fn a_nested_read_does_not_wait_behind_the_close_that_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), "test/edge-1").unwrap());
+        let (read_open, outer_taken) = std::sync::mpsc::channel();
+        let (nested_done, nested) = std::sync::mpsc::channel();
+        let reader = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let outer = store.db().unwrap();
+                read_open.send(()).unwrap();
+                // Until the closer waits: it then holds the lock's writer bit.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !store.db.is_locked_exclusive() {
+                    assert!(Instant::now() < deadline, "the closer never waited for the lock");
+                    std::thread::yield_now();
+                }
+                let inner = store.db().unwrap();
+                inner.begin_read().unwrap();
+                nested_done.send(()).unwrap();
+                drop(inner);
+                drop(outer);
+            })
+        };
+        outer_taken.recv().unwrap();
+        let closer = {
+            let store = store.clone();
+            std::thread::spawn(move || store.close_for_exit(Duration::from_secs(60)))
+        };
+        nested.recv_timeout(Duration::from_secs(20)).expect("the nested read went through while the close waited");
+        reader.join().unwrap();
+        assert!(closer.join().unwrap().unwrap(), "closed once the reads ended");
+    }
+}
