@@ -93,7 +93,8 @@ fn builder() -> redb::Builder {
 }
 
 pub struct Store {
-    /// None only while `reopen` is closing and opening the file (or could not open it).
+    /// None only while `reopen` is closing and opening the file (or could not open it), and
+    /// after `close_for_exit`, whose lock is never released.
     db: RwLock<Option<Database>>,
     path: PathBuf,
     /// A write failed: redb refuses every later operation (`PreviousIo`) until the file is
