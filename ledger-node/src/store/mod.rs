@@ -190,11 +190,12 @@ impl Store {
     /// Every write of a node: `Durability::Immediate`, in two phases (the pages, then the
     /// header that names them, each synced). While the file is at most `quick_repair_up_to`
     /// long the commit also records redb's allocator state, so that after a crash the file
-    /// opens at once instead of being walked page by page (1-2.5 s per GB here); redb
-    /// trusts that record only if the last commit wrote it (a clean close writes it too). The record covers
-    /// every page of the file and is written whole by each commit (100-140 KiB per GiB), so
-    /// past the limit it is left out: otherwise a commit's cost would grow with the file for
-    /// as long as the node runs.
+    /// opens at once instead of being walked page by page (1-2.5 s per GB here); redb trusts
+    /// that record only if the last commit wrote it (a clean close writes it too). The
+    /// record covers every page of the file and is written whole by each commit (100-140 KiB
+    /// per GiB), so past the limit it is left out: otherwise a commit's cost would grow with
+    /// the file for as long as the node runs. The file's length is read once per commit (a
+    /// `stat`, against the commit's two `fdatasync`s).
     fn begin_durable(&self, db: &Database) -> Result<redb::WriteTransaction, Fault> {
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate)?;
