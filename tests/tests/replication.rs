@@ -316,8 +316,11 @@ async fn a_well_hashed_entry_that_does_not_apply_is_refused() {
             let _ = query.reply(query.key_expr().clone(), frame.clone()).await;
         }
     });
-    let refused = eventually("the region to refuse entry 3", CATCH_UP, || async {
-        replica(&ops, "eu/fake-2").await.filter(|r| !r["refused"].is_null())
+    // The refusal is known as the frame is prepared; entries 1 and 2 before it are stored
+    // by the writer a moment later (`stored_seq`): only then is the replica's file the one
+    // the restart below must find.
+    let refused = eventually("the region to refuse entry 3 and store the two before it", CATCH_UP, || async {
+        replica(&ops, "eu/fake-2").await.filter(|r| !r["refused"].is_null() && r["stored_seq"] == 2)
     })
     .await;
     assert_eq!(refused["seq"], 2, "{refused}");
