@@ -26,7 +26,9 @@ use crate::core::id_filter::IdFilter;
 use crate::core::journal::Chain;
 use crate::core::{Account, AccountRows, LiveChanges, LiveState};
 use crate::core::{Head, Hold, Ledger, Received};
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
+use redb::{
+    ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition, TableHandle, WriteTransaction,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::borrow::Cow;
@@ -473,13 +475,16 @@ impl Store {
             // The tail before the table: a fold moves records from one to the other only
             // after its commit, so a record gone from the tail is in the table read next.
             let tail: Vec<String> = self.id_tail().records.keys().cloned().collect();
+            let db = self.db()?;
+            let tx = db.begin_read()?;
+            let table = tx.open_table(IDS)?;
+            // Sized from the table's length (kept by redb, not counted): one layer for all.
+            filter.size_for(usize::try_from(table.len()?).unwrap_or(usize::MAX).saturating_add(tail.len()));
             let mut count = tail.len() as u64;
             for key in &tail {
                 filter.insert(key);
             }
-            let db = self.db()?;
-            let tx = db.begin_read()?;
-            for row in tx.open_table(IDS)?.iter()? {
+            for row in table.iter()? {
                 let (key, _) = row?;
                 filter.insert(key.value());
                 count += 1;
