@@ -41,12 +41,14 @@ struct Layer {
     blocks: Vec<Block>,
     capacity: usize,
     count: usize,
+    /// Made by `size_for` for ids already known: the layers after it start small again.
+    sized: bool,
 }
 
 impl Layer {
     fn new(capacity: usize) -> Layer {
         let blocks = (capacity.saturating_mul(BITS_PER_ID)).div_ceil(BLOCK_BITS).max(1);
-        Layer { blocks: vec![Block::default(); blocks], capacity, count: 0 }
+        Layer { blocks: vec![Block::default(); blocks], capacity, count: 0, sized: false }
     }
 
     /// The block of `hash` (its high bits scaled to the block count: no division) and
@@ -91,7 +93,7 @@ impl IdFilter {
         let hash = self.hasher.hash_one(key);
         let last = self.layers.last().expect("a filter has a layer");
         if last.count >= last.capacity {
-            let capacity = last.capacity.saturating_mul(2);
+            let capacity = if last.sized { FIRST_LAYER_IDS } else { last.capacity.saturating_mul(2) };
             self.layers.push(Layer::new(capacity));
         }
         self.layers.last_mut().expect("a filter has a layer").insert(hash);
@@ -114,7 +116,7 @@ impl IdFilter {
     /// adding up: 4% at 32 M ids). A filter that holds ids already is left as it is.
     pub fn size_for(&mut self, ids: usize) {
         if self.layers.iter().all(|l| l.count == 0) && ids > FIRST_LAYER_IDS {
-            self.layers = vec![Layer::new(ids)];
+            self.layers = vec![Layer { sized: true, ..Layer::new(ids) }];
         }
     }
 
@@ -176,7 +178,8 @@ mod tests {
         assert!((500..1_500).contains(&imagined), "{imagined} false positives in 100000");
         assert!((0..ids).step_by(97).all(|i| sized.may_contain(&format!("pos-7:t{i}"))), "no false negative");
         sized.insert("one more");
-        assert_eq!(sized.layers.len(), 2, "past its size it grows as before");
+        assert_eq!(sized.layers.len(), 2, "past its size it grows a layer");
+        assert_eq!(sized.layers[1].capacity, FIRST_LAYER_IDS, "a small one: twice the sized layer would double its RAM at once");
         assert!(sized.may_contain("one more"));
         let layers_before = sized.layers.len();
         sized.size_for(ids * 4);

@@ -23,6 +23,7 @@
 mod core_bench;
 mod cross;
 mod geo;
+mod id_filter_bench;
 mod region_soak;
 mod soak;
 mod tigerbeetle;
@@ -87,6 +88,11 @@ USAGE:
       in flight spread over the edges, until its replicas hold N entries in all (default
       2000000); the region's RSS and the blocks its file takes sampled every second; then
       SIGKILL and the time until it answers its status with every replica back where it was.
+  ledger-bench id-filter [--ids N,N,...]
+      The id filter alone at N ids (default 1048576,8388608,33554432), grown by layers
+      as a node that never restarted, and sized for them as after a start-up: ns per
+      insert, ns per new id (may_contain, then insert) and the false positives among 1 M
+      ids it never saw (each costs a lookup in the file).
   ledger-bench --help
 ";
 
@@ -121,6 +127,7 @@ fn main() {
         "cross" => cross::parse(&args[1..]).and_then(|opts| cross::run(&opts)),
         "soak" => soak::parse(&args[1..]).and_then(|opts| soak::run(&opts)),
         "soak-region" => region_soak::parse(&args[1..]).and_then(|opts| region_soak::run(&opts)),
+        "id-filter" => id_filter_bench::parse(&args[1..]).and_then(|opts| id_filter_bench::run(&opts)),
         other => Err(format!("unknown subcommand {other:?}\n\n{USAGE}")),
     };
     if let Err(e) = result {
