@@ -148,7 +148,13 @@ fn write_node(dir: &Path, id: &str, region: bool, port: u16, metrics_port: u16, 
     Ok(NodePlan { id: id.to_string(), region, port, metrics_port, config, log: dir.join(format!("{name}.log")) })
 }
 
-/// The running topology. Dropping it kills every node (SIGKILL: the nodes are crash-safe).
+/// How long the nodes have to exit after SIGTERM before they are killed: a node closes its
+/// file within 3 s of the signal, or exits without closing it.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The running topology. Stopping or dropping it stops every node with SIGTERM, so that each
+/// closes its file and the next start opens it without a check; one still running after
+/// `STOP_DEADLINE` is killed (the nodes are crash-safe, only slower to open after that).
 pub struct Topology {
     pub nodes: Vec<(NodePlan, Child)>,
 }
@@ -189,9 +195,22 @@ impl Topology {
         None
     }
 
+    /// SIGTERM to every node at once (their closes run side by side), then waits for each
+    /// until `STOP_DEADLINE`, and kills those still running. A node that Ctrl-C already
+    /// reached (it shares the terminal's process group) is closing: it is waited for too.
     pub fn stop(&mut self) {
-        for (_, child) in &mut self.nodes {
-            let _ = child.kill();
+        for (_, child) in &self.nodes {
+            terminate(child);
+        }
+        let deadline = Instant::now() + STOP_DEADLINE;
+        for (node, child) in &mut self.nodes {
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Ok(None) = child.try_wait() {
+                eprintln!("ledger-local: {} did not stop within {STOP_DEADLINE:?}; killing it (see {})", node.id, node.log.display());
+                let _ = child.kill();
+            }
             let _ = child.wait();
         }
         self.nodes.clear();
@@ -201,6 +220,16 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Asks `child` to stop (SIGTERM). Harmless if it has exited already: until it is waited
+/// for (which `stop` does after), its pid stays its own.
+fn terminate(child: &Child) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
+    // SAFETY: kill(2) takes any pid and signal number; the pid is our own unwaited child's.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
     }
 }
 

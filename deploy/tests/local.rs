@@ -41,11 +41,23 @@ async fn readme_demo_runs_and_metrics_answer() {
         .spawn()
         .expect("ledger-local starts");
     struct Kill(std::process::Child);
+    impl Kill {
+        /// SIGTERM: the launcher stops its nodes itself; it must have exited by `within`.
+        fn stop_within(&mut self, within: Duration) {
+            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+            let deadline = std::time::Instant::now() + within;
+            while matches!(self.0.try_wait(), Ok(None)) {
+                assert!(std::time::Instant::now() < deadline, "ledger-local did not exit within {within:?} of SIGTERM");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
     impl Drop for Kill {
         fn drop(&mut self) {
-            // SIGTERM: the launcher stops its nodes itself.
-            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-            let _ = self.0.wait();
+            if let Ok(None) = self.0.try_wait() {
+                let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+                let _ = self.0.wait();
+            }
         }
     }
     let mut stdout = child.stdout.take().unwrap();
@@ -147,4 +159,19 @@ async fn readme_demo_runs_and_metrics_answer() {
         assert!(body.contains("\"status\":\"ok\""), "{body}");
     }
     assert_eq!(http_get(metrics[2], "/nothing").0, "HTTP/1.1 404 Not Found");
+
+    // Stopped as by `kill` or a service manager: every node closes its file and says so.
+    drop(till);
+    let mut launcher = _launcher;
+    launcher.stop_within(Duration::from_secs(30));
+    let logs: Vec<_> = std::fs::read_dir(dir.path().join("topology"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .collect();
+    assert_eq!(logs.len(), 6, "{logs:?}");
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("stopped; the file is closed"), "{}:\n{text}", log.display());
+    }
 }
