@@ -199,8 +199,12 @@ impl Topology {
     /// until `STOP_DEADLINE`, and kills those still running. A node that Ctrl-C already
     /// reached (it shares the terminal's process group) is closing: it is waited for too.
     pub fn stop(&mut self) {
-        for (_, child) in &self.nodes {
-            terminate(child);
+        for (_, child) in &mut self.nodes {
+            // One that exited was reaped by `try_wait` (`exited`, `wait_listening`): its
+            // pid may be another process's by now, so it gets no signal.
+            if let Ok(None) = child.try_wait() {
+                terminate(child);
+            }
         }
         let deadline = Instant::now() + STOP_DEADLINE;
         for (node, child) in &mut self.nodes {
@@ -223,11 +227,11 @@ impl Drop for Topology {
     }
 }
 
-/// Asks `child` to stop (SIGTERM). Harmless if it has exited already: until it is waited
-/// for (which `stop` does after), its pid stays its own.
+/// Asks `child`, which has not been reaped, to stop (SIGTERM). Until it is reaped its pid
+/// stays its own, even once it has exited.
 fn terminate(child: &Child) {
     let Ok(pid) = libc::pid_t::try_from(child.id()) else { return };
-    // SAFETY: kill(2) takes any pid and signal number; the pid is our own unwaited child's.
+    // SAFETY: kill(2) takes any pid and signal number; this one is our unreaped child's.
     unsafe {
         libc::kill(pid, libc::SIGTERM);
     }

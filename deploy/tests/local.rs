@@ -61,7 +61,7 @@ async fn readme_demo_runs_and_metrics_answer() {
         }
     }
     let mut stdout = child.stdout.take().unwrap();
-    let _launcher = Kill(child);
+    let mut running = Kill(child);
     let (zenoh_eu, mqtt, metrics) = deploy::ports(Some(base));
     let banner = tokio::task::spawn_blocking(move || {
         let mut text = String::new();
@@ -162,8 +162,7 @@ async fn readme_demo_runs_and_metrics_answer() {
 
     // Stopped as by `kill` or a service manager: every node closes its file and says so.
     drop(till);
-    let mut launcher = _launcher;
-    launcher.stop_within(Duration::from_secs(30));
+    running.stop_within(Duration::from_secs(30));
     let logs: Vec<_> = std::fs::read_dir(dir.path().join("topology"))
         .unwrap()
         .map(|entry| entry.unwrap().path())

@@ -1,7 +1,9 @@
 //! "This id was never seen", without reading the disk: a Bloom filter of every id key a
 //! ledger recorded. It may say "maybe" for an id it never saw (then the archive is asked);
-//! it never says "no" for one it saw. It grows by layers, each twice the last, so that its
-//! false positives stay near 1% however many ids a node takes (1.25 bytes per id).
+//! it never says "no" for one it saw. Each layer holds its ids at 10 bits (1.25 bytes) per
+//! id and answers "maybe" for about 1% of ids it never saw; a full layer is followed by one
+//! twice its size, and the layers' rates add up (4.7% at 32 M ids in 6 layers). Built at
+//! start-up, the file's ids are one layer sized for them (`size_for`).
 //!
 //! Blocked: all the bits of one id lie in one 64-byte block (one cache line), chosen by the
 //! id's hash, as in RocksDB's cache-local filter. A filter of a node's history is larger
@@ -41,7 +43,9 @@ struct Layer {
     blocks: Vec<Block>,
     capacity: usize,
     count: usize,
-    /// Made by `size_for` for ids already known: the layers after it start small again.
+    /// Made by `size_for` for ids already known: a layer grown after it (if it takes more
+    /// ids than it was sized for, or is used on its own) starts small again instead of
+    /// doubling it.
     sized: bool,
 }
 
@@ -113,7 +117,7 @@ impl IdFilter {
     /// Makes an empty filter's first layer hold `ids` ids at its target rate: a filter
     /// built from a file of many ids is then one layer (one block to probe, a false-positive
     /// rate near 1%) instead of a layer per doubling (a block per layer, their rates
-    /// adding up: 4% at 32 M ids). A filter that holds ids already is left as it is.
+    /// adding up: 4.7% at 32 M ids). A filter that holds ids already is left as it is.
     pub fn size_for(&mut self, ids: usize) {
         if self.layers.iter().all(|l| l.count == 0) && ids > FIRST_LAYER_IDS {
             self.layers = vec![Layer { sized: true, ..Layer::new(ids) }];

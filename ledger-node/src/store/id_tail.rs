@@ -38,7 +38,7 @@ pub(super) const IDS_ARCHIVED: &str = "ids_archived";
 pub struct IdTail {
     /// The table holds every record of the entries up to this one.
     pub(super) after: u64,
-    /// SipHash with a random key, like the id cache: device-chosen keys must not collide.
+    /// std's SipHash with a random key: device-chosen keys must not collide.
     pub(super) records: HashMap<String, Vec<u8>>,
 }
 

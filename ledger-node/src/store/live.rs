@@ -289,6 +289,11 @@ fn write_rows<'a, V: 'a>(
     Ok(())
 }
 
+/// Fewest bytes of the file one row of `ids` takes: a 2-byte key (`:` and a 1-byte id), a
+/// 3-byte value and their two 4-byte ends in a leaf. Rows average about 90; a bound that
+/// undercounts would only cost the filter a layer more.
+const MIN_ID_ROW_BYTES: u64 = 13;
+
 impl Store {
     /// Restores an edge's books from the live tables: no replay, whatever the journal's
     /// length. The recorded ids are left for the caller to learn (`Opened::ids_to_learn`);
@@ -470,6 +475,7 @@ impl Store {
     }
 
     /// Puts every id key in the file (as of now) into `filter`; returns how many.
+    /// The filter is sized for them first (`IdFilter::size_for`).
     pub fn learn_ids(&self, filter: &mut IdFilter) -> Result<u64, StoreError> {
         let mut learn = || -> Result<u64, Fault> {
             // The tail before the table: a fold moves records from one to the other only
@@ -478,8 +484,12 @@ impl Store {
             let db = self.db()?;
             let tx = db.begin_read()?;
             let table = tx.open_table(IDS)?;
-            // Sized from the table's length (kept by redb, not counted): one layer for all.
-            filter.size_for(usize::try_from(table.len()?).unwrap_or(usize::MAX).saturating_add(tail.len()));
+            // Sized from the table's length (a field redb keeps, not a count): one layer for
+            // all. A field is not a proof: no more rows than the file has room for are
+            // believed, so a damaged length cannot make the node allocate past its file.
+            let room = std::fs::metadata(&self.path).map_or(0, |m| m.len() / MIN_ID_ROW_BYTES);
+            let rows = usize::try_from(table.len()?.min(room)).unwrap_or(usize::MAX);
+            filter.size_for(rows.saturating_add(tail.len()));
             let mut count = tail.len() as u64;
             for key in &tail {
                 filter.insert(key);
