@@ -127,7 +127,9 @@ fn books_of(store: &Store, ledger: &Ledger) -> LiveState {
 }
 
 fn learn_ids(store: &Store, ledger: &mut Ledger, mut filter: IdFilter) {
-    store.learn_ids(&mut filter).expect("the ids scan");
+    let ids = store.learn_ids(&mut filter).expect("the ids scan");
+    // Sized for the file's ids (a few hundred here), not a default first layer of 1.25 MiB.
+    assert!(filter.bytes() < 64 << 10, "{} bytes of filter for {ids} ids", filter.bytes());
     ledger.complete_id_filter(filter);
 }
 

@@ -117,9 +117,10 @@ impl IdFilter {
     /// Makes an empty filter's first layer hold `ids` ids at its target rate: a filter
     /// built from a file of many ids is then one layer (one block to probe, a false-positive
     /// rate near 1%) instead of a layer per doubling (a block per layer, their rates
-    /// adding up: 4.7% at 32 M ids). A filter that holds ids already is left as it is.
+    /// adding up: 4.7% at 32 M ids), and a file of few ids takes a few bytes, not a first
+    /// layer of 1.25 MiB. A filter that holds ids already is left as it is.
     pub fn size_for(&mut self, ids: usize) {
-        if self.layers.iter().all(|l| l.count == 0) && ids > FIRST_LAYER_IDS {
+        if self.layers.iter().all(|l| l.count == 0) {
             self.layers = vec![Layer { sized: true, ..Layer::new(ids) }];
         }
     }
@@ -185,6 +186,9 @@ mod tests {
         assert_eq!(sized.layers.len(), 2, "past its size it grows a layer");
         assert_eq!(sized.layers[1].capacity, FIRST_LAYER_IDS, "a small one: twice the sized layer would double its RAM at once");
         assert!(sized.may_contain("one more"));
+        let mut small = IdFilter::default();
+        small.size_for(1_000);
+        assert_eq!(small.bytes(), (1_000 * BITS_PER_ID).div_ceil(BLOCK_BITS) * 64, "a few ids, a few blocks");
         let layers_before = sized.layers.len();
         sized.size_for(ids * 4);
         assert_eq!(sized.layers.len(), layers_before, "a filter holding ids is not resized (it would forget them)");
