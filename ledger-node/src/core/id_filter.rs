@@ -194,6 +194,25 @@ mod tests {
         assert_eq!(sized.layers.len(), layers_before, "a filter holding ids is not resized (it would forget them)");
     }
 
+    /// A file of no ids: its sized sibling adds nothing when absorbed, and on its own it
+    /// grows a layer for the first id it takes.
+    #[test]
+    fn a_filter_sized_for_no_ids_still_takes_ids() {
+        let mut live = IdFilter::default();
+        let mut none = live.sibling();
+        none.size_for(0);
+        assert!(!none.may_contain("pos-1:t1"));
+        live.insert("pos-1:t1");
+        live.absorb(none);
+        assert_eq!(live.layers.len(), 1, "the empty layer is not kept");
+        assert!(live.may_contain("pos-1:t1"));
+        let mut alone = IdFilter::default();
+        alone.size_for(0);
+        alone.insert("pos-1:t2");
+        assert!(alone.may_contain("pos-1:t2"));
+        assert_eq!(alone.layers.last().map(|l| l.capacity), Some(FIRST_LAYER_IDS));
+    }
+
     #[test]
     fn a_sibling_filled_elsewhere_is_absorbed_whole() {
         let mut live = IdFilter::default();
