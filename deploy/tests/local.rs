@@ -44,20 +44,12 @@ async fn readme_demo_runs_and_metrics_answer() {
     impl Kill {
         /// SIGTERM: the launcher stops its nodes itself; it must have exited by `within`.
         fn stop_within(&mut self, within: Duration) {
-            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-            let deadline = std::time::Instant::now() + within;
-            while matches!(self.0.try_wait(), Ok(None)) {
-                assert!(std::time::Instant::now() < deadline, "ledger-local did not exit within {within:?} of SIGTERM");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            assert!(harness::terminate_within(&mut self.0, within).is_some(), "ledger-local did not exit within {within:?} of SIGTERM");
         }
     }
     impl Drop for Kill {
         fn drop(&mut self) {
-            if let Ok(None) = self.0.try_wait() {
-                let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-                let _ = self.0.wait();
-            }
+            harness::terminate_within(&mut self.0, Duration::from_secs(30));
         }
     }
     let mut stdout = child.stdout.take().unwrap();

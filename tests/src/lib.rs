@@ -67,6 +67,28 @@ pub fn free_ports(count: u16) -> u16 {
 /// edgeledger-tests` alone), the first call builds it; it is not rebuilt otherwise,
 /// because building the one package resolves dependency features differently from the
 /// workspace and would rebuild half the tree on every run.
+/// Sends SIGTERM to `child` and waits for it to exit, up to `within`; None (and the child
+/// SIGKILLed and reaped) if it did not. Never panics: guards call it while unwinding.
+pub fn terminate_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    // SAFETY: kill(2) with our own child's pid, which is not reaped (try_wait said so).
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub fn node_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
@@ -220,19 +242,8 @@ impl NodeProcess {
     /// returns how it did.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("node running");
-        // SAFETY: sends SIGTERM to our own child, which has not been reaped yet.
-        assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) }, 0, "SIGTERM");
-        let deadline = Instant::now() + START_DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                child.kill().expect("SIGKILL");
-                panic!("ledger-node did not exit within {START_DEADLINE:?} of SIGTERM; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        terminate_within(&mut child, START_DEADLINE)
+            .unwrap_or_else(|| panic!("ledger-node did not exit within {START_DEADLINE:?} of SIGTERM; log:\n{}", self.log()))
     }
 
     /// The node's resident memory now, from /proc (Linux), in bytes.
