@@ -11,7 +11,6 @@ use crate::pki::IdentityFiles;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING};
 use serde::{Deserialize, Serialize};
-use std::fmt::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -30,7 +29,9 @@ pub struct Proof {
 /// Signs with a node's key; holds its certificate to send along.
 pub struct Signer {
     key: EcdsaKeyPair,
-    cert_der: Vec<u8>,
+    /// The certificate as every proof carries it (hex of the DER), made once: a node signs
+    /// every frame it ships and every batch it decides.
+    cert_hex: String,
     rng: SystemRandom,
 }
 
@@ -41,12 +42,12 @@ impl Signer {
         let rng = SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &key_der, &rng)
             .map_err(|e| format!("{}: not an ECDSA P-256 PKCS#8 key ({e}); `ledger-node pki` makes one", files.key.display()))?;
-        Ok(Signer { key, cert_der, rng })
+        Ok(Signer { key, cert_hex: hex(&cert_der), rng })
     }
 
     pub fn sign(&self, message: &[u8]) -> Proof {
         let signature = self.key.sign(&self.rng, message).expect("ECDSA signing with a valid key");
-        Proof { cert: hex(&self.cert_der), signature: hex(signature.as_ref()) }
+        Proof { cert: self.cert_hex.clone(), signature: hex(signature.as_ref()) }
     }
 }
 
@@ -249,18 +250,25 @@ fn pem_block(path: &Path, label: &str) -> Result<Vec<u8>, String> {
     Err(format!("{}: no {label} block", path.display()))
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Lowercase hex, two digits per byte.
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(HEX_DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(HEX_DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
+/// The bytes of `text`, hex of at most `max_bytes` bytes (either case).
 fn unhex(text: &str, max_bytes: usize) -> Result<Vec<u8>, String> {
     if !text.len().is_multiple_of(2) || text.len() > max_bytes * 2 {
         return Err(format!("must be hex of at most {max_bytes} bytes"));
     }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| "not hex".to_string())).collect()
+    let digit = |c: u8| char::from(c).to_digit(16).map(|d| d as u8).ok_or_else(|| "not hex".to_string());
+    text.as_bytes().chunks_exact(2).map(|pair| Ok(digit(pair[0])? << 4 | digit(pair[1])?)).collect()
 }
 
 #[cfg(test)]
@@ -292,6 +300,20 @@ mod tests {
         assert!(verifier.verify(&mixed, "us/sf-1", &message).is_err());
         assert!(verifier.verify(&Proof { cert: "zz".into(), signature: proof.signature }, "us/nyc-1", &message).is_err());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn hex_goes_both_ways_and_refuses_what_is_not_hex() {
+        let all: Vec<u8> = (0..=255).collect();
+        let text = hex(&all);
+        assert_eq!(&text[..8], "00010203");
+        assert_eq!(&text[text.len() - 4..], "feff");
+        assert_eq!(unhex(&text, 256).unwrap(), all);
+        assert_eq!(unhex("ABcd", 2).unwrap(), vec![0xab, 0xcd]);
+        for bad in ["abc", "zz", "+f", "0g", "é"] {
+            assert!(unhex(bad, 8).is_err(), "{bad:?}");
+        }
+        assert!(unhex(&text, 255).unwrap_err().contains("at most 255 bytes"));
     }
 
     #[test]
