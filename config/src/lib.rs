@@ -213,7 +213,9 @@ pub struct CommitSection {
     /// Most commands sharing one redb write transaction.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
-    /// Longest a command waits for others to share its commit, in microseconds.
+    /// Longest the first command of a group waits for others to share its commit once the
+    /// committer is free, in microseconds (while the committer writes the group before, a
+    /// group takes every command that arrives).
     #[serde(default = "default_max_wait_us")]
     pub max_wait_us: u64,
     /// While the redb file is at most this long, each commit also records redb's allocator

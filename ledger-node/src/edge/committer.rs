@@ -10,6 +10,7 @@
 
 use super::answerer::{ReplyTo, Settled};
 use super::disk::{Restart, WriteFailures};
+use super::handoff::Handoff;
 use crate::core::journal::{Chain, Entry};
 use crate::core::{Effects, LiveChanges};
 use crate::error::NodeError;
@@ -20,8 +21,9 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Groups applied but not yet committed. One is being committed while the next waits: more
-/// would only hold replies back longer.
+/// Groups applied but not yet committed. The intake hands a group over when the committer
+/// waits for it (`handoff`), so the one place is only filled while a full group waits
+/// behind the commit in progress; more would only hold replies back longer.
 pub const GROUPS_IN_FLIGHT: usize = 1;
 
 /// A commit slower than this is logged: every reply of its group waited that long.
@@ -62,16 +64,19 @@ pub struct Committer {
     /// RAM (they are in the file now).
     durable: Arc<AtomicU64>,
     failures: Arc<WriteFailures>,
+    handoff: Arc<Handoff>,
     /// A commit failed and the intake has not sent its rebuilt books yet: every group is
     /// answered `disk_full` unwritten.
     refusing: bool,
 }
 
-/// Where the committer reports what became durable, and what could not.
+/// Where the committer reports what became durable, what could not, and when it waits for
+/// the next group.
 pub struct Reports {
     /// The last group number whose commit returned.
     pub durable: Arc<AtomicU64>,
     pub failures: Arc<WriteFailures>,
+    pub handoff: Arc<Handoff>,
 }
 
 impl Committer {
@@ -83,14 +88,16 @@ impl Committer {
         metrics: Arc<Metrics>,
         reports: Reports,
     ) -> Committer {
-        let Reports { durable, failures } = reports;
-        Committer { store, chain, answers, listener, metrics, durable, failures, refusing: false }
+        let Reports { durable, failures, handoff } = reports;
+        Committer { store, chain, answers, listener, metrics, durable, failures, handoff, refusing: false }
     }
 
     /// Commits groups in order and answers each only after its commit returned. Returns when
     /// the intake hangs up, or with the error that makes the node stop without replying.
     pub fn run(mut self, groups: Receiver<Group>) -> Result<(), NodeError> {
-        for group in groups {
+        loop {
+            self.handoff.committer_waits();
+            let Ok(group) = groups.recv() else { return Ok(()) };
             if let Some(restart) = group.restart {
                 assert_eq!(restart.after, self.failures.count(), "books rebuilt after the last refused write only");
                 self.chain = restart.chain;
@@ -127,7 +134,6 @@ impl Committer {
             self.durable.store(group.number, Ordering::Release);
             self.settle(Settled::Durable(group.outcomes))?;
         }
-        Ok(())
     }
 
     /// Hands a settled group to the answerer, waiting while it is `GROUPS_TO_ANSWER` behind.

@@ -54,9 +54,9 @@ pub struct Inbox {
 
 impl Inbox {
     /// The door and the intake's side of it.
-    pub fn new(waker: Waker) -> (Inbox, Receiver<Call>) {
+    pub fn new(waker: Arc<Waker>) -> (Inbox, Receiver<Call>) {
         let (calls, queued) = std::sync::mpsc::sync_channel(INBOX_CAPACITY);
-        (Inbox { calls, waker: Arc::new(waker) }, queued)
+        (Inbox { calls, waker }, queued)
     }
 
     /// Queues many requests at once (they usually share one group and one commit) and waits

@@ -2,7 +2,8 @@
 //! requests from the inbox, applies them to the ledger in groups, checks the books' running
 //! totals, and hands each group to the committer. The committer writes a group durably and
 //! only then publishes its answers; the two run in their own threads, so that the next
-//! group is applied while the previous one is being fsynced. Groups commit and answer in
+//! group is applied while the previous one is being fsynced: it stays open, taking what
+//! arrives, until the committer waits for it (`handoff`). Groups commit and answer in
 //! order, so a reply never depends on a change that is not yet on disk. After a refused
 //! write it rebuilds the books from the file and answers only what needs no write until a
 //! probe write succeeds (`disk`).
@@ -11,13 +12,14 @@ use super::answerer::ReplyTo;
 use super::books::{Books, Loaded};
 use super::committer::{Group, Reports};
 use super::disk::{self, DiskMode, Restart, WriteFailures};
+use super::handoff::{self, Handoff};
 use super::inbox::{Call, Request};
 use crate::clock::now_ms;
 use crate::core::command;
 use crate::core::id_filter::IdFilter;
 use crate::core::journal::Chain;
 use crate::core::reply::{Code, Rejection, Reply};
-use crate::core::{Effects, Ledger, OPERATOR};
+use crate::core::{Effects, Ledger, LiveChanges, OPERATOR};
 use crate::error::NodeError;
 use crate::metrics::Metrics;
 use crate::store::IdFault;
@@ -49,6 +51,17 @@ enum Incoming {
     Peer(Box<Call>),
 }
 
+/// The group being applied: what arrives joins it until it goes to the committer.
+struct Open {
+    number: u64,
+    outcomes: Vec<(Option<ReplyTo>, Effects)>,
+    /// When it opened: it waits at most `max_wait` for others once the committer is free.
+    since: Instant,
+    /// The time its commands are applied at: read when it opened and at each turn after,
+    /// never going back.
+    now: u64,
+}
+
 /// Counters since start, logged now and then.
 #[derive(Debug, Default)]
 struct IntakeStats {
@@ -66,6 +79,8 @@ pub struct Intake {
     limits: IntakeLimits,
     stats: IntakeStats,
     committer: SyncSender<Group>,
+    /// When the committer is free for the next group.
+    handoff: Arc<Handoff>,
     inbox: Option<Receiver<Call>>,
     metrics: Arc<Metrics>,
     /// The last group the committer made durable (see `Committer`).
@@ -95,13 +110,14 @@ impl Intake {
         reports: Reports,
     ) -> Intake {
         let Loaded { ledger, id_fault, id_filter, .. } = loaded;
-        let Reports { durable, failures } = reports;
+        let Reports { durable, failures, handoff } = reports;
         Intake {
             ledger,
             commands,
             limits,
             stats: IntakeStats::default(),
             committer,
+            handoff,
             inbox: None,
             metrics,
             durable,
@@ -124,33 +140,66 @@ impl Intake {
 
     /// Runs until the broker goes away, the committer stops, or an invariant breaks.
     pub fn run(mut self) -> Result<(), NodeError> {
-        let mut group: Vec<Incoming> = Vec::with_capacity(self.limits.max_group);
+        let mut arrived: Vec<Incoming> = Vec::with_capacity(self.limits.max_group);
+        let mut open: Option<Open> = None;
         let mut last_log = Instant::now();
         loop {
-            let idle_deadline = Instant::now() + self.until_next_expiry();
-            let first = self.commands.recv(idle_deadline)?;
-            self.take(first, &mut group);
-            let group_deadline = Instant::now() + self.limits.max_wait;
-            while !group.is_empty() && group.len() < self.limits.max_group {
-                match self.commands.recv(group_deadline)? {
+            let first = self.commands.recv(self.deadline(open.as_ref()))?;
+            self.take(first, &mut arrived);
+            // Whatever else is queued, without waiting, up to the room left in the group.
+            // An open group here is never full (a full one went over at once).
+            let room = self.limits.max_group.saturating_sub(open.as_ref().map_or(0, |group| group.outcomes.len()));
+            while !arrived.is_empty() && arrived.len() < room {
+                match self.commands.recv(Instant::now())? {
                     Inbound::Timeout => break,
-                    inbound => self.take(inbound, &mut group),
+                    inbound => self.take(inbound, &mut arrived),
                 }
             }
             if let Some(inbox) = &self.inbox {
-                while group.len() < self.limits.max_group {
+                while arrived.len() < room {
                     match inbox.try_recv() {
-                        Ok(call) => group.push(Incoming::Peer(Box::new(call))),
+                        Ok(call) => arrived.push(Incoming::Peer(Box::new(call))),
                         Err(_) => break,
                     }
                 }
             }
-            self.process(&mut group)?;
+            // A group opens for the first command, or to run the expiries that are due.
+            if !arrived.is_empty() || open.is_none() {
+                let group = match &mut open {
+                    Some(group) => group,
+                    None => open.insert(self.open_group()?),
+                };
+                self.apply(group, &mut arrived);
+            }
+            if let Some(group) = open.take() {
+                open = self.hand_over(group)?;
+            }
             self.metrics.heartbeat();
             self.metrics.books(self.ledger.head().seq, self.ledger.outgoing_count());
+            let (entries, filter_bytes, stats) = self.ledger.id_cache();
+            self.metrics.id_cache(entries, filter_bytes, stats);
+            self.metrics.finals_cache(self.ledger.hold_cache(), self.ledger.received_cache());
             if last_log.elapsed() > LOG_EVERY {
                 tracing::info!(stats = ?self.stats, head = self.ledger.head().seq, "intake");
                 last_log = Instant::now();
+            }
+        }
+    }
+
+    /// Until when the loop waits for input: with no group open, until the next expiry is due;
+    /// with one, until it has waited `max_wait` for others, and then, while the committer is
+    /// busy, until it is woken for the committer (or `handoff::RECHECK`).
+    fn deadline(&self, open: Option<&Open>) -> Instant {
+        let now = Instant::now();
+        match open {
+            None => now + self.until_next_expiry(),
+            Some(group) => {
+                let waited = group.since + self.limits.max_wait;
+                if waited > now {
+                    waited
+                } else {
+                    now + handoff::RECHECK
+                }
             }
         }
     }
@@ -184,7 +233,9 @@ impl Intake {
         }
     }
 
-    fn process(&mut self, group: &mut Vec<Incoming>) -> Result<(), NodeError> {
+    /// A new group: the books follow the disk and learn what is durable, and the expiries
+    /// that are due come first.
+    fn open_group(&mut self) -> Result<Open, NodeError> {
         self.follow_disk()?;
         self.take_id_filter();
         self.ledger.group_durable(self.durable.load(Ordering::Acquire));
@@ -192,13 +243,21 @@ impl Intake {
         self.last_group = number;
         let now = now_ms();
         let writes = self.mode.writes();
-        let mut outcomes: Vec<(Option<ReplyTo>, Effects)> = match writes {
+        let outcomes: Vec<(Option<ReplyTo>, Effects)> = match writes {
             true => self.ledger.expire_due(now).into_iter().map(|e| (None, e)).collect(),
             false => Vec::new(),
         };
-        // Sized once: an outcome is a few hundred bytes, and a group up to `max_group` of them.
-        outcomes.reserve(group.len());
-        for incoming in group.drain(..) {
+        Ok(Open { number, outcomes, since: Instant::now(), now })
+    }
+
+    /// Applies what arrived to the books, into `group`.
+    fn apply(&mut self, group: &mut Open, arrived: &mut Vec<Incoming>) {
+        // The group's clock moves on with it, never back.
+        group.now = group.now.max(now_ms());
+        let now = group.now;
+        // Sized once per turn: an outcome is a few hundred bytes.
+        group.outcomes.reserve(arrived.len());
+        for incoming in arrived.drain(..) {
             match incoming {
                 Incoming::Device(command) => {
                     self.stats.commands += 1;
@@ -211,7 +270,7 @@ impl Intake {
                         Some(op) => self.metrics.command(op, code),
                         None => self.metrics.rejected_input(code),
                     }
-                    outcomes.push((Some(ReplyTo::Device(command.reply_to)), effects));
+                    group.outcomes.push((Some(ReplyTo::Device(command.reply_to)), effects));
                 }
                 Incoming::Peer(call) => {
                     self.stats.peer_requests += 1;
@@ -220,32 +279,51 @@ impl Intake {
                     if let (Some(op), Some(reply)) = (op, &effects.reply) {
                         self.metrics.command(op, reply.code);
                     }
-                    outcomes.push((Some(ReplyTo::Peer { answer: call.answer, read }), effects));
+                    group.outcomes.push((Some(ReplyTo::Peer { answer: call.answer, read }), effects));
                 }
             }
         }
+    }
+
+    /// Hands `group` to the committer when it is full, or when it has waited `max_wait` for
+    /// others and the committer waits for it (`handoff`); else gives it back, to take more.
+    fn hand_over(&mut self, group: Open) -> Result<Option<Open>, NodeError> {
+        if group.outcomes.is_empty() {
+            // Nothing came and nothing expired, so nothing changed (only a command or an
+            // expiry changes the books). Changes without an answer would still be written:
+            // a fold dropped here would leave accounts that only deltas hold to be deleted
+            // with them at the next fold.
+            let live = self.ledger.take_live_changes();
+            debug_assert!(live.is_empty(), "only a command or an expiry changes the books");
+            if !live.is_empty() {
+                self.send(group.number, Vec::new(), live)?;
+            }
+            return Ok(None);
+        }
+        let full = group.outcomes.len() >= self.limits.max_group;
+        if !full && (group.since.elapsed() < self.limits.max_wait || !self.handoff.committer_free()) {
+            return Ok(Some(group));
+        }
+        let live = self.ledger.take_live_changes();
+        self.send(group.number, group.outcomes, live)?;
+        Ok(None)
+    }
+
+    /// Sends a group to the committer, once the books check out.
+    fn send(&mut self, number: u64, outcomes: Vec<(Option<ReplyTo>, Effects)>, live: LiveChanges) -> Result<(), NodeError> {
         // An id that could not be read back may have been taken for new: stop before
         // anything of this group is written or answered. Refusing writes, such an id was
         // answered disk_full at worst: nothing was taken.
         if let Some(fault) = self.id_fault.take() {
-            if writes {
+            if self.mode.writes() {
                 return Err(NodeError::Store(fault));
             }
             tracing::warn!(error = %fault, "an id record could not be read back while refusing writes");
         }
-        let (entries, filter_bytes, stats) = self.ledger.id_cache();
-        self.metrics.id_cache(entries, filter_bytes, stats);
-        self.metrics.finals_cache(self.ledger.hold_cache(), self.ledger.received_cache());
-        let live = self.ledger.take_live_changes();
-        debug_assert!(!outcomes.is_empty() || live.is_empty(), "only a command or an expiry changes the books");
-        // Changes without an answer would still be written: a fold dropped here would leave
-        // accounts that only deltas hold to be deleted with them at the next fold.
-        if outcomes.is_empty() && live.is_empty() {
-            return Ok(());
-        }
         // A broken sum stops the node here, before any reply of this group can leave.
         self.ledger.check_totals()?;
         self.stats.groups += 1;
+        self.handoff.handing_over();
         self.committer
             .send(Group { number, restart: self.restart.take(), outcomes, live })
             .map_err(|_| NodeError::Stopped { part: "committer", why: "it no longer takes groups".to_string() })

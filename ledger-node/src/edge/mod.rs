@@ -11,6 +11,7 @@ pub mod answerer;
 pub mod books;
 pub mod committer;
 pub mod disk;
+pub mod handoff;
 pub mod inbox;
 pub mod intake;
 pub mod queryables;
@@ -25,6 +26,7 @@ use answerer::{Answerer, GROUPS_TO_ANSWER};
 use books::Books;
 use committer::{CommitListener, Committer, Reports, GROUPS_IN_FLIGHT};
 use config::NodeConfig;
+use handoff::Handoff;
 use inbox::Inbox;
 use intake::{Intake, IntakeLimits};
 use shipping::EdgeLink;
@@ -61,9 +63,12 @@ pub fn start(config: &NodeConfig, store: Arc<Store>, fatal: &Fatal) -> Result<()
     let mut mqtt = broker::Broker::new(broker_config);
     // With a zenoh link, other nodes' requests (deliveries, settlements, reads) reach the
     // intake through the inbox; a second broker link wakes the intake for them.
+    // Gets the intake out of its wait on the broker: for a request from another node, or
+    // for the committer, which waits for the next group (`handoff`).
+    let waker = Arc::new(broker::link::Waker::new(&mut mqtt)?);
     let (listener, inbox): (Option<Box<dyn CommitListener>>, _) = match &config.zenoh {
         Some(_) => {
-            let (inbox, queued) = Inbox::new(broker::link::Waker::new(&mut mqtt)?);
+            let (inbox, queued) = Inbox::new(waker.clone());
             let link = start_zenoh(config, store.clone(), chain, inbox, &metrics, fatal)?;
             if config.retention.prunes() {
                 let (config, store, link, metrics) = (config.clone(), store.clone(), link.clone(), metrics.clone());
@@ -95,7 +100,8 @@ pub fn start(config: &NodeConfig, store: Arc<Store>, fatal: &Fatal) -> Result<()
     let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel(GROUPS_IN_FLIGHT);
     // What the committer made durable, and the writes the disk refused (see `disk`).
     let (durable, failures) = (Arc::default(), Arc::default());
-    let reports = || Reports { durable: Arc::clone(&durable), failures: Arc::clone(&failures) };
+    let handoff = Arc::new(Handoff::new(Box::new(move || waker.wake())));
+    let reports = || Reports { durable: Arc::clone(&durable), failures: Arc::clone(&failures), handoff: Arc::clone(&handoff) };
     let (answers_tx, answers_rx) = std::sync::mpsc::sync_channel(GROUPS_TO_ANSWER);
     let answerer = Answerer::new(replies);
     fatal.spawn("answerer", move || answerer.run(answers_rx))?;
