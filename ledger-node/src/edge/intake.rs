@@ -55,8 +55,10 @@ enum Incoming {
 struct Open {
     number: u64,
     outcomes: Vec<(Option<ReplyTo>, Effects)>,
-    /// When it opened: it waits at most `max_wait` for others once the committer is free.
-    since: Instant,
+    /// When its first device command came: from then on it waits at most `max_wait` for
+    /// others once the committer is free. Requests from other nodes come in batches and
+    /// expiries by themselves: a group of those alone goes as soon as the committer is free.
+    first_command: Option<Instant>,
     /// The time its commands are applied at: read when it opened and at each turn after,
     /// never going back.
     now: u64,
@@ -187,20 +189,16 @@ impl Intake {
     }
 
     /// Until when the loop waits for input: with no group open, until the next expiry is due;
-    /// with one, until it has waited `max_wait` for others, and then, while the committer is
-    /// busy, until it is woken for the committer (or `handoff::RECHECK`).
+    /// with one, until its first command has waited `max_wait` for others, and then, while
+    /// the committer is busy, until it is woken for the committer (or `handoff::RECHECK`).
     fn deadline(&self, open: Option<&Open>) -> Instant {
         let now = Instant::now();
         match open {
             None => now + self.until_next_expiry(),
-            Some(group) => {
-                let waited = group.since + self.limits.max_wait;
-                if waited > now {
-                    waited
-                } else {
-                    now + handoff::RECHECK
-                }
-            }
+            Some(group) => match group.first_command.map(|at| at + self.limits.max_wait) {
+                Some(waited) if waited > now => waited,
+                _ => now + handoff::RECHECK,
+            },
         }
     }
 
@@ -247,7 +245,7 @@ impl Intake {
             true => self.ledger.expire_due(now).into_iter().map(|e| (None, e)).collect(),
             false => Vec::new(),
         };
-        Ok(Open { number, outcomes, since: Instant::now(), now })
+        Ok(Open { number, outcomes, first_command: None, now })
     }
 
     /// Applies what arrived to the books, into `group`.
@@ -260,6 +258,7 @@ impl Intake {
         for incoming in arrived.drain(..) {
             match incoming {
                 Incoming::Device(command) => {
+                    group.first_command.get_or_insert_with(Instant::now);
                     self.stats.commands += 1;
                     let (op, effects) = self.handle(&command.device, &command.payload, now);
                     let code = effects.reply.as_ref().map_or(Code::Ok, |r| r.code);
@@ -285,8 +284,9 @@ impl Intake {
         }
     }
 
-    /// Hands `group` to the committer when it is full, or when it has waited `max_wait` for
-    /// others and the committer waits for it (`handoff`); else gives it back, to take more.
+    /// Hands `group` to the committer when it is full, or when the committer waits for it
+    /// (`handoff`) and its first device command, if any, has waited `max_wait` for others;
+    /// else gives it back, to take more.
     fn hand_over(&mut self, group: Open) -> Result<Option<Open>, NodeError> {
         if group.outcomes.is_empty() {
             // Nothing came and nothing expired, so nothing changed (only a command or an
@@ -301,7 +301,8 @@ impl Intake {
             return Ok(None);
         }
         let full = group.outcomes.len() >= self.limits.max_group;
-        if !full && (group.since.elapsed() < self.limits.max_wait || !self.handoff.committer_free()) {
+        let waits_for_others = group.first_command.is_some_and(|at| at.elapsed() < self.limits.max_wait);
+        if !full && (waits_for_others || !self.handoff.committer_free()) {
             return Ok(Some(group));
         }
         let live = self.ledger.take_live_changes();
