@@ -96,8 +96,7 @@ impl Committer {
     /// the intake hangs up, or with the error that makes the node stop without replying.
     pub fn run(mut self, groups: Receiver<Group>) -> Result<(), NodeError> {
         loop {
-            self.handoff.committer_waits();
-            let Ok(group) = groups.recv() else { return Ok(()) };
+            let Some(group) = self.handoff.next(&groups) else { return Ok(()) };
             if let Some(restart) = group.restart {
                 assert_eq!(restart.after, self.failures.count(), "books rebuilt after the last refused write only");
                 self.chain = restart.chain;

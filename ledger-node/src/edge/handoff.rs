@@ -10,6 +10,7 @@
 //! books or the file.
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::Duration;
 
 /// Longest an open group waits for the committer without looking again, should a wake-up
@@ -17,7 +18,7 @@ use std::time::Duration;
 pub const RECHECK: Duration = Duration::from_millis(5);
 
 pub struct Handoff {
-    /// The committer waits for the next group (and the channel is empty).
+    /// The committer waits for the next group: the channel is empty and it is in `next`.
     committer_idle: AtomicBool,
     /// The intake holds a group ready to go and wants to be woken when the committer waits.
     intake_waiting: AtomicBool,
@@ -30,8 +31,26 @@ impl Handoff {
         Handoff { committer_idle: AtomicBool::new(false), intake_waiting: AtomicBool::new(false), wake }
     }
 
+    /// The committer's next group: one already in the channel (a full one sent while it
+    /// wrote) is taken without saying it waits; else it waits, and the intake is woken if it
+    /// holds one. None once the intake hung up.
+    pub fn next<T>(&self, groups: &Receiver<T>) -> Option<T> {
+        let group = match groups.try_recv() {
+            Ok(group) => group,
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {
+                self.committer_waits();
+                groups.recv().ok()?
+            }
+        };
+        // Busy with it, whoever cleared the flag first (`handing_over` did, unless the group
+        // was sent while the committer wrote the one before).
+        self.committer_idle.store(false, SeqCst);
+        Some(group)
+    }
+
     /// The committer is about to wait for a group: the intake is woken if it holds one.
-    pub fn committer_waits(&self) {
+    fn committer_waits(&self) {
         self.committer_idle.store(true, SeqCst);
         if self.intake_waiting.swap(false, SeqCst) {
             (self.wake)();
@@ -76,23 +95,62 @@ mod tests {
     #[test]
     fn a_group_waits_while_the_committer_writes_and_is_woken_once_when_it_waits() {
         let (handoff, wakes) = counting();
-        // The committer took the group before: busy.
+        let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel::<u64>(1);
+        // Before the committer's first wait: busy.
         assert!(!handoff.committer_free());
         assert!(!handoff.committer_free(), "asking again changes nothing");
-        handoff.committer_waits();
-        assert_eq!(wakes.load(SeqCst), 1, "the intake waited: woken once");
+        // The committer waits (in another thread); the intake, which asked, is woken once.
+        let committer = {
+            let handoff = handoff.clone();
+            std::thread::spawn(move || handoff.next(&groups_rx).map(|g| (g, handoff.next(&groups_rx), handoff.next(&groups_rx))))
+        };
+        wait_for(|| wakes.load(SeqCst) == 1);
         assert!(handoff.committer_free());
         handoff.handing_over();
         assert!(!handoff.committer_free(), "busy with the group handed over");
+        groups_tx.send(1).unwrap();
+        // Its next wait wakes the intake again (it asked above).
+        wait_for(|| wakes.load(SeqCst) == 2);
         handoff.handing_over();
-        // Nobody waits for the committer now: its next wait wakes no one.
-        handoff.committer_waits();
-        assert_eq!(wakes.load(SeqCst), 1);
-        assert!(handoff.committer_free());
+        groups_tx.send(2).unwrap();
+        drop(groups_tx);
+        assert_eq!(committer.join().unwrap(), Some((1, Some(2), None)));
     }
 
-    /// The two threads race through many hand-overs: the intake blocks only on the wake-up
-    /// (no `RECHECK`), so a lost wake-up would hang the test.
+    #[test]
+    fn a_group_already_in_the_channel_is_taken_without_calling_the_committer_free() {
+        let (handoff, wakes) = counting();
+        let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel::<u64>(1);
+        // A full group went over while the committer wrote the one before.
+        groups_tx.send(7).unwrap();
+        assert_eq!(handoff.next(&groups_rx), Some(7));
+        assert!(!handoff.committer_free(), "writing group 7: the next group must wait for it");
+        assert_eq!(wakes.load(SeqCst), 0);
+        // Even when the flag was left set by a wait before.
+        let (handoff, _) = counting();
+        let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel::<u64>(1);
+        let waiting = {
+            let handoff = handoff.clone();
+            std::thread::spawn(move || {
+                let first = handoff.next(&groups_rx);
+                (first, handoff.committer_free())
+            })
+        };
+        wait_for(|| handoff.committer_free());
+        groups_tx.send(8).unwrap(); // sent without `handing_over`: the flag stays set until taken
+        assert_eq!(waiting.join().unwrap(), (Some(8), false));
+    }
+
+    fn wait_for(condition: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(std::time::Instant::now() < deadline, "condition not met within 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The two threads race through many hand-overs: the intake waits only for wake-ups (no
+    /// `RECHECK`), so a lost one fails the test after 10 s.
     #[test]
     fn no_wake_up_is_lost_between_the_two_threads() {
         const GROUPS: u64 = 20_000;
@@ -104,12 +162,11 @@ mod tests {
         let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel::<u64>(1);
         let committer = {
             let handoff = handoff.clone();
-            std::thread::spawn(move || loop {
-                handoff.committer_waits();
-                match groups_rx.recv() {
-                    Ok(n) if n + 1 == GROUPS => return,
-                    Ok(_) => std::hint::spin_loop(),
-                    Err(_) => return,
+            std::thread::spawn(move || {
+                while let Some(n) = handoff.next(&groups_rx) {
+                    if n + 1 == GROUPS {
+                        return;
+                    }
                 }
             })
         };

@@ -21,7 +21,7 @@ use crate::core::journal::Chain;
 use crate::core::reply::{Code, Rejection, Reply};
 use crate::core::{Effects, Ledger, LiveChanges, OPERATOR};
 use crate::error::NodeError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, HEALTH_STALL};
 use crate::store::IdFault;
 use broker::link::{CommandReader, DeviceCommand, Inbound};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,6 +55,8 @@ enum Incoming {
 struct Open {
     number: u64,
     outcomes: Vec<(Option<ReplyTo>, Effects)>,
+    /// When it opened.
+    opened: Instant,
     /// When its first device command came: from then on it waits at most `max_wait` for
     /// others once the committer is free. Requests from other nodes come in batches and
     /// expiries by themselves: a group of those alone goes as soon as the committer is free.
@@ -145,8 +147,12 @@ impl Intake {
         let mut arrived: Vec<Incoming> = Vec::with_capacity(self.limits.max_group);
         let mut open: Option<Open> = None;
         let mut last_log = Instant::now();
+        // The last turn left requests in the inbox (the group had no room): no wake-up will
+        // come for them.
+        let mut backlog = false;
         loop {
-            let first = self.commands.recv(self.deadline(open.as_ref()))?;
+            let deadline = if backlog { Instant::now() } else { self.deadline(open.as_ref()) };
+            let first = self.commands.recv(deadline)?;
             self.take(first, &mut arrived);
             // Whatever else is queued, without waiting, up to the room left in the group.
             // An open group here is never full (a full one went over at once).
@@ -157,8 +163,13 @@ impl Intake {
                     inbound => self.take(inbound, &mut arrived),
                 }
             }
+            backlog = false;
             if let Some(inbox) = &self.inbox {
-                while arrived.len() < room {
+                loop {
+                    if arrived.len() >= room {
+                        backlog = true;
+                        break;
+                    }
                     match inbox.try_recv() {
                         Ok(call) => arrived.push(Incoming::Peer(Box::new(call))),
                         Err(_) => break,
@@ -176,7 +187,11 @@ impl Intake {
             if let Some(group) = open.take() {
                 open = self.hand_over(group)?;
             }
-            self.metrics.heartbeat();
+            // Alive while groups go over: a group open for longer than `HEALTH_STALL` waits
+            // for a committer that does not return, and `/health` must say so.
+            if open.as_ref().is_none_or(|group| group.opened.elapsed() < HEALTH_STALL) {
+                self.metrics.heartbeat();
+            }
             self.metrics.books(self.ledger.head().seq, self.ledger.outgoing_count());
             let (entries, filter_bytes, stats) = self.ledger.id_cache();
             self.metrics.id_cache(entries, filter_bytes, stats);
@@ -197,6 +212,9 @@ impl Intake {
             None => now + self.until_next_expiry(),
             Some(group) => match group.first_command.map(|at| at + self.limits.max_wait) {
                 Some(waited) if waited > now => waited,
+                // Ready to go: at once if the committer waits now (no wake-up was asked for
+                // while the group waited for others), else when it wakes us.
+                _ if self.handoff.committer_free() => now,
                 _ => now + handoff::RECHECK,
             },
         }
@@ -245,7 +263,7 @@ impl Intake {
             true => self.ledger.expire_due(now).into_iter().map(|e| (None, e)).collect(),
             false => Vec::new(),
         };
-        Ok(Open { number, outcomes, first_command: None, now })
+        Ok(Open { number, outcomes, opened: Instant::now(), first_command: None, now })
     }
 
     /// Applies what arrived to the books, into `group`.

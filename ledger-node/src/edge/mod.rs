@@ -42,8 +42,8 @@ pub fn start(config: &NodeConfig, store: Arc<Store>, fatal: &Fatal) -> Result<()
     let (ledger, chain) = (&loaded.ledger, loaded.chain);
     tracing::info!(node = %config.node.id, db = %store.path().display(), head = ledger.head().seq, "ledger loaded");
 
-    // The node's own broker links (commands, and the waker with zenoh) are not devices.
-    let own_links = if config.zenoh.is_some() { 2 } else { 1 };
+    // The node's own broker links (commands, and the waker) are not devices.
+    let own_links = 2;
     let metrics = Metrics::new(&config.node.id, "edge", own_links);
     metrics.books(ledger.head().seq, ledger.outgoing_count());
     let sized = store.clone();
@@ -61,10 +61,9 @@ pub fn start(config: &NodeConfig, store: Arc<Store>, fatal: &Fatal) -> Result<()
     }
     let broker_config = broker::broker_config(config).map_err(|e| NodeError::Config(e.to_string()))?;
     let mut mqtt = broker::Broker::new(broker_config);
-    // With a zenoh link, other nodes' requests (deliveries, settlements, reads) reach the
-    // intake through the inbox; a second broker link wakes the intake for them.
-    // Gets the intake out of its wait on the broker: for a request from another node, or
-    // for the committer, which waits for the next group (`handoff`).
+    // A second broker link gets the intake out of its wait on the broker: for the committer,
+    // which waits for the next group (`handoff`), and, with a zenoh link, for other nodes'
+    // requests (deliveries, settlements, reads), which reach the intake through the inbox.
     let waker = Arc::new(broker::link::Waker::new(&mut mqtt)?);
     let (listener, inbox): (Option<Box<dyn CommitListener>>, _) = match &config.zenoh {
         Some(_) => {
