@@ -121,11 +121,13 @@ mod tests {
     fn a_group_already_in_the_channel_is_taken_without_calling_the_committer_free() {
         let (handoff, wakes) = counting();
         let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel::<u64>(1);
-        // A full group went over while the committer wrote the one before.
+        // A full group went over while the committer wrote the one before, and the intake,
+        // holding the next one, asked to be woken.
+        assert!(!handoff.committer_free());
         groups_tx.send(7).unwrap();
         assert_eq!(handoff.next(&groups_rx), Some(7));
+        assert_eq!(wakes.load(SeqCst), 0, "taken without waiting: nobody to wake yet");
         assert!(!handoff.committer_free(), "writing group 7: the next group must wait for it");
-        assert_eq!(wakes.load(SeqCst), 0);
         // Even when the flag was left set by a wait before.
         let (handoff, _) = counting();
         let (groups_tx, groups_rx) = std::sync::mpsc::sync_channel::<u64>(1);

@@ -21,7 +21,7 @@ use crate::core::journal::Chain;
 use crate::core::reply::{Code, Rejection, Reply};
 use crate::core::{Effects, Ledger, LiveChanges, OPERATOR};
 use crate::error::NodeError;
-use crate::metrics::{Metrics, HEALTH_STALL};
+use crate::metrics::Metrics;
 use crate::store::IdFault;
 use broker::link::{CommandReader, DeviceCommand, Inbound};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,10 +187,12 @@ impl Intake {
             if let Some(group) = open.take() {
                 open = self.hand_over(group)?;
             }
-            // Alive while groups go over: a group open for longer than `HEALTH_STALL` waits
-            // for a committer that does not return, and `/health` must say so.
-            if open.as_ref().is_none_or(|group| group.opened.elapsed() < HEALTH_STALL) {
-                self.metrics.heartbeat();
+            // Alive as long as groups go over: the life of an open group counts from when it
+            // opened, so that one the committer does not take within `HEALTH_STALL` (a stuck
+            // commit) turns `/health` unhealthy.
+            match &open {
+                None => self.metrics.heartbeat(),
+                Some(group) => self.metrics.heartbeat_since(group.opened.elapsed()),
             }
             self.metrics.books(self.ledger.head().seq, self.ledger.outgoing_count());
             let (entries, filter_bytes, stats) = self.ledger.id_cache();

@@ -35,7 +35,8 @@ const BATCH_BUCKETS: [f64; 12] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 2
 const LATENCY_BUCKETS_S: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 /// The intake must show life at least this often (it ticks every 250 ms when idle), or
-/// `/health` answers 503.
+/// `/health` answers 503. An edge's intake counts its life from when its open group opened
+/// (`heartbeat_since`): a group the committer does not take for this long is a stall.
 pub const HEALTH_STALL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -333,6 +334,12 @@ impl Metrics {
 
     pub fn heartbeat(&self) {
         self.heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Alive as of `ago` before now (an edge's open group, waiting for the committer).
+    pub fn heartbeat_since(&self, ago: Duration) {
+        let ago_ms = u64::try_from(ago.as_millis()).unwrap_or(u64::MAX);
+        self.heartbeat_ms.store(now_ms().saturating_sub(ago_ms), Ordering::Relaxed);
     }
 
     pub fn add_gauges(&self, gauges: Gauges) {
