@@ -102,6 +102,8 @@ pub struct Intake {
     /// Goes with the next group sent: the books were rebuilt.
     restart: Option<Restart>,
     last_group: u64,
+    /// Outcomes in the last group sent: what the next one is sized for.
+    last_group_size: usize,
 }
 
 impl Intake {
@@ -133,6 +135,7 @@ impl Intake {
             mode: DiskMode::Writing,
             restart: None,
             last_group: 0,
+            last_group_size: 0,
         }
     }
 
@@ -261,10 +264,12 @@ impl Intake {
         self.last_group = number;
         let now = now_ms();
         let writes = self.mode.writes();
-        let outcomes: Vec<(Option<ReplyTo>, Effects)> = match writes {
-            true => self.ledger.expire_due(now).into_iter().map(|e| (None, e)).collect(),
-            false => Vec::new(),
-        };
+        // Sized like the last group: an outcome is a few hundred bytes, and a group that grew
+        // by doubling over its turns copied them again at each step.
+        let mut outcomes: Vec<(Option<ReplyTo>, Effects)> = Vec::with_capacity(self.last_group_size.min(self.limits.max_group));
+        if writes {
+            outcomes.extend(self.ledger.expire_due(now).into_iter().map(|e| (None, e)));
+        }
         Ok(Open { number, outcomes, opened: Instant::now(), first_command: None, now })
     }
 
@@ -273,7 +278,6 @@ impl Intake {
         // The group's clock moves on with it, never back.
         group.now = group.now.max(now_ms());
         let now = group.now;
-        // Sized once per turn: an outcome is a few hundred bytes.
         group.outcomes.reserve(arrived.len());
         for incoming in arrived.drain(..) {
             match incoming {
@@ -344,6 +348,7 @@ impl Intake {
         // A broken sum stops the node here, before any reply of this group can leave.
         self.ledger.check_totals()?;
         self.stats.groups += 1;
+        self.last_group_size = outcomes.len();
         self.handoff.handing_over();
         self.committer
             .send(Group { number, restart: self.restart.take(), outcomes, live })
