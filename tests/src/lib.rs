@@ -62,11 +62,6 @@ pub fn free_ports(count: u16) -> u16 {
     panic!("no {count} free ports between {low} and {ephemeral_low}");
 }
 
-/// The `ledger-node` binary next to this test binary. `cargo test --workspace` (README's
-/// test command) builds it with the tests. When it is missing (`cargo test -p
-/// edgeledger-tests` alone), the first call builds it; it is not rebuilt otherwise,
-/// because building the one package resolves dependency features differently from the
-/// workspace and would rebuild half the tree on every run.
 /// Sends SIGTERM to `child` and waits for it to exit, up to `within`; None (and the child
 /// SIGKILLed and reaped) if it did not. Never panics: guards call it while unwinding.
 pub fn terminate_within(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
@@ -89,6 +84,11 @@ pub fn terminate_within(child: &mut Child, within: Duration) -> Option<std::proc
     }
 }
 
+/// The `ledger-node` binary next to this test binary. `cargo test --workspace` (README's
+/// test command) builds it with the tests. When it is missing (`cargo test -p
+/// edgeledger-tests` alone), the first call builds it; it is not rebuilt otherwise,
+/// because building the one package resolves dependency features differently from the
+/// workspace and would rebuild half the tree on every run.
 pub fn node_binary() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
