@@ -279,9 +279,11 @@ impl NodeProcess {
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         self.kill9();
-        // EDGELEDGER_TEST_KEEP_LOGS=DIR: keep every node's log when debugging a test.
+        // EDGELEDGER_TEST_KEEP_LOGS=DIR: keep every node's log when debugging a test, named
+        // after its temporary directory without the leading dot (a shell glob skips dot-files).
         if let Ok(keep) = std::env::var("EDGELEDGER_TEST_KEEP_LOGS") {
-            let name = self.config_path.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let dir = self.config_path.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned());
+            let name = dir.unwrap_or_default().trim_start_matches('.').to_string();
             let _ = std::fs::copy(self.log_path(), Path::new(&keep).join(format!("{name}.log")));
         }
     }
